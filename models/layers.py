@@ -1,0 +1,450 @@
+"""Building blocks shared by every PixArt-style diffusion transformer in this package.
+
+PixArt-α/Σ, Open-Sora STDiT (1.0) and STDiT3 (1.2) are all "PixArt-style" DiTs: adaLN-single
+conditioning with a learned per-block ``scale_shift_table``, cross-attention to caption tokens and a
+tanh-GELU MLP. Everything they share lives here, once:
+
+* :class:`Dense` — the ONE linear layer of the package. It is also the quantization seam: when its
+  ``kernel`` leaf is a quantized record (anything with a ``quantized_dense`` method) the record
+  computes the layer instead of the float matmul (see DESIGN.md).
+* :class:`SelfAttention` / :class:`CrossAttention` / :class:`Mlp` — the block sub-layers.
+* :class:`TimestepEmbedder`, :class:`SizeEmbedder`, :class:`CaptionEmbedder`, :class:`FinalLayer`.
+* :func:`layer_norm`, :func:`modulate`, :func:`sincos_1d`, :func:`sincos_2d`, :func:`apply_rope`.
+
+Flax module names mirror the PyTorch state-dict names of the original code (``blocks_3/attn/qkv``
+↔ ``blocks.3.attn.qkv``) so that checkpoint conversion and quantization rules read naturally.
+Layout is channels-last throughout.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+Array = jax.Array
+
+LN_EPS = 1e-6
+
+
+# --------------------------------------------------------------------------------------------
+# Dense: the single linear layer (float path + quantized seam)
+# --------------------------------------------------------------------------------------------
+
+
+def _torch_linear_init(key, shape, dtype=jnp.float32):
+    """Xavier-uniform, like the original DiT initialisation (irrelevant once weights are loaded)."""
+    fan_in, fan_out = shape[0], shape[-1]
+    limit = math.sqrt(6.0 / (fan_in + fan_out))
+    return jax.random.uniform(key, shape, dtype, -limit, limit)
+
+
+class Dense(nn.Module):
+    """``y = x @ kernel + bias`` with ``kernel`` stored ``(in, out)`` (Flax convention).
+
+    If the ``kernel`` leaf of the params tree is a quantized record (an object with a
+    ``quantized_dense(x, bias, dtype)`` method, e.g. ``vidq_jax.quant.QuantizedWeight``), the record
+    computes the layer instead; the module definition is shared by the float and quantized twins.
+    """
+
+    features: int
+    use_bias: bool = True
+    dtype: Dtype | None = None  # compute dtype; None = promote(input, params)
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        kernel = self.param("kernel", _torch_linear_init, (x.shape[-1], self.features), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype) if self.use_bias else None
+        if hasattr(kernel, "quantized_dense"):
+            return kernel.quantized_dense(x, bias, self.dtype or x.dtype)
+        dtype = self.dtype or jnp.result_type(x.dtype, kernel.dtype)
+        y = jnp.dot(x.astype(dtype), kernel.astype(dtype))
+        if bias is not None:
+            y = y + bias.astype(dtype)
+        return y
+
+
+# --------------------------------------------------------------------------------------------
+# Small functional pieces
+# --------------------------------------------------------------------------------------------
+
+
+def layer_norm(x: Array, eps: float = LN_EPS) -> Array:
+    """LayerNorm without affine parameters, statistics in float32, result in ``x.dtype``."""
+    xf = x.astype(jnp.float32)
+    mean = xf.mean(-1, keepdims=True)
+    var = jnp.square(xf - mean).mean(-1, keepdims=True)
+    return ((xf - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
+
+
+def modulate(x: Array, shift: Array, scale: Array) -> Array:
+    """adaLN modulation ``x * (1 + scale) + shift`` (PixArt's ``t2i_modulate``)."""
+    return x * (1 + scale) + shift
+
+
+def gelu_tanh(x: Array) -> Array:
+    return jax.nn.gelu(x, approximate=True)
+
+
+def timestep_sinusoid(t: Array, dim: int = 256, max_period: float = 10000.0) -> Array:
+    """GLIDE timestep features ``[cos(t f), sin(t f)]`` with ``f_i = exp(-ln(P) i / (dim/2))``, float32."""
+    half = dim // 2
+    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+    args = jnp.asarray(t, jnp.float32)[:, None] * freqs[None]
+    emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+    if dim % 2:
+        emb = jnp.concatenate([emb, jnp.zeros_like(emb[:, :1])], axis=-1)
+    return emb
+
+
+def sincos_1d(embed_dim: int, pos, xp=np):
+    """MAE 1-D table ``[sin(p ω_k), cos(p ω_k)]``, ``ω_k = 10000^(-k/(D/2))``; ``pos`` any shape.
+
+    ``xp`` is ``numpy`` (float64, static grids) or ``jax.numpy`` (traced scales).
+    """
+    assert embed_dim % 2 == 0, embed_dim
+    dt = np.float64 if xp is np else jnp.float32
+    omega = xp.arange(embed_dim // 2, dtype=dt) / (embed_dim / 2.0)
+    omega = 1.0 / 10000**omega
+    out = xp.reshape(xp.asarray(pos, dt), (-1,))[:, None] * omega[None]
+    return xp.concatenate([xp.sin(out), xp.cos(out)], axis=1)
+
+
+def sincos_2d(embed_dim: int, grid_h: int, grid_w: int, pos_h, pos_w, xp=np):
+    """2-D table for a row-major ``grid_h × grid_w`` token grid, shape ``(grid_h*grid_w, D)``.
+
+    ``pos_h``/``pos_w`` are the per-axis positions (length ``grid_h``/``grid_w``). The first ``D/2``
+    channels encode the column (w) position, the last ``D/2`` the row (h) position.
+    """
+    assert embed_dim % 2 == 0, embed_dim
+    ww, hh = xp.meshgrid(pos_w, pos_h)  # (grid_h, grid_w) each
+    emb_w = sincos_1d(embed_dim // 2, ww, xp)
+    emb_h = sincos_1d(embed_dim // 2, hh, xp)
+    return xp.concatenate([emb_w, emb_h], axis=1)
+
+
+def pixart_pos_embed(embed_dim: int, grid_h: int, grid_w: int, base_size: float, scale: float) -> np.ndarray:
+    """PixArt / diffusers / STDiT3 positions ``arange(g) / (g / base_size) / scale`` per axis (float64)."""
+    pos_h = np.arange(grid_h, dtype=np.float64) / (grid_h / base_size) / scale
+    pos_w = np.arange(grid_w, dtype=np.float64) / (grid_w / base_size) / scale
+    return sincos_2d(embed_dim, grid_h, grid_w, pos_h, pos_w)
+
+
+def key_padding_mask(mask: Array | None, batch: int, length: int) -> Array | None:
+    """Caption mask ``(B_m, L)`` (1 = valid) → boolean ``(B, L)``, tiling rows when ``B_m`` divides ``B``."""
+    if mask is None:
+        return None
+    mask = jnp.asarray(mask)
+    if mask.ndim != 2 or mask.shape[1] != length:
+        raise ValueError(f"caption mask must be (B, {length}), got {mask.shape}")
+    if batch % mask.shape[0]:
+        raise ValueError(f"caption mask has {mask.shape[0]} rows, which does not divide batch {batch}")
+    return jnp.tile(mask.astype(bool), (batch // mask.shape[0], 1))
+
+
+def attention(q: Array, k: Array, v: Array, key_mask: Array | None = None) -> Array:
+    """Multi-head softmax attention; ``q (B, Nq, H, D)``, ``k, v (B, Nk, H, D)``; ``key_mask (B, Nk)``.
+
+    Logits and softmax in float32 (as the non-flash paths of the originals); masked keys get exactly
+    zero weight as long as a row has at least one valid key.
+    """
+    dtype = q.dtype
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+    if key_mask is not None:
+        logits = jnp.where(key_mask[:, None, None, :], logits, jnp.float32(-1e30))
+    weights = jax.nn.softmax(logits, axis=-1).astype(dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+
+
+def rope_frequencies(head_dim: int, theta: float = 10000.0) -> np.ndarray:
+    """Inverse frequencies ``1 / theta^(2k/head_dim)``, k < head_dim/2 (rotary-embedding-torch)."""
+    return 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64)[: head_dim // 2] / head_dim)
+
+
+def apply_rope(x: Array, positions: Array, theta: float = 10000.0) -> Array:
+    """Interleaved-pair (GPT-J style) rotary embedding over the sequence axis 1 of ``x (B, N, H, D)``.
+
+    Features ``(2k, 2k+1)`` are rotated together by angle ``pos * inv_freq[k]``.
+    """
+    d = x.shape[-1]
+    inv = jnp.asarray(rope_frequencies(d, theta), jnp.float32)
+    ang = jnp.asarray(positions, jnp.float32)[:, None] * inv[None]  # (N, D/2)
+    cos = jnp.repeat(jnp.cos(ang), 2, axis=-1)[None, :, None, :]
+    sin = jnp.repeat(jnp.sin(ang), 2, axis=-1)[None, :, None, :]
+    xf = x.astype(jnp.float32)
+    pairs = xf.reshape(*x.shape[:-1], d // 2, 2)
+    rotated = jnp.stack([-pairs[..., 1], pairs[..., 0]], axis=-1).reshape(x.shape)
+    return (xf * cos + rotated * sin).astype(x.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Modules
+# --------------------------------------------------------------------------------------------
+
+
+class RMSNorm(nn.Module):
+    """Llama-style RMSNorm over the last axis, computed in float32, cast back, times ``weight``."""
+
+    eps: float = LN_EPS
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        weight = self.param("weight", nn.initializers.ones, (x.shape[-1],), self.param_dtype)
+        xf = x.astype(jnp.float32)
+        xf = xf * jax.lax.rsqrt(jnp.mean(jnp.square(xf), -1, keepdims=True) + self.eps)
+        return xf.astype(x.dtype) * weight.astype(x.dtype)
+
+
+class AffineLayerNorm(nn.Module):
+    """LayerNorm with ``weight``/``bias`` (PixArt-Σ optional qk-norm over the full width)."""
+
+    eps: float = LN_EPS
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        c = x.shape[-1]
+        weight = self.param("weight", nn.initializers.ones, (c,), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
+        return layer_norm(x, self.eps) * weight.astype(x.dtype) + bias.astype(x.dtype)
+
+
+class Mlp(nn.Module):
+    """timm ``Mlp``: ``fc2(gelu_tanh(fc1(x)))``."""
+
+    hidden_features: int
+    out_features: int
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        x = Dense(self.hidden_features, dtype=self.dtype, param_dtype=self.param_dtype, name="fc1")(x)
+        return Dense(self.out_features, dtype=self.dtype, param_dtype=self.param_dtype, name="fc2")(gelu_tanh(x))
+
+
+class SelfAttention(nn.Module):
+    """Fused-``qkv`` multi-head self-attention over axis 1 of ``x (B, N, C)``.
+
+    ``qk_norm``: ``None``, ``"rms"`` (per-head RMSNorm, STDiT3) or ``"layernorm"`` (affine LayerNorm
+    over the full width before the head split, PixArt-Σ option). ``rope``: interleaved RoPE on q, k
+    after the norm (STDiT3 temporal blocks).
+    """
+
+    num_heads: int
+    qk_norm: str | None = None
+    rope: bool = False
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        b, n, c = x.shape
+        h, d = self.num_heads, c // self.num_heads
+        qkv = Dense(3 * c, dtype=self.dtype, param_dtype=self.param_dtype, name="qkv")(x)
+        q, k, v = jnp.split(qkv, 3, axis=-1)
+        if self.qk_norm == "layernorm":
+            q = AffineLayerNorm(param_dtype=self.param_dtype, name="q_norm")(q)
+            k = AffineLayerNorm(param_dtype=self.param_dtype, name="k_norm")(k)
+        q, k, v = (t.reshape(b, n, h, d) for t in (q, k, v))
+        if self.qk_norm == "rms":
+            q = RMSNorm(param_dtype=self.param_dtype, name="q_norm")(q)
+            k = RMSNorm(param_dtype=self.param_dtype, name="k_norm")(k)
+        elif self.qk_norm not in (None, "layernorm"):
+            raise ValueError(f"unknown qk_norm {self.qk_norm!r}")
+        if self.rope:
+            pos = jnp.arange(n)
+            q, k = apply_rope(q, pos), apply_rope(k, pos)
+        out = attention(q, k, v).reshape(b, n, c)
+        return Dense(c, dtype=self.dtype, param_dtype=self.param_dtype, name="proj")(out)
+
+
+class CrossAttention(nn.Module):
+    """Multi-head cross-attention of ``x (B, N, C)`` to caption tokens ``y (B, L, C)``.
+
+    ``q_linear``, fused ``kv_linear`` (k = first C outputs, v = second C), ``proj``; padded caption
+    tokens (``key_mask`` False) get exactly zero weight, matching the originals' token packing.
+    """
+
+    num_heads: int
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, y: Array, key_mask: Array | None) -> Array:
+        b, n, c = x.shape
+        h, d = self.num_heads, c // self.num_heads
+        q = Dense(c, dtype=self.dtype, param_dtype=self.param_dtype, name="q_linear")(x)
+        kv = Dense(2 * c, dtype=self.dtype, param_dtype=self.param_dtype, name="kv_linear")(y)
+        k, v = jnp.split(kv, 2, axis=-1)
+        q = q.reshape(b, n, h, d)
+        k = k.reshape(b, y.shape[1], h, d)
+        v = v.reshape(b, y.shape[1], h, d)
+        out = attention(q, k, v, key_mask).reshape(b, n, c)
+        return Dense(c, dtype=self.dtype, param_dtype=self.param_dtype, name="proj")(out)
+
+
+class TimestepEmbedder(nn.Module):
+    """256-d ``[cos, sin]`` sinusoid of a scalar per row → ``mlp_0`` → SiLU → ``mlp_2``."""
+
+    hidden_size: int
+    frequency_embedding_size: int = 256
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, t: Array) -> Array:
+        f = timestep_sinusoid(t, self.frequency_embedding_size)
+        f = f.astype(self.dtype or self.param_dtype)
+        x = Dense(self.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype, name="mlp_0")(f)
+        return Dense(self.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype, name="mlp_2")(nn.silu(x))
+
+
+class SizeEmbedder(TimestepEmbedder):
+    """Embeds each column of ``s (B, k)`` (or ``(B,)``) like a timestep and concatenates: ``(B, k*hidden)``."""
+
+    @nn.compact
+    def __call__(self, s: Array) -> Array:  # type: ignore[override]
+        s = jnp.asarray(s, jnp.float32)
+        if s.ndim == 1:
+            s = s[:, None]
+        b, k = s.shape
+        emb = super().__call__(s.reshape(b * k))
+        return emb.reshape(b, k * self.hidden_size)
+
+
+class CaptionEmbedder(nn.Module):
+    """Caption projection ``y_proj`` (timm Mlp, tanh-GELU) and the learned null caption ``y_embedding``."""
+
+    hidden_size: int
+    caption_channels: int
+    max_length: int
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, y: Array) -> Array:
+        self.param(
+            "y_embedding",
+            lambda k, s, d: jax.random.normal(k, s, d) / math.sqrt(self.caption_channels),
+            (self.max_length, self.caption_channels),
+            self.param_dtype,
+        )
+        return Mlp(self.hidden_size, self.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype, name="y_proj")(y)
+
+
+def scale_shift_init(n: int):
+    return lambda key, shape, dtype=jnp.float32: jax.random.normal(key, shape, dtype) / math.sqrt(shape[-1])
+
+
+class FinalLayer(nn.Module):
+    """T2I final layer: ``shift, scale = table + t``; ``linear(modulate(LN(x)))``; ``t`` is pre-``t_block``."""
+
+    out_features: int
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, t: Array) -> Array:
+        c = x.shape[-1]
+        table = self.param("scale_shift_table", scale_shift_init(2), (2, c), self.param_dtype)
+        mod = table[None].astype(x.dtype) + t[:, None].astype(x.dtype)  # (B, 2, C)
+        shift, scale = mod[:, 0:1], mod[:, 1:2]
+        x = modulate(layer_norm(x), shift, scale)
+        return Dense(self.out_features, dtype=self.dtype, param_dtype=self.param_dtype, name="linear")(x)
+
+
+def block_modulation(table: Array, t0: Array, dtype) -> list[Array]:
+    """adaLN-single: ``table (6, C)`` + ``t0 (B, 6C)`` → [shift_msa, scale_msa, gate_msa, shift_mlp,
+    scale_mlp, gate_mlp], each ``(B, 1, C)``."""
+    c = table.shape[-1]
+    mod = table[None].astype(dtype) + t0.reshape(-1, 6, c).astype(dtype)
+    return [mod[:, i : i + 1] for i in range(6)]
+
+
+class TBlock(nn.Module):
+    """``t_block``: SiLU → Linear(C → 6C), named ``t_block/1`` like ``t_block.1`` in the originals."""
+
+    hidden_size: int
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, t: Array) -> Array:
+        return Dense(6 * self.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype, name="1")(nn.silu(t))
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patch embedding (Conv with stride = kernel) on channels-last input.
+
+    ``patch`` is ``(p, p)`` for images ``(B, H, W, C)`` or ``(pt, p, p)`` for videos ``(B, T, H, W, C)``.
+    Inputs not divisible by the patch are zero-padded at the end of each axis (STDiT3 behaviour).
+    Returns ``(tokens (B, N, hidden), grid)``.
+    """
+
+    hidden_size: int
+    patch: tuple[int, ...]
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> tuple[Array, tuple[int, ...]]:
+        spatial = x.shape[1:-1]
+        pads = [(0, (-s) % p) for s, p in zip(spatial, self.patch)]
+        if any(p[1] for p in pads):
+            x = jnp.pad(x, [(0, 0), *pads, (0, 0)])
+        conv = nn.Conv(
+            self.hidden_size,
+            kernel_size=self.patch,
+            strides=self.patch,
+            padding="VALID",
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="proj",
+        )
+        y = conv(x)
+        grid = y.shape[1:-1]
+        return y.reshape(y.shape[0], -1, y.shape[-1]), tuple(grid)
+
+
+def unpatchify(x: Array, grid: tuple[int, ...], patch: tuple[int, ...], out_channels: int) -> Array:
+    """Tokens ``(B, N, prod(patch)*C_out)`` with per-token features ordered ``(*patch, C_out)`` →
+    channels-last ``(B, *grid*patch, C_out)``."""
+    b = x.shape[0]
+    nd = len(grid)
+    x = x.reshape(b, *grid, *patch, out_channels)
+    # interleave (g0, p0, g1, p1, ...)
+    perm = [0] + [a for i in range(nd) for a in (1 + i, 1 + nd + i)] + [1 + 2 * nd]
+    x = x.transpose(perm)
+    return x.reshape(b, *[g * p for g, p in zip(grid, patch)], out_channels)
+
+
+def broadcast_rows(v, batch: int) -> Array:
+    """A per-row condition ``(B_v,)`` or ``(B_v, k)`` → float32 ``(batch, k)``, tiling when ``B_v`` divides ``batch``."""
+    v = jnp.asarray(v, jnp.float32)
+    if v.ndim == 1:
+        v = v[:, None]
+    if v.shape[0] != batch:
+        if batch % v.shape[0]:
+            raise ValueError(f"condition with {v.shape[0]} rows does not divide batch {batch}")
+        v = jnp.tile(v, (batch // v.shape[0], 1))
+    return v
+
+
+def squeeze_caption(y: Array) -> Array:
+    """Accept the originals' caption layout ``(B, 1, L, C)`` as well as ``(B, L, C)``."""
+    if y.ndim == 4:
+        if y.shape[1] != 1:
+            raise ValueError(f"caption y must be (B, L, C) or (B, 1, L, C), got {y.shape}")
+        y = y[:, 0]
+    if y.ndim != 3:
+        raise ValueError(f"caption y must be (B, L, C), got {y.shape}")
+    return y

@@ -1,0 +1,58 @@
+"""Shape-keyed kernel configurations stored in the repository.
+
+Each op folder holds a ``configs.json``::
+
+    {"<gpu name>": {"<kernel>": {"<M-bucket>,<K>,<N>": {"tm": 128, ...}, "default": {...}}}}
+
+``<gpu name>`` is ``jax.devices()[0].device_kind`` (e.g. ``"NVIDIA H200"``) or ``"default"``.
+Lookup order: exact (gpu, kernel, bucket, K, N) -> (gpu, kernel, "default") ->
+("default", kernel, bucket/K/N) -> ("default", kernel, "default") -> the caller's fallback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+from pallas_kernels._compat import gpu_name
+
+M_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
+
+
+def m_bucket(m: int) -> int:
+    """Smallest bucket >= m (the largest bucket for bigger M)."""
+    for b in M_BUCKETS:
+        if m <= b:
+            return b
+    return M_BUCKETS[-1]
+
+
+def shape_key(m: int, k: int, n: int) -> str:
+    return f"{m_bucket(m)},{k},{n}"
+
+
+@functools.lru_cache(maxsize=None)
+def _load(path: str) -> dict[str, Any]:
+    p = Path(path)
+    if not p.exists():
+        return {}
+    return json.loads(p.read_text())
+
+
+def lookup(
+    config_file: Path, kernel: str, m: int, k: int, n: int, fallback: dict[str, Any]
+) -> dict[str, Any]:
+    """Return the stored config dict for ``kernel`` at shape ``(m, k, n)`` on the current GPU."""
+    table = _load(str(config_file))
+    key = shape_key(m, k, n)
+    for gpu in (gpu_name(), "default"):
+        per_kernel = table.get(gpu, {}).get(kernel, {})
+        if key in per_kernel:
+            return dict(per_kernel[key])
+    for gpu in (gpu_name(), "default"):
+        per_kernel = table.get(gpu, {}).get(kernel, {})
+        if "default" in per_kernel:
+            return dict(per_kernel["default"])
+    return dict(fallback)

@@ -1,0 +1,98 @@
+"""Backend dispatch for the int8 GEMM (bare int32 output, or with the fused dequant epilogue)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+from pallas_kernels import _config
+from pallas_kernels._compat import check_backend, gpu_name, is_hopper, log_once, on_gpu, plgpu, pltriton
+from pallas_kernels.int8_matmul import mosaic, triton
+from pallas_kernels.int8_matmul.reference import int8_matmul_ref, scaled_epilogue_ref
+
+CONFIG_FILE = Path(__file__).with_name("configs.json")
+
+
+def resolve_backend(backend: str, op: str) -> str:
+    """Map ``auto`` to ``mosaic`` on Hopper, else ``xla`` (logging the fallback once)."""
+    check_backend(backend)
+    if backend == "reference":
+        return "xla"
+    if backend != "auto":
+        return backend
+    if is_hopper() and plgpu is not None:
+        return "mosaic"
+    log_once(
+        f"{op}:auto",
+        f"pallas_kernels.{op}: no Hopper GPU with Mosaic GPU (device {gpu_name()!r}); "
+        "using the XLA int8 path (lax.dot_general s8xs8->s32 + scales).",
+    )
+    return "xla"
+
+
+def mosaic_config(m: int, k: int, n: int, kernel: str) -> mosaic.MosaicGemmConfig:
+    return mosaic.MosaicGemmConfig.from_dict(_config.lookup(CONFIG_FILE, kernel, m, k, n, {}))
+
+
+def triton_config(m: int, k: int, n: int, kernel: str) -> triton.TritonGemmConfig | None:
+    cfg = triton.TritonGemmConfig.from_dict(_config.lookup(CONFIG_FILE, kernel, m, k, n, {}))
+    return triton.fit_config(cfg, m, k, n)
+
+
+def _check_operands(xq: jax.Array, wq: jax.Array) -> None:
+    if xq.ndim != 2 or wq.ndim != 2 or xq.shape[1] != wq.shape[1]:
+        raise ValueError(f"expected xq (M, K) and wq (N, K); got {xq.shape} and {wq.shape}")
+
+
+def int8_gemm(
+    xq: jax.Array,
+    wq: jax.Array,
+    x_scale: jax.Array | None = None,
+    w_scale: jax.Array | None = None,
+    bias: jax.Array | None = None,
+    *,
+    out_dtype: jnp.dtype = jnp.int32,
+    backend: str = "auto",
+    op: str = "int8_matmul",
+) -> jax.Array:
+    """int8 GEMM ``xq (M,K) x wq (N,K)^T``; with scales the dequant epilogue is fused.
+
+    Falls back to XLA (logged once) when the chosen kernel does not support the shape/device.
+    """
+    _check_operands(xq, wq)
+    if xq.dtype != jnp.int8 or wq.dtype != jnp.int8:
+        raise TypeError(f"int8 operands required, got {xq.dtype} and {wq.dtype}")
+    m, k = xq.shape
+    n = wq.shape[0]
+    be = resolve_backend(backend, op)
+    scaled = x_scale is not None
+    kname = "gemm_scaled" if scaled else "gemm_int32"
+    if be == "mosaic":
+        cfg = mosaic_config(m, k, n, f"mosaic_{kname}")
+        if on_gpu() and mosaic.supports(k, n, cfg):
+            return mosaic.mosaic_int8_gemm(
+                xq, wq, x_scale, w_scale, bias, cfg=cfg, out_dtype=out_dtype
+            )
+        log_once(f"{op}:mosaic:{k},{n}", f"pallas_kernels.{op}: Mosaic GPU kernel does not "
+                 f"support K={k}, N={n} on {gpu_name()!r}; using XLA.")
+        be = "xla"
+    if be == "triton":
+        cfg_t = triton_config(m, k, n, f"triton_{kname}")
+        if pltriton is not None and cfg_t is not None:
+            return triton.triton_int8_gemm(
+                xq, wq, x_scale, w_scale, bias, cfg=cfg_t, out_dtype=out_dtype,
+                interpret=not on_gpu(),
+            )
+        log_once(f"{op}:triton:{k},{n}", f"pallas_kernels.{op}: Triton kernel does not "
+                 f"support K={k}, N={n}; using XLA.")
+    acc = int8_matmul_ref(xq, wq)
+    if not scaled:
+        return acc
+    return scaled_epilogue_ref(acc, x_scale, w_scale, bias, out_dtype)
+
+
+def int8_matmul(xq: jax.Array, wq: jax.Array, *, backend: str = "auto") -> jax.Array:
+    """Bare GEMM ``xq (M,K) int8 @ wq (N,K)^T int8 -> (M,N) int32`` (exactly ``lax.dot_general``)."""
+    return int8_gemm(xq, wq, backend=backend, op="int8_matmul")

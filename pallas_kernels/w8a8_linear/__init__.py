@@ -1,0 +1,48 @@
+"""W8A8 linear: dynamic per-token int8 activations, per-channel int8 weights ``(N, K)``."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from pallas_kernels.int8_matmul.api import int8_gemm
+from pallas_kernels.quantize import quantize_per_token
+from pallas_kernels.w8a8_linear.reference import w8a8_linear_dequant_ref, w8a8_linear_ref
+
+
+def check_linear_args(x: jax.Array, qweight: jax.Array, k_weight: int, w_scale: jax.Array) -> None:
+    if x.ndim != 2:
+        raise ValueError(f"x must be 2-D (M, K) (flatten leading dims); got {x.shape}")
+    if x.shape[1] != k_weight:
+        raise ValueError(f"K mismatch: x {x.shape} vs weight {qweight.shape}")
+    if w_scale.shape[0] != qweight.shape[0]:
+        raise ValueError(f"w_scale {w_scale.shape} does not match N={qweight.shape[0]}")
+
+
+def w8a8_linear(
+    x: jax.Array,
+    qweight: jax.Array,
+    w_scale: jax.Array,
+    bias: jax.Array | None = None,
+    *,
+    out_dtype: jnp.dtype = jnp.bfloat16,
+    backend: str = "auto",
+) -> jax.Array:
+    """W8A8 linear ``x (M, K) -> (M, N)``.
+
+    ``x`` bf16/f32 is quantized per token (``pallas_kernels.quantize``), multiplied with
+    ``qweight (N, K) int8`` in an int8 GEMM whose epilogue applies
+    ``scale_t[:, None] * w_scale[None, :] + bias`` and casts to ``out_dtype``.
+    ``backend``: ``auto`` (Mosaic GPU on Hopper, else XLA), ``mosaic``, ``triton``
+    (interpret mode off GPU), ``xla``/``reference``.
+    """
+    if qweight.dtype != jnp.int8:
+        raise TypeError(f"qweight must be int8, got {qweight.dtype}")
+    check_linear_args(x, qweight, qweight.shape[1], w_scale)
+    xq, xs = quantize_per_token(x)
+    return int8_gemm(
+        xq, qweight, xs, w_scale, bias, out_dtype=out_dtype, backend=backend, op="w8a8_linear"
+    )
+
+
+__all__ = ["check_linear_args", "w8a8_linear", "w8a8_linear_dequant_ref", "w8a8_linear_ref"]
