@@ -9,6 +9,7 @@ tanh-GELU MLP. Everything they share lives here, once:
   computes the layer instead of the float matmul (see DESIGN.md).
 * :class:`SelfAttention` / :class:`CrossAttention` / :class:`Mlp` — the block sub-layers.
 * :class:`TimestepEmbedder`, :class:`SizeEmbedder`, :class:`CaptionEmbedder`, :class:`FinalLayer`.
+* :class:`PixArtBlock` — the adaLN-single DiT block of PixArt and of STDiT3's spatial / temporal blocks.
 * :func:`layer_norm`, :func:`modulate`, :func:`sincos_1d`, :func:`sincos_2d`, :func:`apply_rope`.
 
 Flax module names mirror the PyTorch state-dict names of the original code (``blocks_3/attn/qkv``
@@ -346,20 +347,47 @@ def scale_shift_init(n: int):
 
 
 class FinalLayer(nn.Module):
-    """T2I final layer: ``shift, scale = table + t``; ``linear(modulate(LN(x)))``; ``t`` is pre-``t_block``."""
+    """T2I final layer: ``shift, scale = table + t``; ``linear(modulate(LN(x)))``; ``t`` is pre-``t_block``.
+
+    STDiT3's per-frame ``x_mask`` path (optional): frames whose ``x_mask`` is False use the
+    modulation of ``t_zero`` (the embedding of timestep 0) instead. As in the original, that
+    alternative is computed from the *already modulated* tokens, ``modulate(LN(modulate(LN(x), t)),
+    t_zero)``, then selected per frame (``x`` is ``(B, T·S, C)`` with ``num_frames`` = T).
+    """
 
     out_features: int
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, t: Array) -> Array:
+    def __call__(
+        self,
+        x: Array,
+        t: Array,
+        x_mask: Array | None = None,
+        t_zero: Array | None = None,
+        num_frames: int = 1,
+    ) -> Array:
         c = x.shape[-1]
         table = self.param("scale_shift_table", scale_shift_init(2), (2, c), self.param_dtype)
         mod = table[None].astype(x.dtype) + t[:, None].astype(x.dtype)  # (B, 2, C)
         shift, scale = mod[:, 0:1], mod[:, 1:2]
         x = modulate(layer_norm(x), shift, scale)
+        if x_mask is not None:
+            mod0 = table[None].astype(x.dtype) + t_zero[:, None].astype(x.dtype)
+            x_zero = modulate(layer_norm(x), mod0[:, 0:1], mod0[:, 1:2])
+            x = frame_select(x_mask, x, x_zero, num_frames)
         return Dense(self.out_features, dtype=self.dtype, param_dtype=self.param_dtype, name="linear")(x)
+
+
+def frame_select(x_mask: Array, x: Array, x_zero: Array, num_frames: int) -> Array:
+    """Per-frame choice between token tensors ``(B, T·S, C)``: ``x`` where ``x_mask (B, T)`` is True,
+    else ``x_zero`` (the original's ``t_mask_select``)."""
+    b, n, c = x.shape
+    sel = jnp.where(
+        x_mask[:, :, None, None], x.reshape(b, num_frames, -1, c), x_zero.reshape(b, num_frames, -1, c)
+    )
+    return sel.reshape(b, n, c)
 
 
 def block_modulation(table: Array, t0: Array, dtype) -> list[Array]:
@@ -448,3 +476,78 @@ def squeeze_caption(y: Array) -> Array:
     if y.ndim != 3:
         raise ValueError(f"caption y must be (B, L, C), got {y.shape}")
     return y
+
+
+# --------------------------------------------------------------------------------------------
+# The PixArt block (PixArt-α/Σ blocks, STDiT3 spatial and temporal blocks)
+# --------------------------------------------------------------------------------------------
+
+
+def frames_to_sequences(x: Array, num_frames: int, temporal: bool) -> Array:
+    """Tokens ``(B, T·S, C)`` (frame-major) → attention sequences: ``(B·T, S, C)`` (within each
+    frame) or, with ``temporal``, ``(B·S, T, C)`` (each spatial position across frames)."""
+    b, n, c = x.shape
+    if not temporal:
+        return x.reshape(b * num_frames, n // num_frames, c)
+    x = x.reshape(b, num_frames, n // num_frames, c).transpose(0, 2, 1, 3)
+    return x.reshape(-1, num_frames, c)
+
+
+def sequences_to_frames(x: Array, batch: int, num_frames: int, temporal: bool) -> Array:
+    """Inverse of :func:`frames_to_sequences`."""
+    c = x.shape[-1]
+    if not temporal:
+        return x.reshape(batch, -1, c)
+    x = x.reshape(batch, -1, num_frames, c).transpose(0, 2, 1, 3)
+    return x.reshape(batch, -1, c)
+
+
+class PixArtBlock(nn.Module):
+    """adaLN-single DiT block: gated self-attention, ungated cross-attention, gated MLP.
+
+    ``x`` is ``(B, N, C)`` with ``N = num_frames · S`` tokens, frame-major. Self-attention runs within
+    each frame (PixArt: one frame; STDiT3 ``spatial_blocks``) or, with ``temporal``, across the
+    frames of each spatial position (STDiT3 ``temporal_blocks``, usually with ``rope``).
+    Cross-attention and MLP are per token.
+
+    ``x_mask (B, T)`` / ``t0_zero (B, 6C)`` (STDiT3, optional): frames whose ``x_mask`` is False are
+    modulated and gated with the adaLN parameters of ``t0_zero`` (timestep 0) instead of ``t0``.
+    """
+
+    hidden_size: int
+    num_heads: int
+    mlp_ratio: float
+    qk_norm: str | None = None
+    temporal: bool = False
+    rope: bool = False
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, y, key_mask, t0, num_frames: int = 1, x_mask=None, t0_zero=None):
+        c = self.hidden_size
+        b, n, _ = x.shape
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        table = self.param("scale_shift_table", scale_shift_init(6), (6, c), self.param_dtype)
+        mods = block_modulation(table, t0, x.dtype)
+        if x_mask is None:
+            view = unview = lambda a: a  # noqa: E731
+        else:
+            # per-frame adaLN parameters (B, T, 1, C), applied to x viewed as (B, T, S, C); selecting
+            # the parameters is elementwise-identical to the original's selecting of outputs
+            zero = block_modulation(table, t0_zero, x.dtype)
+            sel = x_mask[:, :, None, None]
+            mods = [jnp.where(sel, m[:, None], mz[:, None]) for m, mz in zip(mods, zero)]
+            view = lambda a: a.reshape(b, num_frames, -1, c)  # noqa: E731
+            unview = lambda a: a.reshape(b, n, c)  # noqa: E731
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods
+
+        h = unview(modulate(view(layer_norm(x)), shift_msa, scale_msa))
+        h = frames_to_sequences(h, num_frames, self.temporal)
+        h = SelfAttention(self.num_heads, qk_norm=self.qk_norm, rope=self.rope, name="attn", **kw)(h)
+        h = sequences_to_frames(h, b, num_frames, self.temporal)
+        x = x + unview(gate_msa * view(h))
+        x = x + CrossAttention(self.num_heads, name="cross_attn", **kw)(x, y, key_mask)
+        h = unview(modulate(view(layer_norm(x)), shift_mlp, scale_mlp))
+        h = Mlp(int(c * self.mlp_ratio), c, name="mlp", **kw)(h)
+        return x + unview(gate_mlp * view(h))

@@ -21,21 +21,15 @@ import jax.numpy as jnp
 
 from models.layers import (
     CaptionEmbedder,
-    CrossAttention,
     FinalLayer,
-    Mlp,
     PatchEmbed,
-    SelfAttention,
+    PixArtBlock,
     SizeEmbedder,
     TBlock,
     TimestepEmbedder,
-    block_modulation,
     broadcast_rows,
     key_padding_mask,
-    layer_norm,
-    modulate,
     pixart_pos_embed,
-    scale_shift_init,
     squeeze_caption,
     unpatchify,
 )
@@ -96,31 +90,6 @@ PIXART_PRESETS: dict[str, PixArtConfig] = {
         family="pixart-sigma",
     ),
 }
-
-
-class PixArtBlock(nn.Module):
-    """adaLN-single DiT block: gated self-attention, ungated cross-attention, gated MLP."""
-
-    hidden_size: int
-    num_heads: int
-    mlp_ratio: float
-    qk_norm: str | None = None
-    dtype: Dtype | None = None
-    param_dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x, y, key_mask, t0):
-        c = self.hidden_size
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        table = self.param("scale_shift_table", scale_shift_init(6), (6, c), self.param_dtype)
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = block_modulation(table, t0, x.dtype)
-        h = SelfAttention(self.num_heads, qk_norm=self.qk_norm, name="attn", **kw)(
-            modulate(layer_norm(x), shift_msa, scale_msa)
-        )
-        x = x + gate_msa * h
-        x = x + CrossAttention(self.num_heads, name="cross_attn", **kw)(x, y, key_mask)
-        h = Mlp(int(c * self.mlp_ratio), c, name="mlp", **kw)(modulate(layer_norm(x), shift_mlp, scale_mlp))
-        return x + gate_mlp * h
 
 
 class PixArt(nn.Module):

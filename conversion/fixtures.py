@@ -1,0 +1,166 @@
+"""Golden-fixture cases (``manifest.json`` + checkpoint + ``inputs.npz`` + ``outputs.npz``).
+
+A case records how the ORIGINAL PyTorch class was called (positional ``args``, ``kwargs`` whose string
+values are npz keys and whose dict values are resolved recursively). :func:`model_inputs` translates
+that call into this package's model convention (channels-last ``x``, ``y (B, L, C)``, extras by
+keyword), so any folder in the same format runs through the same code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# Positional parameter names of the original forward() of each family.
+_POSITIONAL = {
+    "pixart-alpha": ("x", "timestep", "y", "mask", "data_info"),
+    "pixart-sigma": ("x", "timestep", "y", "mask", "data_info"),
+    "pixart-diffusers": (
+        "hidden_states",
+        "encoder_hidden_states",
+        "timestep",
+        "added_cond_kwargs",
+        "cross_attention_kwargs",
+        "attention_mask",
+        "encoder_attention_mask",
+        "return_dict",
+    ),
+    "stdit": ("x", "timestep", "y", "mask"),
+    "stdit3": ("x", "timestep", "y", "mask", "x_mask", "fps", "height", "width"),
+}
+# Original argument names -> this package's names.
+_RENAME = {
+    "hidden_states": "x",
+    "encoder_hidden_states": "y",
+    "encoder_attention_mask": "mask",
+    "resolution": "img_hw",
+}
+# Arguments of the originals that carry no data for the math here.
+_DROP = {"return_dict", "cross_attention_kwargs", "attention_mask", "num_frames", "ar"}
+# Dict-valued arguments whose entries become keyword conditions.
+_FLATTEN = {"data_info", "added_cond_kwargs"}
+
+
+def default_fixtures_dir() -> Path:
+    """``$VIDQ_FIXTURES`` or ``<repo>/../shared/fixtures``."""
+    env = os.environ.get("VIDQ_FIXTURES")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures"
+
+
+@dataclasses.dataclass
+class Case:
+    name: str
+    folder: Path
+    manifest: dict
+
+    @property
+    def arch(self) -> str:
+        return self.manifest["arch"]
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.folder / self.manifest["checkpoint"]
+
+    @property
+    def tolerance(self) -> float:
+        return float(self.manifest.get("tolerance", 1e-5))
+
+    @property
+    def layout(self) -> str:
+        return self.manifest.get("layout", "NCHW")
+
+    def inputs(self) -> dict[str, np.ndarray]:
+        with np.load(self.folder / self.manifest.get("inputs", "inputs.npz")) as z:
+            return {k: z[k] for k in z.files}
+
+    def expected(self) -> np.ndarray:
+        with np.load(self.folder / self.manifest.get("outputs", "outputs.npz")) as z:
+            return z["out"]
+
+
+def find_cases(root: str | os.PathLike | None = None) -> list[Case]:
+    """Every sub-folder of ``root`` holding a ``manifest.json`` (sorted by name)."""
+    root = Path(root) if root else default_fixtures_dir()
+    if not root.is_dir():
+        return []
+    cases = []
+    for mf in sorted(root.glob("*/manifest.json")):
+        cases.append(Case(mf.parent.name, mf.parent, json.loads(mf.read_text())))
+    return cases
+
+
+def _resolve(value: Any, arrays: dict[str, np.ndarray]) -> Any:
+    if isinstance(value, str):
+        if value not in arrays:
+            raise KeyError(f"manifest names input {value!r}, which inputs.npz does not hold ({sorted(arrays)})")
+        return arrays[value]
+    if isinstance(value, dict):
+        return {k: _resolve(v, arrays) for k, v in value.items()}
+    return value
+
+
+def to_channels_last(x: np.ndarray) -> np.ndarray:
+    """``(B, C, *spatial)`` → ``(B, *spatial, C)``."""
+    return np.moveaxis(x, 1, -1)
+
+
+def to_channels_first(x: np.ndarray) -> np.ndarray:
+    return np.moveaxis(x, -1, 1)
+
+
+def model_inputs(case: Case, arrays: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """The case's call translated to this package's model keyword arguments."""
+    arrays = case.inputs() if arrays is None else arrays
+    call = case.manifest["call"]
+    names = _POSITIONAL[case.arch]
+    raw: dict[str, Any] = {}
+    for i, key in enumerate(call.get("args", [])):
+        raw[names[i]] = _resolve(key, arrays)
+    for k, v in call.get("kwargs", {}).items():
+        raw[k] = _resolve(v, arrays)
+    out: dict[str, Any] = {}
+    for k, v in raw.items():
+        if k in _FLATTEN:
+            for kk, vv in (v or {}).items():
+                out[_RENAME.get(kk, kk)] = vv
+            continue
+        if k in _DROP or v is None:
+            continue
+        out[_RENAME.get(k, k)] = v
+    out["x"] = to_channels_last(np.asarray(out["x"]))
+    return out
+
+
+def run_case(case: Case, model=None, params=None) -> tuple[np.ndarray, float]:
+    """Convert (unless given), run the case, return ``(output in the manifest layout, rel. L2 error)``."""
+    if model is None:
+        from conversion import load_checkpoint
+
+        model, params = load_checkpoint(case.checkpoint, case.arch, case.manifest.get("config"))
+    kwargs = model_inputs(case)
+    out = np.asarray(model.apply({"params": params}, **kwargs))
+    out = to_channels_first(out)
+    ref = case.expected()
+    if out.shape != ref.shape:
+        raise AssertionError(f"{case.name}: output shape {out.shape} != reference {ref.shape}")
+    err = float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
+    return out, err
+
+
+def load_xl_keys(arch: str, root: str | os.PathLike | None = None) -> dict:
+    """``xl_keys/<arch>.json``: the key/shape listing of a released XL checkpoint."""
+    root = Path(root) if root else default_fixtures_dir()
+    return json.loads((root / "xl_keys" / f"{arch}.json").read_text())
+
+
+def synthesize_state_dict(listing: dict, dtype=np.float32) -> dict[str, np.ndarray]:
+    """Zero-copy stand-in state dict (``np.broadcast_to`` views) with every listed key and shape."""
+    scalar = np.zeros((), dtype)
+    return {e["key"]: np.broadcast_to(scalar, tuple(e["shape"])) for e in listing["keys"]}
