@@ -40,8 +40,14 @@ def cmd_convert(args) -> int:
 
     config = None
     if args.config:
-        text = Path(args.config).read_text() if Path(args.config).exists() else args.config
-        config = json.loads(text)
+        text = args.config.strip()
+        if not text.startswith("{"):
+            text = Path(text).read_text()
+        try:
+            config = json.loads(text)
+        except ValueError as e:
+            print(f"vidq convert: --config is not valid JSON ({e})", file=sys.stderr)
+            return 2
     t0 = time.perf_counter()
     try:
         model, params = load_checkpoint(args.checkpoint, args.arch, config, dtype=_dtype(args.dtype))
