@@ -64,7 +64,8 @@ def run_demo(out_dir: Path) -> dict:
     latents = np.asarray(jax.block_until_ready(latents))
     timings["sample (compile + 20 steps)"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    latents2 = np.asarray(jax.block_until_ready(sample_dpm_solver(apply_fn, params, noise, cond, uncond, steps=20, guidance_scale=4.5)))
+    latents2, _ = sample_dpm_solver(apply_fn, params, noise, cond, uncond, steps=20, guidance_scale=4.5, return_trajectory=True)
+    latents2 = np.asarray(jax.block_until_ready(latents2))
     timings["sample (cached, 20 steps)"] = time.perf_counter() - t0
     assert np.array_equal(latents, latents2), "sampling is not deterministic"
     if not np.isfinite(latents).all():
