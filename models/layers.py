@@ -60,10 +60,13 @@ class Dense(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
+        if self.has_variable("params", "kernel"):
+            record = self.get_variable("params", "kernel")
+            if hasattr(record, "quantized_dense"):  # read before self.param: its shape check expects (K, N)
+                bias = self.get_variable("params", "bias") if self.use_bias else None
+                return record.quantized_dense(x, bias, self.dtype or x.dtype)
         kernel = self.param("kernel", _torch_linear_init, (x.shape[-1], self.features), self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype) if self.use_bias else None
-        if hasattr(kernel, "quantized_dense"):
-            return kernel.quantized_dense(x, bias, self.dtype or x.dtype)
         dtype = self.dtype or jnp.result_type(x.dtype, kernel.dtype)
         y = jnp.dot(x.astype(dtype), kernel.astype(dtype))
         if bias is not None:
@@ -152,9 +155,14 @@ def key_padding_mask(mask: Array | None, batch: int, length: int) -> Array | Non
 def attention(q: Array, k: Array, v: Array, key_mask: Array | None = None) -> Array:
     """Multi-head softmax attention; ``q (B, Nq, H, D)``, ``k, v (B, Nk, H, D)``; ``key_mask (B, Nk)``.
 
-    Logits and softmax in float32 (as the non-flash paths of the originals); masked keys get exactly
-    zero weight as long as a row has at least one valid key.
+    float32 inputs: explicit logits and softmax in float32 (as the non-flash paths of the originals,
+    bit-close parity). Half-precision inputs (the GPU compute path): ``jax.nn.dot_product_attention``,
+    which XLA lowers to a fused (flash) kernel where available instead of materialising the
+    ``(B, H, Nq, Nk)`` logits. Masked keys get exactly zero weight as long as a row has a valid key.
     """
+    if q.dtype in (jnp.bfloat16, jnp.float16):
+        mask = None if key_mask is None else key_mask[:, None, None, :]
+        return jax.nn.dot_product_attention(q, k, v, mask=mask)
     dtype = q.dtype
     scale = 1.0 / math.sqrt(q.shape[-1])
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
