@@ -164,3 +164,18 @@ def synthesize_state_dict(listing: dict, dtype=np.float32) -> dict[str, np.ndarr
     """Zero-copy stand-in state dict (``np.broadcast_to`` views) with every listed key and shape."""
     scalar = np.zeros((), dtype)
     return {e["key"]: np.broadcast_to(scalar, tuple(e["shape"])) for e in listing["keys"]}
+
+
+def sampling_inputs(case: Case, n: int = 2) -> tuple[dict[str, Any], tuple[int, ...]]:
+    """Conditioning of the case's first ``n`` rows (everything but ``x``/``timestep``) and the latent
+    shape, for sampling the fixture model."""
+    inputs = model_inputs(case)
+    x = inputs.pop("x")
+    inputs.pop("timestep", None)
+    cond = {}
+    for k, v in inputs.items():
+        v = np.asarray(v)
+        if k == "y" and v.ndim == 4:
+            v = v[:, 0]
+        cond[k] = v[:n] if v.ndim else v
+    return cond, (n, *x.shape[1:])

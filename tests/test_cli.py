@@ -18,7 +18,7 @@ def _case(arch):
     pytest.skip(f"no {arch} fixture")
 
 
-@pytest.mark.parametrize("arch", ["pixart-alpha", "pixart-diffusers"])
+@pytest.mark.parametrize("arch", ["pixart-alpha", "pixart-diffusers", "stdit", "stdit3"])
 def test_convert_writes_loadable_folder(tmp_path, arch, capsys):
     case = _case(arch)
     out = tmp_path / "model"
@@ -26,7 +26,7 @@ def test_convert_writes_loadable_folder(tmp_path, arch, capsys):
     assert main(["convert", "--arch", arch, "--config", cfg, str(case.checkpoint), str(out)]) == 0
     assert "converted" in capsys.readouterr().out
     meta = json.loads((out / "model.json").read_text())
-    assert meta["arch"] == arch and meta["model"] == "PixArt"
+    assert meta["arch"] == arch and meta["model"] == {"stdit": "STDiT", "stdit3": "STDiT3"}.get(arch, "PixArt")
     model, params, _ = load_model(out)
     _, err = run_case(case, model, params)
     assert err <= case.tolerance

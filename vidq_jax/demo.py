@@ -1,9 +1,11 @@
 """``make demo`` / ``vidq demo``: the main job on the embedded default.
 
-Until the bundled trained models exist, the default is the public PixArt-α golden fixture (a tiny
-random-weight PixArt-α-MS in the released ``.pth`` format): convert it, save it as a vidq-jax model
-folder (orbax), sample with DPM-Solver++ (20 steps, CFG 4.5, learned null caption) from fixed noise,
-and write a PNG preview of the output latents plus a short text summary.
+Until the bundled trained models exist, the defaults are the public golden fixtures (tiny
+random-weight models in the released checkpoint formats): PixArt-α-MS (``.pth``) for images and
+STDiT3 (Open-Sora 1.2 safetensors folder) for video. Each is converted, saved as a vidq-jax model
+folder (orbax) and loaded back, then sampled with its release sampler (DPM-Solver++ 20 steps CFG 4.5;
+rectified flow 30 steps CFG 7.0) from fixed noise. Outputs in ``outputs/demo/``: a PNG of the image
+latents, an animated GIF of the video latents, and ``summary.md``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 
@@ -20,78 +21,83 @@ def _log(msg: str) -> None:
     print(f"[vidq demo] {msg}", flush=True)
 
 
-def run_demo(out_dir: Path) -> dict:
+def _convert_roundtrip(case, out_dir: Path):
     from conversion import load_checkpoint
-    from conversion.fixtures import default_fixtures_dir, find_cases
     from vidq_jax.checkpoint import load_model, save_model
-    from vidq_jax.preview import save_latent_preview
-    from vidq_jax.sampling import sample_dpm_solver
+
+    model, params = load_checkpoint(case.checkpoint, case.arch, case.manifest.get("config"))
+    folder = save_model(out_dir / case.name, model, params, arch=case.arch, extra={"source": str(case.checkpoint)})
+    model, params, meta = load_model(folder)
+    _log(f"converted {case.checkpoint} -> {folder} ({meta['param_bytes'] / 1e6:.2f} MB of params)")
+    return model, params
+
+
+def _sample_case(case, out_dir: Path, timings: dict, **sampler_kwargs):
+    from conversion.fixtures import sampling_inputs
+    from vidq_jax.pipeline import SAMPLER_DEFAULTS, sample
+
+    t0 = time.perf_counter()
+    model, params = _convert_roundtrip(case, out_dir / "models")
+    timings[f"{case.name}: convert + save + load"] = time.perf_counter() - t0
+    cond, shape = sampling_inputs(case, n=2)
+    noise = jax.random.normal(jax.random.PRNGKey(0), shape)
+    run = lambda: sample(model, params, noise, cond, return_trajectory=True, **sampler_kwargs)  # noqa: E731
+    t0 = time.perf_counter()
+    latents, traj = jax.block_until_ready(run())
+    timings[f"{case.name}: sample (compile + run)"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    again, _ = jax.block_until_ready(run())
+    timings[f"{case.name}: sample (cached)"] = time.perf_counter() - t0
+    latents, again = np.asarray(latents), np.asarray(again)
+    if not np.array_equal(latents, again):
+        raise RuntimeError(f"{case.name}: sampling is not deterministic")
+    if not np.isfinite(latents).all():
+        raise RuntimeError(f"{case.name}: sampling produced non-finite latents")
+    d = SAMPLER_DEFAULTS[type(model).__name__]
+    return model, np.asarray(noise), latents, np.asarray(traj), d
+
+
+def _describe(case, model, latents, traj, d) -> list[str]:
+    cfg = model.config
+    per_step = np.asarray(traj).reshape(traj.shape[0], -1).std(axis=1)
+    return [
+        f"### {case.name} ({case.arch})",
+        f"- model: {type(model).__name__}, hidden {cfg.hidden_size}, depth {cfg.depth}, heads {cfg.num_heads} (random weights)",
+        f"- sampler: {d['sampler']}, {d['steps']} steps, CFG {d['guidance_scale']}, null caption = learned y_embedding",
+        f"- latents {latents.shape}: mean {latents.mean():+.3f}, std {latents.std():.3f}",
+        f"- latent std per step: {', '.join(f'{s:.2f}' for s in per_step)}",
+        "",
+    ]
+
+
+def run_demo(out_dir: Path) -> dict:
+    from conversion.fixtures import default_fixtures_dir, find_cases
+    from vidq_jax.preview import save_latent_preview, save_video_latent_preview
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    cases = [c for c in find_cases() if c.arch == "pixart-alpha"]
-    if not cases:
-        raise SystemExit(f"vidq demo: no pixart-alpha fixture under {default_fixtures_dir()} (set VIDQ_FIXTURES)")
-    case = cases[0]
+    cases = {c.arch: c for c in find_cases()}
+    missing = [a for a in ("pixart-alpha", "stdit3") if a not in cases]
+    if missing:
+        raise SystemExit(f"vidq demo: no {', '.join(missing)} fixture under {default_fixtures_dir()} (set VIDQ_FIXTURES)")
     timings: dict[str, float] = {}
+    lines = ["# vidq demo (interim default: the public golden fixtures, random weights)", ""]
 
-    t0 = time.perf_counter()
-    model, params = load_checkpoint(case.checkpoint, case.arch, case.manifest.get("config"))
-    model_dir = save_model(out_dir / "model", model, params, arch=case.arch, extra={"source": str(case.checkpoint)})
-    model, params, meta = load_model(model_dir)  # round trip through the saved folder
-    timings["convert + save + load"] = time.perf_counter() - t0
-    _log(f"converted {case.checkpoint} -> {model_dir} ({meta['param_bytes'] / 1e6:.2f} MB of params)")
+    img_case = cases["pixart-alpha"]
+    model, noise, latents, traj, d = _sample_case(img_case, out_dir, timings)
+    png = save_latent_preview(np.concatenate([noise, latents]), out_dir / "image_latents.png")
+    lines += _describe(img_case, model, latents, traj, d)
+    lines += [f"Preview: `{png.name}` — rows 1–2 noise, rows 3–4 samples; columns: approximate RGB, then each latent channel.", ""]
 
-    cfg = model.config
-    inputs = case.inputs()
-    n = 2
-    y = np.asarray(inputs["y"])[:n, 0]  # caption features of the fixture (stand-ins for T5 output)
-    mask = np.asarray(inputs["mask"])[:n]
-    h, w = inputs["x"].shape[2:]
-    cond = {"y": y, "mask": mask}
-    extra = {}
-    if cfg.micro_condition:
-        extra = {"img_hw": np.tile([[h * 8.0, w * 8.0]], (n, 1)).astype(np.float32), "aspect_ratio": np.full((n, 1), h / w, np.float32)}
-    cond.update(extra)
-    null = np.broadcast_to(np.asarray(params["y_embedder"]["y_embedding"]), y.shape)
-    uncond = {"y": null, **extra}  # mask: the conditional mask is reused, as in the originals
+    vid_case = cases["stdit3"]
+    model, noise, latents, traj, d = _sample_case(vid_case, out_dir, timings, num_frames=51)
+    gif = save_video_latent_preview(np.concatenate([noise, latents]), out_dir / "video_latents.gif")
+    lines += _describe(vid_case, model, latents, traj, d)
+    lines += [f"Preview: `{gif.name}` — animated over latent frames; rows 1–2 noise, rows 3–4 samples.", ""]
 
-    def apply_fn(p, x, t, **kw):
-        return model.apply({"params": p}, x, t, **kw)
-
-    noise = jax.random.normal(jax.random.PRNGKey(0), (n, h, w, cfg.in_channels), jnp.float32)
-    t0 = time.perf_counter()
-    latents, traj = sample_dpm_solver(apply_fn, params, noise, cond, uncond, steps=20, guidance_scale=4.5, return_trajectory=True)
-    latents = np.asarray(jax.block_until_ready(latents))
-    timings["sample (compile + 20 steps)"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    latents2, _ = sample_dpm_solver(apply_fn, params, noise, cond, uncond, steps=20, guidance_scale=4.5, return_trajectory=True)
-    latents2 = np.asarray(jax.block_until_ready(latents2))
-    timings["sample (cached, 20 steps)"] = time.perf_counter() - t0
-    assert np.array_equal(latents, latents2), "sampling is not deterministic"
-    if not np.isfinite(latents).all():
-        raise RuntimeError("sampling produced non-finite latents")
-
-    png = save_latent_preview(np.concatenate([np.asarray(noise), latents]), out_dir / "latents.png")
-    lines = [
-        "# vidq demo (interim default: PixArt-α fixture, random weights)",
-        "",
-        f"- model: {type(model).__name__} {case.arch}, hidden {cfg.hidden_size}, depth {cfg.depth}, heads {cfg.num_heads}",
-        f"- checkpoint: {case.checkpoint}",
-        f"- converted model folder: {model_dir}",
-        f"- sampler: DPM-Solver++(2M), 20 steps, CFG 4.5, null caption = learned y_embedding",
-        f"- latents: {n} × {h}×{w}×{cfg.in_channels}; preview {png} (rows 1–{n}: noise, rows {n + 1}–{2 * n}: samples;"
-        " columns: approximate RGB, then each latent channel)",
-        f"- latent stats: mean {latents.mean():+.3f}, std {latents.std():.3f}, range [{latents.min():+.3f}, {latents.max():+.3f}]",
-        f"- per-step latent std: {', '.join(f'{s:.2f}' for s in np.asarray(traj).std(axis=(1, 2, 3, 4)))}",
-        "",
-        "| stage | seconds |",
-        "|---|---|",
-        *[f"| {k} | {v:.2f} |" for k, v in timings.items()],
-        "",
-        f"JAX {jax.__version__} on {jax.devices()[0].platform}",
-    ]
+    lines += ["| stage | seconds |", "|---|---|", *[f"| {k} | {v:.2f} |" for k, v in timings.items()], ""]
+    lines += [f"JAX {jax.__version__} on {jax.devices()[0].platform}"]
     summary = out_dir / "summary.md"
     summary.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    _log(f"wrote {png} and {summary}")
-    return {"png": png, "summary": summary, "latents": latents}
+    _log(f"wrote {png}, {gif} and {summary}")
+    return {"png": png, "gif": gif, "summary": summary}
