@@ -1,0 +1,212 @@
+"""One jitted denoising step (CFG batch 2) of PixArt-XL/2 at 1024 px and STDiT-XL/2 at 16×512×512:
+bf16 vs W8A8 vs W4A8, step latency, weight bytes and peak GPU memory, measured in one run.
+
+Model shapes come from ``../shared/fixtures/xl_keys`` (the released checkpoints' key tables are
+converted to find the config and parameter tree); weights are random (drawn on the device).
+A "step" is the model forward on the batched [cond; uncond] rows plus the guidance combine — what a
+sampler calls once per step. Quantized variants quantize every Dense inside the transformer blocks
+(embedders, t_block and the final layer stay bf16, as ViDiT-Q) with symmetric per-channel weights
+and dynamic per-token int8 activations on the ``pallas`` backend (fused kernels; falls back to XLA
+int8 where a kernel does not apply).
+
+    python benchmarks/bench_e2e.py [--models pixart,stdit] [--variants bf16,w8a8,w4a8] [--out FILE]
+
+Writes ``benchmarks/results/e2e.json`` and ``e2e.md`` (rows: model × method with ``gpu``,
+``jax_version``, ``date``, times, ``speedup_vs_bf16``, weight bytes and their ratio to bf16).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+from common import REPO, environment, median_time, peak_memory_bytes  # noqa: E402  (sets sys.path)
+
+from conversion import convert_state_dict  # noqa: E402
+from conversion.fixtures import load_xl_keys, synthesize_state_dict  # noqa: E402
+from vidq_jax.checkpoint import params_nbytes  # noqa: E402
+from vidq_jax.quant import LayerQuant, QuantConfig, quantize_params  # noqa: E402
+
+VARIANTS = {
+    "bf16": None,
+    "w8a8": LayerQuant(w_bits=8, w_symmetric=True, a_bits=8, backend="pallas"),
+    "w4a8": LayerQuant(w_bits=4, w_symmetric=True, a_bits=8, backend="pallas"),
+    "w8a8-rot": LayerQuant(w_bits=8, w_symmetric=True, a_bits=8, rotate=True, backend="pallas"),
+}
+
+MODELS = {
+    # name: (xl_keys arch, latent shape without batch, caption length, extra conditions)
+    "pixart": ("pixart-alpha", (128, 128, 4), 120),
+    "stdit": ("stdit", (16, 64, 64, 4), 120),
+}
+
+
+def build(model_name: str, tiny: bool = False):
+    arch, latent, length = MODELS[model_name]
+    listing = load_xl_keys(arch)
+    model, _ = convert_state_dict(synthesize_state_dict(listing), arch, listing["config"])
+    cls, config = type(model), model.config
+    if tiny:  # CPU smoke run: same code path, toy sizes
+        small = dict(hidden_size=96, depth=2, num_heads=4, caption_channels=32)
+        if model_name == "stdit":
+            small["input_size"] = (2, 8, 8)
+            latent = (2, 8, 8, 4)
+        else:
+            latent = (8, 8, 4)
+        config, length = dataclasses.replace(config, **small), 8
+    model = cls(config, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
+    b = 2  # CFG: [cond; uncond]
+    key = jax.random.PRNGKey(0)
+    ks = jax.random.split(key, 4)
+    inputs = {
+        "x": jax.random.normal(ks[0], (b, *latent), jnp.bfloat16),
+        "timestep": jnp.full((b,), 500.0, jnp.float32),
+        "y": jax.random.normal(ks[1], (b, length, model.config.caption_channels), jnp.bfloat16),
+        "mask": jnp.ones((b, length), jnp.int32).at[:, (length * 5) // 6 :].set(0),
+    }
+    if getattr(model.config, "micro_condition", False):
+        inputs["img_hw"] = jnp.full((b, 2), 1024.0)
+        inputs["aspect_ratio"] = jnp.ones((b, 1))
+
+    shapes = jax.eval_shape(lambda: model.init(key, **inputs))["params"]
+
+    @jax.jit
+    def random_params(k):
+        leaves, tree = jax.tree_util.tree_flatten(shapes)
+        keys = jax.random.split(k, len(leaves))
+        vals = [0.02 * jax.random.normal(kk, s.shape, jnp.float32) for kk, s in zip(keys, leaves)]
+        return jax.tree_util.tree_unflatten(tree, [v.astype(jnp.bfloat16) for v in vals])
+
+    return model, random_params(ks[2]), inputs
+
+
+def step_fn(model):
+    def step(params, inputs, guidance):
+        out = model.apply({"params": params}, **inputs)
+        c = inputs["x"].shape[-1]
+        eps_c, eps_u = jnp.split(out[..., :c], 2, axis=0)
+        return eps_u + guidance * (eps_c - eps_u)
+
+    return jax.jit(step)
+
+
+def linear_weight_bytes(params) -> int:
+    """Bytes of the Dense kernels inside transformer blocks (quantized or not), incl. scales."""
+    total = 0
+    for k, v in params.items():
+        if k.startswith(("blocks_", "spatial_blocks_", "temporal_blocks_")):
+            total += sum(
+                x.nbytes for path, x in jax.tree_util.tree_flatten_with_path(v)[0] if "kernel" in jax.tree_util.keystr(path)
+            )
+    return total
+
+
+def run(model_name: str, variants: list[str], iters: int, tiny: bool = False) -> list[dict]:
+    print(f"[{model_name}] building {'tiny' if tiny else 'XL'} model from xl_keys ...", flush=True)
+    t0 = time.perf_counter()
+    model, params, inputs = build(model_name, tiny)
+    jax.block_until_ready(params)
+    print(f"[{model_name}] params ready in {time.perf_counter() - t0:.1f} s", flush=True)
+    step = step_fn(model)
+    base_bytes = params_nbytes(params)
+    base_linear = linear_weight_bytes(params)
+    rows, base_ms = [], None
+    for name in variants:
+        layer = VARIANTS[name]
+        if layer is None:
+            p = params
+        else:
+            t0 = time.perf_counter()
+            p = quantize_params(params, None, model=model, config=QuantConfig(name, default=layer))
+            jax.block_until_ready(p)
+            print(f"[{model_name}/{name}] quantized in {time.perf_counter() - t0:.1f} s", flush=True)
+        t0 = time.perf_counter()
+        out = step(p, inputs, 4.5)
+        jax.block_until_ready(out)
+        compile_s = time.perf_counter() - t0
+        finite = bool(jnp.isfinite(out).all())
+        t = median_time(step, [(p, inputs, 4.5)], iters=iters, reps=5, warmup=1)
+        if name == "bf16":
+            base_ms = t["median_ms"]
+            ref_out = out
+        rel = float(jnp.linalg.norm((out - ref_out).astype(jnp.float32)) / jnp.linalg.norm(ref_out.astype(jnp.float32))) if base_ms else None
+        nbytes = params_nbytes(p)
+        lin = linear_weight_bytes(p)
+        row = {
+            "model": {"pixart": "PixArt-XL/2 1024px (latent 128x128)", "stdit": "STDiT-XL/2 16x512x512 (latent 16x64x64)"}[model_name],
+            "method": name,
+            "batch": 2,
+            "compile_s": round(compile_s, 2),
+            **{k: round(v, 3) for k, v in t.items()},
+            "speedup_vs_bf16": round(base_ms / t["median_ms"], 3) if base_ms else None,
+            "weight_bytes": nbytes,
+            "weight_bytes_ratio_vs_bf16": round(nbytes / base_bytes, 4),
+            "block_linear_bytes": lin,
+            "block_linear_bytes_ratio_vs_bf16": round(lin / base_linear, 4),
+            "rel_l2_vs_bf16_output": None if name == "bf16" else round(rel, 5),
+            "output_finite": finite,
+            "peak_memory_bytes": peak_memory_bytes(),
+            **environment(),
+        }
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+        del p
+    return rows
+
+
+def write_md(rows: list[dict], path: Path) -> None:
+    env = rows[0]
+    lines = [
+        f"# One denoising step (CFG batch 2), {env['gpu']}, JAX {env['jax_version']}, {env['date']}",
+        "",
+        "| model | method | step ms (median) | speed-up vs bf16 | weight bytes vs bf16 (whole model) | block linears vs bf16 | rel. L2 vs bf16 out | peak GPU mem GiB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['method']} | error: {r['error'][:80]} | | | | | |")
+            continue
+        pm = f"{r['peak_memory_bytes'] / 2**30:.1f}" if r.get("peak_memory_bytes") else "n/a"
+        rel = "" if r["rel_l2_vs_bf16_output"] is None else f"{r['rel_l2_vs_bf16_output']:.4f}"
+        lines.append(
+            f"| {r['model']} | {r['method']} | {r['median_ms']:.2f} | {r['speedup_vs_bf16']:.2f}× | "
+            f"{r['weight_bytes_ratio_vs_bf16']:.3f} | {r['block_linear_bytes_ratio_vs_bf16']:.3f} | {rel} | {pm} |"
+        )
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="pixart,stdit")
+    ap.add_argument("--variants", default="bf16,w8a8,w4a8")
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "e2e.json"))
+    ap.add_argument("--tiny", action="store_true", help="toy sizes (CPU smoke run of the same code)")
+    args = ap.parse_args(argv)
+    variants = args.variants.split(",")
+    if variants[0] != "bf16":
+        variants = ["bf16"] + [v for v in variants if v != "bf16"]
+    rows: list[dict] = []
+    for m in args.models.split(","):
+        try:
+            rows += run(m, variants, args.iters, args.tiny)
+        except Exception as e:  # noqa: BLE001 - record (e.g. OOM) and go on
+            rows.append({"model": m, "method": "?", "error": f"{type(e).__name__}: {str(e)[:400]}", **environment()})
+            print(rows[-1], flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rows, indent=1))
+    write_md(rows, out.with_suffix(".md"))
+    print((out.with_suffix(".md")).read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+

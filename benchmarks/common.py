@@ -1,0 +1,59 @@
+"""Shared benchmark helpers: timing (median of repetitions, rotating input sets), environment record."""
+
+from __future__ import annotations
+
+import datetime
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+def device_name() -> str:
+    d = jax.devices()[0]
+    return getattr(d, "device_kind", str(d))
+
+
+def environment() -> dict[str, Any]:
+    """What every committed result row carries: GPU, JAX version, date."""
+    return {
+        "gpu": device_name(),
+        "platform": jax.devices()[0].platform,
+        "jax_version": jax.__version__,
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
+    }
+
+
+def median_time(fn: Callable, arg_sets: list[tuple], iters: int = 20, reps: int = 5, warmup: int = 2) -> dict[str, float]:
+    """Time an already-jitted ``fn`` over rotating argument sets.
+
+    Warm-up calls first (compilation stays out), then ``reps`` repetitions of ``iters`` back-to-back
+    calls ended by ``block_until_ready``; returns the median, min and max per-call time in ms.
+    """
+    for _ in range(warmup):
+        for a in arg_sets:
+            jax.block_until_ready(fn(*a))
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        out = None
+        for i in range(iters):
+            out = fn(*arg_sets[i % len(arg_sets)])
+        jax.block_until_ready(out)
+        times.append((time.perf_counter() - t0) / iters * 1e3)
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times)}
+
+
+def peak_memory_bytes() -> int | None:
+    try:
+        stats = jax.devices()[0].memory_stats() or {}
+    except Exception:  # noqa: BLE001 - CPU backends have no memory stats
+        return None
+    return stats.get("peak_bytes_in_use")
