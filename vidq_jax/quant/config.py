@@ -1,0 +1,410 @@
+"""Quantization configuration: per-layer settings, regex layer rules and named presets.
+
+* :class:`LayerQuant` — everything needed to quantize ONE Dense layer (weight and input-activation
+  quantizer, channel balancing, backend). Frozen, hashable, validated at construction; it is also
+  the static metadata carried by :class:`~vidq_jax.quant.record.QuantizedWeight`.
+* :class:`LayerRule` — ``(regex, settings)``; ``settings=None`` keeps matching layers in float.
+* :class:`QuantConfig` — a default :class:`LayerQuant` + ordered rules + "keep float" patterns;
+  :meth:`QuantConfig.resolve` maps a layer path (``"blocks_3/attn/qkv"``, the Flax param path of
+  the Dense module without ``/kernel``) to its effective :class:`LayerQuant` or ``None`` (float).
+
+Rule semantics (documented contract):
+
+1. patterns are matched with :func:`re.search` (substring; anchor with ``^``/``$`` or ``(^|/)``);
+2. start from ``default`` (``None`` = float); apply EVERY matching rule in order — a rule with
+   settings replaces those fields (starting from ``LayerQuant()`` if the layer was float so far), a
+   rule with ``settings=None`` makes it float — so for every field **the last matching rule wins**
+   (like ViDiT-Q's regex lists, where later matches override; note qwix uses first-match-wins);
+3. finally ``keep_float`` patterns (and the cross-attention K/V pattern when
+   ``quantize_cross_kv=False``) force float regardless of the rules — like ViDiT-Q's
+   ``remain_fp_regex``. The default keeps every ``*_embedder``, ``t_block`` and ``final_layer``.
+
+Smoothing convention: ``smooth_alpha`` is SmoothQuant's migration strength ``α``
+(``s_c = A_c^α / max|W_:,c|^(1-α)``, ``x/s``, ``W·s``). ViDiT-Q's new code writes the same thing as
+``m_c = max|W_:,c|^a / A_c^(1-a)`` applied as ``x·m``, ``W/m``: ``m = 1/s`` with ``a = 1 - α``
+(see :mod:`vidq_jax.quant.balance`). Presets quote the ViDiT-Q ``a`` in comments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import warnings
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
+
+from vidq_jax.quant.quantizers import QuantSpec, check_bits
+
+Backend = Literal["simulate", "xla", "pallas"]
+BACKENDS: tuple[str, ...] = ("simulate", "xla", "pallas")
+WEIGHT_GRANULARITIES: tuple[str, ...] = ("tensor", "channel", "group")
+ACT_GRANULARITIES: tuple[str, ...] = ("token", "tensor", "group")
+
+
+def _check_group(value: Any, field: str) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{field}={value!r} must be a positive integer")
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerQuant:
+    """Quantization settings of one Dense layer ``y = x W + b`` (``W (K, N)``, contraction ``K``).
+
+    Weights: ``w_bits`` (2..8), ``w_granularity`` ``"channel"`` (per output channel, default),
+    ``"tensor"`` or ``"group"`` (``w_group_size`` input channels per scale, Q-DiT), ``w_symmetric``
+    (ViDiT-Q uses asymmetric min-max weights).
+
+    Activations (the Dense input, after smoothing/rotation): ``a_bits`` (2..8, ``None`` = weight
+    only), ``a_granularity`` ``"token"`` (dynamic per token, default), ``"tensor"`` (static
+    calibrated scale if ``a_static`` else dynamic per tensor) or ``"group"`` (dynamic per token and
+    ``a_group_size`` channels), ``a_symmetric``.
+
+    Balancing: ``smooth_alpha`` (SmoothQuant ``α`` in [0, 1], ``None`` = no smoothing; needs
+    calibrated channel absmax), ``rotate`` (randomized Hadamard over ``K``).
+
+    ``backend``: ``"simulate"`` (fake quant in float32), ``"xla"`` (int8 ``dot_general``, int32
+    accumulation) or ``"pallas"`` (fused kernels, falls back to ``"xla"``). ``pack_int4``: store
+    ``w_bits <= 4`` weights two per byte.
+    """
+
+    w_bits: int = 8
+    w_granularity: str = "channel"
+    w_group_size: int | None = None
+    w_symmetric: bool = False
+    a_bits: int | None = 8
+    a_granularity: str = "token"
+    a_group_size: int | None = None
+    a_symmetric: bool = True
+    a_static: bool = False
+    smooth_alpha: float | None = None
+    rotate: bool = False
+    backend: str = "simulate"
+    pack_int4: bool = True
+
+    def __post_init__(self) -> None:
+        check_bits(self.w_bits, "w_bits")
+        if self.a_bits is not None:
+            check_bits(self.a_bits, "a_bits")
+        if self.w_granularity not in WEIGHT_GRANULARITIES:
+            raise ValueError(f"w_granularity={self.w_granularity!r} unknown; choose one of {WEIGHT_GRANULARITIES}")
+        if self.a_granularity not in ACT_GRANULARITIES:
+            raise ValueError(f"a_granularity={self.a_granularity!r} unknown; choose one of {ACT_GRANULARITIES}")
+        _check_group(self.w_group_size, "w_group_size")
+        _check_group(self.a_group_size, "a_group_size")
+        if (self.w_granularity == "group") != (self.w_group_size is not None):
+            raise ValueError("w_group_size must be set exactly when w_granularity='group'")
+        if (self.a_granularity == "group") != (self.a_group_size is not None):
+            raise ValueError("a_group_size must be set exactly when a_granularity='group'")
+        if self.w_group_size is not None and self.a_group_size is not None and self.w_group_size != self.a_group_size:
+            raise ValueError(
+                f"weight and activation group sizes must match (Q-DiT), got {self.w_group_size} vs {self.a_group_size}"
+            )
+        if self.a_static and self.a_granularity != "tensor":
+            raise ValueError("a_static=True (calibrated activation scale) requires a_granularity='tensor'")
+        if self.smooth_alpha is not None and not (0.0 <= float(self.smooth_alpha) <= 1.0):
+            raise ValueError(f"smooth_alpha={self.smooth_alpha!r} must lie in [0, 1]")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend={self.backend!r} unknown; choose one of {BACKENDS}")
+
+    # -- derived specs ----------------------------------------------------------------------
+    def weight_spec(self) -> QuantSpec:
+        """Quantizer of the weight in ``(N, K)`` orientation (one scale per row for "channel")."""
+        return QuantSpec(self.w_bits, self.w_symmetric, self.w_granularity, self.w_group_size)
+
+    def act_spec(self) -> QuantSpec | None:
+        """Quantizer of the ``(M, K)`` activation (``None`` = weight-only quantization)."""
+        if self.a_bits is None:
+            return None
+        return QuantSpec(self.a_bits, self.a_symmetric, self.a_granularity, self.a_group_size)
+
+    @property
+    def group_size(self) -> int | None:
+        """Group size shared by the grouped side(s) of the GEMM, if any."""
+        return self.w_group_size or self.a_group_size
+
+    @property
+    def packed(self) -> bool:
+        """True when weights are stored as packed int4 (two per byte)."""
+        return self.pack_int4 and self.w_bits <= 4
+
+    @property
+    def needs_calibration(self) -> bool:
+        """True when the layer needs activation statistics (smoothing or a static scale)."""
+        return self.smooth_alpha is not None or self.a_static
+
+    def check_in_features(self, k: int, where: str = "") -> None:
+        """Validate against the layer's ``C_in``: group sizes divide it, Hadamard size supported,
+        even ``K`` for packing. Raises ``ValueError`` naming ``where``."""
+        from vidq_jax.quant.hadamard import UnsupportedHadamardSize, hadamard_factors
+
+        loc = f" (layer {where})" if where else ""
+        for g, name in ((self.w_group_size, "w_group_size"), (self.a_group_size, "a_group_size")):
+            if g is not None and k % g:
+                raise ValueError(f"{name}={g} does not divide C_in={k}{loc}")
+        if self.rotate:
+            try:
+                hadamard_factors(k)
+            except UnsupportedHadamardSize as e:
+                raise ValueError(f"rotation impossible for C_in={k}{loc}: {e}") from e
+        if self.packed and k % 2:
+            raise ValueError(f"int4 packing needs an even C_in, got {k}{loc}; set pack_int4=False")
+
+    def replace(self, **changes: Any) -> "LayerQuant":
+        """Copy with fields replaced (validated)."""
+        return dataclasses.replace(self, **changes)
+
+
+_LAYER_FIELDS = frozenset(f.name for f in dataclasses.fields(LayerQuant))
+
+
+def _check_field(key: str, value: Any, pattern: str) -> None:
+    """Validate one rule setting on its own (combinations are validated when a layer resolves)."""
+    where = f"rule {pattern!r}: "
+    try:
+        if key == "w_bits" or (key == "a_bits" and value is not None):
+            check_bits(value, key)
+        elif key in ("w_group_size", "a_group_size"):
+            _check_group(value, key)
+        elif key == "w_granularity" and value not in WEIGHT_GRANULARITIES:
+            raise ValueError(f"w_granularity={value!r} unknown; choose one of {WEIGHT_GRANULARITIES}")
+        elif key == "a_granularity" and value not in ACT_GRANULARITIES:
+            raise ValueError(f"a_granularity={value!r} unknown; choose one of {ACT_GRANULARITIES}")
+        elif key == "backend" and value not in BACKENDS:
+            raise ValueError(f"backend={value!r} unknown; choose one of {BACKENDS}")
+        elif key == "smooth_alpha" and value is not None and not 0.0 <= float(value) <= 1.0:
+            raise ValueError(f"smooth_alpha={value!r} must lie in [0, 1]")
+    except ValueError as e:
+        raise ValueError(where + str(e)) from None
+
+
+@dataclasses.dataclass(frozen=True, init=False)
+class LayerRule:
+    """``LayerRule(pattern, settings)``: layers whose path matches ``pattern`` (``re.search``) get
+    ``settings`` (a mapping of :class:`LayerQuant` field → value); ``settings=None`` keeps them float.
+
+    ``LayerRule(r"(^|/)mlp/", w_bits=8)`` is accepted as shorthand for a settings mapping.
+    """
+
+    pattern: str
+    settings: tuple[tuple[str, Any], ...] | None
+
+    def __init__(self, pattern: str, settings: Mapping[str, Any] | None = None, **kw: Any) -> None:
+        if settings is not None and kw:
+            raise TypeError("give settings either as a mapping or as keywords, not both")
+        if kw:
+            settings = kw
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise ValueError(f"invalid layer regex {pattern!r}: {e}") from e
+        if settings is not None:
+            unknown = set(settings) - _LAYER_FIELDS
+            if unknown:
+                raise ValueError(f"rule {pattern!r}: unknown LayerQuant fields {sorted(unknown)}")
+            for key, value in settings.items():
+                _check_field(key, value, pattern)
+            settings = tuple(sorted(dict(settings).items()))
+        object.__setattr__(self, "pattern", pattern)
+        object.__setattr__(self, "settings", settings)
+
+    @property
+    def keeps_float(self) -> bool:
+        return self.settings is None
+
+    def matches(self, path: str) -> bool:
+        return re.search(self.pattern, path) is not None
+
+
+DEFAULT_KEEP_FLOAT: tuple[str, ...] = (
+    r"(^|/)[A-Za-z0-9]*_?embedder(/|$)",  # x/t/y/csize/ar/fps embedders (patch, timestep, caption, size)
+    r"(^|/)t_block(/|$)",  # adaLN-single MLP
+    r"(^|/)final_layer(/|$)",
+)
+CROSS_KV_PATTERN = r"(^|/)cross_attn/(kv_linear|k_linear|v_linear)$"
+BLOCK_LAYERS = r"(^|/)(attn|cross_attn|attn_temp|mlp)/"  # every Dense inside a transformer block
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantConfig:
+    """Whole-model quantization recipe (see the module docstring for rule semantics).
+
+    ``seed`` derives each layer's Hadamard sign vector (``fold_in(key(seed), crc32(path))``).
+    """
+
+    name: str = "custom"
+    default: LayerQuant | None = dataclasses.field(default_factory=LayerQuant)
+    rules: tuple[LayerRule, ...] = ()
+    keep_float: tuple[str, ...] = DEFAULT_KEEP_FLOAT
+    quantize_cross_kv: bool = True
+    cross_kv_pattern: str = CROSS_KV_PATTERN
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.default is not None and not isinstance(self.default, LayerQuant):
+            raise TypeError(f"default must be a LayerQuant or None, got {type(self.default).__name__}")
+        rules = tuple(self.rules)
+        for r in rules:
+            if not isinstance(r, LayerRule):
+                raise TypeError(f"rules must be LayerRule instances, got {r!r}")
+        object.__setattr__(self, "rules", rules)
+        object.__setattr__(self, "keep_float", tuple(self.keep_float))
+        for p in (*self.keep_float, self.cross_kv_pattern):
+            try:
+                re.compile(p)
+            except re.error as e:
+                raise ValueError(f"invalid layer regex {p!r}: {e}") from e
+
+    def resolve(self, path: str) -> LayerQuant | None:
+        """Effective settings of the Dense layer at ``path`` (``None`` = stays float)."""
+        eff = self.default
+        for rule in self.rules:
+            if not rule.matches(path):
+                continue
+            if rule.settings is None:
+                eff = None
+                continue
+            try:
+                eff = (eff if eff is not None else LayerQuant()).replace(**dict(rule.settings))
+            except ValueError as e:
+                raise ValueError(f"layer {path!r}, rule {rule.pattern!r}: {e}") from None
+        if any(re.search(p, path) for p in self.keep_float):
+            return None
+        if not self.quantize_cross_kv and re.search(self.cross_kv_pattern, path):
+            return None
+        return eff
+
+    def resolve_all(self, paths: Iterable[str]) -> dict[str, LayerQuant | None]:
+        """:meth:`resolve` for every path."""
+        return {p: self.resolve(p) for p in paths}
+
+    def replace(self, **changes: Any) -> "QuantConfig":
+        return dataclasses.replace(self, **changes)
+
+    def with_rules(self, *rules: LayerRule) -> "QuantConfig":
+        """Append rules (they win over the existing ones)."""
+        return self.replace(rules=self.rules + tuple(rules))
+
+    @classmethod
+    def preset(cls, name: str, *, backend: str | None = None, **changes: Any) -> "QuantConfig":
+        """A named recipe (see :data:`PRESETS`); ``backend`` sets the default layer's backend and
+        ``changes`` replace :class:`QuantConfig` fields."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown quantization preset {name!r}; available: {sorted(PRESETS)}")
+        cfg = PRESETS[name]()
+        if backend is not None:
+            if cfg.default is None:
+                raise ValueError(f"preset {name!r} quantizes nothing; a backend makes no sense")
+            cfg = cfg.replace(default=cfg.default.replace(backend=backend))
+        return cfg.replace(**changes) if changes else cfg
+
+
+def check_rules(config: QuantConfig, paths: Iterable[str], *, warn: bool = True) -> list[str]:
+    """Rule patterns of ``config.rules`` that match none of ``paths`` (typos, wrong model).
+
+    Emits one ``UserWarning`` listing them when ``warn``. ``keep_float`` defaults are model-agnostic
+    (e.g. ``csize_embedder`` exists only in PixArt-α-MS) and are not checked.
+    """
+    paths = list(paths)
+    unknown = [r.pattern for r in config.rules if not any(r.matches(p) for p in paths)]
+    if unknown and warn:
+        warnings.warn(
+            f"quantization config {config.name!r}: rules match no Dense layer of this model: {unknown} "
+            f"(layers look like {paths[:3]})",
+            stacklevel=2,
+        )
+    return unknown
+
+
+# ----------------------------------------------------------------------------------------------
+# Presets
+# ----------------------------------------------------------------------------------------------
+
+# ViDiT-Q weight/activation quantizers: per-output-channel asymmetric min-max weights,
+# dynamic per-token symmetric activations (new code; matches the CUDA kernels).
+_W8A8 = LayerQuant(w_bits=8, a_bits=8)
+
+
+def _balanced(alpha: float) -> tuple[LayerRule, ...]:
+    return (LayerRule(BLOCK_LAYERS, smooth_alpha=alpha, rotate=True),)
+
+
+def _fp() -> QuantConfig:
+    return QuantConfig("fp", default=None)
+
+
+def _naive_w8a8() -> QuantConfig:
+    # Per-channel weights + STATIC per-tensor activations (calibrated absmax): the naive PTQ baseline.
+    return QuantConfig("naive-w8a8", default=_W8A8.replace(a_granularity="tensor", a_static=True))
+
+
+def _dynamic_w8a8() -> QuantConfig:
+    return QuantConfig("dynamic-w8a8", default=_W8A8)
+
+
+def _smoothquant(w_bits: int) -> QuantConfig:
+    return QuantConfig(f"smoothquant-w{w_bits}a8", default=_W8A8.replace(w_bits=w_bits, smooth_alpha=0.5))
+
+
+def _quarot(w_bits: int) -> QuantConfig:
+    return QuantConfig(f"quarot-w{w_bits}a8", default=_W8A8.replace(w_bits=w_bits, rotate=True))
+
+
+def _viditq_w8a8() -> QuantConfig:
+    # ViDiT-Q a = 0.75 (OpenSora1.2 W8A8) -> α = 0.25; PixArt-Σ W8A8 keeps cross-attn K/V in float.
+    return QuantConfig(
+        "viditq-w8a8", default=_W8A8, rules=_balanced(0.25), quantize_cross_kv=False
+    )
+
+
+def _viditq_w6a6() -> QuantConfig:
+    base = _W8A8.replace(w_bits=6, a_bits=6)
+    return QuantConfig("viditq-w6a6", default=base, rules=_balanced(0.25))
+
+
+def _viditq_w4a8() -> QuantConfig:
+    # ViDiT-Q PixArt-Σ W4A8 a = 0.99 -> α = 0.01 (nearly pure weight-column equalisation).
+    base = _W8A8.replace(w_bits=4)
+    return QuantConfig("viditq-w4a8", default=base, rules=_balanced(0.01))
+
+
+def _viditq_w4a8_mp() -> QuantConfig:
+    # PixArt-Σ W4A8-MP table of the new code: W4 default, W8 for every MLP and the first/last
+    # block (28-block XL models). Timestep-wise bit tables (OpenSora v1.0) are not expressible here.
+    base = _W8A8.replace(w_bits=4)
+    rules = _balanced(0.01) + (
+        LayerRule(r"(^|/)mlp/", w_bits=8),
+        LayerRule(r"^blocks_(0|27)/", w_bits=8),
+    )
+    return QuantConfig("viditq-w4a8-mp", default=base, rules=rules)
+
+
+PRESETS = {
+    "fp": _fp,
+    "naive-w8a8": _naive_w8a8,
+    "dynamic-w8a8": _dynamic_w8a8,
+    "smoothquant-w8a8": lambda: _smoothquant(8),
+    "smoothquant-w4a8": lambda: _smoothquant(4),
+    "quarot-w8a8": lambda: _quarot(8),
+    "quarot-w4a8": lambda: _quarot(4),
+    "viditq-w8a8": _viditq_w8a8,
+    "viditq-w6a6": _viditq_w6a6,
+    "viditq-w4a8": _viditq_w4a8,
+    "viditq-w4a8-mp": _viditq_w4a8_mp,
+}
+
+
+__all__ = [
+    "ACT_GRANULARITIES",
+    "BACKENDS",
+    "BLOCK_LAYERS",
+    "CROSS_KV_PATTERN",
+    "DEFAULT_KEEP_FLOAT",
+    "LayerQuant",
+    "LayerRule",
+    "PRESETS",
+    "QuantConfig",
+    "WEIGHT_GRANULARITIES",
+    "check_rules",
+]
