@@ -30,7 +30,7 @@ grid, fake quant is idempotent (``fq(fq(x)) == fq(x)`` up to a scale ulp), and t
 
 Degenerate groups: a scale below the smallest normal float32 (all-zero or denormal rows/columns) is
 replaced by ``1.0`` — those groups quantize to 0 and dequantize to exact zeros, never NaN/Inf
-(same rule as ``pallas_kernels.quantize.row_scale``). Inputs must be finite with ``|x| < 1e37``.
+(same rule as ``pallas_kernels.ops.quantize.row_scale``). Inputs must be finite with ``|x| < 1e37``.
 
 Granularity (the quantized axis is always the LAST one = the GEMM contraction axis ``K``):
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels.int8_matmul.reference import int8_matmul_ref, scaled_epilogue_ref
-from pallas_kernels.quantize.reference import quantize_per_token_ref
+from pallas_kernels.ops.int8_matmul.reference import int8_matmul_ref, scaled_epilogue_ref
+from pallas_kernels.ops.quantize.reference import quantize_per_token_ref
 
 
 def w8a8_linear_ref(

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from pallas_kernels._compat import pl, triton_compiler_params
-from pallas_kernels.int8_matmul.reference import NT_DIMS
+from pallas_kernels.ops.int8_matmul.reference import NT_DIMS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +100,7 @@ def triton_int8_gemm(
     out_dtype: jnp.dtype = jnp.int32,
     interpret: bool = False,
 ) -> jax.Array:
-    """Same contract as :func:`pallas_kernels.int8_matmul.mosaic.mosaic_int8_gemm`."""
+    """Same contract as :func:`pallas_kernels.ops.int8_matmul.mosaic.mosaic_int8_gemm`."""
     m, k = xq.shape
     n = wq.shape[0]
     bm, bn, bk = cfg.bm, cfg.bn, cfg.bk

@@ -5,9 +5,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels.int8_matmul.api import int8_gemm
-from pallas_kernels.quantize import quantize_per_token
-from pallas_kernels.w8a8_linear.reference import w8a8_linear_dequant_ref, w8a8_linear_ref
+from pallas_kernels._compat import on_gpu
+from pallas_kernels.ops.int8_matmul.api import int8_gemm, resolve_backend
+from pallas_kernels.ops.quantize import quantize_per_token
+from pallas_kernels.ops.w8a8_linear.reference import w8a8_linear_dequant_ref, w8a8_linear_ref
 
 
 def check_linear_args(x: jax.Array, qweight: jax.Array, k_weight: int, w_scale: jax.Array) -> None:
@@ -30,7 +31,7 @@ def w8a8_linear(
 ) -> jax.Array:
     """W8A8 linear ``x (M, K) -> (M, N)``.
 
-    ``x`` bf16/f32 is quantized per token (``pallas_kernels.quantize``), multiplied with
+    ``x`` bf16/f32 is quantized per token (``pallas_kernels.ops.quantize``), multiplied with
     ``qweight (N, K) int8`` in an int8 GEMM whose epilogue applies
     ``scale_t[:, None] * w_scale[None, :] + bias`` and casts to ``out_dtype``.
     ``backend``: ``auto`` (Mosaic GPU on Hopper, else XLA), ``mosaic``, ``triton``
@@ -39,10 +40,23 @@ def w8a8_linear(
     if qweight.dtype != jnp.int8:
         raise TypeError(f"qweight must be int8, got {qweight.dtype}")
     check_linear_args(x, qweight, qweight.shape[1], w_scale)
-    xq, xs = quantize_per_token(x)
+    be = resolve_backend(backend, "w8a8_linear")
+    xq, xs = quantize_per_token(x, backend=activation_quant_backend(be))
     return int8_gemm(
-        xq, qweight, xs, w_scale, bias, out_dtype=out_dtype, backend=backend, op="w8a8_linear"
+        xq, qweight, xs, w_scale, bias, out_dtype=out_dtype, backend=be, op="w8a8_linear"
     )
 
 
-__all__ = ["check_linear_args", "w8a8_linear", "w8a8_linear_dequant_ref", "w8a8_linear_ref"]
+def activation_quant_backend(gemm_backend: str) -> str:
+    """Quantizer paired with a GEMM backend: the Pallas row-block kernel next to Pallas GEMMs
+    on GPU, the XLA fusion otherwise (and for the all-XLA baseline)."""
+    return "triton" if gemm_backend in ("mosaic", "triton") and on_gpu() else "xla"
+
+
+__all__ = [
+    "activation_quant_backend",
+    "check_linear_args",
+    "w8a8_linear",
+    "w8a8_linear_dequant_ref",
+    "w8a8_linear_ref",
+]

@@ -8,9 +8,17 @@ import jax
 import jax.numpy as jnp
 
 from pallas_kernels import _config
-from pallas_kernels._compat import check_backend, gpu_name, is_hopper, log_once, on_gpu, plgpu, pltriton
-from pallas_kernels.int8_matmul import mosaic, triton
-from pallas_kernels.int8_matmul.reference import int8_matmul_ref, scaled_epilogue_ref
+from pallas_kernels._compat import (
+    check_backend,
+    gpu_name,
+    is_hopper,
+    log_once,
+    on_gpu,
+    plgpu,
+    pltriton,
+)
+from pallas_kernels.ops.int8_matmul import mosaic, triton
+from pallas_kernels.ops.int8_matmul.reference import int8_matmul_ref, scaled_epilogue_ref
 
 CONFIG_FILE = Path(__file__).with_name("configs.json")
 
@@ -33,7 +41,8 @@ def resolve_backend(backend: str, op: str) -> str:
 
 
 def mosaic_config(m: int, k: int, n: int, kernel: str) -> mosaic.MosaicGemmConfig:
-    return mosaic.MosaicGemmConfig.from_dict(_config.lookup(CONFIG_FILE, kernel, m, k, n, {}))
+    cfg = mosaic.MosaicGemmConfig.from_dict(_config.lookup(CONFIG_FILE, kernel, m, k, n, {}))
+    return mosaic.fit_config(cfg, k, n)
 
 
 def triton_config(m: int, k: int, n: int, kernel: str) -> triton.TritonGemmConfig | None:
@@ -94,5 +103,5 @@ def int8_gemm(
 
 
 def int8_matmul(xq: jax.Array, wq: jax.Array, *, backend: str = "auto") -> jax.Array:
-    """Bare GEMM ``xq (M,K) int8 @ wq (N,K)^T int8 -> (M,N) int32`` (exactly ``lax.dot_general``)."""
+    """Bare GEMM ``xq (M,K) @ wq (N,K)^T``, int8 -> int32, exactly ``lax.dot_general``."""
     return int8_gemm(xq, wq, backend=backend, op="int8_matmul")

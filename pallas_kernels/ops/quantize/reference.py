@@ -29,7 +29,7 @@ def quantize_with_scale(x: jax.Array, scale: jax.Array) -> jax.Array:
 
 
 def quantize_per_token_ref(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Reference per-token quantization: ``x (..., K)`` -> ``(int8 (..., K), f32 scale (..., 1))``."""
+    """Per-token quantization ``x (..., K)`` -> ``(int8 (..., K), f32 scale (..., 1))``."""
     scale = row_scale(x)
     return quantize_with_scale(x, scale), scale
 

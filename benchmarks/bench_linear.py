@@ -1,0 +1,339 @@
+"""Benchmark the quantized linears against XLA bf16 on the GPU.
+
+Usage (GPU machine, repo root)::
+
+    python benchmarks/bench_linear.py --json benchmarks/results/linear.json \
+        --md benchmarks/results/linear.md
+    python benchmarks/bench_linear.py --sweep   # tile sweep of the Mosaic GPU kernels
+
+Timing: each method is jitted, warmed up, then called ``iters`` times back-to-back on a rotation
+of input sets (so activations are not served from L2 every call) ending with
+``block_until_ready``; the per-call time is the median over ``reps`` such repetitions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import itertools
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pallas_kernels as pk  # noqa: E402
+from pallas_kernels._compat import gpu_name  # noqa: E402
+from pallas_kernels.ops.int8_matmul import mosaic  # noqa: E402
+from pallas_kernels.ops.int8_matmul.reference import (  # noqa: E402
+    int8_matmul_ref,
+    scaled_epilogue_ref,
+)
+from pallas_kernels.ops.producer import layernorm_noaffine  # noqa: E402
+from pallas_kernels.ops.quantize import quantize_per_token  # noqa: E402
+
+MS = (8192, 32768)
+KNS = ((1152, 3456), (1152, 1152), (1152, 4608), (4608, 1152))
+N_INPUT_SETS = 3
+
+
+def bench(fn: Callable, arg_sets: list[tuple], iters: int = 30, reps: int = 5) -> float:
+    """Median per-call wall time in microseconds."""
+    f = jax.jit(fn)
+    for a in arg_sets:
+        jax.block_until_ready(f(*a))
+    jax.block_until_ready(f(*arg_sets[0]))
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        out = None
+        for i in range(iters):
+            out = f(*arg_sets[i % len(arg_sets)])
+        jax.block_until_ready(out)
+        times.append((time.perf_counter() - t0) / iters * 1e6)
+    return statistics.median(times)
+
+
+def make_inputs(m: int, k: int, n: int, seed: int = 0) -> dict[str, Any]:
+    keys = jax.random.split(jax.random.key(seed), 8)
+    xs = [jax.random.normal(keys[i], (m, k), jnp.float32).astype(jnp.bfloat16)
+          for i in range(N_INPUT_SETS)]
+    w_f = jax.random.normal(keys[4], (n, k), jnp.float32) * 0.02
+    w_scale = jnp.max(jnp.abs(w_f), axis=1) / 127.0
+    wq = jnp.clip(jnp.round(w_f / w_scale[:, None]), -127, 127).astype(jnp.int8)
+    w4_scale = jnp.max(jnp.abs(w_f), axis=1) / 7.0
+    w4 = jnp.clip(jnp.round(w_f / w4_scale[:, None]), -8, 7).astype(jnp.int8)
+    bias = jax.random.normal(keys[5], (n,), jnp.float32) * 0.1
+    xq = [quantize_per_token(x) for x in xs]
+    return dict(
+        xs=xs, w_bf16=w_f.T.astype(jnp.bfloat16), b_bf16=bias.astype(jnp.bfloat16), wq=wq,
+        w_scale=w_scale, bias=bias, w4p=pk.pack_int4(w4), w4_scale=w4_scale, xq=xq,
+    )
+
+
+def methods(inp: dict[str, Any]) -> dict[str, tuple[Callable, list[tuple]]]:
+    wq, ws, b = inp["wq"], inp["w_scale"], inp["bias"]
+    xs = [(x,) for x in inp["xs"]]
+    xqs = [(q, s) for q, s in inp["xq"]]
+    w_bf16, b_bf16 = inp["w_bf16"], inp["b_bf16"]
+    w4p, w4s = inp["w4p"], inp["w4_scale"]
+    k = inp["xs"][0].shape[1]
+    shift = jnp.full((2, 1, k), 0.1, jnp.float32)
+    scale = jnp.full((2, 1, k), -0.05, jnp.float32)
+    smooth = jnp.linspace(0.5, 2.0, k, dtype=jnp.float32)
+
+    def ln_mod_bf16(x):  # the bf16 model's producer of the same activation (no quantization)
+        y = layernorm_noaffine(x.reshape(2, -1, k)) * (1 + scale) + shift
+        return y.astype(jnp.bfloat16)
+
+    return {
+        "xla_bf16": (lambda x: jnp.dot(x, w_bf16) + b_bf16, xs),
+        "xla_bf16_nobias": (lambda x: jnp.dot(x, w_bf16), xs),
+        "xla_w8a8": (lambda x: pk.w8a8_linear(x, wq, ws, b, backend="xla"), xs),
+        "pallas_w8a8": (lambda x: pk.w8a8_linear(x, wq, ws, b, backend="mosaic"), xs),
+        "pallas_w8a8_triton": (lambda x: pk.w8a8_linear(x, wq, ws, b, backend="triton"), xs),
+        "pallas_w4a8": (lambda x: pk.w4a8_linear(x, w4p, w4s, b, backend="mosaic"), xs),
+        "pallas_w4a8_triton": (lambda x: pk.w4a8_linear(x, w4p, w4s, b, backend="triton"), xs),
+        "xla_w4a8": (lambda x: pk.w4a8_linear(x, w4p, w4s, b, backend="xla"), xs),
+        # int8 GEMM + dequant epilogue on pre-quantized activations (quantization fused upstream).
+        "pallas_gemm_epilogue": (
+            lambda q, s: pk.int8_gemm(q, wq, s, ws, b, out_dtype=jnp.bfloat16, backend="mosaic"),
+            xqs),
+        "xla_gemm_epilogue": (
+            lambda q, s: scaled_epilogue_ref(int8_matmul_ref(q, wq), s, ws, b, jnp.bfloat16), xqs),
+        "quantize_xla": (lambda x: quantize_per_token(x, backend="xla"), xs),
+        "quantize_pallas": (lambda x: quantize_per_token(x, backend="triton"), xs),
+        "pallas_int8_gemm": (lambda q, s: pk.int8_matmul(q, wq, backend="mosaic"), xqs),
+        # Producer of a quantized linear's input vs the bf16 model's LN + modulate pass.
+        "ln_modulate_bf16": (ln_mod_bf16, xs),
+        "producer_xla": (lambda x: pk.fused_quantize_producer(
+            x.reshape(2, -1, k), shift, scale, smooth, backend="xla"), xs),
+        "producer_pallas": (lambda x: pk.fused_quantize_producer(
+            x.reshape(2, -1, k), shift, scale, smooth, backend="triton"), xs),
+        "xla_int8_gemm": (lambda q, s: int8_matmul_ref(q, wq), xqs),
+    }
+
+
+def check_outputs(inp: dict[str, Any]) -> None:
+    """Assert the timed Pallas paths agree with their references on this shape's inputs."""
+    x, wq, ws, b = inp["xs"][0], inp["wq"], inp["w_scale"], inp["bias"]
+    q, s = quantize_per_token(x, backend="triton")
+    qr, sr = pk.quantize_per_token_ref(x)
+    assert int(jnp.max(jnp.abs(q.astype(jnp.int32) - qr.astype(jnp.int32)))) <= 1
+    assert bool(jnp.allclose(s, sr, rtol=1e-6))
+    y = pk.w8a8_linear(x, wq, ws, b, backend="mosaic").astype(jnp.float32)
+    r = pk.w8a8_linear_ref(x, wq, ws, b).astype(jnp.float32)
+    rel = float(jnp.linalg.norm(y - r) / jnp.linalg.norm(r))
+    assert rel < 5e-3, rel
+
+
+def run_table(args) -> list[dict[str, Any]]:
+    rows = []
+    meta = dict(gpu=gpu_name(), jax_version=jax.__version__,
+                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    for m, (k, n) in itertools.product(args.ms, args.kns):
+        inp = make_inputs(m, k, n)
+        check_outputs(inp)
+        times = {}
+        for name, (fn, arg_sets) in methods(inp).items():
+            if args.only and name not in args.only and name != "xla_bf16":
+                continue
+            try:
+                times[name] = bench(fn, arg_sets, iters=args.iters, reps=args.reps)
+            except Exception as e:  # noqa: BLE001 - record and keep going
+                print(f"  {name} M={m} K={k} N={n} FAILED: {e!r}"[:400], flush=True)
+                times[name] = float("nan")
+        base = times["xla_bf16"]
+        ops = 2.0 * m * k * n
+        for name, t in times.items():
+            rows.append(dict(meta, M=m, K=k, N=n, method=name, time_us=round(t, 2),
+                             tops=round(ops / t / 1e6, 1) if t == t else None,
+                             speedup_vs_bf16=round(base / t, 3) if t == t else None))
+        print(f"M={m} K={k} N={n} " + " ".join(
+            f"{nm}={t:.1f}us({base / t:.2f}x)" for nm, t in times.items()), flush=True)
+        del inp
+    return rows
+
+
+def write_md(rows: list[dict[str, Any]], path: str) -> None:
+    meta = rows[0]
+    shapes = sorted({(r["M"], r["K"], r["N"]) for r in rows}, key=lambda s: (s[0], s[1], s[2]))
+    names = list(dict.fromkeys(r["method"] for r in rows))
+    t = {(r["M"], r["K"], r["N"], r["method"]): r for r in rows}
+    lines = [
+        f"# Linear benchmarks ({meta['gpu']}, JAX {meta['jax_version']}, {meta['date']})", "",
+        "Median per-call time in µs (ratio to XLA bf16 in parentheses; >1 is faster). "
+        "`pallas_gemm_epilogue`/`xla_gemm_epilogue` start from pre-quantized int8 activations "
+        "(quantization fused into the producer); `*_int8_gemm` is the bare s8xs8->s32 GEMM.", "",
+        "| M | K | N | " + " | ".join(names) + " |",
+        "| --- | --- | --- | " + " | ".join("---" for _ in names) + " |",
+    ]
+    for s in shapes:
+        cells = []
+        for nm in names:
+            r = t.get((*s, nm))
+            if r is None or r["speedup_vs_bf16"] is None:
+                cells.append("n/a")
+            else:
+                cells.append(f"{r['time_us']:.1f} ({r['speedup_vs_bf16']:.2f}x)")
+        lines.append(f"| {s[0]} | {s[1]} | {s[2]} | " + " | ".join(cells) + " |")
+    dates = sorted({r["date"] for r in rows})
+    if len(dates) > 1:
+        lines += ["", "Rows come from runs started at: " + ", ".join(dates)
+                  + " (see `date` per row in linear.json)."]
+    lines += ["", "Geometric-mean speed-up vs XLA bf16:", ""]
+    for nm in names:
+        sp = [t[(*s, nm)]["speedup_vs_bf16"] for s in shapes
+              if (*s, nm) in t and t[(*s, nm)]["speedup_vs_bf16"]]
+        if sp:
+            lines.append(f"- {nm}: {math.exp(sum(map(math.log, sp)) / len(sp)):.2f}x")
+    gem = [(s, t[(*s, "pallas_int8_gemm")]["time_us"], t[(*s, "xla_int8_gemm")]["time_us"])
+           for s in shapes if (*s, "pallas_int8_gemm") in t and (*s, "xla_int8_gemm") in t]
+    if gem:
+        lines += ["", "Pallas int8 GEMM / cuBLASLt (XLA int8) throughput:", ""]
+        lines += [f"- M={s[0]} K={s[1]} N={s[2]}: {xl / pa * 100:.0f}%" for s, pa, xl in gem]
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
+def run_sweep(args) -> None:
+    """Time Mosaic GPU tile configs for the scaled GEMM on each shape; print the best."""
+    cands = [mosaic.MosaicGemmConfig(tm, tn, tk, st, order)
+             for tm, tn, tk, st, order in itertools.product(
+                 args.tms, args.tns, args.tks, args.stages, args.orders)]
+    for spec in args.cands or []:  # "ws:tm,tn,tk,stages[,delay[,chain]]" or "v1:tm,tn,tk,stages"
+        kind, vals = spec.split(":")
+        v = vals.split(",")
+        cands.append(mosaic.MosaicGemmConfig(
+            int(v[0]), int(v[1]), int(v[2]), int(v[3]), "nm", ws=kind == "ws",
+            delay_release=int(v[4]) if len(v) > 4 else 1, chain=len(v) > 5 and v[5] == "chain"))
+    best: dict[str, Any] = {}
+    for m, (k, n) in itertools.product(args.ms, args.kns):
+        inp = make_inputs(m, k, n)
+        xqs = [(q, s) for q, s in inp["xq"]]
+        wq, ws, b = inp["wq"], inp["w_scale"], inp["bias"]
+        ref_i32 = jax.jit(int8_matmul_ref)(xqs[0][0], wq)
+        ref = scaled_epilogue_ref(ref_i32, xqs[0][1], ws, b, jnp.bfloat16)
+        res = []
+        for cfg in cands:
+            if not mosaic.supports(k, n, cfg):
+                continue
+            try:
+                if args.int32:
+                    ok = bool(jnp.array_equal(mosaic.mosaic_int8_gemm(xqs[0][0], wq, cfg=cfg),
+                                              ref_i32))
+                else:
+                    y = mosaic.mosaic_int8_gemm(xqs[0][0], wq, xqs[0][1], ws, b, cfg=cfg,
+                                                out_dtype=jnp.bfloat16)
+                    ok = bool(jnp.allclose(y.astype(jnp.float32), ref.astype(jnp.float32),
+                                           rtol=1e-2, atol=1e-2))
+                if not ok:
+                    print(f"  WRONG {cfg}", flush=True)
+                    continue
+                fn = (lambda q, s, c=cfg: mosaic.mosaic_int8_gemm(
+                    q, wq, s, ws, b, cfg=c, out_dtype=jnp.bfloat16))
+                if args.int32:
+                    fn = (lambda q, s, c=cfg: mosaic.mosaic_int8_gemm(q, wq, cfg=c))
+                t = bench(fn, xqs, iters=args.iters, reps=3)
+                res.append((t, cfg))
+            except Exception as e:  # noqa: BLE001
+                print(f"  FAIL {cfg}: {e!r}"[:600], flush=True)
+        res.sort(key=lambda r: r[0])
+        ops = 2.0 * m * k * n
+        print(f"M={m} K={k} N={n}: " + ", ".join(
+            f"({'ws' if c.ws else 'v1'},{c.tm},{c.tn},{c.tk},{c.stages},{c.delay_release},"
+            f"{'chain' if c.chain else ''})={t:.1f}us/{ops / t / 1e6:.0f}T"
+            for t, c in res[:6]), flush=True)
+        if res:
+            c = res[0][1]
+            best[f"{m},{k},{n}"] = dict(tm=c.tm, tn=c.tn, tk=c.tk, stages=c.stages, order=c.order,
+                                        ws=c.ws, delay_release=c.delay_release, chain=c.chain)
+        del inp
+    print("BEST " + json.dumps(best))
+    if args.sweep_json:
+        Path(args.sweep_json).write_text(json.dumps({gpu_name(): best}, indent=1))
+
+
+def run_quant_sweep(args) -> None:
+    """Time Pallas-Triton quantizer configs against the XLA fusion for each K."""
+    from pallas_kernels.ops.quantize import QuantConfig, triton_quantize_per_token
+    from pallas_kernels.ops.quantize.reference import quantize_per_token_ref
+
+    cands = [QuantConfig(bm, 128, w, 1) for bm in (1, 2, 4, 8, 16) for w in (1, 2, 4, 8)]
+    cands += [QuantConfig(bm, 256, w, 1) for bm in (2, 4, 8) for w in (4, 8)]
+    cands += [QuantConfig(16, 256, 4, 2, unroll=False)]
+    for m, k in itertools.product(args.ms, (1152, 4608)):
+        xs = [(jax.random.normal(jax.random.key(i), (m, k), jnp.float32).astype(jnp.bfloat16),)
+              for i in range(N_INPUT_SETS)]
+        qr, sr = jax.jit(quantize_per_token_ref)(*xs[0])
+        floor_us = m * k * 3 / 4.3e6
+        res = [(bench(quantize_per_token_ref, xs, iters=args.iters, reps=3), "xla")]
+        for c in cands:
+            try:
+                q, s = triton_quantize_per_token(xs[0][0], cfg=c)
+                ok = int(jnp.max(jnp.abs(q.astype(jnp.int32) - qr.astype(jnp.int32)))) <= 1 and \
+                    bool(jnp.allclose(s, sr, rtol=1e-6))
+                if not ok:
+                    print(f"  WRONG {c}", flush=True)
+                    continue
+                res.append((bench(lambda x, c=c: triton_quantize_per_token(x, cfg=c), xs,
+                                  iters=args.iters, reps=3), c))
+            except Exception as e:  # noqa: BLE001
+                print(f"  FAIL {c}: {e!r}"[:300], flush=True)
+        res.sort(key=lambda r: r[0])
+        print(f"M={m} K={k} floor~{floor_us:.1f}us: " + ", ".join(
+            f"{c if c == 'xla' else (c.bm, c.chunk, c.num_warps, c.num_stages, c.unroll)}={t:.1f}"
+            for t, c in res[:8]), flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--json")
+    ap.add_argument("--md")
+    ap.add_argument("--ms", type=int, nargs="+", default=list(MS))
+    ap.add_argument("--iters", type=int, default=30)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--only", nargs="*", default=None)
+    ap.add_argument("--kns", nargs="+", default=[f"{k},{n}" for k, n in KNS],
+                    help="K,N pairs to run")
+    ap.add_argument("--merge-into", help="earlier linear.json whose other shapes are kept")
+    ap.add_argument("--sweep", action="store_true")
+    ap.add_argument("--quant-sweep", action="store_true")
+    ap.add_argument("--sweep-json")
+    ap.add_argument("--int32", action="store_true")
+    ap.add_argument("--cands", nargs="*")
+    ap.add_argument("--tms", type=int, nargs="*", default=[])
+    ap.add_argument("--tns", type=int, nargs="*", default=[128, 192])
+    ap.add_argument("--tks", type=int, nargs="*", default=[64, 128])
+    ap.add_argument("--stages", type=int, nargs="*", default=[2, 4])
+    ap.add_argument("--orders", nargs="+", default=["nm"])
+    args = ap.parse_args(argv)
+    args.kns = [tuple(int(v) for v in kn.split(",")) for kn in args.kns]
+    print(f"gpu={gpu_name()} jax={jax.__version__}", flush=True)
+    if args.sweep:
+        run_sweep(args)
+        return
+    if args.quant_sweep:
+        run_quant_sweep(args)
+        return
+    rows = run_table(args)
+    if args.merge_into:  # replace this run's shapes in an earlier result file
+        done = {(r["M"], r["K"], r["N"]) for r in rows}
+        old = json.loads(Path(args.merge_into).read_text())
+        rows = [r for r in old if (r["M"], r["K"], r["N"]) not in done] + rows
+        rows.sort(key=lambda r: (r["M"], r["K"] != 1152, r["N"]))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    if args.md:
+        write_md(rows, args.md)
+        print(Path(args.md).read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""W4A8 linear: per-token int8 activations x packed int4 weights (per-channel or per-group)."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+from pallas_kernels import _config
+from pallas_kernels._compat import (
+    check_backend,
+    gpu_name,
+    is_hopper,
+    log_once,
+    on_gpu,
+    plgpu,
+    pltriton,
+)
+from pallas_kernels.ops.int8_matmul.api import int8_gemm
+from pallas_kernels.ops.int8_matmul.triton import TritonGemmConfig
+from pallas_kernels.ops.quantize import quantize_per_token
+from pallas_kernels.ops.w4a8_linear.packing import (
+    deinterleave_k,
+    pack_int4,
+    unpack_int4,
+    unpack_nibbles,
+)
+from pallas_kernels.ops.w4a8_linear.reference import grouped_int8_matmul_ref, w4a8_linear_ref
+from pallas_kernels.ops.w4a8_linear.triton import fit_w4_config, triton_w4a8_gemm
+from pallas_kernels.ops.w8a8_linear import activation_quant_backend, check_linear_args
+
+CONFIG_FILE = Path(__file__).with_name("configs.json")
+
+
+def _resolve(backend: str, grouped: bool) -> str:
+    """``auto``: per-channel on Hopper -> ``mosaic`` (weights unpacked to int8 once per call,
+    then the wgmma W8A8 kernel); per-group on GPU -> ``triton`` (in-register unpacking and
+    per-group scaling); otherwise ``xla``."""
+    check_backend(backend)
+    if backend == "reference":
+        return "xla"
+    if backend == "mosaic" and grouped:
+        backend = "triton"  # the wgmma kernel has no per-group epilogue
+    if backend != "auto":
+        return backend
+    if not grouped and is_hopper() and plgpu is not None:
+        return "mosaic"
+    if on_gpu() and pltriton is not None:
+        return "triton"
+    log_once("w4a8_linear:auto", f"pallas_kernels.w4a8_linear: no GPU ({gpu_name()!r});"
+             " using the XLA path (unpack + int8 dot_general).")
+    return "xla"
+
+
+def w4a8_linear(
+    x: jax.Array,
+    qweight_packed: jax.Array,
+    w_scale: jax.Array,
+    bias: jax.Array | None = None,
+    *,
+    group_size: int | None = None,
+    out_dtype: jnp.dtype = jnp.bfloat16,
+    backend: str = "auto",
+) -> jax.Array:
+    """W4A8 linear ``x (M, K) -> (M, N)``.
+
+    ``qweight_packed`` uint8 ``(N, K // 2)`` (see :func:`pack_int4`); ``w_scale`` ``(N,)`` per
+    channel, or ``(N, K // group_size)`` per group (``group_size`` given, or inferred).
+    """
+    n, kh = qweight_packed.shape
+    k = 2 * kh
+    check_linear_args(x, qweight_packed, k, w_scale)
+    if w_scale.ndim == 2:
+        gs = k // w_scale.shape[1]
+        if group_size is not None and group_size != gs:
+            raise ValueError(f"group_size={group_size} inconsistent with w_scale {w_scale.shape}")
+        if gs * w_scale.shape[1] != k:
+            raise ValueError(f"K={k} not divisible into {w_scale.shape[1]} groups")
+        group_size = gs
+    elif group_size is not None and group_size != k:
+        raise ValueError("per-group quantization needs w_scale of shape (N, K // group_size)")
+    else:
+        group_size = None
+    be = _resolve(backend, group_size is not None)
+    m = x.shape[0]
+    if be == "mosaic":
+        # Per-channel: unpacking N x K nibbles is a tiny XLA fusion next to the M x N x K GEMM.
+        xq, xs = quantize_per_token(x, backend=activation_quant_backend(be))
+        return int8_gemm(xq, unpack_int4(qweight_packed), xs, w_scale, bias,
+                         out_dtype=out_dtype, backend="mosaic", op="w4a8_linear")
+    if be == "triton":
+        cfg = TritonGemmConfig.from_dict(_config.lookup(CONFIG_FILE, "triton_w4a8", m, k, n, {}))
+        cfg_fit = fit_w4_config(cfg, m, k, n, group_size)
+        if cfg_fit is not None:
+            xq, xs = quantize_per_token(x)
+            return triton_w4a8_gemm(deinterleave_k(xq), qweight_packed, xs, w_scale, bias,
+                                    cfg=cfg_fit, out_dtype=out_dtype, interpret=not on_gpu())
+        log_once(f"w4a8:triton:{k},{n},{group_size}", f"pallas_kernels.w4a8_linear: Triton "
+                 f"kernel does not support K={k}, N={n}, group={group_size}; using XLA.")
+    return _w4a8_xla(x, qweight_packed, w_scale, bias, out_dtype=out_dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("out_dtype",))
+def _w4a8_xla(x, qweight_packed, w_scale, bias, *, out_dtype):
+    return w4a8_linear_ref(x, qweight_packed, w_scale, bias, out_dtype=out_dtype)
+
+
+__all__ = [
+    "deinterleave_k",
+    "grouped_int8_matmul_ref",
+    "pack_int4",
+    "unpack_int4",
+    "unpack_nibbles",
+    "w4a8_linear",
+    "w4a8_linear_ref",
+]

@@ -1,0 +1,130 @@
+"""W8A8 / W4A8 linears and the int4 packing contract (CPU: XLA + interpret-mode Triton)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import pallas_kernels as pk
+from pallas_kernels.testing import assert_bf16_close, rand_int, rand_scale, rand_x, requires_gpu
+
+K, N = 256, 128
+
+
+def _case(seed, m, k=K, n=N, lo=-127, hi=127):
+    x = rand_x(seed, m, k, zero_row=m // 2 if m > 2 else None)
+    wq = rand_int(seed + 1, (n, k), lo, hi)
+    ws = rand_scale(seed + 2, (n,))
+    bias = jax.random.normal(jax.random.key(seed + 3), (n,))
+    return x, wq, ws, bias
+
+
+@pytest.mark.parametrize(
+    "backend,m", [("xla", 1), ("xla", 130), ("triton", 1), ("triton", 7), ("triton", 130),
+                  ("auto", 7)])
+def test_w8a8_matches_reference(backend, m):
+    x, wq, ws, bias = _case(m, m)
+    y = pk.w8a8_linear(x, wq, ws, bias, backend=backend)
+    ref = pk.w8a8_linear_ref(x, wq, ws, bias)
+    assert y.shape == (m, N) and y.dtype == jnp.bfloat16
+    assert_bf16_close(y, ref)
+    # Against the float32 fake-quant form (independent formulation).
+    assert_bf16_close(y, pk.w8a8_linear_dequant_ref(x, wq, ws, bias))
+    if m > 2:  # zero row -> exactly the bias, never NaN
+        np.testing.assert_array_equal(np.asarray(y[m // 2]), np.asarray(bias.astype(y.dtype)))
+
+
+def test_w8a8_no_bias_f32_out_and_f32_input():
+    x, wq, ws, _ = _case(11, 240)
+    x = x.astype(jnp.float32)
+    y = pk.w8a8_linear(x, wq, ws, None, out_dtype=jnp.float32, backend="triton")
+    assert y.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(y), np.asarray(pk.w8a8_linear_ref(x, wq, ws, None,
+                               out_dtype=jnp.float32)), rtol=1e-5, atol=1e-5)
+    assert not np.any(np.asarray(y[120]))
+
+
+def test_w8a8_error_vs_float_is_small():
+    x, wq, ws, bias = _case(21, 64)
+    y = pk.w8a8_linear(x, wq, ws, bias, out_dtype=jnp.float32)
+    wf = wq.astype(jnp.float32) * ws[:, None]
+    yf = jnp.dot(x.astype(jnp.float32), wf.T, precision="highest") + bias
+    rel = float(jnp.linalg.norm(y - yf) / jnp.linalg.norm(yf))
+    assert rel < 2e-2  # 8-bit activation quantization error only
+
+
+def test_w8a8_rejects_bad_shapes():
+    x, wq, ws, bias = _case(3, 4)
+    with pytest.raises(ValueError):
+        pk.w8a8_linear(x.reshape(2, 2, K), wq, ws)
+    with pytest.raises(ValueError):
+        pk.w8a8_linear(x[:, :-2], wq, ws)
+    with pytest.raises(TypeError):
+        pk.w8a8_linear(x, wq.astype(jnp.int32), ws)
+
+
+def test_pack_int4_layout_and_roundtrip():
+    v = jnp.array([[-8, 7, 1, -1, 0, 3]], jnp.int8)
+    p = pk.pack_int4(v)
+    assert p.dtype == jnp.uint8 and p.shape == (1, 3)
+    # byte j = (v[2j] & 0xF) | ((v[2j+1] & 0xF) << 4)
+    assert p.tolist() == [[0x8 | (0x7 << 4), 0x1 | (0xF << 4), 0x0 | (0x3 << 4)]]
+    w = rand_int(5, (3, 4, 64), -8, 7)
+    np.testing.assert_array_equal(np.asarray(pk.unpack_int4(pk.pack_int4(w))), np.asarray(w))
+    with pytest.raises(ValueError):
+        pk.pack_int4(jnp.zeros((2, 3), jnp.int8))
+
+
+@pytest.mark.parametrize(
+    "backend,group,m", [("triton", None, 130), ("triton", 64, 7), ("xla", None, 7),
+                        ("xla", 64, 130)])
+def test_w4a8_matches_reference(backend, group, m):
+    x, w4, ws, bias = _case(100 + m, m, lo=-8, hi=7)
+    if group is not None:
+        ws = rand_scale(7, (N, K // group))
+    p = pk.pack_int4(w4)
+    y = pk.w4a8_linear(x, p, ws, bias, group_size=group, backend=backend)
+    ref = pk.w4a8_linear_ref(x, p, ws, bias)
+    assert y.shape == (m, N) and y.dtype == jnp.bfloat16
+    assert_bf16_close(y, ref)
+    np.testing.assert_array_equal(np.asarray(y[m // 2]), np.asarray(bias.astype(y.dtype)))
+
+
+def test_w4a8_group_reference_equals_per_channel_when_scales_constant():
+    x, w4, ws, bias = _case(9, 33, lo=-8, hi=7)
+    p = pk.pack_int4(w4)
+    wsg = jnp.repeat(ws[:, None], K // 64, axis=1)
+    assert_bf16_close(pk.w4a8_linear_ref(x, p, wsg, bias), pk.w4a8_linear_ref(x, p, ws, bias))
+
+
+def test_w4a8_bad_group_raises():
+    x, w4, ws, bias = _case(9, 4, lo=-8, hi=7)
+    with pytest.raises(ValueError):
+        pk.w4a8_linear(x, pk.pack_int4(w4), rand_scale(1, (N, 4)), group_size=32)
+
+
+@settings(max_examples=3, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), m=st.integers(1, 50))
+def test_w8a8_hypothesis_triton_interpret(seed, m):
+    x, wq, ws, bias = _case(seed % 100000, m, k=128, n=64)
+    assert_bf16_close(pk.w8a8_linear(x, wq, ws, bias, backend="triton"),
+                      pk.w8a8_linear_ref(x, wq, ws, bias))
+
+
+@pytest.mark.gpu
+@requires_gpu
+@pytest.mark.parametrize("backend", ["mosaic", "triton"])
+@pytest.mark.parametrize("m", [1, 7, 240, 600, 8192])
+@pytest.mark.parametrize("k,n", [(1152, 3456), (4608, 1152)])
+def test_linears_gpu(backend, m, k, n):
+    x, wq, ws, bias = _case(m, m, k, n)
+    assert_bf16_close(pk.w8a8_linear(x, wq, ws, bias, backend=backend),
+                      pk.w8a8_linear_ref(x, wq, ws, bias))
+    x, w4, ws, bias = _case(m + 7, m, k, n, lo=-8, hi=7)
+    p = pk.pack_int4(w4)
+    assert_bf16_close(pk.w4a8_linear(x, p, ws, bias, backend=backend),
+                      pk.w4a8_linear_ref(x, p, ws, bias))

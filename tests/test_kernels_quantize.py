@@ -1,0 +1,75 @@
+"""Per-token quantization: reference semantics and the Pallas-Triton kernel (interpret on CPU)."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import pallas_kernels as pk
+from pallas_kernels.ops.quantize import triton_quantize_per_token
+from pallas_kernels.testing import rand_x, requires_gpu
+
+
+def test_reference_semantics_and_zero_rows():
+    x = rand_x(1, 9, 64, jnp.float32, zero_row=4)
+    q, s = pk.quantize_per_token_ref(x)
+    assert q.dtype == jnp.int8 and s.dtype == jnp.float32 and s.shape == (9, 1)
+    assert float(s[4, 0]) == 1.0 and not np.any(np.asarray(q[4]))
+    xn = np.asarray(x)
+    np.testing.assert_allclose(np.asarray(s[:, 0])[[0, 1]], np.abs(xn).max(1)[[0, 1]] / 127,
+                               rtol=1e-6)
+    # The absmax element of each nonzero row maps to +-127; all values in [-127, 127].
+    assert np.all(np.abs(np.asarray(q)).max(1)[[0, 1, 2, 3, 5]] == 127)
+    assert np.asarray(q).min() >= -127
+    deq = pk.dequantize_per_token_ref(q, s)
+    assert np.all(np.abs(np.asarray(deq) - xn) <= np.asarray(s) / 2 + 1e-6)
+    assert np.all(np.isfinite(np.asarray(deq)))
+
+
+def test_round_half_to_even():
+    x = jnp.array([[127.0, 0.5, 1.5, 2.5, -0.5, -1.5]], jnp.float32)  # scale = 1
+    q, s = pk.quantize_per_token_ref(x)
+    assert float(s[0, 0]) == 1.0
+    assert q.tolist() == [[127, 0, 2, 2, 0, -2]]
+
+
+@pytest.mark.parametrize("m,k", [(1, 128), (7, 1152), (130, 256), (240, 64)])
+def test_triton_kernel_interpret_matches_reference(m, k):
+    x = rand_x(m + k, m, k, zero_row=m // 2)
+    q, s = pk.quantize_per_token(x, backend="triton")
+    qr, sr = pk.quantize_per_token_ref(x)
+    assert q.shape == (m, k) and s.shape == (m, 1)
+    np.testing.assert_array_equal(np.asarray(q), np.asarray(qr))
+    np.testing.assert_array_equal(np.asarray(s), np.asarray(sr))
+
+
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), m=st.integers(1, 40), kexp=st.integers(4, 8))
+def test_quantize_hypothesis(seed, m, kexp):
+    k = 2**kexp
+    x = rand_x(seed, m, k, jnp.float32)
+    q, s = pk.quantize_per_token(x)
+    qr, sr = pk.quantize_per_token_ref(x)
+    np.testing.assert_array_equal(np.asarray(q), np.asarray(qr))
+    assert np.all(np.abs(np.asarray(q, np.float32) * np.asarray(s) - np.asarray(x))
+                  <= np.asarray(s) / 2 + 1e-6)
+
+
+def test_leading_dims_are_kept():
+    x = rand_x(3, 6, 32).reshape(2, 3, 32)
+    q, s = pk.quantize_per_token(x, backend="triton")
+    assert q.shape == (2, 3, 32) and s.shape == (2, 3, 1)
+
+
+@pytest.mark.gpu
+@requires_gpu
+@pytest.mark.parametrize("m,k", [(7, 1152), (2048, 4608)])
+def test_triton_quantize_gpu(m, k):
+    x = rand_x(m, m, k, zero_row=3)
+    q, s = triton_quantize_per_token(x)
+    qr, sr = pk.quantize_per_token_ref(x)
+    assert int(jnp.max(jnp.abs(q.astype(jnp.int32) - qr.astype(jnp.int32)))) <= 1
+    np.testing.assert_allclose(np.asarray(s), np.asarray(sr), rtol=1e-6)
