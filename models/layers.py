@@ -162,6 +162,11 @@ def attention(q: Array, k: Array, v: Array, key_mask: Array | None = None) -> Ar
     """
     if q.dtype in (jnp.bfloat16, jnp.float16):
         mask = None if key_mask is None else key_mask[:, None, None, :]
+        if jax.default_backend() == "gpu":
+            try:  # cuDNN flash attention; shapes it does not support fall through to XLA's
+                return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
+            except Exception:  # noqa: BLE001 - raised at trace time for unsupported configurations
+                pass
         return jax.nn.dot_product_attention(q, k, v, mask=mask)
     dtype = q.dtype
     scale = 1.0 / math.sqrt(q.shape[-1])
