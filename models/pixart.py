@@ -19,6 +19,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from models.config import ModelConfig
 from models.layers import (
     CaptionEmbedder,
     FinalLayer,
@@ -38,7 +39,7 @@ Dtype = Any
 
 
 @dataclasses.dataclass(frozen=True)
-class PixArtConfig:
+class PixArtConfig(ModelConfig):
     """Architecture hyper-parameters (names follow the original ``PixArtMS`` constructor)."""
 
     input_size: int = 128  # latent side at construction; sets the positional ``base_size``
@@ -58,23 +59,8 @@ class PixArtConfig:
     family: str = "pixart-alpha"
 
     @property
-    def out_channels(self) -> int:
-        return self.in_channels * 2 if self.pred_sigma else self.in_channels
-
-    @property
     def base_size(self) -> float:
         return self.input_size // self.patch_size
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "PixArtConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown PixArtConfig fields: {sorted(unknown)}")
-        return cls(**d)
 
 
 PIXART_PRESETS: dict[str, PixArtConfig] = {

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import warnings
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from models.config import ModelConfig
 from models.layers import (
     CaptionEmbedder,
     CrossAttention,
@@ -53,28 +53,8 @@ from models.layers import (
 
 Dtype = Any
 
-# Original constructor arguments that do not change the inference math.
-_ORIGINAL_NOOP = frozenset(
-    {
-        "class_dropout_prob",
-        "drop_path",
-        "enable_flashattn",
-        "enable_flash_attn",
-        "enable_layernorm_kernel",
-        "enable_sequence_parallelism",
-        "freeze",
-        "from_pretrained",
-        "type",
-    }
-)
-
-
-def _tuple(v: Any) -> Any:
-    return tuple(_tuple(x) for x in v) if isinstance(v, (list, tuple)) else v
-
-
 @dataclasses.dataclass(frozen=True)
-class STDiTConfig:
+class STDiTConfig(ModelConfig):
     """Architecture hyper-parameters (names follow the original ``STDiT`` constructor)."""
 
     input_size: tuple[int, int, int] = (16, 64, 64)  # latent (T, H, W), fixed at construction
@@ -104,41 +84,10 @@ class STDiTConfig:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
 
     @property
-    def out_channels(self) -> int:
-        return self.in_channels * 2 if self.pred_sigma else self.in_channels
-
-    @property
     def grid(self) -> tuple[int, int, int]:
         """Token grid ``(T', H', W')`` after patching."""
         return tuple(a // p for a, p in zip(self.input_size, self.patch_size))  # type: ignore[return-value]
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "STDiTConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown STDiTConfig fields: {sorted(unknown)}")
-        return cls(**{k: _tuple(v) for k, v in d.items()})
-
-    @classmethod
-    def from_original(cls, d: dict, **defaults: Any) -> "STDiTConfig":
-        """From the original constructor kwargs (e.g. a fixture manifest's ``config``); keys that do
-        not change the math (dropout, flash/LN-kernel flags, ...) are dropped, unknown ones warned."""
-        fields = dataclasses.asdict(cls())
-        fields.update(defaults)
-        names = set(fields)
-        unknown = []
-        for k, v in d.items():
-            if k in names:
-                fields[k] = _tuple(v)
-            elif k not in _ORIGINAL_NOOP:
-                unknown.append(k)
-        if unknown:
-            warnings.warn(f"STDiT config keys not understood and ignored: {sorted(unknown)}", stacklevel=2)
-        return cls(**fields)
 
 
 STDIT_PRESETS: dict[str, STDiTConfig] = {

@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import warnings
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from models.config import COMMON_NOOP_KEYS, ModelConfig
 from models.layers import (
     CaptionEmbedder,
     FinalLayer,
@@ -50,39 +50,8 @@ from models.layers import (
 
 Dtype = Any
 
-# STDiT3Config / HF config.json fields that do not change the inference math.
-_ORIGINAL_NOOP = frozenset(
-    {
-        "input_size",  # (None, None, None): the model is dynamic-size
-        "class_dropout_prob",
-        "drop_path",
-        "enable_flash_attn",
-        "enable_flashattn",
-        "enable_layernorm_kernel",
-        "enable_sequence_parallelism",
-        "only_train_temporal",
-        "freeze_y_embedder",
-        # Hugging Face PretrainedConfig bookkeeping
-        "architectures",
-        "model_type",
-        "dtype",
-        "torch_dtype",
-        "transformers_version",
-        "_name_or_path",
-        "_commit_hash",
-        "auto_map",
-        "from_pretrained",
-        "type",
-    }
-)
-
-
-def _tuple(v: Any) -> Any:
-    return tuple(_tuple(x) for x in v) if isinstance(v, (list, tuple)) else v
-
-
 @dataclasses.dataclass(frozen=True)
-class STDiT3Config:
+class STDiT3Config(ModelConfig):
     """Architecture hyper-parameters (names follow the original ``STDiT3Config``)."""
 
     input_sq_size: int = 512  # pixel side at which the spatial positional scale is 1
@@ -104,40 +73,28 @@ class STDiT3Config:
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
 
-    @property
-    def out_channels(self) -> int:
-        return self.in_channels * 2 if self.pred_sigma else self.in_channels
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "STDiT3Config":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown STDiT3Config fields: {sorted(unknown)}")
-        return cls(**{k: _tuple(v) for k, v in d.items()})
+    NOOP_KEYS: ClassVar[frozenset] = COMMON_NOOP_KEYS | {
+        "input_size",  # (None, None, None): the model is dynamic-size
+        "only_train_temporal",
+        "freeze_y_embedder",
+        "skip_y_embedder",  # False is the only supported value (checked in from_original)
+        # Hugging Face PretrainedConfig bookkeeping
+        "architectures",
+        "model_type",
+        "dtype",
+        "torch_dtype",
+        "transformers_version",
+        "_name_or_path",
+        "_commit_hash",
+        "auto_map",
+    }
 
     @classmethod
     def from_original(cls, d: dict, **defaults: Any) -> "STDiT3Config":
-        """From ``STDiT3Config`` kwargs / an HF ``config.json``; fields that do not change the math
-        are dropped, unknown ones warned about, unsupported options rejected."""
+        """From ``STDiT3Config`` kwargs / an HF ``config.json`` (see :meth:`ModelConfig.from_original`)."""
         if d.get("skip_y_embedder"):
             raise NotImplementedError("STDiT3 skip_y_embedder=True (pre-projected captions) is not supported")
-        fields = dataclasses.asdict(cls())
-        fields.update(defaults)
-        names = set(fields)
-        unknown = []
-        for k, v in d.items():
-            if k in names:
-                fields[k] = _tuple(v)
-            elif k not in _ORIGINAL_NOOP and k != "skip_y_embedder":
-                unknown.append(k)
-        if unknown:
-            warnings.warn(f"STDiT3 config keys not understood and ignored: {sorted(unknown)}", stacklevel=2)
-        return cls(**fields)
-
+        return super().from_original(d, **defaults)
 
 STDIT3_PRESETS: dict[str, STDiT3Config] = {
     "stdit3-xl-2": STDiT3Config(),  # hpcai-tech/OpenSora-STDiT-v3
