@@ -119,3 +119,14 @@ def test_shipped_feature_nets():
             x = rng.uniform(-1, 1, (4, 8, 32, 32, 3)).astype(np.float32)
             q = video_quality(fx, x, np.zeros(4, int), np.zeros(4, int), (mu, cov))
             assert set(q) == {"fd", "cond_acc", "temporal_consistency", "motion_acc"}
+
+
+def test_ssim_small_even_images_are_finite():
+    import numpy as np
+
+    from vidq_jax.eval.quality import ssim
+
+    rng = np.random.default_rng(0)
+    a = rng.uniform(-1, 1, (2, 8, 12, 4)).astype(np.float32)
+    b = a + 0.1 * rng.standard_normal(a.shape).astype(np.float32)
+    assert np.isfinite(ssim(a, b)) and ssim(a, a) == 1.0

@@ -70,6 +70,20 @@ def null_condition(model, params, cond: Mapping[str, Any]) -> dict[str, Any]:
     return {"y": jnp.broadcast_to(null, y.shape)}
 
 
+def sampler_settings(model, *, sampler: str | None = None, steps: int | None = None,
+                     guidance_scale: float | None = None) -> dict[str, Any]:
+    """The family's release settings (:data:`SAMPLER_DEFAULTS`) with overrides applied."""
+    d = SAMPLER_DEFAULTS[family(model)]
+    name = sampler or d["sampler"]
+    if name not in _SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(_SAMPLERS)}")
+    return {
+        "sampler": name,
+        "steps": int(steps or d["steps"]),
+        "guidance_scale": float(d["guidance_scale"] if guidance_scale is None else guidance_scale),
+    }
+
+
 def sample(
     model,
     params: Any,
@@ -81,21 +95,22 @@ def sample(
     steps: int | None = None,
     guidance_scale: float | None = None,
     key: jax.Array | None = None,
+    apply_fn: Callable | None = None,
     **sampler_kwargs: Any,
 ):
     """Sample with the family's release sampler (overridable). ``uncond`` defaults to
-    :func:`null_condition`; ``key`` is required by the ancestral IDDPM sampler."""
-    defaults = SAMPLER_DEFAULTS[family(model)]
-    name = sampler or defaults["sampler"]
-    if name not in _SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(_SAMPLERS)}")
-    kwargs = dict(steps=steps or defaults["steps"], guidance_scale=defaults["guidance_scale"] if guidance_scale is None else guidance_scale)
-    if name == "iddpm":
+    :func:`null_condition`; ``key`` is required by the ancestral IDDPM sampler; ``apply_fn``
+    replaces the plain model call (e.g. a per-timestep-segment wrapper; create it once and reuse it,
+    the compiled loop is cached on its identity)."""
+    st = sampler_settings(model, sampler=sampler, steps=steps, guidance_scale=guidance_scale)
+    kwargs = dict(steps=st["steps"], guidance_scale=st["guidance_scale"])
+    if st["sampler"] == "iddpm":
         if key is None:
             raise ValueError("the IDDPM sampler needs a PRNG key")
         kwargs["key"] = key
-    elif key is not None and name == "ddim":
+    elif key is not None and st["sampler"] == "ddim":
         kwargs["key"] = key
-    if uncond is None and kwargs["guidance_scale"] != 1.0:
+    if uncond is None and st["guidance_scale"] != 1.0:
         uncond = null_condition(model, params, cond)
-    return _SAMPLERS[name](apply_fn_for(model), params, noise, dict(cond), uncond, **kwargs, **sampler_kwargs)
+    fn = apply_fn or apply_fn_for(model)
+    return _SAMPLERS[st["sampler"]](fn, params, noise, dict(cond), uncond, **kwargs, **sampler_kwargs)

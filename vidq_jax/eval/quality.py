@@ -109,7 +109,8 @@ def _gaussian_window(size: int, sigma: float) -> jnp.ndarray:
 @jax.jit
 def _ssim_maps(a: jax.Array, b: jax.Array, data_range: jax.Array):
     """Per-image SSIM ``(N,)`` of ``(N, H, W, C)`` float32 arrays (separable Gaussian, valid)."""
-    win = 11 if min(a.shape[1], a.shape[2]) >= 11 else (min(a.shape[1], a.shape[2]) // 2) * 2 + 1
+    side = min(a.shape[1], a.shape[2])
+    win = 11 if side >= 11 else (side if side % 2 else side - 1)  # odd, never larger than the image
     g = _gaussian_window(win, 1.5)
     c1 = (0.01 * data_range) ** 2
     c2 = (0.03 * data_range) ** 2

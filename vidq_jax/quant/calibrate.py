@@ -15,7 +15,8 @@ taken on the balanced input ``x' = (x / s) · R`` (needed for static activation 
 layers, a second pass once ``s`` is known).
 
 Batches are dicts of the model's keyword inputs (``x``, ``timestep``, ``y``, ``mask``, extras; see
-DESIGN.md), optionally ``(name, batch)`` pairs; the name appears in errors.
+DESIGN.md), optionally ``(name, batch)`` pairs or :class:`vidq_jax.calibration.CalibBatch` records;
+the name appears in errors.
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ def _reduce(x: jax.Array) -> dict[str, jax.Array]:
         "inc_sum": jnp.sum(inc),
         "inc_max": jnp.max(inc),
         "rows": jnp.asarray(xf.shape[0], jnp.int32),
+        # XLA's CPU max/min reductions may drop NaN (fast min/max): count non-finite values explicitly
+        "nonfinite": jnp.sum(~jnp.isfinite(xf)).astype(jnp.int32),
     }
 
 
@@ -89,6 +92,7 @@ def _combine(a: dict, b: dict) -> dict:
         "inc_sum": a["inc_sum"] + b["inc_sum"],
         "inc_max": jnp.maximum(a["inc_max"], b["inc_max"]),
         "rows": a["rows"] + b["rows"],
+        "nonfinite": a["nonfinite"] + b["nonfinite"],
         "calls": a["calls"] + b["calls"],
     }
 
@@ -138,6 +142,8 @@ def make_stats_fn(model: nn.Module, paths: Iterable[str] | None = None, transfor
 
 def _named(batches: Iterable) -> Iterable[tuple[str, dict]]:
     for i, item in enumerate(batches):
+        if hasattr(item, "as_pair"):  # vidq_jax.calibration.CalibBatch (duck-typed: no import cycle)
+            item = item.as_pair()
         if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
             yield item[0], item[1]
         elif isinstance(item, Mapping):
@@ -169,7 +175,7 @@ def collect_stats(
         raw = jax.device_get(fn(params, batch))
         for path in order:  # call order: the first bad layer is where NaN/Inf appear
             st = raw[path]
-            bad = [k for k in ("absmax", "min", "max") if not np.all(np.isfinite(st[k]))]
+            bad = int(st["nonfinite"]) > 0 or not all(np.all(np.isfinite(st[k])) for k in ("absmax", "min", "max"))
             if bad:
                 raise ValueError(
                     f"non-finite calibration activations (NaN/Inf) at the input of layer {path!r} in {name}"

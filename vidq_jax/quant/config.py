@@ -224,6 +224,7 @@ DEFAULT_KEEP_FLOAT: tuple[str, ...] = (
 )
 CROSS_KV_PATTERN = r"(^|/)cross_attn/(kv_linear|k_linear|v_linear)$"
 BLOCK_LAYERS = r"(^|/)(attn|cross_attn|attn_temp|mlp)/"  # every Dense inside a transformer block
+SHARED_CAPTION_KV = r"(^|/)cross_attn/kv_linear$"  # every block's cross-attn K/V reads the same caption y
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,6 +232,14 @@ class QuantConfig:
     """Whole-model quantization recipe (see the module docstring for rule semantics).
 
     ``seed`` derives each layer's Hadamard sign vector (``fold_in(key(seed), crc32(path))``).
+
+    ``share_balance``: regexes; the balanced layers matched by one pattern share ONE smoothing vector
+    and Hadamard rotation ``(m, H)`` — meant for layers consuming the same tensor, so that the online
+    transform can be computed once (fused upstream). q/k/v already share it (one fused ``qkv`` Dense);
+    the other co-consumers in these models are the cross-attention ``kv_linear`` of every block, which
+    all read the caption embedding ``y`` (:data:`SHARED_CAPTION_KV`). The shared smoothing uses the
+    max over the group's weight columns and calibrated input absmax; a warning is raised when the
+    members' inputs differ (not one tensor).
     """
 
     name: str = "custom"
@@ -240,6 +249,7 @@ class QuantConfig:
     quantize_cross_kv: bool = True
     cross_kv_pattern: str = CROSS_KV_PATTERN
     seed: int = 0
+    share_balance: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.default is not None and not isinstance(self.default, LayerQuant):
@@ -250,7 +260,8 @@ class QuantConfig:
                 raise TypeError(f"rules must be LayerRule instances, got {r!r}")
         object.__setattr__(self, "rules", rules)
         object.__setattr__(self, "keep_float", tuple(self.keep_float))
-        for p in (*self.keep_float, self.cross_kv_pattern):
+        object.__setattr__(self, "share_balance", tuple(self.share_balance))
+        for p in (*self.keep_float, self.cross_kv_pattern, *self.share_balance):
             try:
                 re.compile(p)
             except re.error as e:
@@ -275,6 +286,10 @@ class QuantConfig:
             return None
         return eff
 
+    def share_pattern(self, path: str) -> str | None:
+        """The first :attr:`share_balance` pattern matching ``path`` (``None``: own (m, H))."""
+        return next((p for p in self.share_balance if re.search(p, path)), None)
+
     def resolve_all(self, paths: Iterable[str]) -> dict[str, LayerQuant | None]:
         """:meth:`resolve` for every path."""
         return {p: self.resolve(p) for p in paths}
@@ -285,6 +300,26 @@ class QuantConfig:
     def with_rules(self, *rules: LayerRule) -> "QuantConfig":
         """Append rules (they win over the existing ones)."""
         return self.replace(rules=self.rules + tuple(rules))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form (:meth:`from_dict` inverts it); stored in quantized model folders."""
+        return {
+            "name": self.name,
+            "default": None if self.default is None else dataclasses.asdict(self.default),
+            "rules": [[r.pattern, None if r.settings is None else dict(r.settings)] for r in self.rules],
+            "keep_float": list(self.keep_float),
+            "quantize_cross_kv": self.quantize_cross_kv,
+            "cross_kv_pattern": self.cross_kv_pattern,
+            "seed": self.seed,
+            "share_balance": list(self.share_balance),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "QuantConfig":
+        d = dict(d)
+        default = d.pop("default", None)
+        rules = tuple(LayerRule(p, s) for p, s in d.pop("rules", ()))
+        return cls(default=None if default is None else LayerQuant(**default), rules=rules, **d)
 
     @classmethod
     def preset(cls, name: str, *, backend: str | None = None, **changes: Any) -> "QuantConfig":
@@ -405,6 +440,7 @@ __all__ = [
     "LayerRule",
     "PRESETS",
     "QuantConfig",
+    "SHARED_CAPTION_KV",
     "WEIGHT_GRANULARITIES",
     "check_rules",
 ]

@@ -1,0 +1,184 @@
+"""Calibration data recorded along the float model's own sampling trajectories.
+
+ViDiT-Q calibrates on the activations the model sees while it samples (N prompts × every k-th
+denoising step × both CFG halves). :func:`collect` runs the family's release sampler
+(:func:`vidq_jax.pipeline.sample`, ``return_trajectory=True``) ONCE per prompt batch and slices the
+trajectory: the input latent of step ``i`` is the noise for ``i = 0`` and ``trajectory[i - 1]``
+otherwise, its model timestep comes from the sampler's schedule helpers
+(:func:`sampler_timesteps`). Each recorded batch is a dict of the model's keyword inputs holding
+BOTH CFG halves as the sampler would run them (``2B`` rows, conditional rows first, built with
+:func:`vidq_jax.sampling.combine_cfg_inputs`), so that ``model.apply({"params": p}, **batch)`` runs
+it and the per-token statistics see the cond and uncond rows separately.
+
+Batches are yielded as ``(name, batch)`` pairs (``"prompts 0-1 step 5 (t=749)"``), the form
+:func:`vidq_jax.quant.quantize_params` accepts and names in its errors; ``meta`` of
+:class:`CalibBatch` carries the step/timestep for per-timestep analyses (fidelity report,
+mixed-precision sensitivity).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vidq_jax import pipeline, sampling
+
+
+@dataclasses.dataclass(frozen=True)
+class CalibBatch:
+    """One recorded model call: ``batch`` (model keyword inputs, ``2B`` rows with CFG) and where
+    it was taken (``step`` in sampling order, model ``timestep``, first prompt index)."""
+
+    name: str
+    batch: dict[str, Any]
+    step: int
+    timestep: float
+    prompt_start: int
+
+    def as_pair(self) -> tuple[str, dict[str, Any]]:
+        return self.name, self.batch
+
+
+def sampler_timesteps(sampler: str, steps: int, noise_shape: Sequence[int], **sampler_kwargs: Any) -> np.ndarray:
+    """Model timestep of every step (sampling order) of ``sampler`` — the same schedule helpers the
+    samplers use (``discretization`` for DPM-Solver; ``height``/``width``/``num_frames``/``ratio``/
+    ``use_timestep_transform`` for rectified flow, defaulting like :func:`vidq_jax.sampling.sample_rflow`)."""
+    if sampler == "dpm_solver":
+        return np.asarray(sampling.dpm_solver_schedule(steps, sampler_kwargs.get("discretization", "diffusers")).model_timesteps)
+    if sampler in ("iddpm", "ddim"):
+        return np.asarray(sampling.iddpm_schedule(steps).timestep_map[::-1])
+    if sampler == "rflow":
+        ratio = sampler_kwargs.get("ratio")
+        if not sampler_kwargs.get("use_timestep_transform", True):
+            ratio = None
+        elif ratio is None:
+            num_frames = sampler_kwargs.get("num_frames") or sampling.rflow_size_from_latent(noise_shape)[2]
+            height = sampler_kwargs.get("height") or noise_shape[-3] * 8
+            width = sampler_kwargs.get("width") or noise_shape[-2] * 8
+            ratio = sampling.rflow_time_ratio(height, width, num_frames)
+        return np.asarray(sampling.rflow_schedule(steps, ratio).timesteps)
+    raise ValueError(f"unknown sampler {sampler!r}")
+
+
+def _rows(cond: Mapping[str, Any], start: int, stop: int) -> dict[str, Any]:
+    """Rows ``start:stop`` of every batched array of ``cond`` (0-d / non-array values shared)."""
+    out = {}
+    for k, v in cond.items():
+        if isinstance(v, Mapping):
+            out[k] = _rows(v, start, stop)
+        elif v is not None and np.ndim(v) >= 1:
+            out[k] = jnp.asarray(v)[start:stop]
+        else:
+            out[k] = v
+    return out
+
+
+def _num_prompts(cond: Mapping[str, Any]) -> int:
+    y = cond.get("y")
+    if y is None or np.ndim(y) < 1:
+        raise ValueError("prompts_cond must hold the caption features 'y' (B, L, C)")
+    return int(np.shape(y)[0])
+
+
+def collect(
+    model,
+    params: Any,
+    prompts_cond: Mapping[str, Any],
+    *,
+    num_prompts: int | None = None,
+    every_k_steps: int = 1,
+    noise_key: jax.Array | None = None,
+    latent_shape: Sequence[int] | None = None,
+    prompt_batch: int = 2,
+    uncond: Mapping[str, Any] | None = None,
+    sampler: str | None = None,
+    steps: int | None = None,
+    guidance_scale: float | None = None,
+    first_step: int = 0,
+    **sampler_kwargs: Any,
+) -> Iterator[CalibBatch]:
+    """Yield calibration batches recorded along FP sampling trajectories (lazily, prompt batch by
+    prompt batch).
+
+    ``prompts_cond``: conditional keyword inputs for all prompts (``y (P, L, C)``, ``mask``, extras);
+    the first ``num_prompts`` (default all) are used, ``prompt_batch`` at a time (one sampling run
+    each). ``latent_shape``: per-sample latent shape ``(H, W, C)`` / ``(T, H, W, C)`` (default: from
+    ``model.init_inputs()`` if the model has one). ``noise_key`` (default ``PRNGKey(0)``) draws the
+    noise of each prompt batch (``fold_in(key, batch_index)``) and the IDDPM key. Steps
+    ``first_step, first_step + k, ...`` are recorded. ``uncond`` defaults to the learned null caption
+    (:func:`vidq_jax.pipeline.null_condition`); other ``sampler_kwargs`` go to the sampler (e.g.
+    ``num_frames`` for STDiT3's rectified-flow shift).
+
+    Use ``[b.as_pair() for b in collect(...)]`` (or just the generator: a :class:`CalibBatch` is
+    accepted by :func:`calib_pairs`) as ``calib_batches`` of :func:`vidq_jax.quant.quantize_params`.
+    """
+    if every_k_steps < 1:
+        raise ValueError(f"every_k_steps must be >= 1, got {every_k_steps}")
+    if prompt_batch < 1:
+        raise ValueError(f"prompt_batch must be >= 1, got {prompt_batch}")
+    total = _num_prompts(prompts_cond)
+    n = total if num_prompts is None else int(num_prompts)
+    if not 1 <= n <= total:
+        raise ValueError(f"num_prompts={num_prompts} must lie in [1, {total}] (prompts available)")
+    if latent_shape is None:
+        if not hasattr(model, "init_inputs"):
+            raise ValueError("latent_shape is required for a model without init_inputs()")
+        latent_shape = tuple(model.init_inputs()["x"].shape[1:])
+    settings = pipeline.sampler_settings(model, sampler=sampler, steps=steps, guidance_scale=guidance_scale)
+    key = jax.random.PRNGKey(0) if noise_key is None else noise_key
+    use_cfg = settings["guidance_scale"] != 1.0
+    for bi, start in enumerate(range(0, n, prompt_batch)):
+        stop = min(start + prompt_batch, n)
+        cond = _rows(prompts_cond, start, stop)
+        unc = None
+        if use_cfg:
+            unc = _rows(uncond, start, stop) if uncond is not None else pipeline.null_condition(model, params, cond)
+        k_noise, k_sampler = jax.random.split(jax.random.fold_in(key, bi))
+        shape = (stop - start, *latent_shape)
+        noise = jax.random.normal(k_noise, shape, jnp.float32)
+        _, traj = pipeline.sample(model, params, noise, cond, unc, sampler=settings["sampler"], steps=settings["steps"],
+                                  guidance_scale=settings["guidance_scale"], key=k_sampler, return_trajectory=True,
+                                  **sampler_kwargs)
+        ts = sampler_timesteps(settings["sampler"], settings["steps"], shape, **sampler_kwargs)
+        model_cond = sampling.combine_cfg_inputs(cond, unc) if use_cfg else cond
+        reps = 2 if use_cfg else 1
+        for i in range(first_step, settings["steps"], every_k_steps):
+            x = noise if i == 0 else traj[i - 1]
+            t = jnp.full((x.shape[0],), ts[i], dtype=jnp.float32)
+            batch = {"x": jnp.concatenate([x] * reps, axis=0), "timestep": jnp.concatenate([t] * reps, axis=0),
+                     **model_cond}
+            name = f"prompts {start}-{stop - 1} step {i} (t={float(ts[i]):g})"
+            yield CalibBatch(name, batch, i, float(ts[i]), start)
+
+
+def calib_pairs(batches) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(name, batch)`` pairs from :class:`CalibBatch` items (other items passed through)."""
+    for b in batches:
+        yield b.as_pair() if isinstance(b, CalibBatch) else b
+
+
+def random_conditioning(model, num_prompts: int, *, seed: int = 0) -> dict[str, Any]:
+    """Stand-in conditioning for ``num_prompts`` prompts shaped like ``model.init_inputs()``:
+    standard-normal caption features, all-valid masks, the model's own extras (sizes, fps) — for
+    fixture/random models and smoke runs when no text-encoder features are at hand."""
+    ref = model.init_inputs(batch=num_prompts)
+    rng = np.random.default_rng(seed)
+    out: dict[str, Any] = {}
+    for k, v in ref.items():
+        if k in ("x", "timestep"):
+            continue
+        if k == "y":
+            out[k] = jnp.asarray(rng.standard_normal(v.shape).astype(np.float32))
+        elif k == "mask":
+            out[k] = jnp.ones(v.shape, jnp.int32)
+        else:
+            out[k] = v
+    return out
+
+
+__all__ = ["CalibBatch", "calib_pairs", "collect", "random_conditioning", "sampler_timesteps"]
