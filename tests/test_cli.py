@@ -46,3 +46,9 @@ def test_convert_bad_checkpoint_exit_code(tmp_path, capsys):
     bad.write_bytes(b"\x00" * 100)
     assert main(["convert", "--arch", "pixart-alpha", str(bad), str(tmp_path / "o")]) == 2
     assert "x.pth" in capsys.readouterr().err
+
+
+def test_bench_tiny_writes_tables(tmp_path):
+    assert main(["bench", "--only", "e2e", "--tiny", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "e2e.json").read_text())
+    assert {r["method"] for r in rows} == {"bf16", "w8a8", "w4a8"} and all("speedup_vs_bf16" in r for r in rows)

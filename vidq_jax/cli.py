@@ -149,6 +149,32 @@ def cmd_quantize(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    """Run the GPU benchmarks of ``benchmarks/`` (repository checkout) and print their tables."""
+    import runpy
+
+    bench_dir = Path(__file__).resolve().parent.parent / "benchmarks"
+    if not bench_dir.is_dir():
+        print(f"vidq bench: {bench_dir} not found (run from a repository checkout)", file=sys.stderr)
+        return 2
+    sys.path.insert(0, str(bench_dir))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    linear = ["--json", str(out / "linear.json"), "--md", str(out / "linear.md")]
+    e2e = ["--out", str(out / "e2e.json")] + (["--tiny"] if args.tiny else [])
+    for script, argv in (("bench_linear.py", linear), ("bench_e2e.py", e2e)):
+        if args.only and args.only not in script:
+            continue
+        print(f"== {script}", flush=True)
+        sys.argv = [script, *argv]
+        try:
+            runpy.run_path(str(bench_dir / script), run_name="__main__")
+        except SystemExit as e:
+            if e.code not in (0, None):
+                return int(e.code) if isinstance(e.code, int) else 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from conversion import ARCHS
 
@@ -162,6 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--config", help="JSON (inline or a file) completing/overriding the model config")
     c.add_argument("--dtype", help="cast params: fp32 | bf16 | fp16 (default: as stored)")
     c.set_defaults(func=cmd_convert)
+
+    b = sub.add_parser("bench", help="GPU benchmarks: fused linear and one denoising step vs XLA bf16")
+    b.add_argument("--only", choices=["linear", "e2e"], help="run one of the two")
+    b.add_argument("--tiny", action="store_true", help="toy sizes for the step benchmark (CPU smoke run)")
+    b.add_argument("--out", default="outputs/bench", help="where the JSON/markdown tables go (default outputs/bench)")
+    b.set_defaults(func=cmd_bench)
 
     d = sub.add_parser("demo", help="the main job on the embedded default (writes outputs/demo/)")
     d.add_argument("--out", default="outputs/demo")
