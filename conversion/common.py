@@ -69,6 +69,12 @@ def expected_state_shapes(shapes: dict[FlaxPath, tuple[int, ...]]) -> dict[str, 
     return {flax_path_to_torch_key(p): (p, torch_shape(p, s)) for p, s in shapes.items()}
 
 
+def count_blocks(state: StateDict, prefix: str) -> int:
+    """Number of ``<prefix>.<i>.…`` blocks in a state dict (highest index + 1; 0 if none)."""
+    idx = {int(m.group(1)) for k in state if (m := re.match(rf"{re.escape(prefix)}\.(\d+)\.", k))}
+    return max(idx) + 1 if idx else 0
+
+
 def validate_state_dict(
     state: StateDict,
     expected: dict[str, tuple[int, ...]],

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from conversion.common import expected_state_shapes, param_shapes, state_to_params, validate_state_dict
+from conversion.common import count_blocks, expected_state_shapes, param_shapes, state_to_params, validate_state_dict
 from conversion.errors import ConversionError
 from conversion.io import StateDict
 from models.pixart import PixArt, PixArtConfig
@@ -62,18 +62,13 @@ _ORIGINAL_RENAMES = {"lewei_scale": "pe_interpolation", "interpolation_scale": "
 _IGNORABLE = (r"pos_embed", r"pos_embed\.pos_embed")
 
 
-def _count_blocks(state: StateDict, prefix: str) -> int:
-    idx = {int(m.group(1)) for k in state if (m := re.match(rf"{re.escape(prefix)}\.(\d+)\.", k))}
-    return max(idx) + 1 if idx else 0
-
-
 def _infer_from_state(state: StateDict) -> dict[str, Any]:
     """Everything the tensor shapes of an original-named state dict determine."""
     out: dict[str, Any] = {}
     w = state.get("x_embedder.proj.weight")
     if w is not None and w.ndim == 4:
         out.update(hidden_size=w.shape[0], in_channels=w.shape[1], patch_size=w.shape[2])
-    depth = _count_blocks(state, "blocks")
+    depth = count_blocks(state, "blocks")
     if depth:
         out["depth"] = depth
     if "y_embedder.y_proj.fc1.weight" in state:
@@ -218,7 +213,7 @@ def _diffusers_fields(state: StateDict, config: dict | None) -> dict[str, Any]:
     w = state.get("pos_embed.proj.weight")
     if w is not None and w.ndim == 4:
         fields.update(hidden_size=w.shape[0], in_channels=w.shape[1], patch_size=w.shape[2])
-    depth = _count_blocks(state, "transformer_blocks")
+    depth = count_blocks(state, "transformer_blocks")
     if depth:
         fields["depth"] = depth
     if "caption_projection.linear_1.weight" in state:

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from conversion.common import param_shapes, state_to_params
+from conversion.common import count_blocks, param_shapes, state_to_params
 from conversion.errors import ConversionError
 from conversion.io import StateDict
 from models.stdit import STDiT, STDiTConfig
@@ -68,11 +68,6 @@ def fuse_split_qkv(state: StateDict) -> StateDict:
             for p, t in zip("qkv", tensors):
                 out[parts[p]] = t
     return out
-
-
-def _count_blocks(state: StateDict, prefix: str) -> int:
-    idx = {int(m.group(1)) for k in state if (m := re.match(rf"{re.escape(prefix)}\.(\d+)\.", k))}
-    return max(idx) + 1 if idx else 0
 
 
 def _infer_common(state: StateDict, block: str) -> dict[str, Any]:
@@ -190,7 +185,7 @@ def stdit_config(state: StateDict, config: dict | None, source: str = "checkpoin
     """Resolve the STDiT configuration: XL defaults < shapes / stored tables < ``config``."""
     fields = dataclasses.asdict(STDiTConfig())
     inferred = _infer_common(state, "blocks.0")
-    depth = _count_blocks(state, "blocks")
+    depth = count_blocks(state, "blocks")
     if depth:
         inferred["depth"] = depth
     fields.update(inferred)
@@ -243,7 +238,7 @@ def stdit3_config(state: StateDict, config: dict | None, source: str = "checkpoi
     """Resolve the STDiT3 configuration: XL defaults < shapes < ``config`` (``STDiT3Config`` names)."""
     fields = dataclasses.asdict(STDiT3Config())
     inferred = _infer_common(state, "spatial_blocks.0")
-    depth = _count_blocks(state, "spatial_blocks")
+    depth = count_blocks(state, "spatial_blocks")
     if depth:
         inferred["depth"] = depth
     qn = state.get("spatial_blocks.0.attn.q_norm.weight")
