@@ -34,6 +34,7 @@ import jax.numpy as jnp
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from common import device_name  # noqa: E402
 from models.stdit import STDIT_PRESETS, STDiT  # noqa: E402
 from models.stdit3 import STDIT3_PRESETS, STDiT3  # noqa: E402
 
@@ -170,11 +171,6 @@ def run_case(case: Case, iters: int, warmup: int) -> dict:
         output_finite=ok,
         output_shape=list(out.shape),
     )
-
-
-def device_name() -> str:
-    d = jax.devices()[0]
-    return getattr(d, "device_kind", str(d))
 
 
 def main(argv=None) -> int:

@@ -18,9 +18,7 @@ import datetime
 import itertools
 import json
 import math
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,6 +26,8 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import median_time  # noqa: E402
 
 import pallas_kernels as pk  # noqa: E402
 from pallas_kernels._compat import gpu_name  # noqa: E402
@@ -45,20 +45,8 @@ N_INPUT_SETS = 3
 
 
 def bench(fn: Callable, arg_sets: list[tuple], iters: int = 30, reps: int = 5) -> float:
-    """Median per-call wall time in microseconds."""
-    f = jax.jit(fn)
-    for a in arg_sets:
-        jax.block_until_ready(f(*a))
-    jax.block_until_ready(f(*arg_sets[0]))
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        out = None
-        for i in range(iters):
-            out = f(*arg_sets[i % len(arg_sets)])
-        jax.block_until_ready(out)
-        times.append((time.perf_counter() - t0) / iters * 1e6)
-    return statistics.median(times)
+    """Median per-call wall time in microseconds (``common.median_time`` of the jitted ``fn``)."""
+    return median_time(jax.jit(fn), arg_sets, iters=iters, reps=reps, warmup=1)["median_ms"] * 1e3
 
 
 def make_inputs(m: int, k: int, n: int, seed: int = 0) -> dict[str, Any]:

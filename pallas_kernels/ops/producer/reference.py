@@ -13,16 +13,14 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from models.layers import LN_EPS, layer_norm
 from pallas_kernels.ops.quantize.reference import quantize_per_token_ref
 
-LN_EPS = 1e-6
 
 
 def layernorm_noaffine(x: jax.Array, eps: float = LN_EPS) -> jax.Array:
-    xf = x.astype(jnp.float32)
-    mean = jnp.mean(xf, axis=-1, keepdims=True)
-    var = jnp.mean(jnp.square(xf - mean), axis=-1, keepdims=True)
-    return (xf - mean) * jax.lax.rsqrt(var + eps)
+    """float32 LayerNorm without affine parameters: the model's own ``models.layers.layer_norm``."""
+    return layer_norm(x.astype(jnp.float32), eps)
 
 
 def producer_prequant_ref(
