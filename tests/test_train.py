@@ -96,3 +96,19 @@ def test_preview_and_loss_plot(tmp_path):
     assert _save_preview(task, rng.uniform(-1, 1, (2, 4, 32, 32, 3)), tmp_path) == ["samples.gif", "samples.png"]
     assert plot_loss([(1, 2.0), (2, 1.0), (3, 0.5)], tmp_path / "loss.png").exists()
     assert plot_loss([], tmp_path / "empty.png").exists()
+
+
+def test_learning_rate_schedule_and_time_fit():
+    from vidq_jax.train.configs import default_train_config
+    from vidq_jax.train.loop import fit_steps, learning_rate
+
+    cfg = default_train_config("t2i", steps=1000, warmup=100, time_limit=100.0, fit_schedule=True)
+    lr = [float(learning_rate(cfg, s, 1000)) for s in (0, 50, 100, 550, 1000, 2000)]
+    assert lr[0] == 0.0 and abs(lr[1] - cfg.lr / 2) < 1e-9 and abs(lr[2] - cfg.lr) < 1e-9
+    assert abs(lr[3] - cfg.lr * 0.55) < 1e-6 and abs(lr[4] - cfg.lr * 0.1) < 1e-9 and abs(lr[5] - cfg.lr * 0.1) < 1e-9
+    # the same schedule compressed to a shorter total ends at 10 % too
+    assert abs(float(learning_rate(cfg, 400, 400)) - cfg.lr * 0.1) < 1e-9
+    # 10 steps/s, 30 s spent, 20 s reserve -> 50 s left -> 500 more steps; never beyond the plan or before now
+    assert fit_steps(cfg, 200, 1000, 10.0, 30.0, 20.0) == 700
+    assert fit_steps(cfg, 200, 500, 10.0, 30.0, 20.0) == 500
+    assert fit_steps(cfg, 200, 1000, 10.0, 99.0, 20.0) == 201

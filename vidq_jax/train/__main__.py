@@ -32,6 +32,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-every", type=int)
     p.add_argument("--ckpt-every", type=int)
     p.add_argument("--time-limit", type=float, help="stop after this many seconds (checkpoint + export); rerun to resume")
+    p.add_argument("--fit-schedule", action="store_true",
+                   help="with --time-limit: measure steps/s, then shorten the LR schedule so it completes in time")
+    p.add_argument("--time-reserve", type=float, help="seconds of --time-limit kept for export/preview (default 20)")
     p.add_argument("--encoder", choices=["minilm", "hash"], default="minilm",
                    help="caption features: MiniLM (needs the text extra) or a torch-free hash stand-in (smoke tests)")
     p.add_argument("--no-resume", action="store_true", help="start from scratch even if OUT/ckpt exists")
@@ -70,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             args.cmd, tiny=args.tiny, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
             ema_decay=args.ema_decay, seed=args.seed, dtype=args.dtype, steps_per_call=args.steps_per_call,
             log_every=args.log_every, ckpt_every=args.ckpt_every, time_limit=args.time_limit,
+            fit_schedule=args.fit_schedule or None, time_reserve=args.time_reserve,
         )
         train(cfg, args.out, encoder=args.encoder, resume=not args.no_resume, preview=not args.no_preview)
     elif args.cmd == "features":

@@ -88,6 +88,8 @@ class TrainConfig:
     ckpt_every: int = 2000
     keep_ckpts: int = 2
     time_limit: float = 0.0  # seconds of training in this invocation (0 = none); checkpoint + export, rerun to resume
+    fit_schedule: bool = False  # with time_limit: shorten the LR schedule so that it completes within the limit
+    time_reserve: float = 20.0  # seconds of time_limit kept free for checkpoint/export when fitting
     tiny: bool = False
     sample_steps: int = 20  # preview / exported sampler steps
     guidance_scale: float = 4.5

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from vidq_jax.train.configs import default_train_config
-from vidq_jax.train.loop import _optimizer, _pixart_init
+from vidq_jax.train.loop import _optimizer, _pixart_init, learning_rate
 from vidq_jax.train.tasks import build_task
 
 __all__ = ["measure"]
@@ -31,7 +31,8 @@ def _step_fn(task, cfg, dtype):
     def step(params, opt, key):
         loss, g = jax.value_and_grad(loss_fn)(params, key)
         upd, opt = tx.update(g, opt, params)
-        return jax.tree_util.tree_map(lambda p, u: p + u, params, upd), opt, loss
+        lr = learning_rate(cfg, 100, cfg.steps)
+        return jax.tree_util.tree_map(lambda p, u: p - lr * u, params, upd), opt, loss
 
     params = _pixart_init(jax.jit(task.model_cls(task.model_config).init)(jax.random.key(0, impl="rbg"), **task.init_inputs)["params"])
     return jax.jit(step), params, tx.init(params)

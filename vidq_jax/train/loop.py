@@ -54,10 +54,31 @@ def _pixart_init(params: Any) -> Any:
 
 
 def _optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
-    sched = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, max(1, min(cfg.warmup, cfg.steps)), max(cfg.steps, 2),
-                                               end_value=cfg.lr * 0.1)
+    """AdamW without its learning rate (``optax.adamw`` = this chain + ``scale_by_learning_rate``): the
+    loop multiplies by ``-learning_rate(step, total)`` itself, so that the schedule's length can be a
+    traced value (fitted to a time budget at run time without recompiling)."""
     return optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
-                       optax.adamw(sched, b1=0.9, b2=0.999, weight_decay=cfg.weight_decay))
+                       optax.scale_by_adam(b1=0.9, b2=0.999),
+                       optax.add_decayed_weights(cfg.weight_decay))
+
+
+def learning_rate(cfg: TrainConfig, step, total):
+    """Linear warmup from 0, then cosine decay to 10 % of ``cfg.lr`` at ``total`` (traced or not)."""
+    step = jnp.asarray(step, jnp.float32)
+    total = jnp.maximum(jnp.asarray(total, jnp.float32), 2.0)
+    warm = jnp.minimum(jnp.float32(max(1, cfg.warmup)), total - 1.0)
+    frac = jnp.clip((step - warm) / jnp.maximum(total - warm, 1.0), 0.0, 1.0)
+    cosine = 0.1 + 0.9 * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
+    return cfg.lr * jnp.where(step < warm, step / warm, cosine)
+
+
+def fit_steps(cfg: TrainConfig, step: int, planned: int, rate: float, elapsed: float, reserve: float) -> int:
+    """Schedule length that finishes within ``cfg.time_limit`` at ``rate`` steps/s (never longer than
+    planned, never before ``step``): ``elapsed`` seconds are spent, ``reserve`` are kept for export."""
+    if cfg.time_limit <= 0 or not (rate > 0):
+        return planned
+    left = cfg.time_limit - elapsed - reserve
+    return int(max(step + 1, min(planned, step + int(rate * max(left, 0.0)))))
 
 
 def plot_loss(history: list[tuple[int, float]], path: Path, title: str = "") -> Path:
@@ -164,19 +185,20 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, encoder: str = "minilm", res
     else:
         state = init_state()
 
-    def one_step(state, _):
+    def one_step(state, total):
         k = jax.random.fold_in(k_train, state["step"])
         loss, grads = jax.value_and_grad(loss_fn)(state["params"], k)
         updates, opt = tx.update(grads, state["opt"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
+        lr = learning_rate(cfg, state["step"], total)
+        params = jax.tree_util.tree_map(lambda p, u: p - lr * u.astype(p.dtype), state["params"], updates)
         step = state["step"] + 1
         decay = jnp.minimum(cfg.ema_decay, (1.0 + step) / (10.0 + step))
         ema = jax.tree_util.tree_map(lambda e, p: e * decay + (1.0 - decay) * p, state["ema"], params)
         return {"params": params, "ema": ema, "opt": opt, "step": step}, loss
 
-    @functools.partial(jax.jit, static_argnums=1)
-    def train_chunk(state, length: int):
-        return jax.lax.scan(one_step, state, None, length=length)
+    @functools.partial(jax.jit, static_argnums=2)
+    def train_chunk(state, total, length: int):
+        return jax.lax.scan(one_step, state, jnp.broadcast_to(total, (length,)))
 
     start = int(state["step"])
     t_setup = time.time() - t_setup
@@ -184,9 +206,13 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, encoder: str = "minilm", res
     t_compile = None
     window: list[float] = []
     step = first_step = start
-    while step < cfg.steps:
-        n = min(spc, cfg.steps - step)  # a shorter last chunk compiles once more
-        state, losses = train_chunk(state, n)
+    # With a time limit, the schedule is shortened (once enough steps are timed) so that warmup + cosine
+    # decay complete within it; ``time_reserve`` seconds are kept for checkpoint, export and preview.
+    total = cfg.steps
+    fitted = False
+    while step < total:
+        n = min(spc, total - step)  # a shorter last chunk compiles once more
+        state, losses = train_chunk(state, jnp.int32(total), n)
         losses = np.asarray(losses)
         if t_compile is None:
             t_compile = time.time() - t0
@@ -194,15 +220,24 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, encoder: str = "minilm", res
             first_step = step + n
         window.extend(float(v) for v in losses)
         prev, step = step, step + n
-        if step // cfg.log_every != prev // cfg.log_every or step >= cfg.steps:
+        timed = time.time() - t0
+        if not fitted and cfg.fit_schedule and cfg.time_limit > 0 and step - first_step >= 20 * spc and timed > 15.0:
+            new_total = fit_steps(cfg, step, total, (step - first_step) / timed, timed + (t_compile or 0.0),
+                                  reserve=cfg.time_reserve)
+            fitted = True
+            if new_total < total:
+                log(f"[{cfg.task}] time limit {cfg.time_limit:.0f}s at {(step - first_step) / timed:.1f} steps/s: "
+                    f"schedule shortened {total} -> {new_total} steps")
+                total = new_total
+        if step // cfg.log_every != prev // cfg.log_every or step >= total:
             history.append((step, float(np.mean(window))))
             window = []
             rate = (step - first_step) / max(time.time() - t0, 1e-9) if step > first_step else float("nan")
-            log(f"[{cfg.task}] step {step:6d}/{cfg.steps} loss {history[-1][1]:.4f} ({rate:.2f} steps/s)")
+            log(f"[{cfg.task}] step {step:6d}/{total} loss {history[-1][1]:.4f} ({rate:.2f} steps/s)")
         out_of_time = cfg.time_limit > 0 and time.time() - t0 + (t_compile or 0.0) > cfg.time_limit
-        if step // cfg.ckpt_every != prev // cfg.ckpt_every or step >= cfg.steps or out_of_time:
+        if step // cfg.ckpt_every != prev // cfg.ckpt_every or step >= total or out_of_time:
             mngr.save(step, args=ocp.args.StandardSave(state))
-        if out_of_time and step < cfg.steps:
+        if out_of_time and step < total:
             log(f"[{cfg.task}] time limit {cfg.time_limit:.0f}s reached at step {step}: checkpointed; rerun the same command to resume")
             break
     mngr.wait_until_finished()
@@ -218,7 +253,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, encoder: str = "minilm", res
         "arch": task.arch,
         "command": " ".join([Path(sys.executable).name, "-m", "vidq_jax.train", *sys.argv[1:]]) if sys.argv else "",
         "steps": int(step),
-        "complete": bool(step >= cfg.steps),
+        "complete": bool(step >= total),
+        "schedule_steps": int(total),
         "batch_size": cfg.batch_size,
         "params": n_params,
         "export_bytes_bf16": params_nbytes(ema_bf16),
