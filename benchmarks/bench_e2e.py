@@ -83,7 +83,8 @@ def build(model_name: str, tiny: bool = False):
         vals = [0.02 * jax.random.normal(kk, s.shape, jnp.float32) for kk, s in zip(keys, leaves)]
         return jax.tree_util.tree_unflatten(tree, [v.astype(jnp.bfloat16) for v in vals])
 
-    return model, random_params(ks[2]), inputs
+    # "rbg" keys: ~700 threefry normal draws took a minute to compile on the H200
+    return model, random_params(jax.random.key(2, impl="rbg")), inputs
 
 
 def step_fn(model):
@@ -107,7 +108,7 @@ def linear_weight_bytes(params) -> int:
     return total
 
 
-def run(model_name: str, variants: list[str], iters: int, tiny: bool = False) -> list[dict]:
+def run(model_name: str, variants: list[str], iters: int, tiny: bool = False, profile_steps: int = 0) -> list[dict]:
     print(f"[{model_name}] building {'tiny' if tiny else 'XL'} model from xl_keys ...", flush=True)
     t0 = time.perf_counter()
     model, params, inputs = build(model_name, tiny)
@@ -132,6 +133,11 @@ def run(model_name: str, variants: list[str], iters: int, tiny: bool = False) ->
         compile_s = time.perf_counter() - t0
         finite = bool(jnp.isfinite(out).all())
         t = median_time(step, [(p, inputs, 4.5)], iters=iters, reps=5, warmup=1)
+        profile = None
+        if profile_steps:  # kernel-time breakdown of the same compiled step (benchmarks/profile_step.py)
+            from profile_step import profile_variant, summarize
+
+            profile = summarize(profile_variant(step, (p, inputs, 4.5), profile_steps)[0])
         if name == "bf16":
             base_ms = t["median_ms"]
             ref_out = out
@@ -153,6 +159,7 @@ def run(model_name: str, variants: list[str], iters: int, tiny: bool = False) ->
             "output_finite": finite,
             "peak_memory_bytes": peak_memory_bytes(),
             **environment(),
+            **({"profile": profile} if profile else {}),
         }
         print(json.dumps(row), flush=True)
         rows.append(row)
@@ -178,6 +185,16 @@ def write_md(rows: list[dict], path: Path) -> None:
             f"| {r['model']} | {r['method']} | {r['median_ms']:.2f} | {r['speedup_vs_bf16']:.2f}× | "
             f"{r['weight_bytes_ratio_vs_bf16']:.3f} | {r['block_linear_bytes_ratio_vs_bf16']:.3f} | {rel} | {pm} |"
         )
+    prof = [r for r in rows if r.get("profile")]
+    if prof:
+        cats = list(dict.fromkeys(c for r in prof for c in r["profile"]["categories_ms"]))
+        lines += ["", "GPU kernel time per step by kernel kind (ms; `--profile`, a `jax.profiler` trace of the same "
+                  "compiled step, grouped by `benchmarks/profile_step.py`):", "",
+                  "| model | method | GPU busy | " + " | ".join(cats) + " |", "|---|---|---|" + "---|" * len(cats)]
+        for r in prof:
+            c = r["profile"]["categories_ms"]
+            lines.append(f"| {r['model']} | {r['method']} | {r['profile']['gpu_busy_ms']:.1f} | "
+                         + " | ".join(f"{c.get(k, 0.0):.1f}" for k in cats) + " |")
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -188,6 +205,8 @@ def main(argv=None) -> int:
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "e2e.json"))
     ap.add_argument("--tiny", action="store_true", help="toy sizes (CPU smoke run of the same code)")
+    ap.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                    help="also record the GPU kernel-time breakdown of STEPS profiled steps per row")
     args = ap.parse_args(argv)
     variants = args.variants.split(",")
     if variants[0] != "bf16":
@@ -195,14 +214,14 @@ def main(argv=None) -> int:
     rows: list[dict] = []
     for m in args.models.split(","):
         try:
-            rows += run(m, variants, args.iters, args.tiny)
+            rows += run(m, variants, args.iters, args.tiny, args.profile)
         except Exception as e:  # noqa: BLE001 - record (e.g. OOM) and go on
             rows.append({"model": m, "method": "?", "error": f"{type(e).__name__}: {str(e)[:400]}", **environment()})
             print(rows[-1], flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rows, indent=1))
-    write_md(rows, out.with_suffix(".md"))
+        out = Path(args.out)  # written after each model: a time limit keeps what was measured
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(rows, indent=1))
+        write_md(rows, out.with_suffix(".md"))
     print((out.with_suffix(".md")).read_text())
     return 0
 

@@ -19,6 +19,8 @@ Layout is channels-last throughout.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from typing import Any
 
@@ -45,18 +47,28 @@ def _torch_linear_init(key, shape, dtype=jnp.float32):
     return jax.random.uniform(key, shape, dtype, -limit, limit)
 
 
+@functools.lru_cache(maxsize=None)
+def _takes_activation(record_type: type) -> bool:
+    """Whether a record's ``quantized_dense`` accepts ``activation=`` (else Dense applies it)."""
+    return "activation" in inspect.signature(record_type.quantized_dense).parameters
+
+
 class Dense(nn.Module):
     """``y = x @ kernel + bias`` with ``kernel`` stored ``(in, out)`` (Flax convention).
 
     If the ``kernel`` leaf of the params tree is a quantized record (an object with a
-    ``quantized_dense(x, bias, dtype)`` method, e.g. ``vidq_jax.quant.QuantizedWeight``), the record
-    computes the layer instead; the module definition is shared by the float and quantized twins.
+    ``quantized_dense(x, bias, dtype[, activation])`` method, e.g. ``vidq_jax.quant.QuantizedWeight``),
+    the record computes the layer instead; the module definition is shared by the float and quantized
+    twins. Records that accept ``activation`` get its name (and may fuse it into their kernel).
     """
 
     features: int
     use_bias: bool = True
     dtype: Dtype | None = None  # compute dtype; None = promote(input, params)
     param_dtype: Dtype = jnp.float32
+    # name of an activation applied to the output (a key of ACTIVATIONS); a quantized record gets
+    # the name (``quantized_dense(..., activation=name)``) and may fuse it into its kernel
+    activation: str | None = None
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -64,14 +76,18 @@ class Dense(nn.Module):
             record = self.get_variable("params", "kernel")
             if hasattr(record, "quantized_dense"):  # read before self.param: its shape check expects (K, N)
                 bias = self.get_variable("params", "bias") if self.use_bias else None
-                return record.quantized_dense(x, bias, self.dtype or x.dtype)
+                if self.activation is None:
+                    return record.quantized_dense(x, bias, self.dtype or x.dtype)
+                if _takes_activation(type(record)):
+                    return record.quantized_dense(x, bias, self.dtype or x.dtype, activation=self.activation)
+                return ACTIVATIONS[self.activation](record.quantized_dense(x, bias, self.dtype or x.dtype))
         kernel = self.param("kernel", _torch_linear_init, (x.shape[-1], self.features), self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype) if self.use_bias else None
         dtype = self.dtype or jnp.result_type(x.dtype, kernel.dtype)
         y = jnp.dot(x.astype(dtype), kernel.astype(dtype))
         if bias is not None:
             y = y + bias.astype(dtype)
-        return y
+        return y if self.activation is None else ACTIVATIONS[self.activation](y)
 
 
 # --------------------------------------------------------------------------------------------
@@ -94,6 +110,10 @@ def modulate(x: Array, shift: Array, scale: Array) -> Array:
 
 def gelu_tanh(x: Array) -> Array:
     return jax.nn.gelu(x, approximate=True)
+
+
+# activations a Dense can apply to its output (by name, so that quantized records can fuse them)
+ACTIVATIONS = {"gelu_tanh": gelu_tanh}
 
 
 def timestep_sinusoid(t: Array, dim: int = 256, max_period: float = 10000.0) -> Array:
@@ -241,8 +261,9 @@ class Mlp(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        x = Dense(self.hidden_features, dtype=self.dtype, param_dtype=self.param_dtype, name="fc1")(x)
-        return Dense(self.out_features, dtype=self.dtype, param_dtype=self.param_dtype, name="fc2")(gelu_tanh(x))
+        x = Dense(self.hidden_features, dtype=self.dtype, param_dtype=self.param_dtype, activation="gelu_tanh",
+                  name="fc1")(x)
+        return Dense(self.out_features, dtype=self.dtype, param_dtype=self.param_dtype, name="fc2")(x)
 
 
 class SelfAttention(nn.Module):

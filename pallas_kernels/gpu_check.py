@@ -97,6 +97,15 @@ def run_checks(log, quick: bool = False) -> int:
                                ok and zero_ok, f"rel={rel:.2e} zero_row_ok={zero_ok}")
                     except Exception as e:  # noqa: BLE001
                         report(f"w8a8_linear[{be}] M={m} K={k} N={n}", False, repr(e)[:300])
+                # GELU fused into the epilogue (fc1), scales raised so outputs reach both tails
+                try:
+                    poison_allocator()
+                    wsg = ws * 30.0
+                    y = pk.w8a8_linear(x, wq, wsg, bias, backend=be, activation="gelu_tanh")
+                    ok, rel = close(y, pk.w8a8_linear_ref(x, wq, wsg, bias, activation="gelu_tanh"))
+                    report(f"w8a8_linear[{be}] gelu_tanh M={m} K={k} N={n}", ok, f"rel={rel:.2e}")
+                except Exception as e:  # noqa: BLE001
+                    report(f"w8a8_linear[{be}] gelu_tanh M={m} K={k} N={n}", False, repr(e)[:300])
             # W4A8, per channel and per group of 128.
             x, w4, ws, bias, kg = rand_case(seed + 1000, m, k, n, int4=True)
             packed = pk.pack_int4(w4)

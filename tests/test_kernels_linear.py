@@ -38,6 +38,24 @@ def test_w8a8_matches_reference(backend, m):
         np.testing.assert_array_equal(np.asarray(y[m // 2]), np.asarray(bias.astype(y.dtype)))
 
 
+@pytest.mark.parametrize("backend,m", [("xla", 130), ("triton", 7), ("triton", 130)])
+def test_w8a8_fused_gelu_epilogue(backend, m):
+    """activation="gelu_tanh": the kernels' exp-form GELU equals jax.nn.gelu(approximate=True)."""
+    x, wq, ws, bias = _case(40 + m, m)
+    ws = ws * 30.0  # outputs of order 1-10, where GELU is far from linear
+    y = pk.w8a8_linear(x, wq, ws, bias, backend=backend, activation="gelu_tanh", out_dtype=jnp.float32)
+    lin = pk.w8a8_linear_ref(x, wq, ws, bias, out_dtype=jnp.float32)
+    ref = pk.w8a8_linear_ref(x, wq, ws, bias, out_dtype=jnp.float32, activation="gelu_tanh")
+    np.testing.assert_allclose(np.asarray(ref), np.asarray(jax.nn.gelu(lin, approximate=True)), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(y), np.asarray(ref), rtol=2e-5, atol=2e-5)
+    assert float(jnp.min(lin)) < -3 and float(jnp.max(lin)) > 3  # both saturated tails exercised
+    w4 = rand_int(3, (N, K), -8, 7)
+    y4 = pk.w4a8_linear(x, pk.pack_int4(w4), ws, bias, backend=backend, activation="gelu_tanh")
+    assert_bf16_close(y4, pk.w4a8_linear_ref(x, pk.pack_int4(w4), ws, bias, activation="gelu_tanh"))
+    with pytest.raises(ValueError, match="unsupported epilogue activation"):
+        pk.w8a8_linear(x, wq, ws, bias, backend=backend, activation="relu")
+
+
 def test_w8a8_no_bias_f32_out_and_f32_input():
     x, wq, ws, _ = _case(11, 240)
     x = x.astype(jnp.float32)

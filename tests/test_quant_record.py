@@ -309,3 +309,26 @@ def test_producer_fusion_helpers():
     np.testing.assert_allclose(np.asarray(fused), np.asarray(_balance(rec, x2)), rtol=1e-5, atol=1e-5)
     plain = _record(LayerQuant(), w, x)
     assert plain.smooth_multiplier() is None and plain.rotation_hook() is None
+
+
+@pytest.mark.parametrize("backend", ["simulate", "xla", "pallas"])
+@pytest.mark.parametrize("w_symmetric", [True, False])
+def test_dense_activation_matches_unfused(backend, w_symmetric):
+    """``quantized_dense(..., activation="gelu_tanh")`` == gelu(quantized_dense(...)) on every
+    backend (pallas fuses it into the epilogue for symmetric weights, applies it after the
+    zero-point term otherwise); the Flax Dense routes its ``activation`` the same way."""
+    from models.layers import Dense
+
+    w, x, b = _data(k=128, n=64, seed=5)
+    layer = LayerQuant(w_bits=8, w_symmetric=w_symmetric, a_bits=8, backend=backend)
+    rec = _record(layer, w, x)
+    f = jax.jit(lambda r, v, bb: (r.quantized_dense(v, bb, jnp.float32, activation="gelu_tanh"),
+                                  jax.nn.gelu(r.quantized_dense(v, bb, jnp.float32), approximate=True)))
+    fused, unfused = f(rec, jnp.asarray(x), jnp.asarray(b))
+    np.testing.assert_allclose(np.asarray(fused), np.asarray(unfused), rtol=1e-4, atol=1e-4)
+    dense = Dense(64, activation="gelu_tanh", dtype=jnp.float32)
+    via_module = dense.apply({"params": {"kernel": rec, "bias": jnp.asarray(b)}}, jnp.asarray(x))
+    np.testing.assert_allclose(np.asarray(via_module), np.asarray(fused), rtol=1e-6, atol=1e-6)
+    float_out = dense.apply({"params": {"kernel": jnp.asarray(w), "bias": jnp.asarray(b)}}, jnp.asarray(x))
+    ref = jax.nn.gelu(jnp.asarray(x) @ jnp.asarray(w) + jnp.asarray(b), approximate=True)
+    np.testing.assert_allclose(np.asarray(float_out), np.asarray(ref), rtol=1e-5, atol=1e-5)

@@ -43,6 +43,7 @@ from flax import struct
 
 from vidq_jax.quant.config import BLOCK_LAYERS, LayerQuant, LayerRule, QuantConfig, check_rules
 from vidq_jax.quant.quantizers import check_bits
+from vidq_jax.quant.record import apply_activation
 
 # ------------------------------------------------------------------------------------------------
 # layer groups (metric-decoupled sensitivity)
@@ -276,12 +277,13 @@ class FloatKernel:
     def shape(self) -> tuple[int, int]:
         return tuple(self.kernel.shape)
 
-    def quantized_dense(self, x: jax.Array, bias: jax.Array | None = None, dtype: Any = None) -> jax.Array:
+    def quantized_dense(self, x: jax.Array, bias: jax.Array | None = None, dtype: Any = None,
+                        activation: str | None = None) -> jax.Array:
         out_dtype = jnp.dtype(dtype) if dtype is not None else x.dtype
         y = jnp.matmul(x.astype(jnp.float32), self.kernel.astype(jnp.float32), precision=jax.lax.Precision.HIGHEST)
         if bias is not None:
             y = y + bias.astype(jnp.float32)
-        return y.astype(out_dtype)
+        return apply_activation(y, activation).astype(out_dtype)
 
 
 @struct.dataclass
@@ -308,14 +310,16 @@ class SegmentedWeight:
     def variant_of(self, segment: int) -> Any:
         return self.variants[int(np.asarray(self.segment_variant)[segment])]
 
-    def quantized_dense(self, x: jax.Array, bias: jax.Array | None = None, dtype: Any = None) -> jax.Array:
+    def quantized_dense(self, x: jax.Array, bias: jax.Array | None = None, dtype: Any = None,
+                        activation: str | None = None) -> jax.Array:
         idx = jnp.asarray(self.segment_variant, jnp.int32)[jnp.asarray(self.segment, jnp.int32)]
-        branches = [functools.partial(_variant_dense, v, bias=bias, dtype=dtype) for v in self.variants]
+        branches = [functools.partial(_variant_dense, v, bias=bias, dtype=dtype, activation=activation)
+                    for v in self.variants]
         return jax.lax.switch(idx, branches, x)
 
 
-def _variant_dense(variant: Any, x: jax.Array, *, bias: Any, dtype: Any) -> jax.Array:
-    return variant.quantized_dense(x, bias, dtype if dtype is not None else x.dtype)
+def _variant_dense(variant: Any, x: jax.Array, *, bias: Any, dtype: Any, activation: str | None) -> jax.Array:
+    return variant.quantized_dense(x, bias, dtype if dtype is not None else x.dtype, activation=activation)
 
 
 def _is_segmented(v: Any) -> bool:

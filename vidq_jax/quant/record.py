@@ -161,8 +161,10 @@ class QuantizedWeight:
         return q.values, q.scale, q.zero_point
 
     # ------------------------------------------------------------------ the seam
-    def quantized_dense(self, x: jax.Array, bias: jax.Array | None = None, dtype: Any = None) -> jax.Array:
-        """``y = x · W + b`` for ``x (..., K)`` → ``(..., N)`` in ``dtype`` (default ``x.dtype``)."""
+    def quantized_dense(self, x: jax.Array, bias: jax.Array | None = None, dtype: Any = None,
+                        activation: str | None = None) -> jax.Array:
+        """``y = act(x · W + b)`` for ``x (..., K)`` → ``(..., N)`` in ``dtype`` (default ``x.dtype``);
+        ``activation`` names a ``models.layers.ACTIVATIONS`` entry (fused into the Pallas epilogue)."""
         x = jnp.asarray(x)
         out_dtype = jnp.dtype(dtype) if dtype is not None else x.dtype
         k = self.in_features
@@ -172,7 +174,7 @@ class QuantizedWeight:
         x2 = self.balance(x.reshape(-1, k).astype(jnp.float32))
         if self.layer.a_bits is None:
             y = jnp.matmul(x2, self.dequantize().T, precision=_HIGHEST)
-        elif self.layer.backend == "pallas" and (yk := _pallas_dense(self, x2, bias, out_dtype)) is not None:
+        elif self.layer.backend == "pallas" and (yk := _pallas_dense(self, x2, bias, out_dtype, activation)) is not None:
             return yk.reshape(lead + (self.out_features,))
         elif self.layer.backend == "simulate":
             y = self._simulate(x2)
@@ -180,7 +182,7 @@ class QuantizedWeight:
             y = self._xla(x2)
         if bias is not None:
             y = y + bias.astype(jnp.float32)
-        return y.astype(out_dtype).reshape(lead + (self.out_features,))
+        return apply_activation(y, activation).astype(out_dtype).reshape(lead + (self.out_features,))
 
     def _simulate(self, x2: jax.Array) -> jax.Array:
         q, s, z = self.quantize_activation(x2)
@@ -305,7 +307,19 @@ def _load_kernel(name: str):
     return fn
 
 
-def _pallas_dense(rec: QuantizedWeight, x2: jax.Array, bias: jax.Array | None, out_dtype) -> jax.Array | None:
+def apply_activation(y: jax.Array, activation: str | None) -> jax.Array:
+    """``models.layers.ACTIVATIONS[activation](y)`` (identity for ``None``)."""
+    if activation is None:
+        return y
+    from models.layers import ACTIVATIONS
+
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; known: {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[activation](y)
+
+
+def _pallas_dense(rec: QuantizedWeight, x2: jax.Array, bias: jax.Array | None, out_dtype,
+                  activation: str | None = None) -> jax.Array | None:
     """Run the fused kernel if the record's format fits it; ``None`` means "use xla instead".
 
     The kernels take symmetric per-channel weights. Asymmetric per-channel weights (ViDiT-Q's
@@ -332,6 +346,8 @@ def _pallas_dense(rec: QuantizedWeight, x2: jax.Array, bias: jax.Array | None, o
         return None
     xb = x2.astype(jnp.bfloat16)
     kwargs = {"group_size": lq.w_group_size} if grouped else {}
+    if rec.zero_point is None and activation is not None:
+        kwargs["activation"] = activation  # fused into the epilogue
     y = fn(
         xb,
         rec.qvalue,
@@ -345,7 +361,7 @@ def _pallas_dense(rec: QuantizedWeight, x2: jax.Array, bias: jax.Array | None, o
     q = quantize(xb.astype(jnp.float32), lq.act_spec())
     row = jnp.sum(q.values.astype(jnp.int32), axis=-1).astype(jnp.float32) * q.scale  # (M,)
     zs = rec.zero_point.astype(jnp.float32) * rec.scale.astype(jnp.float32)  # (N,)
-    return (y.astype(jnp.float32) + row[:, None] * zs[None, :]).astype(out_dtype)
+    return apply_activation(y.astype(jnp.float32) + row[:, None] * zs[None, :], activation).astype(out_dtype)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import jax
@@ -18,9 +19,17 @@ from pallas_kernels._compat import (
     pltriton,
 )
 from pallas_kernels.ops.int8_matmul import mosaic, triton
-from pallas_kernels.ops.int8_matmul.reference import int8_matmul_ref, scaled_epilogue_ref
+from pallas_kernels.ops.int8_matmul.reference import (
+    apply_activation,
+    check_activation,
+    int8_matmul_ref,
+    scaled_epilogue_ref,
+)
 
 CONFIG_FILE = Path(__file__).with_name("configs.json")
+# "0": apply epilogue activations with XLA after the Mosaic GEMM instead of inside its epilogue
+# (an A/B switch for benchmarks; read at trace time)
+FUSE_ACTIVATION_ENV = "PALLAS_KERNELS_FUSE_ACTIVATION"
 
 
 def resolve_backend(backend: str, op: str) -> str:
@@ -65,12 +74,17 @@ def int8_gemm(
     out_dtype: jnp.dtype = jnp.int32,
     backend: str = "auto",
     op: str = "int8_matmul",
+    activation: str | None = None,
 ) -> jax.Array:
-    """int8 GEMM ``xq (M,K) x wq (N,K)^T``; with scales the dequant epilogue is fused.
+    """int8 GEMM ``xq (M,K) x wq (N,K)^T``; with scales the dequant epilogue (+ bias and an
+    optional ``activation``, see ``reference.EPILOGUE_ACTIVATIONS``) is fused.
 
     Falls back to XLA (logged once) when the chosen kernel does not support the shape/device.
     """
     _check_operands(xq, wq)
+    check_activation(activation)
+    if activation is not None and x_scale is None:
+        raise ValueError("an epilogue activation needs the scales (dequantizing epilogue)")
     if xq.dtype != jnp.int8 or wq.dtype != jnp.int8:
         raise TypeError(f"int8 operands required, got {xq.dtype} and {wq.dtype}")
     m, k = xq.shape
@@ -78,11 +92,14 @@ def int8_gemm(
     be = resolve_backend(backend, op)
     scaled = x_scale is not None
     kname = "gemm_scaled" if scaled else "gemm_int32"
+    if activation is not None and be == "mosaic" and os.environ.get(FUSE_ACTIVATION_ENV, "1") == "0":
+        y = int8_gemm(xq, wq, x_scale, w_scale, bias, out_dtype=out_dtype, backend=be, op=op)
+        return apply_activation(y, activation)  # as before the fusion: an XLA pass over the output
     if be == "mosaic":
         cfg = mosaic_config(m, k, n, f"mosaic_{kname}")
         if on_gpu() and mosaic.supports(k, n, cfg):
             return mosaic.mosaic_int8_gemm(
-                xq, wq, x_scale, w_scale, bias, cfg=cfg, out_dtype=out_dtype
+                xq, wq, x_scale, w_scale, bias, cfg=cfg, out_dtype=out_dtype, activation=activation
             )
         log_once(f"{op}:mosaic:{k},{n}", f"pallas_kernels.{op}: Mosaic GPU kernel does not "
                  f"support K={k}, N={n} on {gpu_name()!r}; using XLA.")
@@ -92,14 +109,14 @@ def int8_gemm(
         if pltriton is not None and cfg_t is not None:
             return triton.triton_int8_gemm(
                 xq, wq, x_scale, w_scale, bias, cfg=cfg_t, out_dtype=out_dtype,
-                interpret=not on_gpu(),
+                interpret=not on_gpu(), activation=activation,
             )
         log_once(f"{op}:triton:{k},{n}", f"pallas_kernels.{op}: Triton kernel does not "
                  f"support K={k}, N={n}; using XLA.")
     acc = int8_matmul_ref(xq, wq)
     if not scaled:
         return acc
-    return scaled_epilogue_ref(acc, x_scale, w_scale, bias, out_dtype)
+    return scaled_epilogue_ref(acc, x_scale, w_scale, bias, out_dtype, activation)
 
 
 def int8_matmul(xq: jax.Array, wq: jax.Array, *, backend: str = "auto") -> jax.Array:

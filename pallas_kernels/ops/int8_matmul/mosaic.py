@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from pallas_kernels._compat import pl, plgpu
+from pallas_kernels.ops.int8_matmul.reference import apply_activation, check_activation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +101,7 @@ def _split_refs(refs: tuple, scaled: bool, has_bias: bool) -> tuple:
     return x_g, w_g, xs_g, ws_g, b_g, o_g, scratch
 
 
-def _kernel(*refs, cfg: MosaicGemmConfig, k: int, scaled: bool, has_bias: bool):
+def _kernel(*refs, cfg: MosaicGemmConfig, k: int, scaled: bool, has_bias: bool, activation=None):
     x_g, w_g, xs_g, ws_g, b_g, o_g, (o_smem,) = _split_refs(refs, scaled, has_bias)
     tm, tn, tk = cfg.tm, cfg.tn, cfg.tk
     mi = lax.axis_index("m")
@@ -127,15 +128,16 @@ def _kernel(*refs, cfg: MosaicGemmConfig, k: int, scaled: bool, has_bias: bool):
         return acc_ref[...]
 
     acc = pl.run_scoped(mainloop, plgpu.ACC((tm, tn), jnp.int32))
-    y = _epilogue_values(acc, xs_g, ws_g, b_g, m_sl, n_sl, o_smem.dtype)
+    y = _epilogue_values(acc, xs_g, ws_g, b_g, m_sl, n_sl, o_smem.dtype, activation)
     o_smem[...] = y
     plgpu.commit_smem()
     plgpu.copy_smem_to_gmem(o_smem, o_g.at[m_sl, n_sl])
     plgpu.wait_smem_to_gmem(0)
 
 
-def _epilogue_values(acc, xs_g, ws_g, b_g, rows, cols, out_dtype):
-    """int32 accumulator (WGMMA layout) -> scaled ``out_dtype`` values (or int32 passthrough)."""
+def _epilogue_values(acc, xs_g, ws_g, b_g, rows, cols, out_dtype, activation=None):
+    """int32 accumulator (WGMMA layout) -> scaled (+ bias, activation) ``out_dtype`` values (or
+    int32 passthrough)."""
     if xs_g is None:
         return acc
     tm, tn = acc.shape
@@ -149,11 +151,11 @@ def _epilogue_values(acc, xs_g, ws_g, b_g, rows, cols, out_dtype):
     if b_g is not None:
         b = plgpu.load(b_g.at[cols], (), layout=col_layout, optimized=False)
         y = y + lax.broadcast_in_dim(b, (tm, tn), [1])
-    return y.astype(out_dtype)
+    return apply_activation(y, activation, in_kernel=True).astype(out_dtype)
 
 
 def _ws_kernel(*refs, cfg: MosaicGemmConfig, k: int, mp: int, n: int, scaled: bool,
-               has_bias: bool):
+               has_bias: bool, activation=None):
     x_g, w_g, xs_g, ws_g, b_g, o_g, _ = _split_refs(refs, scaled, has_bias)
     tm, tn, tk = cfg.tm, cfg.tn, cfg.tk
     cta_m = 2 * tm
@@ -203,7 +205,7 @@ def _ws_kernel(*refs, cfg: MosaicGemmConfig, k: int, mp: int, n: int, scaled: bo
                 def acc_scope(acc_ref):
                     eval_pipeline(acc_ref)
                     acc = acc_ref[...]
-                    y = _epilogue_values(acc, xs_g, ws_g, b_g, wg_rows, cols, out_dtype)
+                    y = _epilogue_values(acc, xs_g, ws_g, b_g, wg_rows, cols, out_dtype, activation)
                     plgpu.wait_smem_to_gmem(0, wait_read_only=True)
                     out_smem[wg] = y
                     plgpu.commit_smem()
@@ -249,7 +251,7 @@ def _compiler_params():
     return plgpu.CompilerParams()
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "out_dtype"))
+@functools.partial(jax.jit, static_argnames=("cfg", "out_dtype", "activation"))
 def mosaic_int8_gemm(
     xq: jax.Array,
     wq: jax.Array,
@@ -259,18 +261,22 @@ def mosaic_int8_gemm(
     *,
     cfg: MosaicGemmConfig,
     out_dtype: jnp.dtype = jnp.int32,
+    activation: str | None = None,
 ) -> jax.Array:
     """``xq (M, K) int8`` x ``wq (N, K) int8``.
 
     Without scales: returns the exact int32 product. With ``x_scale (M,)/(M,1)`` and
-    ``w_scale (N,)``: returns ``acc * x_scale * w_scale (+ bias)`` cast to ``out_dtype``.
+    ``w_scale (N,)``: returns ``activation(acc * x_scale * w_scale (+ bias))`` cast to ``out_dtype``.
     M need not be a multiple of ``cfg.tm`` (padded here); K and N must satisfy :func:`supports`.
     """
     m, k = xq.shape
     n = wq.shape[0]
     scaled = x_scale is not None
+    check_activation(activation)
     if not scaled:
         out_dtype = jnp.int32
+        if activation is not None:
+            raise ValueError("an epilogue activation needs the scaled (dequantizing) epilogue")
     out_dtype = jnp.dtype(out_dtype)
     mp = -(-m // cta_tile_m(cfg)) * cta_tile_m(cfg)
     if mp != m:
@@ -287,7 +293,7 @@ def mosaic_int8_gemm(
     if cfg.ws:
         call = plgpu.kernel(
             functools.partial(_ws_kernel, cfg=cfg, k=k, mp=mp, n=n, scaled=scaled,
-                              has_bias=scaled and bias is not None),
+                              has_bias=scaled and bias is not None, activation=activation),
             out_type=out_type,
             grid=(_num_sms(),),
             grid_names=("sm",),
@@ -303,7 +309,8 @@ def mosaic_int8_gemm(
     else:
         grid, names = (mp // cfg.tm, n // cfg.tn), ("m", "n")
     body = functools.partial(
-        _kernel, cfg=cfg, k=k, scaled=scaled, has_bias=scaled and bias is not None
+        _kernel, cfg=cfg, k=k, scaled=scaled, has_bias=scaled and bias is not None,
+        activation=activation,
     )
     scratch = [plgpu.SMEM((cfg.tm, cfg.tn), out_dtype, transforms=out_tf)]
     try:

@@ -19,19 +19,43 @@ def int8_matmul_ref(xq: jax.Array, wq: jax.Array) -> jax.Array:
     return lax.dot_general(xq, wq, NT_DIMS, preferred_element_type=jnp.int32)
 
 
+# Activations the epilogue can apply after the bias (the next layer's producer then reads the
+# activated values: no separate elementwise pass over the (M, N) output).
+EPILOGUE_ACTIVATIONS = ("gelu_tanh",)
+_GELU_2C = 2.0 * 0.7978845608028654  # 2·sqrt(2/π)
+
+
+def check_activation(activation: str | None) -> None:
+    if activation is not None and activation not in EPILOGUE_ACTIVATIONS:
+        raise ValueError(f"unsupported epilogue activation {activation!r}; supported: {EPILOGUE_ACTIVATIONS}")
+
+
+def apply_activation(y: jax.Array, activation: str | None, *, in_kernel: bool = False) -> jax.Array:
+    """``activation(y)`` in float32. The reference is ``jax.nn.gelu(approximate=True)``; kernels
+    use the identity ``0.5·y·(1 + tanh(u)) = y / (1 + exp(-2u))``, which needs only ``exp`` and a
+    division (lowered by Mosaic GPU and Triton alike; saturates correctly at ±inf)."""
+    check_activation(activation)
+    if activation is None:
+        return y
+    if not in_kernel:
+        return jax.nn.gelu(y, approximate=True)
+    u2 = _GELU_2C * (y + 0.044715 * (y * y * y))
+    return y / (1.0 + jnp.exp(-u2))
+
+
 def scaled_epilogue_ref(
     acc: jax.Array,
     x_scale: jax.Array,
     w_scale: jax.Array,
     bias: jax.Array | None,
     out_dtype: jnp.dtype,
+    activation: str | None = None,
 ) -> jax.Array:
-    """``acc * x_scale[:, None] * w_scale[None, :] + bias`` in float32, cast to ``out_dtype``.
-
-    ``x_scale`` is ``(M, 1)`` or ``(M,)``; ``w_scale`` and ``bias`` are ``(N,)``.
+    """``activation(acc * x_scale[:, None] * w_scale[None, :] + bias)`` in float32, cast to
+    ``out_dtype``. ``x_scale`` is ``(M, 1)`` or ``(M,)``; ``w_scale`` and ``bias`` are ``(N,)``.
     """
     xs = jnp.reshape(x_scale, (-1, 1)).astype(jnp.float32)
     y = acc.astype(jnp.float32) * xs * w_scale.astype(jnp.float32)[None, :]
     if bias is not None:
         y = y + bias.astype(jnp.float32)[None, :]
-    return y.astype(out_dtype)
+    return apply_activation(y, activation).astype(out_dtype)

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from pallas_kernels._compat import pl, triton_compiler_params
-from pallas_kernels.ops.int8_matmul.reference import NT_DIMS
+from pallas_kernels.ops.int8_matmul.reference import NT_DIMS, apply_activation, check_activation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,17 +48,17 @@ def fit_config(cfg: TritonGemmConfig, m: int, k: int, n: int) -> TritonGemmConfi
     return dataclasses.replace(cfg, bm=bm, bn=bn, bk=bk)
 
 
-def epilogue(acc_f32: jax.Array, xs_ref, ws, b_ref, out_ref) -> None:
-    """Shared in-kernel epilogue: ``acc * xs (bm,1) * ws (1,bn) (+ bias (1,bn))`` -> out_ref."""
+def epilogue(acc_f32: jax.Array, xs_ref, ws, b_ref, out_ref, activation: str | None = None) -> None:
+    """Shared in-kernel epilogue: ``activation(acc * xs (bm,1) * ws (1,bn) (+ bias (1,bn)))`` -> out_ref."""
     y = acc_f32 * xs_ref[...]
     if ws is not None:
         y = y * ws
     if b_ref is not None:
         y = y + b_ref[...]
-    out_ref[...] = y.astype(out_ref.dtype)
+    out_ref[...] = apply_activation(y, activation, in_kernel=True).astype(out_ref.dtype)
 
 
-def _kernel(*refs, k: int, bk: int, scaled: bool, has_bias: bool):
+def _kernel(*refs, k: int, bk: int, scaled: bool, has_bias: bool, activation=None):
     if scaled:
         if has_bias:
             x_ref, w_ref, xs_ref, ws_ref, b_ref, o_ref = refs
@@ -77,7 +77,7 @@ def _kernel(*refs, k: int, bk: int, scaled: bool, has_bias: bool):
 
     acc = lax.fori_loop(0, k // bk, body, jnp.zeros((bm, bn), jnp.int32))
     if scaled:
-        epilogue(acc.astype(jnp.float32), xs_ref, ws_ref[...], b_ref, o_ref)
+        epilogue(acc.astype(jnp.float32), xs_ref, ws_ref[...], b_ref, o_ref, activation)
     else:
         o_ref[...] = acc
 
@@ -88,7 +88,7 @@ def pad_rows(a: jax.Array, mult: int) -> jax.Array:
     return a if mp == m else jnp.pad(a, ((0, mp - m),) + ((0, 0),) * (a.ndim - 1))
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "out_dtype", "interpret"))
+@functools.partial(jax.jit, static_argnames=("cfg", "out_dtype", "interpret", "activation"))
 def triton_int8_gemm(
     xq: jax.Array,
     wq: jax.Array,
@@ -99,8 +99,10 @@ def triton_int8_gemm(
     cfg: TritonGemmConfig,
     out_dtype: jnp.dtype = jnp.int32,
     interpret: bool = False,
+    activation: str | None = None,
 ) -> jax.Array:
     """Same contract as :func:`pallas_kernels.ops.int8_matmul.mosaic.mosaic_int8_gemm`."""
+    check_activation(activation)
     m, k = xq.shape
     n = wq.shape[0]
     bm, bn, bk = cfg.bm, cfg.bn, cfg.bk
@@ -127,7 +129,8 @@ def triton_int8_gemm(
             in_specs.append(pl.BlockSpec((1, bn), lambda i, j: (0, j)))
     out = pl.pallas_call(
         functools.partial(
-            _kernel, k=k, bk=bk, scaled=scaled, has_bias=scaled and bias is not None
+            _kernel, k=k, bk=bk, scaled=scaled, has_bias=scaled and bias is not None,
+            activation=activation if scaled else None,
         ),
         out_shape=jax.ShapeDtypeStruct((mp, n), out_dtype),
         grid=(mp // bm, n // bn),

@@ -19,6 +19,7 @@ from pallas_kernels._compat import (
     pltriton,
 )
 from pallas_kernels.ops.int8_matmul.api import int8_gemm
+from pallas_kernels.ops.int8_matmul.reference import apply_activation
 from pallas_kernels.ops.int8_matmul.triton import TritonGemmConfig
 from pallas_kernels.ops.quantize import quantize_per_token
 from pallas_kernels.ops.w4a8_linear.packing import (
@@ -63,8 +64,10 @@ def w4a8_linear(
     group_size: int | None = None,
     out_dtype: jnp.dtype = jnp.bfloat16,
     backend: str = "auto",
+    activation: str | None = None,
 ) -> jax.Array:
-    """W4A8 linear ``x (M, K) -> (M, N)``.
+    """W4A8 linear ``x (M, K) -> (M, N)``, then ``activation`` (fused into the wgmma epilogue on
+    the per-channel Hopper path; applied by XLA after the Triton per-group kernel).
 
     ``qweight_packed`` uint8 ``(N, K // 2)`` (see :func:`pack_int4`); ``w_scale`` ``(N,)`` per
     channel, or ``(N, K // group_size)`` per group (``group_size`` given, or inferred).
@@ -89,22 +92,23 @@ def w4a8_linear(
         # Per-channel: unpacking N x K nibbles is a tiny XLA fusion next to the M x N x K GEMM.
         xq, xs = quantize_per_token(x, backend=activation_quant_backend(be))
         return int8_gemm(xq, unpack_int4(qweight_packed), xs, w_scale, bias,
-                         out_dtype=out_dtype, backend="mosaic", op="w4a8_linear")
+                         out_dtype=out_dtype, backend="mosaic", op="w4a8_linear", activation=activation)
     if be == "triton":
         cfg = TritonGemmConfig.from_dict(_config.lookup(CONFIG_FILE, "triton_w4a8", m, k, n, {}))
         cfg_fit = fit_w4_config(cfg, m, k, n, group_size)
         if cfg_fit is not None:
             xq, xs = quantize_per_token(x)
-            return triton_w4a8_gemm(deinterleave_k(xq), qweight_packed, xs, w_scale, bias,
-                                    cfg=cfg_fit, out_dtype=out_dtype, interpret=not on_gpu())
+            y = triton_w4a8_gemm(deinterleave_k(xq), qweight_packed, xs, w_scale, bias, cfg=cfg_fit,
+                                 out_dtype=jnp.float32 if activation else out_dtype, interpret=not on_gpu())
+            return apply_activation(y, activation).astype(out_dtype)
         log_once(f"w4a8:triton:{k},{n},{group_size}", f"pallas_kernels.w4a8_linear: Triton "
                  f"kernel does not support K={k}, N={n}, group={group_size}; using XLA.")
-    return _w4a8_xla(x, qweight_packed, w_scale, bias, out_dtype=out_dtype)
+    return _w4a8_xla(x, qweight_packed, w_scale, bias, out_dtype=out_dtype, activation=activation)
 
 
-@functools.partial(jax.jit, static_argnames=("out_dtype",))
-def _w4a8_xla(x, qweight_packed, w_scale, bias, *, out_dtype):
-    return w4a8_linear_ref(x, qweight_packed, w_scale, bias, out_dtype=out_dtype)
+@functools.partial(jax.jit, static_argnames=("out_dtype", "activation"))
+def _w4a8_xla(x, qweight_packed, w_scale, bias, *, out_dtype, activation=None):
+    return w4a8_linear_ref(x, qweight_packed, w_scale, bias, out_dtype=out_dtype, activation=activation)
 
 
 __all__ = [

@@ -33,12 +33,14 @@ def w4a8_linear_ref(
     bias: jax.Array | None = None,
     *,
     out_dtype: jnp.dtype = jnp.bfloat16,
+    activation: str | None = None,
 ) -> jax.Array:
-    """W4A8 reference; ``w_scale`` ``(N,)`` per channel or ``(N, K // group_size)`` per group."""
+    """W4A8 reference; ``w_scale`` ``(N,)`` per channel or ``(N, K // group_size)`` per group;
+    ``activation`` applied after the bias (see ``int8_matmul.reference.apply_activation``)."""
     xq, xs = quantize_per_token_ref(x)
     wq = unpack_int4(qweight_packed)
     if w_scale.ndim == 1:
-        return scaled_epilogue_ref(int8_matmul_ref(xq, wq), xs, w_scale, bias, out_dtype)
+        return scaled_epilogue_ref(int8_matmul_ref(xq, wq), xs, w_scale, bias, out_dtype, activation)
     y = grouped_int8_matmul_ref(xq, wq, w_scale)
     ones = jnp.ones((wq.shape[0],), jnp.float32)
-    return scaled_epilogue_ref(y, xs, ones, bias, out_dtype)
+    return scaled_epilogue_ref(y, xs, ones, bias, out_dtype, activation)

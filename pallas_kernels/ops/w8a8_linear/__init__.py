@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 
@@ -28,8 +30,9 @@ def w8a8_linear(
     *,
     out_dtype: jnp.dtype = jnp.bfloat16,
     backend: str = "auto",
+    activation: str | None = None,
 ) -> jax.Array:
-    """W8A8 linear ``x (M, K) -> (M, N)``.
+    """W8A8 linear ``x (M, K) -> (M, N)`` (then ``activation``, fused into the epilogue).
 
     ``x`` bf16/f32 is quantized per token (``pallas_kernels.ops.quantize``), multiplied with
     ``qweight (N, K) int8`` in an int8 GEMM whose epilogue applies
@@ -43,17 +46,31 @@ def w8a8_linear(
     be = resolve_backend(backend, "w8a8_linear")
     xq, xs = quantize_per_token(x, backend=activation_quant_backend(be))
     return int8_gemm(
-        xq, qweight, xs, w_scale, bias, out_dtype=out_dtype, backend=be, op="w8a8_linear"
+        xq, qweight, xs, w_scale, bias, out_dtype=out_dtype, backend=be, op="w8a8_linear",
+        activation=activation,
     )
+
+
+ACT_QUANT_ENV = "PALLAS_KERNELS_ACT_QUANT"
 
 
 def activation_quant_backend(gemm_backend: str) -> str:
     """Quantizer paired with a GEMM backend: the Pallas row-block kernel next to Pallas GEMMs
-    on GPU, the XLA fusion otherwise (and for the all-XLA baseline)."""
+    on GPU, the XLA fusion otherwise (and for the all-XLA baseline).
+
+    ``$PALLAS_KERNELS_ACT_QUANT=xla`` makes the Pallas GEMMs take their int8 input from an XLA
+    fusion instead, which XLA can merge with the op that produces ``x`` (LayerNorm + modulate,
+    GELU) so that the bf16 activation is never written; read at trace time."""
+    choice = os.environ.get(ACT_QUANT_ENV, "auto")
+    if choice not in ("auto", "xla", "triton"):
+        raise ValueError(f"${ACT_QUANT_ENV}={choice!r}: expected auto, xla or triton")
+    if choice == "xla":
+        return "xla"
     return "triton" if gemm_backend in ("mosaic", "triton") and on_gpu() else "xla"
 
 
 __all__ = [
+    "ACT_QUANT_ENV",
     "activation_quant_backend",
     "check_linear_args",
     "w8a8_linear",

@@ -16,10 +16,11 @@ def w8a8_linear_ref(
     bias: jax.Array | None = None,
     *,
     out_dtype: jnp.dtype = jnp.bfloat16,
+    activation: str | None = None,
 ) -> jax.Array:
-    """``out = (q(x) @ qweight^T) * scale_t[:, None] * w_scale[None, :] + bias`` -> out_dtype."""
+    """``out = act((q(x) @ qweight^T) * scale_t[:, None] * w_scale[None, :] + bias)`` -> out_dtype."""
     xq, xs = quantize_per_token_ref(x)
-    return scaled_epilogue_ref(int8_matmul_ref(xq, qweight), xs, w_scale, bias, out_dtype)
+    return scaled_epilogue_ref(int8_matmul_ref(xq, qweight), xs, w_scale, bias, out_dtype, activation)
 
 
 def w8a8_linear_dequant_ref(
