@@ -49,6 +49,11 @@ def test_w8a8_fused_gelu_epilogue(backend, m):
     np.testing.assert_allclose(np.asarray(ref), np.asarray(jax.nn.gelu(lin, approximate=True)), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(np.asarray(y), np.asarray(ref), rtol=2e-5, atol=2e-5)
     assert float(jnp.min(lin)) < -3 and float(jnp.max(lin)) > 3  # both saturated tails exercised
+    from pallas_kernels.ops.int8_matmul.reference import apply_activation
+
+    for form in ("exp", "tanh"):  # the two in-kernel formulas (tanh: Mosaic GPU approx_math path)
+        np.testing.assert_allclose(np.asarray(apply_activation(lin, "gelu_tanh", in_kernel=True, form=form)),
+                                   np.asarray(ref), rtol=1e-5, atol=1e-5)
     w4 = rand_int(3, (N, K), -8, 7)
     y4 = pk.w4a8_linear(x, pk.pack_int4(w4), ws, bias, backend=backend, activation="gelu_tanh")
     assert_bf16_close(y4, pk.w4a8_linear_ref(x, pk.pack_int4(w4), ws, bias, activation="gelu_tanh"))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -151,7 +152,19 @@ def _epilogue_values(acc, xs_g, ws_g, b_g, rows, cols, out_dtype, activation=Non
     if b_g is not None:
         b = plgpu.load(b_g.at[cols], (), layout=col_layout, optimized=False)
         y = y + lax.broadcast_in_dim(b, (tm, tn), [1])
-    return apply_activation(y, activation, in_kernel=True).astype(out_dtype)
+    approx = _approx_gelu(activation, out_dtype)
+    return apply_activation(y, activation, in_kernel=True, form="tanh" if approx else "exp").astype(out_dtype)
+
+
+# "0": keep the exact (exp + IEEE division) GELU in the epilogue even for half-precision outputs
+APPROX_GELU_ENV = "PALLAS_KERNELS_APPROX_GELU"
+
+
+def _approx_gelu(activation, out_dtype) -> bool:
+    """Half-precision outputs with an activation use ``approx_math`` (``tanh.approx.f32``, rel.
+    error ~2^-11, below bf16's 2^-8 rounding); float32 outputs keep the exact form."""
+    return (activation is not None and jnp.dtype(out_dtype).itemsize == 2
+            and os.environ.get(APPROX_GELU_ENV, "1") != "0")
 
 
 def _ws_kernel(*refs, cfg: MosaicGemmConfig, k: int, mp: int, n: int, scaled: bool,
@@ -244,11 +257,12 @@ def _num_sms() -> int:
     return int(getattr(jax.devices()[0], "core_count", 132) or 132)
 
 
-def _compiler_params():
+def _compiler_params(approx_math: bool = False):
+    kw = {"approx_math": True} if approx_math else {}
     lane = getattr(plgpu.LoweringSemantics, "Lane", None)
     if lane is not None:
-        return plgpu.CompilerParams(lowering_semantics=lane)
-    return plgpu.CompilerParams()
+        return plgpu.CompilerParams(lowering_semantics=lane, **kw)
+    return plgpu.CompilerParams(**kw)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "out_dtype", "activation"))
@@ -299,7 +313,7 @@ def mosaic_int8_gemm(
             grid_names=("sm",),
             num_threads=3,
             thread_name="wg",
-            compiler_params=_compiler_params(),
+            compiler_params=_compiler_params(_approx_gelu(activation, out_dtype)),
         )
         out = call(*args)
         return out[:m] if mp != m else out
@@ -320,7 +334,7 @@ def mosaic_int8_gemm(
             scratch_types=scratch,
             grid=grid,
             grid_names=names,
-            compiler_params=_compiler_params(),
+            compiler_params=_compiler_params(_approx_gelu(activation, out_dtype)),
         )
     except TypeError:  # older spelling
         call = plgpu.kernel(
@@ -329,7 +343,7 @@ def mosaic_int8_gemm(
             scratch_shapes=scratch,
             grid=grid,
             grid_names=names,
-            compiler_params=_compiler_params(),
+            compiler_params=_compiler_params(_approx_gelu(activation, out_dtype)),
         )
     out = call(*args)
     return out[:m] if mp != m else out

@@ -30,16 +30,20 @@ def check_activation(activation: str | None) -> None:
         raise ValueError(f"unsupported epilogue activation {activation!r}; supported: {EPILOGUE_ACTIVATIONS}")
 
 
-def apply_activation(y: jax.Array, activation: str | None, *, in_kernel: bool = False) -> jax.Array:
+def apply_activation(y: jax.Array, activation: str | None, *, in_kernel: bool = False,
+                     form: str = "exp") -> jax.Array:
     """``activation(y)`` in float32. The reference is ``jax.nn.gelu(approximate=True)``; kernels
-    use the identity ``0.5·y·(1 + tanh(u)) = y / (1 + exp(-2u))``, which needs only ``exp`` and a
-    division (lowered by Mosaic GPU and Triton alike; saturates correctly at ±inf)."""
+    use ``form="exp"``: the identity ``0.5·y·(1 + tanh(u)) = y / (1 + exp(-2u))``, which needs only
+    ``exp`` and a division (lowered by Mosaic GPU and Triton alike; saturates correctly at ±inf), or
+    ``form="tanh"``: ``0.5·y·(1 + tanh(u))`` for Mosaic GPU's ``approx_math`` (one ``tanh.approx``)."""
     check_activation(activation)
     if activation is None:
         return y
     if not in_kernel:
         return jax.nn.gelu(y, approximate=True)
     u2 = _GELU_2C * (y + 0.044715 * (y * y * y))
+    if form == "tanh":
+        return 0.5 * y * (1.0 + jnp.tanh(0.5 * u2))
     return y / (1.0 + jnp.exp(-u2))
 
 
