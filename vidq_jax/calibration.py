@@ -144,16 +144,40 @@ def collect(
         _, traj = pipeline.sample(model, params, noise, cond, unc, sampler=settings["sampler"], steps=settings["steps"],
                                   guidance_scale=settings["guidance_scale"], key=k_sampler, return_trajectory=True,
                                   **sampler_kwargs)
-        ts = sampler_timesteps(settings["sampler"], settings["steps"], shape, **sampler_kwargs)
-        model_cond = sampling.combine_cfg_inputs(cond, unc) if use_cfg else cond
-        reps = 2 if use_cfg else 1
-        for i in range(first_step, settings["steps"], every_k_steps):
-            x = noise if i == 0 else traj[i - 1]
-            t = jnp.full((x.shape[0],), ts[i], dtype=jnp.float32)
-            batch = {"x": jnp.concatenate([x] * reps, axis=0), "timestep": jnp.concatenate([t] * reps, axis=0),
-                     **model_cond}
-            name = f"prompts {start}-{stop - 1} step {i} (t={float(ts[i]):g})"
-            yield CalibBatch(name, batch, i, float(ts[i]), start)
+        yield from trajectory_batches(noise, traj, cond, unc, sampler=settings["sampler"], every_k_steps=every_k_steps,
+                                      first_step=first_step, prompt_start=start, **sampler_kwargs)
+
+
+def trajectory_batches(
+    noise: jax.Array,
+    trajectory: jax.Array,
+    cond: Mapping[str, Any],
+    uncond: Mapping[str, Any] | None,
+    *,
+    sampler: str,
+    every_k_steps: int = 1,
+    first_step: int = 0,
+    prompt_start: int = 0,
+    **sampler_kwargs: Any,
+) -> Iterator[CalibBatch]:
+    """Calibration batches of ONE float sampling run that has already happened: ``noise`` ``(B, ...)``,
+    its ``trajectory`` ``(steps, B, ...)`` (``return_trajectory=True``), the ``cond`` / ``uncond``
+    (``None``: no CFG) it ran with and its ``sampler`` (+ the schedule keywords of
+    :func:`sampler_timesteps`). :func:`collect` runs the sampler and calls this; a caller that samples
+    the float model anyway (the demo) calibrates on its own run without sampling twice."""
+    if every_k_steps < 1:
+        raise ValueError(f"every_k_steps must be >= 1, got {every_k_steps}")
+    steps = int(trajectory.shape[0])
+    ts = sampler_timesteps(sampler, steps, noise.shape, **sampler_kwargs)
+    model_cond = sampling.combine_cfg_inputs(cond, uncond) if uncond is not None else dict(cond)
+    reps = 2 if uncond is not None else 1
+    stop = prompt_start + noise.shape[0]
+    for i in range(first_step, steps, every_k_steps):
+        x = noise if i == 0 else trajectory[i - 1]
+        t = jnp.full((x.shape[0],), ts[i], dtype=jnp.float32)
+        batch = {"x": jnp.concatenate([x] * reps, axis=0), "timestep": jnp.concatenate([t] * reps, axis=0), **model_cond}
+        name = f"prompts {prompt_start}-{stop - 1} step {i} (t={float(ts[i]):g})"
+        yield CalibBatch(name, batch, i, float(ts[i]), prompt_start)
 
 
 def calib_pairs(batches) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -181,4 +205,4 @@ def random_conditioning(model, num_prompts: int, *, seed: int = 0) -> dict[str, 
     return out
 
 
-__all__ = ["CalibBatch", "calib_pairs", "collect", "random_conditioning", "sampler_timesteps"]
+__all__ = ["CalibBatch", "calib_pairs", "collect", "random_conditioning", "sampler_timesteps", "trajectory_batches"]

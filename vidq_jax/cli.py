@@ -1,7 +1,8 @@
 """The ``vidq`` command line.
 
     vidq convert --arch pixart-alpha CKPT OUT_DIR [--config JSON] [--dtype bf16]
-    vidq demo [--out outputs/demo]
+    vidq demo [--out outputs/demo] [--t2i FOLDER] [--t2v FOLDER] [--only t2i|t2v]
+    vidq sample --prompt "a cat moving left" [--model t2i|t2v|FOLDER] [--preset viditq-w8a8] [--out FILE]
     vidq quantize MODEL_DIR OUT_DIR --preset viditq-w8a8 [--calib-prompts N] [--backend xla] [--cond NPZ]
 
 Each verb is a function ``cmd_<verb>(args) -> int`` registered in :func:`build_parser`.
@@ -65,9 +66,67 @@ def cmd_convert(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    from vidq_jax.bundled import ModelMissing
     from vidq_jax.demo import run_demo
 
-    run_demo(Path(args.out))
+    counts = {k: v for k, v in (("t2i", args.images), ("t2v", args.videos)) if v is not None}
+    try:
+        run_demo(Path(args.out), t2i=args.t2i, t2v=args.t2v, models_dir=args.models_dir,
+                 tasks=[args.only] if args.only else ("t2i", "t2v"), counts=counts, backend=args.backend,
+                 progress=not args.no_progress)
+    except ModelMissing as e:
+        print(f"vidq demo: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _slug(text: str, limit: int = 40) -> str:
+    import re
+
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:limit] or "sample"
+
+
+def cmd_sample(args) -> int:
+    """Generate from typed prompts (MiniLM caption features: the text extra) with a bundled model."""
+    import jax
+
+    from vidq_jax.bundled import ModelMissing, load_demo_model
+    from vidq_jax.data.text import TextExtraMissing, encode_prompts
+    from vidq_jax.preview import save_sample_grid
+
+    t0 = time.perf_counter()
+    try:
+        dm = load_demo_model(args.model, models_dir=args.models_dir)
+    except (ModelMissing, ValueError) as e:
+        print(f"vidq sample: {e}", file=sys.stderr)
+        return 2
+    suffix = ".gif" if dm.is_video else ".png"
+    out = Path(args.out) if args.out else Path("outputs/sample") / f"{_slug(args.prompt[0])}_{args.preset}{suffix}"
+    if out.suffix.lower() != suffix:
+        print(f"vidq sample: {dm.name} makes {'videos' if dm.is_video else 'images'}: --out must end in {suffix}, "
+              f"got {out}", file=sys.stderr)
+        return 2
+    try:
+        y, mask = encode_prompts(args.prompt)
+    except TextExtraMissing as e:
+        print(f"vidq sample: {e}", file=sys.stderr)
+        return 2
+    cfg = dm.model.config
+    if y.shape[1:] != (cfg.model_max_length, cfg.caption_channels):
+        print(f"vidq sample: the text encoder gives {y.shape[1:]} caption features, {dm.name} expects "
+              f"({cfg.model_max_length}, {cfg.caption_channels})", file=sys.stderr)
+        return 2
+    cond = dm.condition(y, mask)
+    noise = dm.noise(len(args.prompt), jax.random.PRNGKey(args.seed))
+    params = dm.params
+    if args.preset != "fp":  # calibrate on the float run of these prompts, then quantize
+        _, traj = dm.sample(dm.params, noise, cond, return_trajectory=True)
+        params = dm.quantize(args.preset, dm.trajectory_calibration(noise, traj, cond), backend=args.backend)
+    x = dm.to_pixels(dm.sample(params, noise, cond))
+    save_sample_grid({f"{dm.name} {args.preset}": x}, args.prompt, out, value_range=dm.value_range, scale=args.scale,
+                     fps=dm.preview_fps)
+    print(f"sampled {len(args.prompt)} prompt(s) with {dm.name} ({args.preset}, {dm.describe_sampler()}) -> {out} "
+          f"[{time.perf_counter() - t0:.1f} s]")
     return 0
 
 
@@ -99,7 +158,7 @@ def cmd_quantize(args) -> int:
 
     from vidq_jax.calibration import collect
     from vidq_jax.checkpoint import load_model, params_nbytes
-    from vidq_jax.quant import QuantConfig, quantization_summary, quantize_params
+    from vidq_jax.quant import QuantConfig, dense_paths, quantization_summary, quantize_params
     from vidq_jax.quant.io import disk_bytes, save_quantized
     from vidq_jax.quant.mixed_precision import MixedPrecisionPlan, quantize_params_mp
 
@@ -113,7 +172,8 @@ def cmd_quantize(args) -> int:
         print(f"vidq quantize: {args.model_dir} is already quantized", file=sys.stderr)
         return 2
     try:
-        config = QuantConfig.preset(args.preset, backend=None if args.preset == "fp" else args.backend)
+        config = QuantConfig.preset(args.preset, backend=None if args.preset == "fp" else args.backend,
+                                    layers=dense_paths(params))  # block-specific rules name this model's blocks
         plan = None
         if args.plan:
             text = args.plan
@@ -195,11 +255,31 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default="outputs/bench", help="where the JSON/markdown tables go (default outputs/bench)")
     b.set_defaults(func=cmd_bench)
 
-    d = sub.add_parser("demo", help="the main job on the embedded default (writes outputs/demo/)")
+    from vidq_jax.quant.config import PRESETS
+
+    d = sub.add_parser("demo", help="quantize the bundled trained models and compare with FP (writes outputs/demo/)")
     d.add_argument("--out", default="outputs/demo")
+    d.add_argument("--t2i", help="text-to-image model folder (default: assets/models/pixart-emoji-32)")
+    d.add_argument("--t2v", help="text-to-video model folder (default: assets/models/stdit3-sprites-8x32)")
+    d.add_argument("--models-dir", help="folder holding the bundled models (default: assets/models)")
+    d.add_argument("--only", choices=["t2i", "t2v"], help="run one of the two models")
+    d.add_argument("--images", type=int, help="image prompts (default 4)")
+    d.add_argument("--videos", type=int, help="video prompts (default 2)")
+    d.add_argument("--backend", default="xla", choices=["simulate", "xla", "pallas"])
+    d.add_argument("--no-progress", action="store_true", help="no progress bar")
     d.set_defaults(func=cmd_demo)
 
-    from vidq_jax.quant.config import PRESETS
+    s = sub.add_parser("sample", help="generate from typed prompts with a bundled model (needs the text extra)")
+    s.add_argument("--prompt", action="append", required=True, help="the prompt (repeat for several)")
+    s.add_argument("--model", default="t2i", help="t2i | t2v | a model folder (default t2i)")
+    s.add_argument("--models-dir", help="folder holding the bundled models (default: assets/models)")
+    s.add_argument("--preset", default="fp", choices=list(PRESETS),
+                   help="fp, or a quantization preset (calibrated on the prompts' own float run)")
+    s.add_argument("--backend", default="xla", choices=["simulate", "xla", "pallas"])
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--scale", type=int, default=8, help="nearest-neighbour upscaling of the 32-px output (default 8)")
+    s.add_argument("--out", help="output .png (images) / .gif (videos); default outputs/sample/<prompt>_<preset>.*")
+    s.set_defaults(func=cmd_sample)
 
     q = sub.add_parser("quantize", help="calibrate + quantize a converted model folder (orbax, int8 on disk)")
     q.add_argument("model_dir", help="a float vidq-jax model folder (vidq convert output)")

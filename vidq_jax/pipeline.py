@@ -84,6 +84,28 @@ def sampler_settings(model, *, sampler: str | None = None, steps: int | None = N
     }
 
 
+def exported_sampler(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """Keyword arguments of :func:`sample` from the sampler settings a model folder was saved with
+    (``model.json``'s ``"sampler"``: ``name``, ``steps``, ``guidance_scale`` and any keyword of that
+    sampler function, e.g. ``use_timestep_transform`` / ``discretization``; descriptive entries such
+    as ``prediction`` are dropped). A folder without settings gets the family defaults (``{}``)."""
+    import inspect
+
+    s = dict(meta.get("sampler") or {})
+    if not s:
+        return {}
+    name = s.pop("name", None) or s.pop("sampler", None)
+    if name not in _SAMPLERS:
+        raise ValueError(f"model.json names an unknown sampler {name!r}; choose one of {sorted(_SAMPLERS)}")
+    out: dict[str, Any] = {"sampler": name}
+    for k in ("steps", "guidance_scale"):
+        if k in s:
+            out[k] = s.pop(k)
+    accepted = inspect.signature(_SAMPLERS[name]).parameters
+    out.update({k: v for k, v in s.items() if k in accepted and k not in ("steps", "guidance_scale")})
+    return out
+
+
 def sample(
     model,
     params: Any,

@@ -103,3 +103,63 @@ def save_video_latent_preview(latents: np.ndarray, path: str | os.PathLike, tile
     latents = np.asarray(latents, np.float32)
     frames = [image_grid([[latent_tiles(x[t], tile)] for x in latents]) for t in range(latents.shape[1])]
     return save_gif(frames, path, fps)
+
+
+def samples_to_uint8(x: np.ndarray, value_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
+    """Pixel-space samples (any shape ``(..., 3)``, values in ``value_range``) → uint8 RGB (clipped)."""
+    return _to_uint8(np.asarray(x, np.float32), *value_range)
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: fixed-size bitmap font
+        return ImageFont.load_default()
+
+
+def labelled_grid(cells: Sequence[Sequence[np.ndarray]], row_labels: Sequence[str], col_labels: Sequence[str], *,
+                  scale: int = 4, pad: int = 6, font_size: int = 14) -> np.ndarray:
+    """uint8 RGB grid of equally sized pictures ``cells[row][col]`` (each upscaled ``scale``× with
+    nearest neighbour), column labels on top and row labels on the left, on white."""
+    from PIL import Image, ImageDraw
+
+    h, w = cells[0][0].shape[:2]
+    ch, cw = h * scale, w * scale
+    font = _font(font_size)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_w = lambda s: int(measure.textlength(s, font=font))  # noqa: E731
+    left = max([text_w(s) for s in row_labels] + [0]) + 2 * pad
+    top = font_size + 2 * pad
+    n_rows, n_cols = len(cells), max(len(r) for r in cells)
+    col_w = max([cw] + [text_w(s) for s in col_labels]) + pad  # a column fits its picture and its label
+    canvas = Image.new("RGB", (left + n_cols * col_w, top + n_rows * (ch + pad)), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for j, label in enumerate(col_labels):
+        draw.text((left + j * col_w + (col_w - pad - text_w(label)) // 2, pad), label, fill=(0, 0, 0), font=font)
+    for i, row in enumerate(cells):
+        y = top + i * (ch + pad)
+        draw.text((pad, y + (ch - font_size) // 2), row_labels[i], fill=(0, 0, 0), font=font)
+        for j, cell in enumerate(row):
+            big = np.kron(np.asarray(cell, np.uint8), np.ones((scale, scale, 1), np.uint8))
+            canvas.paste(Image.fromarray(big), (left + j * col_w + (col_w - pad - cw) // 2, y))
+    return np.asarray(canvas)
+
+
+def save_sample_grid(columns: dict[str, np.ndarray], row_labels: Sequence[str], path: str | os.PathLike, *,
+                     value_range: tuple[float, float] = (-1.0, 1.0), scale: int = 4, fps: float = 4.0) -> Path:
+    """Pixel-space samples side by side, one row per sample (labelled), one column per entry of
+    ``columns`` (``label -> (N, H, W, 3)`` images or ``(N, T, H, W, 3)`` videos): a PNG for images, an
+    animated GIF (``fps``) for videos."""
+    labels = list(columns)
+    first = np.asarray(columns[labels[0]])
+
+    def grid(frame: int | None) -> np.ndarray:
+        cells = [[samples_to_uint8(columns[c][i] if frame is None else columns[c][i, frame], value_range) for c in labels]
+                 for i in range(first.shape[0])]
+        return labelled_grid(cells, row_labels, labels, scale=scale)
+
+    if first.ndim == 5:
+        return save_gif([grid(t) for t in range(first.shape[1])], path, fps)
+    return save_png(grid(None), path)

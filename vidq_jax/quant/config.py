@@ -322,12 +322,16 @@ class QuantConfig:
         return cls(default=None if default is None else LayerQuant(**default), rules=rules, **d)
 
     @classmethod
-    def preset(cls, name: str, *, backend: str | None = None, **changes: Any) -> "QuantConfig":
+    def preset(cls, name: str, *, backend: str | None = None, layers: Iterable[str] | None = None,
+               **changes: Any) -> "QuantConfig":
         """A named recipe (see :data:`PRESETS`); ``backend`` sets the default layer's backend and
-        ``changes`` replace :class:`QuantConfig` fields."""
+        ``changes`` replace :class:`QuantConfig` fields. ``layers``: the Dense paths of the model to
+        quantize; presets that name particular blocks of the 28-block XL models (``viditq-w4a8-mp``'s
+        first/last block) then name this model's first and last block instead
+        (:func:`edge_blocks_pattern`; identical for a 28-block model)."""
         if name not in PRESETS:
             raise ValueError(f"unknown quantization preset {name!r}; available: {sorted(PRESETS)}")
-        cfg = PRESETS[name]()
+        cfg = PRESETS[name]() if layers is None or name not in _MODEL_AWARE else _MODEL_AWARE[name](list(layers))
         if backend is not None:
             if cfg.default is None:
                 raise ValueError(f"preset {name!r} quantizes nothing; a backend makes no sense")
@@ -404,13 +408,33 @@ def _viditq_w4a8() -> QuantConfig:
     return QuantConfig("viditq-w4a8", default=base, rules=_balanced(0.01))
 
 
-def _viditq_w4a8_mp() -> QuantConfig:
+XL_EDGE_BLOCKS = r"^blocks_(0|27)/"  # first and last block of the 28-block XL models
+
+
+def edge_blocks_pattern(paths: Iterable[str]) -> str:
+    """Regex of the first and the last transformer block, in execution order, among Dense ``paths``:
+    blocks ``[<stack>_]blocks_<i>`` sort by ``i``, then by stack name (STDiT3 runs spatial block ``i``
+    before temporal block ``i``). ``^(blocks_0|blocks_4)/`` for a 5-block PixArt,
+    ``^(spatial_blocks_0|temporal_blocks_2)/`` for a 3 + 3-block STDiT3."""
+    blocks = set()
+    for p in paths:
+        m = re.match(r"^((?:[A-Za-z0-9]+_)?blocks)_(\d+)/", p)
+        if m:
+            blocks.add((int(m.group(2)), m.group(1)))
+    if not blocks:
+        raise ValueError(f"no transformer block (blocks_N/...) among the layers {list(paths)[:3]}...")
+    edges = dict.fromkeys(f"{name}_{i}" for i, name in (min(blocks), max(blocks)))
+    return f"^({'|'.join(edges)})/"
+
+
+def _viditq_w4a8_mp(edge_blocks: str = XL_EDGE_BLOCKS) -> QuantConfig:
     # PixArt-Σ W4A8-MP table of the new code: W4 default, W8 for every MLP and the first/last
-    # block (28-block XL models). Timestep-wise bit tables (OpenSora v1.0) are not expressible here.
+    # block (28-block XL models; other models: QuantConfig.preset(..., layers=...) names theirs).
+    # Timestep-wise bit tables (OpenSora v1.0) are not expressible here (see mixed_precision.py).
     base = _W8A8.replace(w_bits=4)
     rules = _balanced(0.01) + (
         LayerRule(r"(^|/)mlp/", w_bits=8),
-        LayerRule(r"^blocks_(0|27)/", w_bits=8),
+        LayerRule(edge_blocks, w_bits=8),
     )
     return QuantConfig("viditq-w4a8-mp", default=base, rules=rules)
 
@@ -429,6 +453,11 @@ PRESETS = {
     "viditq-w4a8-mp": _viditq_w4a8_mp,
 }
 
+# presets whose rules name blocks of a particular depth: built from the target model's layer paths
+_MODEL_AWARE = {
+    "viditq-w4a8-mp": lambda layers: _viditq_w4a8_mp(edge_blocks_pattern(layers)),
+}
+
 
 __all__ = [
     "ACT_GRANULARITIES",
@@ -443,4 +472,5 @@ __all__ = [
     "SHARED_CAPTION_KV",
     "WEIGHT_GRANULARITIES",
     "check_rules",
+    "edge_blocks_pattern",
 ]

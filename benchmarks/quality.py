@@ -1,0 +1,317 @@
+"""Sample quality of every quantization preset on the two bundled trained models (issue 6).
+
+    python benchmarks/quality.py                                  # both bundled models, every preset (CPU ~20 min)
+    python benchmarks/quality.py --images 64 --videos 32          # the larger sample sets (GPU)
+    python benchmarks/quality.py --models /tmp/t2i/model --tiny --presets fp viditq-w8a8 --out /tmp/q
+
+Per model (:mod:`vidq_jax.bundled`; sampler settings from its ``model.json``):
+
+* calibration: float trajectories of a few demo prompts from their OWN noise (``collect``; every
+  ``steps // 5``-th step, both CFG halves), activation statistics collected once for all presets;
+* evaluation set: ``--images`` captions of ``assets/t2i_eval.npz`` (emoji names with their category)
+  or ``--videos`` captions of ``assets/t2v_prompts.npz`` (animal × direction), evenly spread over
+  the bank, sampled from the same noise by the float model and by every preset;
+* metrics: PSNR / SSIM vs the float samples; Fréchet distance to the real data's feature statistics
+  (``assets/feature_nets/<net>/real_stats.npz``) and conditional accuracy from the shipped feature
+  network; temporal consistency and motion accuracy for video; weight bytes (vs the bf16 export);
+  per-layer incoherence (per-token ``max|x| / mean|x|`` of each balanced layer's input on the
+  calibration batches, 3 of their timesteps) before and after the preset's balancing
+  (:mod:`vidq_jax.eval.fidelity`).
+
+Writes ``benchmarks/results/quality.{json,md}`` (``--out`` changes the stem).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+try:
+    from benchmarks.common import REPO, environment
+except ImportError:  # run as a script
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from benchmarks.common import REPO, environment
+
+from benchmarks.quant_report import _bits_label, _fmt
+from vidq_jax.bundled import load_demo_model, load_prompts, spread, upcast_bf16, weight_bytes
+from vidq_jax.eval.fidelity import incoherence_by_timestep
+from vidq_jax.eval.quality import feature_metrics, fidelity_metrics
+from vidq_jax.quant import PRESETS, collect_stats
+
+EVAL_BANK = {"t2i": "t2i_eval", "t2v": "t2v_prompts"}
+COUNTS = {"t2i": 32, "t2v": 4}  # fits ~20 min on a 2-core CPU with every preset
+TINY_COUNTS = {"t2i": 4, "t2v": 2}
+# samples per sampler call (one compile per preset); small batches are fastest per sample on a CPU
+CHUNK = {"cpu": {"t2i": 4, "t2v": 1}, "gpu": {"t2i": 64, "t2v": 8}}
+CALIB_PROMPTS = {"t2i": 4, "t2v": 2}
+INCOHERENCE_TIMESTEPS = 3  # of the calibration timesteps
+EVAL_SEED, CALIB_SEED = 0, 7
+
+
+def sample_set(dm, params, cond: dict, noise: jax.Array, chunk: int) -> np.ndarray:
+    """Samples of every row of ``cond``/``noise`` in calls of ``chunk`` rows (the last one padded,
+    so every call has the same shapes: one compile)."""
+    n = int(noise.shape[0])
+    chunk = min(chunk, n)
+    params = upcast_bf16(params)  # once, not per call
+    outs = []
+    for start in range(0, n, chunk):
+        idx = np.arange(start, start + chunk) % n  # pad the last call with the first rows
+        part = {k: v[idx] for k, v in cond.items()}
+        outs.append(dm.to_pixels(dm.sample(params, noise[idx], part))[: min(chunk, n - start)])
+    return np.concatenate(outs)
+
+
+def _balance_key(dm, preset: str) -> tuple:
+    """What determines a preset's balancing transforms (weights, statistics and seed being equal):
+    the balanced layers with their smoothing strength and rotation."""
+    from vidq_jax.quant import dense_paths
+
+    cfg = dm.quant_config(preset)
+    return tuple((p, lq.smooth_alpha, lq.rotate) for p in dense_paths(dm.params)
+                 if (lq := cfg.resolve(p)) is not None and (lq.smooth_alpha is not None or lq.rotate))
+
+
+def _incoherence(dm, q, calib) -> dict[str, Any]:
+    """Per-layer incoherence before / after balancing at INCOHERENCE_TIMESTEPS of the calibration
+    timesteps (spread from the noisiest to the last), averaged over them."""
+    steps = sorted({b.step for b in calib})
+    keep = {steps[i] for i in spread(len(steps), min(INCOHERENCE_TIMESTEPS, len(steps)))}
+    inc = incoherence_by_timestep(dm.model, dm.compute_params, q, [b for b in calib if b.step in keep])
+    layers = {p: {"before": float(np.mean(v["mean_before"])), "after": float(np.mean(v["mean_after"])),
+                  "max_before": float(np.max(v["max_before"])), "max_after": float(np.max(v["max_after"]))}
+              for p, v in inc["layers"].items()}
+    summ = inc["summary"]
+    out = {"layers": layers}
+    if layers:
+        out.update({
+            "mean_before": float(np.mean([v["before"] for v in layers.values()])),
+            "mean_after": float(np.mean([v["after"] for v in layers.values()])),
+            "worst_layer": summ["worst_layer"],
+            "worst_max_before": float(np.max(summ["worst_max_before"])),
+            "worst_max_after": float(np.max(summ["worst_max_after"])),
+        })
+    return out
+
+
+def run_model(spec: str, *, presets: list[str], counts: dict[str, int | None], tiny: bool, backend: str,
+              models_dir: str | None = None) -> tuple[list[dict], dict]:
+    """Rows of every preset (``presets[0]`` must be ``"fp"``: the reference) on one model."""
+    if presets[0] != "fp":
+        raise ValueError("the first preset must be 'fp' (the reference of PSNR / SSIM)")
+    t_model = time.perf_counter()
+    dm = load_demo_model(spec, models_dir=models_dir)
+    task = dm.task
+    n = counts.get(task) or (TINY_COUNTS if tiny else COUNTS)[task]
+    chunk = CHUNK["cpu" if jax.default_backend() == "cpu" else "gpu"][task]
+    bank = load_prompts(EVAL_BANK[task])
+    prompts = bank.take(spread(len(bank), n))
+    cond = dm.condition(prompts.y, prompts.mask)
+    noise = dm.noise(len(prompts), jax.random.PRNGKey(EVAL_SEED))
+    extractor, real_stats = dm.reference()
+
+    demo = dm.default_prompts()  # calibration prompts: demo prompts outside the evaluation set if possible
+    pool = [i for i, t in enumerate(demo.texts) if t not in set(prompts.texts)] or list(range(len(demo)))
+    calib_prompts = demo.take([pool[i] for i in spread(len(pool), min(CALIB_PROMPTS[task], len(pool)))])
+    t0 = time.perf_counter()
+    calib = dm.collect_calibration(dm.condition(calib_prompts.y, calib_prompts.mask), key=jax.random.PRNGKey(CALIB_SEED))
+    stats = collect_stats(dm.model, dm.compute_params, calib)
+    calib_s = time.perf_counter() - t0
+
+    fp_bytes = weight_bytes(dm.params)
+    fp_samples = None
+    incoherence: dict[tuple, tuple[str, dict]] = {}
+    rows: list[dict] = []
+    for preset in presets:
+        t0 = time.perf_counter()
+        q = jax.block_until_ready(dm.quantize(preset, calib, backend=backend, stats=stats))
+        quantize_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        x = sample_set(dm, q, cond, noise, chunk)
+        sample_s = time.perf_counter() - t0
+        fp_samples = x if fp_samples is None else fp_samples
+        feats = extractor(x)
+        row: dict[str, Any] = {
+            "model": dm.name, "task": task, "preset": preset,
+            "bits": _bits_label(dm.quant_config(preset, backend), dm.params),
+            "avg_w_bits": dm.average_weight_bits(preset),
+            "bytes": weight_bytes(q), "x_smaller": fp_bytes / weight_bytes(q),
+            **{k: v for k, v in fidelity_metrics(x, fp_samples).items() if k != "mse"},
+            **feature_metrics(feats, prompts.labels, prompts.directions, real_stats),
+            "finite": bool(np.isfinite(x).all()),
+            "quantize_s": quantize_s, "sample_s": sample_s,
+        }
+        t0 = time.perf_counter()
+        key = _balance_key(dm, preset)
+        if key not in incoherence:  # presets balancing alike (e.g. W8 and W4 of one method) share it
+            incoherence[key] = (preset, _incoherence(dm, q, calib))
+        row["incoherence_of"], row["incoherence"] = incoherence[key]
+        row["incoherence_s"] = time.perf_counter() - t0
+        rows.append(row)
+        print(f"  {dm.name:22s} {preset:18s} PSNR {row['psnr']:6.2f} dB  SSIM {row['ssim']:.4f}  FD {row['fd']:8.3f}  "
+              f"acc {row['cond_acc']:.3f}  {row['bytes']} B  [{quantize_s + sample_s:.0f} s]", flush=True)
+    info = {
+        "folder": str(dm.folder), "arch": dm.name, "model": type(dm.model).__name__,
+        "config": dm.model.config.to_dict(), "float_bytes": fp_bytes, "sampler": dm.sampler,
+        "samples": len(prompts), "eval_bank": EVAL_BANK[task], "prompts": prompts.texts,
+        "calibration": {"prompts": calib_prompts.texts, "every_k_steps": dm.calib_every_k, "batches": len(calib),
+                        "seconds": calib_s, "noise_seed": CALIB_SEED},
+        "eval_noise_seed": EVAL_SEED, "feature_dim": int(feats["features"].shape[-1]),
+        "train_record": {k: dm.meta.get("train_record", {}).get(k) for k in ("steps", "final_loss", "device", "train_s")},
+        "seconds": time.perf_counter() - t_model,
+    }
+    return rows, {dm.name: info}
+
+
+# ------------------------------------------------------------------------------------------------
+# report
+# ------------------------------------------------------------------------------------------------
+
+
+def _ranking(rows: list[dict]) -> list[str]:
+    """Which preset is closest to FP (PSNR) and best in FD, per weight width class."""
+    out = []
+    def a8(r):
+        return r["bits"].endswith("A8")
+
+    for cls, pred in (("W8A8", lambda r: a8(r) and r["avg_w_bits"] == 8),
+                      ("W4A8 and W4A8 mixed precision", lambda r: a8(r) and r["avg_w_bits"] < 8)):
+        group = [r for r in rows if pred(r)]
+        if len(group) < 2:
+            continue
+        by_psnr = sorted(group, key=lambda r: -r["psnr"])
+        by_fd = sorted(group, key=lambda r: r["fd"])
+        out.append(f"  - {cls}: by PSNR vs FP " + " > ".join(f"`{r['preset']}`" for r in by_psnr)
+                   + "; by FD " + " < ".join(f"`{r['preset']}`" for r in by_fd))
+    return out
+
+
+def to_markdown(rows: list[dict], models: dict, env: dict, total_s: float) -> str:
+    lines = [
+        "# Quality of every quantization preset on the bundled trained models",
+        "",
+        f"{env['date']}, JAX {env['jax_version']} on {env['platform']} ({env['gpu']}, {env['cpu_count']} CPU cores), "
+        f"`{env['backend']}` backend; generated by `benchmarks/quality.py` in {total_s / 60:.1f} min.",
+        "",
+        "Every preset samples the same prompts from the same noise as the float model (FP, bf16 weights as shipped, "
+        "float32 math). PSNR / SSIM: vs the FP samples (pixels in [-1, 1]). FD: Fréchet distance between the "
+        "feature-network features of the samples and of the real data (lower is better); with fewer samples than "
+        "feature dimensions the covariance estimate is rank-deficient and FD is biased upward, so compare FD across "
+        "rows of one model (same N), not with other benchmarks. Acc.: the feature network's class = the caption's "
+        "(emoji category / animal); motion: the predicted direction = the caption's. Bytes: all weights "
+        "(quantized records: int payload + scales), × smaller vs the bf16 export. Incoherence: per-token "
+        "max|x| / mean|x| of each balanced layer's input on the calibration batches, mean over layers, before → "
+        "after the preset's smoothing / rotation (ViDiT-Q: 40.75 → 5.02 on its example layer).",
+        "",
+    ]
+    for name, info in models.items():
+        mrows = [r for r in rows if r["model"] == name]
+        video = mrows[0]["task"] == "t2v"
+        s = info["sampler"]
+        tr = info["train_record"]
+        lines += [
+            f"## {name} ({'text-to-video' if video else 'text-to-image'})",
+            "",
+            f"- {info['model']} (hidden {info['config']['hidden_size']}, depth {info['config']['depth']}), "
+            f"{info['float_bytes'] / 2**20:.2f} MiB bf16; trained {tr.get('steps')} steps (final loss "
+            f"{_fmt(tr.get('final_loss'))}) on {tr.get('device')}; sampler {s['sampler']} {s['steps']} steps, CFG "
+            f"{s['guidance_scale']:g}",
+            f"- {info['samples']} samples: captions of `assets/{info['eval_bank']}.npz` spread over the bank, noise "
+            f"seed {info['eval_noise_seed']}; feature dim {info['feature_dim']}",
+            f"- calibration: {len(info['calibration']['prompts'])} demo prompts, own noise (seed "
+            f"{info['calibration']['noise_seed']}), every {info['calibration']['every_k_steps']}-th step: "
+            f"{info['calibration']['batches']} batches ({info['calibration']['seconds']:.0f} s); incoherence at "
+            f"{INCOHERENCE_TIMESTEPS} of their timesteps",
+            "",
+        ]
+        head = ["preset", "bits", "avg W bits", "bytes", "× smaller", "PSNR dB", "SSIM", "FD", "acc."]
+        if video:
+            head += ["motion", "temporal"]
+        head += ["incoherence before → after", "quantize + sample s"]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in mrows:
+            inc = r["incoherence"]
+            inc_s = f"{inc['mean_before']:.2f} → {inc['mean_after']:.2f}" if "mean_before" in inc else "–"
+            cells = [f"`{r['preset']}`", r["bits"], _fmt(r["avg_w_bits"], 3), str(r["bytes"]), f"{r['x_smaller']:.2f}",
+                     f"{r['psnr']:.2f}", f"{r['ssim']:.4f}", f"{r['fd']:.3f}", f"{r['cond_acc']:.3f}"]
+            if video:
+                cells += [_fmt(r.get("motion_acc"), 3), _fmt(r.get("temporal_consistency"), 4)]
+            cells += [inc_s, f"{r['quantize_s'] + r['sample_s']:.0f}"]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines += ["", "- ordering:", *_ranking(mrows), ""]
+        groups: dict[str, list[str]] = {}  # presets sharing one balancing -> one column
+        for r in mrows:
+            if r["incoherence"]["layers"]:
+                groups.setdefault(r["incoherence_of"], []).append(r["preset"])
+        if groups:
+            inc = {g: next(r["incoherence"]["layers"] for r in mrows if r["preset"] == g) for g in groups}
+            layers = sorted({p for v in inc.values() for p in v})
+            lines += [
+                "Per-layer incoherence (mean per-token max|x|/mean|x| over the calibration batches) before and after "
+                "each balancing (presets that balance alike share a column); `–`: not balanced by those presets.",
+                "",
+                "| layer | before | " + " | ".join(" / ".join(f"`{p}`" for p in ps) for ps in groups.values()) + " |",
+                "|---|---|" + "---|" * len(groups),
+            ]
+            for p in layers:
+                before = next(v[p]["before"] for v in inc.values() if p in v)
+                cells = [_fmt(inc[g].get(p, {}).get("after"), 4) for g in groups]
+                lines.append(f"| {p} | {before:.2f} | " + " | ".join(cells) + " |")
+            lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", nargs="+", default=["t2i", "t2v"],
+                    help="t2i / t2v (bundled) or model folders written by vidq_jax.train (default: t2i t2v)")
+    ap.add_argument("--models-dir", help="folder holding the bundled models (default assets/models)")
+    ap.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
+    ap.add_argument("--images", type=int, help=f"text-to-image samples (default {COUNTS['t2i']}, tiny {TINY_COUNTS['t2i']})")
+    ap.add_argument("--videos", type=int, help=f"text-to-video samples (default {COUNTS['t2v']}, tiny {TINY_COUNTS['t2v']})")
+    ap.add_argument("--tiny", action="store_true", help="a handful of samples (smoke run on stand-in models)")
+    ap.add_argument("--backend", default="xla", choices=["simulate", "xla", "pallas"])
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "quality"), help="output stem (.json/.md)")
+    args = ap.parse_args(argv)
+    presets = ["fp"] + [p for p in args.presets if p != "fp"]  # FP first: the reference of every row
+    from vidq_jax.bundled import ModelMissing
+
+    t0 = time.perf_counter()
+    rows: list[dict] = []
+    models: dict = {}
+    counts = {"t2i": args.images, "t2v": args.videos}
+    for spec in args.models:
+        print(spec, flush=True)
+        try:
+            r, info = run_model(spec, presets=presets, counts=counts, tiny=args.tiny, backend=args.backend,
+                                models_dir=args.models_dir)
+        except ModelMissing as e:
+            print(f"quality.py: {e}")
+            return 2
+        rows += r
+        models.update(info)
+    total = time.perf_counter() - t0
+    env = {**environment(), "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+           "backend": args.backend, "tiny": args.tiny}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"environment": env, "models": models, "rows": rows, "total_s": total},
+                                                   indent=1, default=float))
+    out.with_suffix(".md").write_text(to_markdown(rows, models, env, total))
+    print(f"wrote {out.with_suffix('.md')} and .json ({total:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
