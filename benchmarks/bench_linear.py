@@ -248,38 +248,6 @@ def run_sweep(args) -> None:
         Path(args.sweep_json).write_text(json.dumps({gpu_name(): best}, indent=1))
 
 
-def run_quant_sweep(args) -> None:
-    """Time Pallas-Triton quantizer configs against the XLA fusion for each K."""
-    from pallas_kernels.ops.quantize import QuantConfig, triton_quantize_per_token
-    from pallas_kernels.ops.quantize.reference import quantize_per_token_ref
-
-    cands = [QuantConfig(bm, 128, w, 1) for bm in (1, 2, 4, 8, 16) for w in (1, 2, 4, 8)]
-    cands += [QuantConfig(bm, 256, w, 1) for bm in (2, 4, 8) for w in (4, 8)]
-    cands += [QuantConfig(16, 256, 4, 2, unroll=False)]
-    for m, k in itertools.product(args.ms, (1152, 4608)):
-        xs = [(jax.random.normal(jax.random.key(i), (m, k), jnp.float32).astype(jnp.bfloat16),)
-              for i in range(N_INPUT_SETS)]
-        qr, sr = jax.jit(quantize_per_token_ref)(*xs[0])
-        floor_us = m * k * 3 / 4.3e6
-        res = [(bench(quantize_per_token_ref, xs, iters=args.iters, reps=3), "xla")]
-        for c in cands:
-            try:
-                q, s = triton_quantize_per_token(xs[0][0], cfg=c)
-                ok = int(jnp.max(jnp.abs(q.astype(jnp.int32) - qr.astype(jnp.int32)))) <= 1 and \
-                    bool(jnp.allclose(s, sr, rtol=1e-6))
-                if not ok:
-                    print(f"  WRONG {c}", flush=True)
-                    continue
-                res.append((bench(lambda x, c=c: triton_quantize_per_token(x, cfg=c), xs,
-                                  iters=args.iters, reps=3), c))
-            except Exception as e:  # noqa: BLE001
-                print(f"  FAIL {c}: {e!r}"[:300], flush=True)
-        res.sort(key=lambda r: r[0])
-        print(f"M={m} K={k} floor~{floor_us:.1f}us: " + ", ".join(
-            f"{c if c == 'xla' else (c.bm, c.chunk, c.num_warps, c.num_stages, c.unroll)}={t:.1f}"
-            for t, c in res[:8]), flush=True)
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json")
@@ -292,7 +260,6 @@ def main(argv: list[str] | None = None) -> None:
                     help="K,N pairs to run")
     ap.add_argument("--merge-into", help="earlier linear.json whose other shapes are kept")
     ap.add_argument("--sweep", action="store_true")
-    ap.add_argument("--quant-sweep", action="store_true")
     ap.add_argument("--sweep-json")
     ap.add_argument("--int32", action="store_true")
     ap.add_argument("--cands", nargs="*")
@@ -306,9 +273,6 @@ def main(argv: list[str] | None = None) -> None:
     print(f"gpu={gpu_name()} jax={jax.__version__}", flush=True)
     if args.sweep:
         run_sweep(args)
-        return
-    if args.quant_sweep:
-        run_quant_sweep(args)
         return
     rows = run_table(args)
     if args.merge_into:  # replace this run's shapes in an earlier result file

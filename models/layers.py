@@ -48,18 +48,20 @@ def _torch_linear_init(key, shape, dtype=jnp.float32):
 
 
 @functools.lru_cache(maxsize=None)
-def _takes_activation(record_type: type) -> bool:
-    """Whether a record's ``quantized_dense`` accepts ``activation=`` (else Dense applies it)."""
-    return "activation" in inspect.signature(record_type.quantized_dense).parameters
+def _record_accepts(record_type: type, keyword: str) -> bool:
+    """Whether a record's ``quantized_dense`` accepts ``keyword=`` (``activation``, ``splits``);
+    when it does not, Dense applies the activation / splits the output itself."""
+    return keyword in inspect.signature(record_type.quantized_dense).parameters
 
 
 class Dense(nn.Module):
     """``y = x @ kernel + bias`` with ``kernel`` stored ``(in, out)`` (Flax convention).
 
     If the ``kernel`` leaf of the params tree is a quantized record (an object with a
-    ``quantized_dense(x, bias, dtype[, activation])`` method, e.g. ``vidq_jax.quant.QuantizedWeight``),
+    ``quantized_dense(x, bias, dtype[, activation][, splits])`` method, e.g. ``vidq_jax.quant.QuantizedWeight``),
     the record computes the layer instead; the module definition is shared by the float and quantized
-    twins. Records that accept ``activation`` get its name (and may fuse it into their kernel).
+    twins. Records that accept ``activation`` get its name (and may fuse it into their kernel);
+    records that accept ``splits`` return the output as a tuple of column blocks.
     """
 
     features: int
@@ -69,25 +71,43 @@ class Dense(nn.Module):
     # name of an activation applied to the output (a key of ACTIVATIONS); a quantized record gets
     # the name (``quantized_dense(..., activation=name)``) and may fuse it into its kernel
     activation: str | None = None
+    # > 1: the output is returned as that many equal column blocks (fused qkv -> q, k, v); a
+    # quantized record gets ``splits=`` and may compute each block separately (one quantized x,
+    # one GEMM per block), so that no strided slice of a wide output has to be copied
+    splits: int = 1
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array) -> Array | tuple[Array, ...]:
+        if self.features % self.splits:
+            raise ValueError(f"{self.features} features do not split into {self.splits} blocks")
         if self.has_variable("params", "kernel"):
             record = self.get_variable("params", "kernel")
             if hasattr(record, "quantized_dense"):  # read before self.param: its shape check expects (K, N)
-                bias = self.get_variable("params", "bias") if self.use_bias else None
-                if self.activation is None:
-                    return record.quantized_dense(x, bias, self.dtype or x.dtype)
-                if _takes_activation(type(record)):
-                    return record.quantized_dense(x, bias, self.dtype or x.dtype, activation=self.activation)
-                return ACTIVATIONS[self.activation](record.quantized_dense(x, bias, self.dtype or x.dtype))
+                return self._quantized(record, x)
         kernel = self.param("kernel", _torch_linear_init, (x.shape[-1], self.features), self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype) if self.use_bias else None
         dtype = self.dtype or jnp.result_type(x.dtype, kernel.dtype)
         y = jnp.dot(x.astype(dtype), kernel.astype(dtype))
         if bias is not None:
             y = y + bias.astype(dtype)
-        return y if self.activation is None else ACTIVATIONS[self.activation](y)
+        return self._split(y if self.activation is None else ACTIVATIONS[self.activation](y))
+
+    def _quantized(self, record, x: Array) -> Array | tuple[Array, ...]:
+        bias = self.get_variable("params", "bias") if self.use_bias else None
+        kw = {}
+        fuse_act = self.activation is not None and _record_accepts(type(record), "activation")
+        if fuse_act:
+            kw["activation"] = self.activation
+        split_by_record = self.splits > 1 and _record_accepts(type(record), "splits")
+        if split_by_record:
+            kw["splits"] = self.splits
+        y = record.quantized_dense(x, bias, self.dtype or x.dtype, **kw)
+        if self.activation is not None and not fuse_act:
+            y = jax.tree_util.tree_map(ACTIVATIONS[self.activation], y)
+        return tuple(y) if split_by_record else self._split(y)
+
+    def _split(self, y: Array) -> Array | tuple[Array, ...]:
+        return y if self.splits == 1 else tuple(jnp.split(y, self.splits, axis=-1))
 
 
 # --------------------------------------------------------------------------------------------
@@ -197,21 +217,37 @@ def attention(q: Array, k: Array, v: Array, key_mask: Array | None = None) -> Ar
     return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
 
 
+def frame_attention(q: Array, k: Array, v: Array) -> Array:
+    """Attention across frames: ``q, k, v (B, T, S, H, D)`` (frame-major video tokens), each of the
+    ``S`` positions attends over its ``T`` frames; returns ``(B, T, S, H, D)``.
+
+    The temporal attention of STDiT / STDiT3, computed in the tokens' own layout (no transposes to
+    and from ``(B·S, T, C)`` sequences): ``pallas_kernels.frame_attention`` — its einsum reference
+    for float32 (the parity path) and off GPU, a Pallas kernel for half precision on the GPU, where
+    cuDNN flash attention's 64×128 tiles waste most of their work on 16 frames
+    (``benchmarks/results/bench_parts.md``)."""
+    from pallas_kernels.ops.frame_attention import frame_attention as dispatch  # lazy: it imports us
+
+    return dispatch(q, k, v)
+
+
 def rope_frequencies(head_dim: int, theta: float = 10000.0) -> np.ndarray:
     """Inverse frequencies ``1 / theta^(2k/head_dim)``, k < head_dim/2 (rotary-embedding-torch)."""
     return 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64)[: head_dim // 2] / head_dim)
 
 
 def apply_rope(x: Array, positions: Array, theta: float = 10000.0) -> Array:
-    """Interleaved-pair (GPT-J style) rotary embedding over the sequence axis 1 of ``x (B, N, H, D)``.
+    """Interleaved-pair (GPT-J style) rotary embedding over the sequence axis 1 of ``x (B, N, ..., D)``
+    (``(B, N, H, D)`` sequences or ``(B, T, S, H, D)`` frame-major video tokens, rotated along T).
 
     Features ``(2k, 2k+1)`` are rotated together by angle ``pos * inv_freq[k]``.
     """
     d = x.shape[-1]
     inv = jnp.asarray(rope_frequencies(d, theta), jnp.float32)
     ang = jnp.asarray(positions, jnp.float32)[:, None] * inv[None]  # (N, D/2)
-    cos = jnp.repeat(jnp.cos(ang), 2, axis=-1)[None, :, None, :]
-    sin = jnp.repeat(jnp.sin(ang), 2, axis=-1)[None, :, None, :]
+    bshape = (1, ang.shape[0]) + (1,) * (x.ndim - 3) + (d,)
+    cos = jnp.repeat(jnp.cos(ang), 2, axis=-1).reshape(bshape)
+    sin = jnp.repeat(jnp.sin(ang), 2, axis=-1).reshape(bshape)
     xf = x.astype(jnp.float32)
     pairs = xf.reshape(*x.shape[:-1], d // 2, 2)
     rotated = jnp.stack([-pairs[..., 1], pairs[..., 0]], axis=-1).reshape(x.shape)
@@ -267,38 +303,46 @@ class Mlp(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """Fused-``qkv`` multi-head self-attention over axis 1 of ``x (B, N, C)``.
+    """Fused-``qkv`` multi-head self-attention of ``x (B, T·S, C)``, frame-major tokens of
+    ``num_frames = T`` frames (images: ``T = 1``).
 
+    ``temporal=False``: attention within each frame (over its ``S`` tokens); ``temporal=True``:
+    attention across the frames of each spatial position (:func:`frame_attention`, in the tokens'
+    own layout — the linears are per token, so no re-layout is needed at all).
     ``qk_norm``: ``None``, ``"rms"`` (per-head RMSNorm, STDiT3) or ``"layernorm"`` (affine LayerNorm
     over the full width before the head split, PixArt-Σ option). ``rope``: interleaved RoPE on q, k
-    after the norm (STDiT3 temporal blocks).
+    along the attended axis, after the norm (STDiT3 temporal blocks).
     """
 
     num_heads: int
     qk_norm: str | None = None
     rope: bool = False
+    temporal: bool = False
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, num_frames: int = 1) -> Array:
         b, n, c = x.shape
         h, d = self.num_heads, c // self.num_heads
-        qkv = Dense(3 * c, dtype=self.dtype, param_dtype=self.param_dtype, name="qkv")(x)
-        q, k, v = jnp.split(qkv, 3, axis=-1)
+        if n % num_frames:
+            raise ValueError(f"{n} tokens do not split into {num_frames} frames")
+        # attended axis 1: (B·T, S, H, D) within frames, (B, T, S, H, D) across frames
+        grouped = (b, num_frames, n // num_frames, h, d) if self.temporal else (b * num_frames, n // num_frames, h, d)
+        q, k, v = Dense(3 * c, dtype=self.dtype, param_dtype=self.param_dtype, splits=3, name="qkv")(x)
         if self.qk_norm == "layernorm":
             q = AffineLayerNorm(param_dtype=self.param_dtype, name="q_norm")(q)
             k = AffineLayerNorm(param_dtype=self.param_dtype, name="k_norm")(k)
-        q, k, v = (t.reshape(b, n, h, d) for t in (q, k, v))
+        q, k, v = (t.reshape(grouped) for t in (q, k, v))
         if self.qk_norm == "rms":
             q = RMSNorm(param_dtype=self.param_dtype, name="q_norm")(q)
             k = RMSNorm(param_dtype=self.param_dtype, name="k_norm")(k)
         elif self.qk_norm not in (None, "layernorm"):
             raise ValueError(f"unknown qk_norm {self.qk_norm!r}")
         if self.rope:
-            pos = jnp.arange(n)
+            pos = jnp.arange(grouped[1])
             q, k = apply_rope(q, pos), apply_rope(k, pos)
-        out = attention(q, k, v).reshape(b, n, c)
+        out = (frame_attention if self.temporal else attention)(q, k, v).reshape(b, n, c)
         return Dense(c, dtype=self.dtype, param_dtype=self.param_dtype, name="proj")(out)
 
 
@@ -318,8 +362,7 @@ class CrossAttention(nn.Module):
         b, n, c = x.shape
         h, d = self.num_heads, c // self.num_heads
         q = Dense(c, dtype=self.dtype, param_dtype=self.param_dtype, name="q_linear")(x)
-        kv = Dense(2 * c, dtype=self.dtype, param_dtype=self.param_dtype, name="kv_linear")(y)
-        k, v = jnp.split(kv, 2, axis=-1)
+        k, v = Dense(2 * c, dtype=self.dtype, param_dtype=self.param_dtype, splits=2, name="kv_linear")(y)
         q = q.reshape(b, n, h, d)
         k = k.reshape(b, y.shape[1], h, d)
         v = v.reshape(b, y.shape[1], h, d)
@@ -517,25 +560,6 @@ def squeeze_caption(y: Array) -> Array:
 # --------------------------------------------------------------------------------------------
 
 
-def frames_to_sequences(x: Array, num_frames: int, temporal: bool) -> Array:
-    """Tokens ``(B, T·S, C)`` (frame-major) → attention sequences: ``(B·T, S, C)`` (within each
-    frame) or, with ``temporal``, ``(B·S, T, C)`` (each spatial position across frames)."""
-    b, n, c = x.shape
-    if not temporal:
-        return x.reshape(b * num_frames, n // num_frames, c)
-    x = x.reshape(b, num_frames, n // num_frames, c).transpose(0, 2, 1, 3)
-    return x.reshape(-1, num_frames, c)
-
-
-def sequences_to_frames(x: Array, batch: int, num_frames: int, temporal: bool) -> Array:
-    """Inverse of :func:`frames_to_sequences`."""
-    c = x.shape[-1]
-    if not temporal:
-        return x.reshape(batch, -1, c)
-    x = x.reshape(batch, -1, num_frames, c).transpose(0, 2, 1, 3)
-    return x.reshape(batch, -1, c)
-
-
 class PixArtBlock(nn.Module):
     """adaLN-single DiT block: gated self-attention, ungated cross-attention, gated MLP.
 
@@ -577,9 +601,8 @@ class PixArtBlock(nn.Module):
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods
 
         h = unview(modulate(view(layer_norm(x)), shift_msa, scale_msa))
-        h = frames_to_sequences(h, num_frames, self.temporal)
-        h = SelfAttention(self.num_heads, qk_norm=self.qk_norm, rope=self.rope, name="attn", **kw)(h)
-        h = sequences_to_frames(h, b, num_frames, self.temporal)
+        h = SelfAttention(self.num_heads, qk_norm=self.qk_norm, rope=self.rope, temporal=self.temporal,
+                          name="attn", **kw)(h, num_frames)
         x = x + unview(gate_msa * view(h))
         x = x + CrossAttention(self.num_heads, name="cross_attn", **kw)(x, y, key_mask)
         h = unview(modulate(view(layer_norm(x)), shift_mlp, scale_mlp))

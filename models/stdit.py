@@ -39,12 +39,10 @@ from models.layers import (
     TBlock,
     TimestepEmbedder,
     block_modulation,
-    frames_to_sequences,
     key_padding_mask,
     layer_norm,
     modulate,
     scale_shift_init,
-    sequences_to_frames,
     sincos_1d,
     sincos_2d,
     squeeze_caption,
@@ -133,15 +131,14 @@ class STDiTBlock(nn.Module):
         table = self.param("scale_shift_table", scale_shift_init(6), (6, c), self.param_dtype)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = block_modulation(table, t0, x.dtype)
 
-        h = frames_to_sequences(modulate(layer_norm(x), shift_msa, scale_msa), nt, temporal=False)
-        h = SelfAttention(self.num_heads, name="attn", **kw)(h)
-        x = x + gate_msa * sequences_to_frames(h, b, nt, temporal=False)
+        h = SelfAttention(self.num_heads, name="attn", **kw)(modulate(layer_norm(x), shift_msa, scale_msa), nt)
+        x = x + gate_msa * h
 
-        h = frames_to_sequences(x, nt, temporal=True)  # raw residual stream, (B·S, T, C)
-        if temporal_pos is not None:
-            h = h + temporal_pos[None].astype(h.dtype)
-        h = SelfAttention(self.num_heads, name="attn_temp", **kw)(h)
-        x = x + gate_msa * sequences_to_frames(h, b, nt, temporal=True)
+        h = x  # raw residual stream
+        if temporal_pos is not None:  # (T, C) added to every position of each frame
+            h = (h.reshape(b, nt, -1, c) + temporal_pos[None, :, None].astype(h.dtype)).reshape(h.shape)
+        h = SelfAttention(self.num_heads, temporal=True, name="attn_temp", **kw)(h, nt)
+        x = x + gate_msa * h
 
         x = x + CrossAttention(self.num_heads, name="cross_attn", **kw)(x, y, key_mask)
         h = Mlp(int(c * self.mlp_ratio), c, name="mlp", **kw)(modulate(layer_norm(x), shift_mlp, scale_mlp))

@@ -8,11 +8,14 @@ Public API:
 * :func:`quantize_per_token` — dynamic per-token symmetric int8 quantization.
 * :func:`pack_int4` / :func:`unpack_int4` — the int4 storage layout (low nibble = even k).
 * :func:`fused_quantize_producer` — LayerNorm/adaLN modulate/smoothing/Hadamard hook + quantize.
+* :func:`frame_attention` — attention across the frames of frame-major video tokens (STDiT's
+  temporal attention) without transposes.
 
 Every op has a plain-jnp reference (``*_ref``) that defines its semantics; ``backend="auto"``
 uses Mosaic GPU on Hopper and otherwise the XLA int8 path (logged once).
 """
 
+from pallas_kernels.ops.frame_attention import frame_attention, frame_attention_ref
 from pallas_kernels.ops.int8_matmul import (
     int8_gemm,
     int8_matmul,
@@ -30,6 +33,8 @@ from pallas_kernels.ops.w8a8_linear import w8a8_linear, w8a8_linear_dequant_ref,
 
 __all__ = [
     "dequantize_per_token_ref",
+    "frame_attention",
+    "frame_attention_ref",
     "fused_quantize_producer",
     "fused_quantize_producer_ref",
     "int8_gemm",

@@ -106,6 +106,14 @@ def run_checks(log, quick: bool = False) -> int:
                     report(f"w8a8_linear[{be}] gelu_tanh M={m} K={k} N={n}", ok, f"rel={rel:.2e}")
                 except Exception as e:  # noqa: BLE001
                     report(f"w8a8_linear[{be}] gelu_tanh M={m} K={k} N={n}", False, repr(e)[:300])
+                if n % 3 == 0:  # fused qkv computed as three GEMMs on one quantized x
+                    try:
+                        poison_allocator()
+                        parts = pk.w8a8_linear(x, wq, ws, bias, backend=be, splits=3)
+                        ok, rel = close(jnp.concatenate(parts, axis=-1), ref)
+                        report(f"w8a8_linear[{be}] splits=3 M={m} K={k} N={n}", ok, f"rel={rel:.2e}")
+                    except Exception as e:  # noqa: BLE001
+                        report(f"w8a8_linear[{be}] splits=3 M={m} K={k} N={n}", False, repr(e)[:300])
             # W4A8, per channel and per group of 128.
             x, w4, ws, bias, kg = rand_case(seed + 1000, m, k, n, int4=True)
             packed = pk.pack_int4(w4)
@@ -137,6 +145,18 @@ def run_checks(log, quick: bool = False) -> int:
                    f"max|dq|={diff} max_rel_scale={srel:.1e}")
         except Exception as e:  # noqa: BLE001
             report(f"producer[{be}] (2,300,1152)", False, repr(e)[:300])
+    # Attention across frames: kernel vs the reference (same bf16 rounding points), odd T and D = 72.
+    for b, t, s_, h, d in ((2, 16, 1024, 16, 72), (1, 15, 64, 4, 72), (2, 8, 40, 2, 64)):
+        ks = jax.random.split(jax.random.key(1000 + t), 3)
+        q, k, v = (jax.random.normal(kk, (b, t, s_, h, d), jnp.bfloat16) * 2 for kk in ks)
+        name = f"frame_attention[triton] (B,T,S,H,D)={(b, t, s_, h, d)}"
+        try:
+            poison_allocator()
+            y = pk.frame_attention(q, k, v, backend="triton")
+            ok, rel = close(y, pk.frame_attention_ref(q, k, v))
+            report(name, ok and y.shape == q.shape, f"rel={rel:.2e}")
+        except Exception as e:  # noqa: BLE001
+            report(name, False, repr(e)[:300])
     return failures
 
 

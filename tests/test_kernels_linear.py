@@ -61,6 +61,26 @@ def test_w8a8_fused_gelu_epilogue(backend, m):
         pk.w8a8_linear(x, wq, ws, bias, backend=backend, activation="relu")
 
 
+@pytest.mark.parametrize("backend", ["xla", "triton"])
+def test_splits_return_the_column_blocks_of_one_output(backend):
+    """splits=3 (fused qkv -> q, k, v): three GEMMs on one quantized x == the unsplit output's blocks."""
+    m, n = 9, 3 * 64
+    x, wq, ws, bias = _case(70, m, n=n)
+    full = pk.w8a8_linear(x, wq, ws, bias, backend=backend)
+    parts = pk.w8a8_linear(x, wq, ws, bias, backend=backend, splits=3)
+    assert isinstance(parts, tuple) and len(parts) == 3
+    for p, f in zip(parts, jnp.split(full, 3, axis=-1)):
+        np.testing.assert_array_equal(np.asarray(p), np.asarray(f))
+    w4 = pk.pack_int4(rand_int(71, (n, K), -8, 7))
+    for scales in (ws, rand_scale(72, (n, K // 128))):  # per channel, per group of 128
+        full = pk.w4a8_linear(x, w4, scales, bias, backend=backend)
+        parts = pk.w4a8_linear(x, w4, scales, bias, backend=backend, splits=3)
+        for p, f in zip(parts, jnp.split(full, 3, axis=-1)):
+            np.testing.assert_array_equal(np.asarray(p), np.asarray(f))
+    with pytest.raises(ValueError, match="do not split"):
+        pk.w8a8_linear(x, wq, ws, bias, backend=backend, splits=5)
+
+
 def test_w8a8_no_bias_f32_out_and_f32_input():
     x, wq, ws, _ = _case(11, 240)
     x = x.astype(jnp.float32)

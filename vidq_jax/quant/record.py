@@ -162,19 +162,25 @@ class QuantizedWeight:
 
     # ------------------------------------------------------------------ the seam
     def quantized_dense(self, x: jax.Array, bias: jax.Array | None = None, dtype: Any = None,
-                        activation: str | None = None) -> jax.Array:
+                        activation: str | None = None, splits: int = 1) -> jax.Array | tuple[jax.Array, ...]:
         """``y = act(x · W + b)`` for ``x (..., K)`` → ``(..., N)`` in ``dtype`` (default ``x.dtype``);
-        ``activation`` names a ``models.layers.ACTIVATIONS`` entry (fused into the Pallas epilogue)."""
+        ``activation`` names a ``models.layers.ACTIVATIONS`` entry (fused into the Pallas epilogue).
+        ``splits > 1``: a tuple of ``splits`` column blocks ``(..., N / splits)`` (the Pallas kernels
+        compute them as separate GEMMs on one quantized ``x``; other backends split one output)."""
         x = jnp.asarray(x)
         out_dtype = jnp.dtype(dtype) if dtype is not None else x.dtype
         k = self.in_features
         if x.shape[-1] != k:
             raise ValueError(f"quantized Dense expects (..., {k}) input, got {x.shape}")
+        if splits < 1 or self.out_features % splits:
+            raise ValueError(f"{self.out_features} output features do not split into {splits} blocks")
         lead = x.shape[:-1]
         x2 = self.balance(x.reshape(-1, k).astype(jnp.float32))
         if self.layer.a_bits is None:
             y = jnp.matmul(x2, self.dequantize().T, precision=_HIGHEST)
-        elif self.layer.backend == "pallas" and (yk := _pallas_dense(self, x2, bias, out_dtype, activation)) is not None:
+        elif self.layer.backend == "pallas" and (yk := _pallas_dense(self, x2, bias, out_dtype, activation, splits)) is not None:
+            if splits > 1:
+                return tuple(a.reshape(lead + (a.shape[-1],)) for a in yk)
             return yk.reshape(lead + (self.out_features,))
         elif self.layer.backend == "simulate":
             y = self._simulate(x2)
@@ -182,7 +188,8 @@ class QuantizedWeight:
             y = self._xla(x2)
         if bias is not None:
             y = y + bias.astype(jnp.float32)
-        return apply_activation(y, activation).astype(out_dtype).reshape(lead + (self.out_features,))
+        y = apply_activation(y, activation).astype(out_dtype).reshape(lead + (self.out_features,))
+        return tuple(jnp.split(y, splits, axis=-1)) if splits > 1 else y
 
     def _simulate(self, x2: jax.Array) -> jax.Array:
         q, s, z = self.quantize_activation(x2)
@@ -319,12 +326,13 @@ def apply_activation(y: jax.Array, activation: str | None) -> jax.Array:
 
 
 def _pallas_dense(rec: QuantizedWeight, x2: jax.Array, bias: jax.Array | None, out_dtype,
-                  activation: str | None = None) -> jax.Array | None:
+                  activation: str | None = None, splits: int = 1) -> jax.Array | tuple[jax.Array, ...] | None:
     """Run the fused kernel if the record's format fits it; ``None`` means "use xla instead".
 
     The kernels take symmetric per-channel weights. Asymmetric per-channel weights (ViDiT-Q's
     default) use the same kernel plus the zero-point term ``(s_x Σ_k q_x)[m] · (z_w s_w)[n]``,
     with ``q_x, s_x`` recomputed by the same per-token formula the kernel uses (exact match).
+    ``splits > 1`` returns a tuple of column blocks (see :meth:`QuantizedWeight.quantized_dense`).
     """
     lq = rec.layer
     if not (lq.a_bits == 8 and lq.a_granularity == "token" and lq.a_symmetric and not lq.a_static):
@@ -348,6 +356,8 @@ def _pallas_dense(rec: QuantizedWeight, x2: jax.Array, bias: jax.Array | None, o
     kwargs = {"group_size": lq.w_group_size} if grouped else {}
     if rec.zero_point is None and activation is not None:
         kwargs["activation"] = activation  # fused into the epilogue
+    if rec.zero_point is None and splits > 1:
+        kwargs["splits"] = splits  # one GEMM per column block, one quantized x
     y = fn(
         xb,
         rec.qvalue,
@@ -361,7 +371,8 @@ def _pallas_dense(rec: QuantizedWeight, x2: jax.Array, bias: jax.Array | None, o
     q = quantize(xb.astype(jnp.float32), lq.act_spec())
     row = jnp.sum(q.values.astype(jnp.int32), axis=-1).astype(jnp.float32) * q.scale  # (M,)
     zs = rec.zero_point.astype(jnp.float32) * rec.scale.astype(jnp.float32)  # (N,)
-    return apply_activation(y.astype(jnp.float32) + row[:, None] * zs[None, :], activation).astype(out_dtype)
+    y = apply_activation(y.astype(jnp.float32) + row[:, None] * zs[None, :], activation).astype(out_dtype)
+    return tuple(jnp.split(y, splits, axis=-1)) if splits > 1 else y
 
 
 # ------------------------------------------------------------------------------------------------

@@ -35,7 +35,8 @@ class ProducerConfig:
     tile_elems: int = 1024
 
 
-def _kernel(x_ref, shift_ref, scale_ref, smooth_ref, q_ref, s_ref, *, eps: float, chunk: int):
+def _kernel(x_ref, shift_ref, scale_ref, smooth_ref, q_ref, s_ref, *, eps: float, chunk: int,
+            interpret: bool):
     xs = load_chunks(x_ref, chunk)  # K/chunk float32 (bm, chunk) register tiles
     k = x_ref.shape[-1]
     mean = sum(jnp.sum(c, axis=1, keepdims=True) for c in xs) / k
@@ -46,7 +47,7 @@ def _kernel(x_ref, shift_ref, scale_ref, smooth_ref, q_ref, s_ref, *, eps: float
     for i, c in enumerate(xs):
         sl = pl.ds(i * chunk, chunk)
         ys.append((c * rstd * (1.0 + scale_ref[:, sl]) + shift_ref[:, sl]) * smooth_ref[:, sl])
-    quantize_chunks(ys, q_ref, s_ref)
+    quantize_chunks(ys, q_ref, s_ref, interpret=interpret)
 
 
 @functools.partial(jax.jit, static_argnames=("eps", "cfg", "interpret"))
@@ -71,7 +72,7 @@ def triton_fused_producer(
     row = lambda bi, i: (bi, i, 0)  # noqa: E731
     per_sample = lambda bi, i: (bi, 0, 0)  # noqa: E731
     q, s = pl.pallas_call(
-        functools.partial(_kernel, eps=eps, chunk=chunk),
+        functools.partial(_kernel, eps=eps, chunk=chunk, interpret=interpret),
         out_shape=(jax.ShapeDtypeStruct((b, lp, k), jnp.int8),
                    jax.ShapeDtypeStruct((b, lp, 1), jnp.float32)),
         grid=(b, lp // bm),

@@ -30,7 +30,7 @@ from pallas_kernels.ops.w4a8_linear.packing import (
 )
 from pallas_kernels.ops.w4a8_linear.reference import grouped_int8_matmul_ref, w4a8_linear_ref
 from pallas_kernels.ops.w4a8_linear.triton import fit_w4_config, triton_w4a8_gemm
-from pallas_kernels.ops.w8a8_linear import activation_quant_backend, check_linear_args
+from pallas_kernels.ops.w8a8_linear import activation_quant_backend, check_linear_args, split_rows
 
 CONFIG_FILE = Path(__file__).with_name("configs.json")
 
@@ -65,13 +65,17 @@ def w4a8_linear(
     out_dtype: jnp.dtype = jnp.bfloat16,
     backend: str = "auto",
     activation: str | None = None,
-) -> jax.Array:
+    splits: int = 1,
+) -> jax.Array | tuple[jax.Array, ...]:
     """W4A8 linear ``x (M, K) -> (M, N)``, then ``activation`` (fused into the wgmma epilogue on
     the per-channel Hopper path; applied by XLA after the Triton per-group kernel).
 
     ``qweight_packed`` uint8 ``(N, K // 2)`` (see :func:`pack_int4`); ``w_scale`` ``(N,)`` per
     channel, or ``(N, K // group_size)`` per group (``group_size`` given, or inferred).
+    ``splits``: as in :func:`pallas_kernels.w8a8_linear` (one GEMM per column block on the
+    Hopper path; other paths split one output).
     """
+    blocks = split_rows(splits, qweight_packed, w_scale, bias)  # validates splits
     n, kh = qweight_packed.shape
     k = 2 * kh
     check_linear_args(x, qweight_packed, k, w_scale)
@@ -91,8 +95,9 @@ def w4a8_linear(
     if be == "mosaic":
         # Per-channel: unpacking N x K nibbles is a tiny XLA fusion next to the M x N x K GEMM.
         xq, xs = quantize_per_token(x, backend=activation_quant_backend(be))
-        return int8_gemm(xq, unpack_int4(qweight_packed), xs, w_scale, bias,
-                         out_dtype=out_dtype, backend="mosaic", op="w4a8_linear", activation=activation)
+        outs = tuple(int8_gemm(xq, unpack_int4(w), xs, ws, b, out_dtype=out_dtype, backend="mosaic",
+                               op="w4a8_linear", activation=activation) for w, ws, b in blocks)
+        return outs if splits > 1 else outs[0]
     if be == "triton":
         cfg = TritonGemmConfig.from_dict(_config.lookup(CONFIG_FILE, "triton_w4a8", m, k, n, {}))
         cfg_fit = fit_w4_config(cfg, m, k, n, group_size)
@@ -100,10 +105,15 @@ def w4a8_linear(
             xq, xs = quantize_per_token(x)
             y = triton_w4a8_gemm(deinterleave_k(xq), qweight_packed, xs, w_scale, bias, cfg=cfg_fit,
                                  out_dtype=jnp.float32 if activation else out_dtype, interpret=not on_gpu())
-            return apply_activation(y, activation).astype(out_dtype)
+            return _split_cols(apply_activation(y, activation).astype(out_dtype), splits)
         log_once(f"w4a8:triton:{k},{n},{group_size}", f"pallas_kernels.w4a8_linear: Triton "
                  f"kernel does not support K={k}, N={n}, group={group_size}; using XLA.")
-    return _w4a8_xla(x, qweight_packed, w_scale, bias, out_dtype=out_dtype, activation=activation)
+    return _split_cols(_w4a8_xla(x, qweight_packed, w_scale, bias, out_dtype=out_dtype, activation=activation),
+                       splits)
+
+
+def _split_cols(y: jax.Array, splits: int) -> jax.Array | tuple[jax.Array, ...]:
+    return tuple(jnp.split(y, splits, axis=-1)) if splits > 1 else y
 
 
 @functools.partial(jax.jit, static_argnames=("out_dtype", "activation"))
