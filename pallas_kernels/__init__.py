@@ -11,10 +11,13 @@ Public API:
 * :func:`frame_attention` — attention across the frames of frame-major video tokens (STDiT's
   temporal attention) without transposes.
 
+:func:`is_hopper` says whether ``backend="auto"`` picks the Mosaic GPU kernels here.
+
 Every op has a plain-jnp reference (``*_ref``) that defines its semantics; ``backend="auto"``
 uses Mosaic GPU on Hopper and otherwise the XLA int8 path (logged once).
 """
 
+from pallas_kernels._compat import is_hopper
 from pallas_kernels.ops.frame_attention import frame_attention, frame_attention_ref
 from pallas_kernels.ops.int8_matmul import (
     int8_gemm,
@@ -38,6 +41,7 @@ __all__ = [
     "fused_quantize_producer",
     "fused_quantize_producer_ref",
     "int8_gemm",
+    "is_hopper",
     "int8_matmul",
     "int8_matmul_ref",
     "pack_int4",

@@ -265,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--only", choices=["t2i", "t2v"], help="run one of the two models")
     d.add_argument("--images", type=int, help="image prompts (default 4)")
     d.add_argument("--videos", type=int, help="video prompts (default 2)")
-    d.add_argument("--backend", default="xla", choices=["simulate", "xla", "pallas"])
+    d.add_argument("--backend", default="auto", choices=["auto", "simulate", "xla", "pallas"])
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
     d.set_defaults(func=cmd_demo)
 
@@ -275,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--models-dir", help="folder holding the bundled models (default: assets/models)")
     s.add_argument("--preset", default="fp", choices=list(PRESETS),
                    help="fp, or a quantization preset (calibrated on the prompts' own float run)")
-    s.add_argument("--backend", default="xla", choices=["simulate", "xla", "pallas"])
+    s.add_argument("--backend", default="auto", choices=["auto", "simulate", "xla", "pallas"])
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--scale", type=int, default=8, help="nearest-neighbour upscaling of the 32-px output (default 8)")
     s.add_argument("--out", help="output .png (images) / .gif (videos); default outputs/sample/<prompt>_<preset>.*")
@@ -285,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("model_dir", help="a float vidq-jax model folder (vidq convert output)")
     q.add_argument("out_dir")
     q.add_argument("--preset", default="viditq-w8a8", choices=list(PRESETS))
-    q.add_argument("--backend", default="xla", choices=["simulate", "xla", "pallas"])
+    q.add_argument("--backend", default="auto", choices=["auto", "simulate", "xla", "pallas"])
     q.add_argument("--calib-prompts", type=int, default=4, help="prompts sampled for calibration (default 4)")
     q.add_argument("--every-k", type=int, default=2, help="record every k-th sampling step (default 2)")
     q.add_argument("--steps", type=int, help="sampling steps of the calibration runs (default: the release's)")

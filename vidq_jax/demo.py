@@ -31,6 +31,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from vidq_jax.quant.record import resolve_backend
+
 VARIANTS: tuple[tuple[str, str], ...] = (("FP", "fp"), ("W8A8", "viditq-w8a8"), ("W4A8-MP", "viditq-w4a8-mp"))
 DEFAULT_COUNTS = {"t2i": 4, "t2v": 2}
 NOISE_SEED = 0
@@ -81,7 +83,7 @@ def _timed(timings: dict[str, float], name: str, fn, *args, **kwargs):
     return out
 
 
-def run_model(dm, n: int, progress: StepProgress, backend: str = "xla") -> dict[str, Any]:
+def run_model(dm, n: int, progress: StepProgress, backend: str = "auto") -> dict[str, Any]:
     """Sample, calibrate, quantize and score one model; returns samples, metrics and timings."""
     from vidq_jax.bundled import weight_bytes
     from vidq_jax.eval.quality import feature_metrics, fidelity_metrics
@@ -206,7 +208,7 @@ def _section(result: dict) -> list[str]:
 
 def run_demo(out_dir: str | Path = "outputs/demo", *, t2i: str | Path | None = None, t2v: str | Path | None = None,
              models_dir: str | Path | None = None, tasks: Sequence[str] = ("t2i", "t2v"),
-             counts: dict[str, int] | None = None, backend: str = "xla", progress: bool = True) -> dict[str, Path]:
+             counts: dict[str, int] | None = None, backend: str = "auto", progress: bool = True) -> dict[str, Path]:
     """Run the demo; ``t2i`` / ``t2v``: model folders (default: the bundled models under
     ``models_dir``, default ``assets/models``). Returns the written paths."""
     from vidq_jax.bundled import load_demo_model
@@ -245,7 +247,7 @@ def run_demo(out_dir: str | Path = "outputs/demo", *, t2i: str | Path | None = N
         "",
         f"JAX {jax.__version__} on {jax.devices()[0].platform} ({platform.processor() or platform.machine()}, "
         f"{jax.local_device_count()} device(s)); weights bf16 as shipped, float math in float32; quantized "
-        f"linears on the `{backend}` backend. Same noise (seed {NOISE_SEED}) and prompts for every variant. "
+        f"linears on the `{resolve_backend(backend)}` backend. Same noise (seed {NOISE_SEED}) and prompts for every variant. "
         f"Total {total:.0f} s.",
         "",
         f"Pictures: {' and '.join(f'`{p.name}`' for p in written.values())} (rows = prompts, columns = FP / W8A8 / "

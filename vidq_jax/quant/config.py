@@ -35,8 +35,8 @@ from typing import Any, Literal
 
 from vidq_jax.quant.quantizers import QuantSpec, check_bits
 
-Backend = Literal["simulate", "xla", "pallas"]
-BACKENDS: tuple[str, ...] = ("simulate", "xla", "pallas")
+Backend = Literal["auto", "simulate", "xla", "pallas"]
+BACKENDS: tuple[str, ...] = ("auto", "simulate", "xla", "pallas")
 WEIGHT_GRANULARITIES: tuple[str, ...] = ("tensor", "channel", "group")
 ACT_GRANULARITIES: tuple[str, ...] = ("token", "tensor", "group")
 
@@ -64,7 +64,8 @@ class LayerQuant:
     Balancing: ``smooth_alpha`` (SmoothQuant ``α`` in [0, 1], ``None`` = no smoothing; needs
     calibrated channel absmax), ``rotate`` (randomized Hadamard over ``K``).
 
-    ``backend``: ``"simulate"`` (fake quant in float32), ``"xla"`` (int8 ``dot_general``, int32
+    ``backend``: ``"auto"`` (default: ``"pallas"`` on a Hopper GPU, ``"xla"`` elsewhere, decided when
+    the layer runs), ``"simulate"`` (fake quant in float32), ``"xla"`` (int8 ``dot_general``, int32
     accumulation) or ``"pallas"`` (fused kernels, falls back to ``"xla"``). ``pack_int4``: store
     ``w_bits <= 4`` weights two per byte.
     """
@@ -80,7 +81,7 @@ class LayerQuant:
     a_static: bool = False
     smooth_alpha: float | None = None
     rotate: bool = False
-    backend: str = "simulate"
+    backend: str = "auto"
     pack_int4: bool = True
 
     def __post_init__(self) -> None:

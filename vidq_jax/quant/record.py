@@ -15,6 +15,9 @@ quantized ONCE, after smoothing and rotation (the released ViDiT-Q code quantize
 
 Backends (``LayerQuant.backend``; identical integer values, floats equal up to rounding):
 
+* ``auto`` (default) — ``pallas`` on a Hopper GPU (``pallas_kernels.is_hopper()``), else ``xla``;
+  resolved when the layer is traced, so one quantized checkpoint runs fast wherever it lands.
+
 * ``simulate`` — fake quant: ``dequant(Q_a(x')) @ dequant(Q_w)ᵀ`` in float32 (HIGHEST precision).
 * ``xla`` — integer GEMM: ``lax.dot_general(q_x int8, q_w int8, contract K of both,
   preferred_element_type=int32)`` per scale group ``g`` (one group unless a side is grouped), then
@@ -102,7 +105,8 @@ class QuantizedWeight:
 
     @property
     def backend(self) -> str:
-        return self.layer.backend
+        """The backend this record computes with here (``auto`` resolved, see the module docstring)."""
+        return resolve_backend(self.layer.backend)
 
     def with_backend(self, backend: str) -> "QuantizedWeight":
         """Same record, other backend (validated)."""
@@ -178,11 +182,11 @@ class QuantizedWeight:
         x2 = self.balance(x.reshape(-1, k).astype(jnp.float32))
         if self.layer.a_bits is None:
             y = jnp.matmul(x2, self.dequantize().T, precision=_HIGHEST)
-        elif self.layer.backend == "pallas" and (yk := _pallas_dense(self, x2, bias, out_dtype, activation, splits)) is not None:
+        elif self.backend == "pallas" and (yk := _pallas_dense(self, x2, bias, out_dtype, activation, splits)) is not None:
             if splits > 1:
                 return tuple(a.reshape(lead + (a.shape[-1],)) for a in yk)
             return yk.reshape(lead + (self.out_features,))
-        elif self.layer.backend == "simulate":
+        elif self.backend == "simulate":
             y = self._simulate(x2)
         else:
             y = self._xla(x2)
@@ -289,6 +293,14 @@ def _log_once(reason: str) -> None:
     if reason not in _LOGGED:
         _LOGGED.add(reason)
         logger.warning("vidq_jax.quant: pallas backend falls back to xla: %s", reason)
+
+
+def resolve_backend(backend: str) -> str:
+    """``auto`` → ``pallas`` on a Hopper GPU (the kernels' home), ``xla`` elsewhere; others as given."""
+    if backend != "auto":
+        return backend
+    is_hopper = _load_kernel("is_hopper")
+    return "pallas" if is_hopper is not None and is_hopper() else "xla"
 
 
 @functools.lru_cache(maxsize=None)
