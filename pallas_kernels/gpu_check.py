@@ -106,6 +106,14 @@ def run_checks(log, quick: bool = False) -> int:
                     report(f"w8a8_linear[{be}] gelu_tanh M={m} K={k} N={n}", ok, f"rel={rel:.2e}")
                 except Exception as e:  # noqa: BLE001
                     report(f"w8a8_linear[{be}] gelu_tanh M={m} K={k} N={n}", False, repr(e)[:300])
+                try:  # float32 output (asymmetric-weight records): twice the output staging SMEM
+                    poison_allocator()
+                    y = pk.w8a8_linear(x, wq, ws, bias, backend=be, out_dtype=jnp.float32)
+                    ok, rel = close(y, pk.w8a8_linear_ref(x, wq, ws, bias, out_dtype=jnp.float32))
+                    report(f"w8a8_linear[{be}] f32-out M={m} K={k} N={n}", ok and y.dtype == jnp.float32,
+                           f"rel={rel:.2e}")
+                except Exception as e:  # noqa: BLE001
+                    report(f"w8a8_linear[{be}] f32-out M={m} K={k} N={n}", False, repr(e)[:300])
                 if n % 3 == 0:  # fused qkv computed as three GEMMs on one quantized x
                     try:
                         poison_allocator()

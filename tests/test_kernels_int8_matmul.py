@@ -84,3 +84,18 @@ def test_mosaic_int8_matmul_gpu_exact(m, k, n):
     wq = rand_int(m + 1, (n, k), -127, 127)
     y = pk.int8_matmul(xq, wq, backend="mosaic")
     np.testing.assert_array_equal(np.asarray(y), np.asarray(_ref(xq, wq)))
+
+
+def test_mosaic_configs_are_fitted_to_shared_memory():
+    """The stored bf16-output config overflows Hopper's 227 KiB with a float32 output tile (the
+    Mosaic compiler reported 278576 bytes); the fit drops stages, then narrows N tiles."""
+    from pallas_kernels.ops.int8_matmul import mosaic
+
+    cfg = mosaic.MosaicGemmConfig(tm=128, tn=128, tk=128, stages=3, ws=True, delay_release=0, chain=True)
+    assert mosaic.smem_bytes(cfg, 4) == 278576 - 48  # the compiler's count minus its barriers
+    assert mosaic.fit_smem(cfg, 1152, 2) == cfg  # bf16 out: unchanged
+    fitted = mosaic.fit_smem(cfg, 1152, 4)
+    assert fitted.stages == 2 and fitted.tn == 128
+    assert mosaic.smem_bytes(fitted, 4) + 1024 <= mosaic.SMEM_LIMIT
+    huge = mosaic.MosaicGemmConfig(tm=256, tn=256, tk=128, stages=2, ws=True)
+    assert mosaic.fit_smem(huge, 96, 4) is None  # N = 96 cannot take a narrower tile: no fit

@@ -49,9 +49,10 @@ def resolve_backend(backend: str, op: str) -> str:
     return "xla"
 
 
-def mosaic_config(m: int, k: int, n: int, kernel: str) -> mosaic.MosaicGemmConfig:
+def mosaic_config(m: int, k: int, n: int, kernel: str, out_itemsize: int = 2) -> mosaic.MosaicGemmConfig | None:
+    """Stored config for the shape, shrunk to divide K / N and to fit shared memory (``None``: no fit)."""
     cfg = mosaic.MosaicGemmConfig.from_dict(_config.lookup(CONFIG_FILE, kernel, m, k, n, {}))
-    return mosaic.fit_config(cfg, k, n)
+    return mosaic.fit_smem(mosaic.fit_config(cfg, k, n), n, out_itemsize)
 
 
 def triton_config(m: int, k: int, n: int, kernel: str) -> triton.TritonGemmConfig | None:
@@ -96,8 +97,8 @@ def int8_gemm(
         y = int8_gemm(xq, wq, x_scale, w_scale, bias, out_dtype=out_dtype, backend=be, op=op)
         return apply_activation(y, activation)  # as before the fusion: an XLA pass over the output
     if be == "mosaic":
-        cfg = mosaic_config(m, k, n, f"mosaic_{kname}")
-        if on_gpu() and mosaic.supports(k, n, cfg):
+        cfg = mosaic_config(m, k, n, f"mosaic_{kname}", jnp.dtype(out_dtype if scaled else jnp.int32).itemsize)
+        if on_gpu() and cfg is not None and mosaic.supports(k, n, cfg):
             return mosaic.mosaic_int8_gemm(
                 xq, wq, x_scale, w_scale, bias, cfg=cfg, out_dtype=out_dtype, activation=activation
             )

@@ -70,6 +70,34 @@ def fit_config(cfg: MosaicGemmConfig, k: int, n: int) -> MosaicGemmConfig:
     return dataclasses.replace(cfg, tn=tn, tk=tk, chain=False)
 
 
+# Shared memory per CTA on Hopper (H100 / H200: 227 KiB opt-in); a few hundred bytes of barriers
+# come on top of the tiles counted by smem_bytes.
+SMEM_LIMIT = 232448
+_SMEM_SLACK = 1024
+
+
+def smem_bytes(cfg: MosaicGemmConfig, out_itemsize: int) -> int:
+    """Tile buffers of one CTA: ``stages`` int8 A/B tiles plus the output staging tile(s)."""
+    a = cfg.stages * cta_tile_m(cfg) * cfg.tk
+    b = cfg.stages * cfg.tn * cfg.tk
+    out = (2 if cfg.ws else 1) * cfg.tm * cfg.tn * out_itemsize
+    return a + b + out
+
+
+def fit_smem(cfg: MosaicGemmConfig, n: int, out_itemsize: int) -> MosaicGemmConfig | None:
+    """Fewer stages, then narrower N tiles, until the CTA fits in shared memory (a float32 output
+    staging tile is twice a bf16 one: the stored bf16 configs overflow with float32 outputs);
+    ``None`` if nothing fits."""
+    while smem_bytes(cfg, out_itemsize) + _SMEM_SLACK > SMEM_LIMIT:
+        if cfg.stages > 2:
+            cfg = dataclasses.replace(cfg, stages=cfg.stages - 1)
+        elif cfg.tn > 64 and n % (cfg.tn // 2) == 0:
+            cfg = dataclasses.replace(cfg, tn=cfg.tn // 2)
+        else:
+            return None
+    return cfg
+
+
 def supports(k: int, n: int, cfg: MosaicGemmConfig) -> bool:
     return (
         plgpu is not None
