@@ -193,6 +193,21 @@ def bench_attention(rows: list[dict]) -> None:
                          "shape": [batch, nq, nk, heads, d]})
             print(rows[-1], flush=True)
 
+    from pallas_kernels.ops.frame_attention import FrameAttentionConfig, triton_frame_attention
+
+    qkv = [tuple(jax.random.normal(kk, (2, 16, 1024, heads, d), jnp.bfloat16)
+                 for kk in jax.random.split(jax.random.PRNGKey(30 + i), 3)) for i in range(2)]
+    ref = frame_attention_ref(*qkv[0]).astype(jnp.float32)
+    for positions in (2, 4, 8, 16):
+        for warps in (1, 2, 4):
+            cfg = FrameAttentionConfig(positions=positions, num_warps=warps)
+            fn = jax.jit(lambda q, k, v, cfg=cfg: triton_frame_attention(q, k, v, cfg=cfg))
+            err = float(jnp.max(jnp.abs(fn(*qkv[0]).astype(jnp.float32) - ref)))
+            rows.append({"part": "attention", "case": "stdit_temporal_kernel", "variant": f"bs{positions}_w{warps}",
+                         "ms": median_time(fn, qkv)["median_ms"], "shape": [2, 16, 1024, heads, d],
+                         "max_abs_err_vs_ref": err})
+            print(rows[-1], flush=True)
+
     b, t, s = 2, 16, 1024
     args = []
     for i in range(3):
@@ -225,6 +240,8 @@ def to_markdown(rows: list[dict], env: dict) -> str:
             note = r.get("error", "")
             if "exact" in r:
                 note = "bit-exact" if r["exact"] else "NOT EXACT"
+            if "max_abs_err_vs_ref" in r:
+                note = f"max abs err vs reference {r['max_abs_err_vs_ref']:.1e}"
             if "rel_err_vs_current" in r:
                 note = f"rel. err {r['rel_err_vs_current']:.2e}"
             ms = f"{r['ms']:.4f}" if "ms" in r else "–"

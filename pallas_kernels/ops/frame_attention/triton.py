@@ -28,8 +28,11 @@ from pallas_kernels._compat import pl, pltriton, triton_compiler_params
 
 @dataclasses.dataclass(frozen=True)
 class FrameAttentionConfig:
-    positions: int = 8  # bs: positions per program (the largest of 8, 4, 2, 1 dividing S is used)
-    num_warps: int = 4
+    # bs: positions per program (the largest of bs, 8, 4, 2, 1 dividing S is used). Swept on the
+    # H200 at STDiT-XL 16x512 (benchmarks/results/bench_parts.md): 0.15-0.19 ms for every bs in
+    # 2..16 and 1..4 warps, one warp per program slightly ahead.
+    positions: int = 16
+    num_warps: int = 1
     num_stages: int = 1
 
 
@@ -103,7 +106,7 @@ def triton_frame_attention(
     b, t, s, h, d = q.shape
     head_chunks(d)  # validates d
     tp = _pow2_at_least(t)
-    bs = next(n for n in (cfg.positions, 8, 4, 2, 1) if n <= cfg.positions and s % n == 0)
+    bs = next(n for n in (cfg.positions, 16, 8, 4, 2, 1) if n <= cfg.positions and s % n == 0)
     flat = [a.reshape(b, t, s, h * d) for a in (q, k, v)]
     if tp != t:
         flat = [jnp.pad(a, ((0, 0), (0, tp - t), (0, 0), (0, 0))) for a in flat]
