@@ -24,6 +24,7 @@ Writes ``benchmarks/results/quality.{json,md}`` (``--out`` changes the stem).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -105,12 +106,34 @@ def _incoherence(dm, q, calib) -> dict[str, Any]:
     return out
 
 
-def run_model(spec: str, *, presets: list[str], counts: dict[str, int | None], tiny: bool, backend: str,
-              models_dir: str | None = None) -> tuple[list[dict], dict]:
-    """Rows of every preset (``presets[0]`` must be ``"fp"``: the reference) on one model."""
-    if presets[0] != "fp":
-        raise ValueError("the first preset must be 'fp' (the reference of PSNR / SSIM)")
-    t_model = time.perf_counter()
+@dataclasses.dataclass
+class EvalSetup:
+    """Everything a preset is evaluated against on one model: the evaluation prompts and noise, the
+    feature network with the real-data statistics, and the calibration batches with their statistics
+    (collected once for every preset). Built by :func:`prepare`; :meth:`reseeded` swaps the noise."""
+
+    dm: Any
+    prompts: Any
+    cond: dict
+    noise: jax.Array
+    eval_seed: int
+    chunk: int
+    extractor: Any
+    real_stats: Any
+    calib_prompts: Any
+    calib: list
+    stats: dict
+    calib_s: float
+
+    def reseeded(self, seed: int) -> "EvalSetup":
+        """Same prompts and calibration, evaluation noise from ``seed``."""
+        return dataclasses.replace(self, noise=self.dm.noise(len(self.prompts), jax.random.PRNGKey(seed)),
+                                   eval_seed=seed)
+
+
+def prepare(spec: str, *, counts: dict[str, int | None], tiny: bool = False, models_dir: str | None = None,
+            eval_seed: int = EVAL_SEED) -> EvalSetup:
+    """Load ``spec``, pick the evaluation prompts / noise and run the calibration (see module docstring)."""
     dm = load_demo_model(spec, models_dir=models_dir)
     task = dm.task
     n = counts.get(task) or (TINY_COUNTS if tiny else COUNTS)[task]
@@ -118,7 +141,7 @@ def run_model(spec: str, *, presets: list[str], counts: dict[str, int | None], t
     bank = load_prompts(EVAL_BANK[task])
     prompts = bank.take(spread(len(bank), n))
     cond = dm.condition(prompts.y, prompts.mask)
-    noise = dm.noise(len(prompts), jax.random.PRNGKey(EVAL_SEED))
+    noise = dm.noise(len(prompts), jax.random.PRNGKey(eval_seed))
     extractor, real_stats = dm.reference()
 
     demo = dm.default_prompts()  # calibration prompts: demo prompts outside the evaluation set if possible
@@ -127,29 +150,59 @@ def run_model(spec: str, *, presets: list[str], counts: dict[str, int | None], t
     t0 = time.perf_counter()
     calib = dm.collect_calibration(dm.condition(calib_prompts.y, calib_prompts.mask), key=jax.random.PRNGKey(CALIB_SEED))
     stats = collect_stats(dm.model, dm.compute_params, calib)
-    calib_s = time.perf_counter() - t0
+    return EvalSetup(dm, prompts, cond, noise, eval_seed, chunk, extractor, real_stats, calib_prompts, calib, stats,
+                     time.perf_counter() - t0)
+
+
+def evaluate(setup: EvalSetup, params: Any, reference: np.ndarray | None) -> tuple[np.ndarray, dict[str, Any]]:
+    """``(samples, metrics)`` of ``params`` on the setup's prompts and noise: PSNR / SSIM vs
+    ``reference`` (``None``: these samples are the reference), FD / accuracy (/ motion, temporal)
+    from the feature network, ``finite``, ``sample_s``. Also returns the feature-network output."""
+    t0 = time.perf_counter()
+    x = sample_set(setup.dm, params, setup.cond, setup.noise, setup.chunk)
+    sample_s = time.perf_counter() - t0
+    feats = setup.extractor(x)
+    ref = x if reference is None else reference
+    metrics = {
+        **{k: v for k, v in fidelity_metrics(x, ref).items() if k != "mse"},
+        **feature_metrics(feats, setup.prompts.labels, setup.prompts.directions, setup.real_stats),
+        "finite": bool(np.isfinite(x).all()),
+        "sample_s": sample_s,
+        "feature_dim": int(feats["features"].shape[-1]),
+    }
+    return x, metrics
+
+
+def run_model(spec: str, *, presets: list[str], counts: dict[str, int | None], tiny: bool, backend: str,
+              models_dir: str | None = None) -> tuple[list[dict], dict]:
+    """Rows of every preset (``presets[0]`` must be ``"fp"``: the reference) on one model."""
+    if presets[0] != "fp":
+        raise ValueError("the first preset must be 'fp' (the reference of PSNR / SSIM)")
+    t_model = time.perf_counter()
+    setup = prepare(spec, counts=counts, tiny=tiny, models_dir=models_dir)
+    dm, calib, stats, task = setup.dm, setup.calib, setup.stats, setup.dm.task
 
     fp_bytes = weight_bytes(dm.params)
     fp_samples = None
+    feature_dim = None
     incoherence: dict[tuple, tuple[str, dict]] = {}
     rows: list[dict] = []
     for preset in presets:
         t0 = time.perf_counter()
         q = jax.block_until_ready(dm.quantize(preset, calib, backend=backend, stats=stats))
         quantize_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        x = sample_set(dm, q, cond, noise, chunk)
-        sample_s = time.perf_counter() - t0
+        x, metrics = evaluate(setup, q, fp_samples)
         fp_samples = x if fp_samples is None else fp_samples
-        feats = extractor(x)
+        feature_dim = metrics.pop("feature_dim")
+        sample_s = metrics.pop("sample_s")
+        finite = metrics.pop("finite")
         row: dict[str, Any] = {
             "model": dm.name, "task": task, "preset": preset,
             "bits": _bits_label(dm.quant_config(preset, backend), dm.params),
             "avg_w_bits": dm.average_weight_bits(preset),
             "bytes": weight_bytes(q), "x_smaller": fp_bytes / weight_bytes(q),
-            **{k: v for k, v in fidelity_metrics(x, fp_samples).items() if k != "mse"},
-            **feature_metrics(feats, prompts.labels, prompts.directions, real_stats),
-            "finite": bool(np.isfinite(x).all()),
+            **metrics,
+            "finite": finite,
             "quantize_s": quantize_s, "sample_s": sample_s,
         }
         t0 = time.perf_counter()
@@ -162,16 +215,25 @@ def run_model(spec: str, *, presets: list[str], counts: dict[str, int | None], t
         print(f"  {dm.name:22s} {preset:18s} PSNR {row['psnr']:6.2f} dB  SSIM {row['ssim']:.4f}  FD {row['fd']:8.3f}  "
               f"acc {row['cond_acc']:.3f}  {row['bytes']} B  [{quantize_s + sample_s:.0f} s]", flush=True)
     info = {
-        "folder": str(dm.folder), "arch": dm.name, "model": type(dm.model).__name__,
-        "config": dm.model.config.to_dict(), "float_bytes": fp_bytes, "sampler": dm.sampler,
-        "samples": len(prompts), "eval_bank": EVAL_BANK[task], "prompts": prompts.texts,
-        "calibration": {"prompts": calib_prompts.texts, "every_k_steps": dm.calib_every_k, "batches": len(calib),
-                        "seconds": calib_s, "noise_seed": CALIB_SEED},
-        "eval_noise_seed": EVAL_SEED, "feature_dim": int(feats["features"].shape[-1]),
-        "train_record": {k: dm.meta.get("train_record", {}).get(k) for k in ("steps", "final_loss", "device", "train_s")},
+        **setup_info(setup),
+        "arch": dm.name, "float_bytes": fp_bytes, "feature_dim": feature_dim,
         "seconds": time.perf_counter() - t_model,
     }
     return rows, {dm.name: info}
+
+
+def setup_info(setup: EvalSetup) -> dict[str, Any]:
+    """JSON description of a setup: model, sampler, evaluation prompts and seed, calibration."""
+    dm = setup.dm
+    return {
+        "folder": str(dm.folder), "model": type(dm.model).__name__,
+        "config": dm.model.config.to_dict(), "sampler": dm.sampler,
+        "samples": len(setup.prompts), "eval_bank": EVAL_BANK[dm.task], "prompts": setup.prompts.texts,
+        "calibration": {"prompts": setup.calib_prompts.texts, "every_k_steps": dm.calib_every_k,
+                        "batches": len(setup.calib), "seconds": setup.calib_s, "noise_seed": CALIB_SEED},
+        "eval_noise_seed": setup.eval_seed,
+        "train_record": {k: dm.meta.get("train_record", {}).get(k) for k in ("steps", "final_loss", "device", "train_s")},
+    }
 
 
 # ------------------------------------------------------------------------------------------------
@@ -272,11 +334,16 @@ def to_markdown(rows: list[dict], models: dict, env: dict, total_s: float) -> st
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_model_args(ap: argparse.ArgumentParser) -> None:
+    """``--models`` / ``--models-dir``: which trained models a quality script scores."""
     ap.add_argument("--models", nargs="+", default=["t2i", "t2v"],
                     help="t2i / t2v (bundled) or model folders written by vidq_jax.train (default: t2i t2v)")
     ap.add_argument("--models-dir", help="folder holding the bundled models (default assets/models)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_model_args(ap)
     ap.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
     ap.add_argument("--images", type=int, help=f"text-to-image samples (default {COUNTS['t2i']}, tiny {TINY_COUNTS['t2i']})")
     ap.add_argument("--videos", type=int, help=f"text-to-video samples (default {COUNTS['t2v']}, tiny {TINY_COUNTS['t2v']})")
