@@ -353,3 +353,15 @@ def test_auto_backend_is_pallas_on_hopper_only(fake_kernels):
     np.testing.assert_allclose(np.asarray(rec.quantized_dense(xb, jnp.asarray(b), jnp.float32)), ref,
                                rtol=1e-5, atol=1e-4)  # (not through a cached jit: auto resolves at trace time)
     assert fake_kernels and fake_kernels[0][0] == "w8a8"
+
+
+@pytest.mark.parametrize("w_symmetric", [True, False])
+def test_splits_are_the_column_blocks_of_the_whole_output(w_symmetric):
+    """``splits=3`` on the pallas backend (kernels per block for symmetric weights, one output split
+    after the zero-point term otherwise) == the blocks of the unsplit output."""
+    w, x, b = _data(n=96)
+    rec = _record(LayerQuant(w_symmetric=w_symmetric, backend="pallas"), w, x)
+    full = rec.quantized_dense(jnp.asarray(x), jnp.asarray(b), jnp.float32)
+    parts = rec.quantized_dense(jnp.asarray(x), jnp.asarray(b), jnp.float32, splits=3)
+    assert isinstance(parts, tuple) and [p.shape for p in parts] == [full.shape[:-1] + (32,)] * 3
+    np.testing.assert_allclose(np.concatenate(parts, -1), np.asarray(full), rtol=1e-6, atol=1e-6)

@@ -183,17 +183,17 @@ class QuantizedWeight:
         if self.layer.a_bits is None:
             y = jnp.matmul(x2, self.dequantize().T, precision=_HIGHEST)
         elif self.backend == "pallas" and (yk := _pallas_dense(self, x2, bias, out_dtype, activation, splits)) is not None:
-            if splits > 1:
+            if isinstance(yk, tuple):  # the kernels computed the column blocks separately
                 return tuple(a.reshape(lead + (a.shape[-1],)) for a in yk)
-            return yk.reshape(lead + (self.out_features,))
+            return _column_blocks(yk.reshape(lead + (self.out_features,)), splits)
         elif self.backend == "simulate":
             y = self._simulate(x2)
         else:
             y = self._xla(x2)
         if bias is not None:
             y = y + bias.astype(jnp.float32)
-        y = apply_activation(y, activation).astype(out_dtype).reshape(lead + (self.out_features,))
-        return tuple(jnp.split(y, splits, axis=-1)) if splits > 1 else y
+        return _column_blocks(apply_activation(y, activation).astype(out_dtype).reshape(lead + (self.out_features,)),
+                              splits)
 
     def _simulate(self, x2: jax.Array) -> jax.Array:
         q, s, z = self.quantize_activation(x2)
@@ -295,6 +295,11 @@ def _log_once(reason: str) -> None:
         logger.warning("vidq_jax.quant: pallas backend falls back to xla: %s", reason)
 
 
+def _column_blocks(y: jax.Array, splits: int) -> jax.Array | tuple[jax.Array, ...]:
+    """``y`` itself, or its ``splits`` equal blocks along the last axis."""
+    return tuple(jnp.split(y, splits, axis=-1)) if splits > 1 else y
+
+
 def resolve_backend(backend: str) -> str:
     """``auto`` → ``pallas`` on a Hopper GPU (the kernels' home), ``xla`` elsewhere; others as given."""
     if backend != "auto":
@@ -344,7 +349,8 @@ def _pallas_dense(rec: QuantizedWeight, x2: jax.Array, bias: jax.Array | None, o
     The kernels take symmetric per-channel weights. Asymmetric per-channel weights (ViDiT-Q's
     default) use the same kernel plus the zero-point term ``(s_x Σ_k q_x)[m] · (z_w s_w)[n]``,
     with ``q_x, s_x`` recomputed by the same per-token formula the kernel uses (exact match).
-    ``splits > 1`` returns a tuple of column blocks (see :meth:`QuantizedWeight.quantized_dense`).
+    ``splits > 1``: symmetric weights come back as a tuple of column blocks, one GEMM each (see
+    :meth:`QuantizedWeight.quantized_dense`); the zero-point path returns the whole output.
     """
     lq = rec.layer
     if not (lq.a_bits == 8 and lq.a_granularity == "token" and lq.a_symmetric and not lq.a_static):
@@ -383,8 +389,7 @@ def _pallas_dense(rec: QuantizedWeight, x2: jax.Array, bias: jax.Array | None, o
     q = quantize(xb.astype(jnp.float32), lq.act_spec())
     row = jnp.sum(q.values.astype(jnp.int32), axis=-1).astype(jnp.float32) * q.scale  # (M,)
     zs = rec.zero_point.astype(jnp.float32) * rec.scale.astype(jnp.float32)  # (N,)
-    y = apply_activation(y.astype(jnp.float32) + row[:, None] * zs[None, :], activation).astype(out_dtype)
-    return tuple(jnp.split(y, splits, axis=-1)) if splits > 1 else y
+    return apply_activation(y.astype(jnp.float32) + row[:, None] * zs[None, :], activation).astype(out_dtype)
 
 
 # ------------------------------------------------------------------------------------------------
