@@ -11,8 +11,8 @@ transfer), compute dtype bf16. Each case is compiled once, warmed up, then timed
 (host clock around a ``block_until_ready`` call, inputs random, not zeros); the median is reported
 together with min/max and the achieved rate of the analytic model FLOPs (:func:`model_flops`). Prints a table; writes ``benchmarks/results/bf16_video.json`` (or ``--out``).
 
-    python benchmarks/bench_bf16_video.py                 # GPU, full size
-    python benchmarks/bench_bf16_video.py --tiny          # CPU smoke run of the same code path
+    python -m benchmarks.bench_bf16_video                 # GPU, full size
+    python -m benchmarks.bench_bf16_video --tiny          # CPU smoke run of the same code path
 """
 
 from __future__ import annotations
@@ -24,19 +24,15 @@ import json
 import math
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from common import device_name  # noqa: E402
-from models.stdit import STDIT_PRESETS, STDiT  # noqa: E402
-from models.stdit3 import STDIT3_PRESETS, STDiT3  # noqa: E402
+from benchmarks.common import REPO, device_name
+from models.stdit import STDIT_PRESETS, STDiT
+from models.stdit3 import STDIT3_PRESETS, STDiT3
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,7 +9,7 @@ sampler calls once per step. Quantized variants quantize every Dense inside the 
 and dynamic per-token int8 activations on the ``pallas`` backend (fused kernels; falls back to XLA
 int8 where a kernel does not apply).
 
-    python benchmarks/bench_e2e.py [--models pixart,stdit] [--variants bf16,w8a8,w4a8] [--out FILE]
+    python -m benchmarks.bench_e2e [--models pixart,stdit] [--variants bf16,w8a8,w4a8] [--out FILE]
 
 Writes ``benchmarks/results/e2e.json`` and ``e2e.md`` (rows: model × method with ``gpu``,
 ``jax_version``, ``date``, times, ``speedup_vs_bf16``, weight bytes and their ratio to bf16).
@@ -18,7 +18,6 @@ Writes ``benchmarks/results/e2e.json`` and ``e2e.md`` (rows: model × method wit
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -26,76 +25,10 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from common import REPO, environment, median_time, peak_memory_bytes  # noqa: E402  (sets sys.path)
-
-from conversion import convert_state_dict  # noqa: E402
-from conversion.fixtures import load_xl_keys, synthesize_state_dict  # noqa: E402
-from vidq_jax.checkpoint import params_nbytes  # noqa: E402
-from vidq_jax.quant import LayerQuant, QuantConfig, quantize_params  # noqa: E402
-
-VARIANTS = {
-    "bf16": None,
-    "w8a8": LayerQuant(w_bits=8, w_symmetric=True, a_bits=8, backend="pallas"),
-    "w4a8": LayerQuant(w_bits=4, w_symmetric=True, a_bits=8, backend="pallas"),
-    "w8a8-rot": LayerQuant(w_bits=8, w_symmetric=True, a_bits=8, rotate=True, backend="pallas"),
-}
-
-MODELS = {
-    # name: (xl_keys arch, latent shape without batch, caption length, extra conditions)
-    "pixart": ("pixart-alpha", (128, 128, 4), 120),
-    "stdit": ("stdit", (16, 64, 64, 4), 120),
-}
-
-
-def build(model_name: str, tiny: bool = False):
-    arch, latent, length = MODELS[model_name]
-    listing = load_xl_keys(arch)
-    model, _ = convert_state_dict(synthesize_state_dict(listing), arch, listing["config"])
-    cls, config = type(model), model.config
-    if tiny:  # CPU smoke run: same code path, toy sizes
-        small = dict(hidden_size=96, depth=2, num_heads=4, caption_channels=32)
-        if model_name == "stdit":
-            small["input_size"] = (2, 8, 8)
-            latent = (2, 8, 8, 4)
-        else:
-            latent = (8, 8, 4)
-        config, length = dataclasses.replace(config, **small), 8
-    model = cls(config, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
-    b = 2  # CFG: [cond; uncond]
-    key = jax.random.PRNGKey(0)
-    ks = jax.random.split(key, 4)
-    inputs = {
-        "x": jax.random.normal(ks[0], (b, *latent), jnp.bfloat16),
-        "timestep": jnp.full((b,), 500.0, jnp.float32),
-        "y": jax.random.normal(ks[1], (b, length, model.config.caption_channels), jnp.bfloat16),
-        "mask": jnp.ones((b, length), jnp.int32).at[:, (length * 5) // 6 :].set(0),
-    }
-    if getattr(model.config, "micro_condition", False):
-        inputs["img_hw"] = jnp.full((b, 2), 1024.0)
-        inputs["aspect_ratio"] = jnp.ones((b, 1))
-
-    shapes = jax.eval_shape(lambda: model.init(key, **inputs))["params"]
-
-    @jax.jit
-    def random_params(k):
-        leaves, tree = jax.tree_util.tree_flatten(shapes)
-        keys = jax.random.split(k, len(leaves))
-        vals = [0.02 * jax.random.normal(kk, s.shape, jnp.float32) for kk, s in zip(keys, leaves)]
-        return jax.tree_util.tree_unflatten(tree, [v.astype(jnp.bfloat16) for v in vals])
-
-    # "rbg" keys: ~700 threefry normal draws took a minute to compile on the H200
-    return model, random_params(jax.random.key(2, impl="rbg")), inputs
-
-
-def step_fn(model):
-    def step(params, inputs, guidance):
-        out = model.apply({"params": params}, **inputs)
-        c = inputs["x"].shape[-1]
-        eps_c, eps_u = jnp.split(out[..., :c], 2, axis=0)
-        return eps_u + guidance * (eps_c - eps_u)
-
-    return jax.jit(step)
-
+from benchmarks.common import REPO, environment, median_time, peak_memory_bytes
+from benchmarks.xl_step import VARIANTS, build, profile_variant, step_fn, summarize
+from vidq_jax.checkpoint import params_nbytes
+from vidq_jax.quant import QuantConfig, quantize_params
 
 def linear_weight_bytes(params) -> int:
     """Bytes of the Dense kernels inside transformer blocks (quantized or not), incl. scales."""
@@ -134,9 +67,7 @@ def run(model_name: str, variants: list[str], iters: int, tiny: bool = False, pr
         finite = bool(jnp.isfinite(out).all())
         t = median_time(step, [(p, inputs, 4.5)], iters=iters, reps=5, warmup=1)
         profile = None
-        if profile_steps:  # kernel-time breakdown of the same compiled step (benchmarks/profile_step.py)
-            from profile_step import profile_variant, summarize
-
+        if profile_steps:  # kernel-time breakdown of the same compiled step (benchmarks.xl_step)
             profile = summarize(profile_variant(step, (p, inputs, 4.5), profile_steps)[0])
         if name == "bf16":
             base_ms = t["median_ms"]
@@ -189,7 +120,7 @@ def write_md(rows: list[dict], path: Path) -> None:
     if prof:
         cats = list(dict.fromkeys(c for r in prof for c in r["profile"]["categories_ms"]))
         lines += ["", "GPU kernel time per step by kernel kind (ms; `--profile`, a `jax.profiler` trace of the same "
-                  "compiled step, grouped by `benchmarks/profile_step.py`):", "",
+                  "compiled step, grouped by `benchmarks.xl_step.summarize`):", "",
                   "| model | method | GPU busy | " + " | ".join(cats) + " |", "|---|---|---|" + "---|" * len(cats)]
         for r in prof:
             c = r["profile"]["categories_ms"]

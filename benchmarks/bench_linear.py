@@ -2,9 +2,9 @@
 
 Usage (GPU machine, repo root)::
 
-    python benchmarks/bench_linear.py --json benchmarks/results/linear.json \
+    python -m benchmarks.bench_linear --json benchmarks/results/linear.json \
         --md benchmarks/results/linear.md
-    python benchmarks/bench_linear.py --sweep   # tile sweep of the Mosaic GPU kernels
+    python -m benchmarks.bench_linear --sweep   # tile sweep of the Mosaic GPU kernels
 
 Timing: each method is jitted, warmed up, then called ``iters`` times back-to-back on a rotation
 of input sets (so activations are not served from L2 every call) ending with
@@ -18,26 +18,18 @@ import datetime
 import itertools
 import json
 import math
-import sys
-from pathlib import Path
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from common import median_time  # noqa: E402
-
-import pallas_kernels as pk  # noqa: E402
-from pallas_kernels._compat import gpu_name  # noqa: E402
-from pallas_kernels.ops.int8_matmul import mosaic  # noqa: E402
-from pallas_kernels.ops.int8_matmul.reference import (  # noqa: E402
-    int8_matmul_ref,
-    scaled_epilogue_ref,
-)
-from pallas_kernels.ops.producer import layernorm_noaffine  # noqa: E402
-from pallas_kernels.ops.quantize import quantize_per_token  # noqa: E402
+import pallas_kernels as pk
+from benchmarks.common import median_time
+from pallas_kernels._compat import gpu_name
+from pallas_kernels.ops.int8_matmul import mosaic
+from pallas_kernels.ops.int8_matmul.reference import int8_matmul_ref, scaled_epilogue_ref
+from pallas_kernels.ops.producer import layernorm_noaffine
+from pallas_kernels.ops.quantize import quantize_per_token
 
 MS = (8192, 32768)
 KNS = ((1152, 3456), (1152, 1152), (1152, 4608), (4608, 1152))

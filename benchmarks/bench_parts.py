@@ -9,7 +9,7 @@ each variant timed in the same run:
   what the temporal self-attention of the video models costs in each layout / implementation.
 * ``qkv``: the fused qkv linear + attention with one N=3C GEMM and q/k/v slices vs three N=C GEMMs.
 
-``python benchmarks/bench_parts.py [--only quantize|attention|qkv] [--out DIR]`` writes
+``python -m benchmarks.bench_parts [--only quantize|attention|qkv] [--out DIR]`` writes
 ``bench_parts.json`` + ``.md`` under ``--out`` (default ``benchmarks/results``).
 """
 
@@ -19,19 +19,16 @@ import argparse
 import dataclasses
 import functools
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import jax
+import jax.numpy as jnp
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-
-from benchmarks.common import environment, median_time  # noqa: E402
-from models.layers import attention, frame_attention  # noqa: E402
-from pallas_kernels import frame_attention_ref  # noqa: E402
-from pallas_kernels.ops.quantize import quant_config, quantize_per_token_ref  # noqa: E402
-from pallas_kernels.ops.quantize.triton import QuantConfig, triton_quantize_per_token  # noqa: E402
+from benchmarks.common import environment, median_time
+from models.attention import reference_attention as attention
+from pallas_kernels import frame_attention, frame_attention_ref
+from pallas_kernels.ops.quantize import quantize_per_token_ref, quantize_tiling
+from pallas_kernels.ops.quantize.triton import QuantizeTiling, triton_quantize_per_token
 
 QUANT_SHAPES = [(8192, 1152), (8192, 4608), (32768, 1152), (32768, 4608)]
 
@@ -41,15 +38,15 @@ def _inputs(shape, n=3, dtype=jnp.bfloat16, seed=0):
     return [(jax.random.normal(k, shape, jnp.float32).astype(dtype) * 3,) for k in keys]
 
 
-def quant_configs(k: int) -> dict[str, QuantConfig | None]:
+def quantize_tilings(k: int) -> dict[str, QuantizeTiling | None]:
     """The stored config plus row-block / warp sweeps that keep 9..144 floats per thread."""
-    configs: dict[str, QuantConfig | None] = {"stored": None}
+    configs: dict[str, QuantizeTiling | None] = {"stored": None}
     chunk = 128 if k % 512 else 512
     for warps in (2, 4, 8):
         for bm in (1, 2, 4, 8, 16, 32):
             per_thread = bm * k // (32 * warps)
             if 9 <= per_thread <= 144 and bm * chunk >= 32 * warps:
-                configs[f"bm{bm}_w{warps}_c{chunk}"] = QuantConfig(bm=bm, num_warps=warps, chunk=chunk)
+                configs[f"bm{bm}_w{warps}_c{chunk}"] = QuantizeTiling(bm=bm, num_warps=warps, chunk=chunk)
     return configs
 
 
@@ -66,8 +63,8 @@ def bench_quantize(rows: list[dict], batch: int = 8) -> None:
         per = lambda fn: median_time(fn, args, iters=5)["median_ms"] / batch  # noqa: E731
         rows.append({**base, "variant": "copy_floor", "ms": per(floor)})
         rows.append({**base, "variant": "xla", "ms": per(xla)})
-        for name, cfg in quant_configs(k).items():
-            cfg = cfg or quant_config(k)
+        for name, cfg in quantize_tilings(k).items():
+            cfg = cfg or quantize_tiling(k)
             fn = many(lambda x, cfg=cfg: triton_quantize_per_token(x, cfg=cfg))
             try:
                 q, s = fn(args[0][0])[0]
@@ -154,8 +151,8 @@ def _temporal_split_transpose(x, wqkv, wproj, t, heads):
 
 
 def _temporal_frames(x, wqkv, wproj, t, heads, attend):
-    """qkv and proj on frame-major tokens; attention across frames in that layout (the model's
-    :func:`models.layers.frame_attention`: the Pallas kernel on GPU; or its einsum reference)."""
+    """qkv and proj on frame-major tokens; attention across frames in that layout
+    (:func:`pallas_kernels.frame_attention`: the Pallas kernel on GPU; or its einsum reference)."""
     b, n, c = x.shape
     q, k, v = (a.reshape(b, t, n // t, heads, c // heads) for a in jnp.split(x @ wqkv, 3, -1))
     return attend(q, k, v).reshape(b, n, c) @ wproj

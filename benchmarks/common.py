@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import datetime
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import jax
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+REPO = Path(__file__).resolve().parent.parent  # default location of benchmarks/results
 
 
 def device_name() -> str:

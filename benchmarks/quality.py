@@ -1,8 +1,8 @@
 """Sample quality of every quantization preset on the two bundled trained models (issue 6).
 
-    python benchmarks/quality.py                                  # both bundled models, every preset (CPU ~20 min)
-    python benchmarks/quality.py --images 64 --videos 32          # the larger sample sets (GPU)
-    python benchmarks/quality.py --models /tmp/t2i/model --tiny --presets fp viditq-w8a8 --out /tmp/q
+    python -m benchmarks.quality                                  # both bundled models, every preset (CPU ~20 min)
+    python -m benchmarks.quality --images 64 --videos 32          # the larger sample sets (GPU)
+    python -m benchmarks.quality --models /tmp/t2i/model --tiny --presets fp viditq-w8a8 --out /tmp/q
 
 Per model (:mod:`vidq_jax.bundled`; sampler settings from its ``model.json``):
 
@@ -36,13 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-try:
-    from benchmarks.common import REPO, environment
-except ImportError:  # run as a script
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from benchmarks.common import REPO, environment
+from benchmarks.common import REPO, environment
 
 from benchmarks.quant_report import _bits_label, _fmt
 from vidq_jax.bundled import load_demo_model, load_prompts, spread, upcast_bf16, weight_bytes

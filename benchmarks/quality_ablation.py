@@ -1,8 +1,8 @@
 """Why does ViDiT-Q not win on the bundled models? A factor ablation of the quality table (issue 6).
 
-    python benchmarks/quality_ablation.py                         # both bundled models (CPU ~35 min)
-    python benchmarks/quality_ablation.py --refresh               # rebuild the report from the JSON only
-    python benchmarks/quality_ablation.py --models t2i --images 4 --no-step --out /tmp/abl   # smoke run
+    python -m benchmarks.quality_ablation                         # both bundled models (CPU ~35 min)
+    python -m benchmarks.quality_ablation --refresh               # rebuild the report from the JSON only
+    python -m benchmarks.quality_ablation --models t2i --images 4 --no-step --out /tmp/abl   # smoke run
 
 ``benchmarks/quality.py`` ranks the presets; this script isolates what differs between them, on the
 same models with the same calibration (:func:`benchmarks.quality.prepare`). Unless a row says
@@ -48,13 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-try:
-    from benchmarks.common import REPO, environment
-except ImportError:  # run as a script
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from benchmarks.common import REPO, environment
+from benchmarks.common import REPO, environment
 
 from benchmarks.quality import _incoherence, EvalSetup, add_model_args, evaluate, prepare, setup_info
 from benchmarks.quant_report import _fmt
@@ -67,6 +61,7 @@ from vidq_jax.quant.config import BLOCK_LAYERS
 from vidq_jax.quant.hadamard import hadamard_transform
 from vidq_jax.quant.quantizers import QuantSpec, fake_quant
 from vidq_jax.quant.record import balanced_weight
+from vidq_jax.quant.tree import get_kernel
 
 ALPHAS = (0.01, 0.25, 0.5, 0.75, 0.9)  # step sweep (0.01: the viditq-w4a8 preset's α)
 COUNTS = {"t2i": 16, "t2v": 2}  # sampled prompts: 34 min on a 2-core CPU (one core busy) with the step sweep
@@ -401,8 +396,8 @@ def weight_stats(dm, backend: str = "xla") -> dict[str, Any]:
         lq = cfg.resolve(p)
         if lq is None:
             continue
-        w = jnp.asarray(_kernel(dm.params, p), jnp.float32).T  # (N, K)
-        signs = balance_for_layer(_kernel(dm.params, p), lq, key=layer_key(cfg.seed, p))[1]
+        w = jnp.asarray(get_kernel(dm.params, p), jnp.float32).T  # (N, K)
+        signs = balance_for_layer(get_kernel(dm.params, p), lq, key=layer_key(cfg.seed, p))[1]
         before.append(_row_stats(w))
         after.append(_row_stats(hadamard_transform(w, signs)))
     mean = lambda rows: {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}  # noqa: E731
@@ -493,7 +488,7 @@ def run_model(spec: str, *, counts: dict[str, int | None], backend: str, step: b
         r = _incoherence(dm, build_params(setup0, v, backend), setup0.calib)
         inc[v.key] = {"mean_before": r.get("mean_before"), "mean_after": r.get("mean_after"),
                       "after_by_k": _by_width(dm, r["layers"], "after"), "before_by_k": _by_width(dm, r["layers"], "before")}
-    widths = sorted({int(np.shape(_kernel(dm.params, p))[0]) for p in dense_paths(dm.params)
+    widths = sorted({int(np.shape(get_kernel(dm.params, p))[0]) for p in dense_paths(dm.params)
                      if Variant(8, 8, rotate=True).config(backend).resolve(p) is not None})
     floor = {k: gaussian_incoherence(k) for k in widths}
     inc_s = time.perf_counter() - t0
@@ -527,18 +522,11 @@ def run_model(spec: str, *, counts: dict[str, int | None], backend: str, step: b
     return rows, step_rows, {dm.name: info}
 
 
-def _kernel(params: Any, path: str) -> Any:
-    node = params
-    for part in path.split("/"):
-        node = node[part]
-    return node["kernel"]
-
-
 def _by_width(dm, layers: dict, which: str) -> dict[int, float]:
     """Mean incoherence per input width K (the Gaussian floor depends on K)."""
     groups: dict[int, list[float]] = {}
     for p, v in layers.items():
-        groups.setdefault(int(np.shape(_kernel(dm.params, p))[0]), []).append(v[which])
+        groups.setdefault(int(np.shape(get_kernel(dm.params, p))[0]), []).append(v[which])
     return {k: float(np.mean(x)) for k, x in sorted(groups.items())}
 
 

@@ -1,9 +1,9 @@
 """Every quantization preset on a model, end to end: calibrate along the float sampling trajectory,
 quantize, sample from the same noise, fidelity metrics and bytes — one table (markdown + JSON).
 
-    python benchmarks/quant_report.py                         # every fixture model (CPU, ~minutes)
-    python benchmarks/quant_report.py --model out/pixart-alpha --calib-prompts 4
-    python benchmarks/quant_report.py --fixtures pixart_alpha_ms opensora_v1_0_stdit --out benchmarks/results/x
+    python -m benchmarks.quant_report                         # every fixture model (CPU, ~minutes)
+    python -m benchmarks.quant_report --model out/pixart-alpha --calib-prompts 4
+    python -m benchmarks.quant_report --fixtures pixart_alpha_ms opensora_v1_0_stdit --out benchmarks/results/x
 
 Rows per model: the presets of ``QuantConfig.preset`` (``xla`` backend), then three
 mixed-precision rows on the ``viditq-w4a8`` base — the published Open-Sora 1.0 W4A8-MP plan
@@ -31,26 +31,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-try:
-    from benchmarks.common import REPO, environment
-except ImportError:  # run as a script
-    import sys
+from benchmarks.common import REPO, environment
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from benchmarks.common import REPO, environment
-
+from models.families import family_of
 from vidq_jax.calibration import collect, random_conditioning
 from vidq_jax.pipeline import sampler_settings
 from vidq_jax.eval.fidelity import fidelity_report
 from vidq_jax.quant import PRESETS, QuantConfig, collect_stats, dense_paths, quantize_params
 from vidq_jax.quant.config import SHARED_CAPTION_KV
 from vidq_jax.quant.hadamard import hadamard_transform, random_signs
-from vidq_jax.quant.mixed_precision import MixedPrecisionPlan, quantize_params_mp
+from vidq_jax.quant.plan import MixedPrecisionPlan
 from vidq_jax.quant.sensitivity import allocate_bits, measure_sensitivity
 
 DEFAULT_FIXTURES = ("pixart_alpha_ms", "pixart_sigma_ms", "opensora_v1_0_stdit", "opensora_v1_2_stdit3")
 # Fixture sampling settings: the release samplers, with the step count of the MP tables for STDiT.
-STEPS = {"PixArt": 20, "STDiT": 20, "STDiT3": 20}
+STEPS = 20
 
 
 def _load(spec: str, n: int) -> tuple[str, Any, Any, dict, tuple, dict]:
@@ -74,13 +69,13 @@ def _load(spec: str, n: int) -> tuple[str, Any, Any, dict, tuple, dict]:
         model, params = load_checkpoint(case.checkpoint, case.arch, case.manifest.get("config"))
         cond, shape = sampling_inputs(case, n)
         name = case.name
-    if type(model).__name__ == "STDiT3":
+    if family_of(model).sampler.name == "rflow" and family_of(model).video:
         extra["num_frames"] = 51  # rflow resolution/length shift of a 2 s clip
     return name, model, params, cond, shape, extra
 
 
 def _uncond(model, cond) -> dict | None:
-    if getattr(model.config, "null_caption", "learned") != "learned":  # T5("") stand-in for Σ/diffusers
+    if family_of(model).null_caption_of(model) != "learned":  # T5("") stand-in for Σ/diffusers
         return {"y": np.zeros_like(np.asarray(cond["y"]))}
     return None
 
@@ -138,8 +133,7 @@ def rotation_saving(model, params, cond, n_consumers: int, reps: int = 50) -> di
 def run_model(spec: str, *, calib_prompts: int, every_k: int, presets: list[str], backend: str,
               budget_search: bool = True) -> tuple[list[dict], dict]:
     name, model, params, cond, shape, extra = _load(spec, calib_prompts)
-    fam = type(model).__name__
-    settings = sampler_settings(model, steps=STEPS.get(fam))
+    settings = sampler_settings(model, steps=STEPS)
     steps = settings["steps"]
     unc = _uncond(model, cond)
     key = jax.random.PRNGKey(1)
@@ -174,7 +168,7 @@ def run_model(spec: str, *, calib_prompts: int, every_k: int, presets: list[str]
     if budget_search:
         t0 = time.perf_counter()
         sens = measure_sensitivity(model, params, calib, config=base, noise=noise, cond=cond, uncond=unc,
-                                   num_steps=steps, boundaries=pub.boundaries, key=key, **extra)
+                                   num_steps=steps, boundaries=pub.boundaries, key=key, sample_fn=pipeline.sample, **extra)
         budget = pub.average_bits(params, base)
         searched = allocate_bits(sens, budget_bits=budget, name="searched-mp")
         extra_info["sensitivity_s"] = time.perf_counter() - t0
@@ -185,7 +179,7 @@ def run_model(spec: str, *, calib_prompts: int, every_k: int, presets: list[str]
         t0 = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            q = quantize_params_mp(params, calib, model=model, config=base, plan=plan, stats=stats)
+            q = quantize_params(params, calib, model=model, config=base, plan=plan, stats=stats)
         rep = fidelity_report(model, params, q, noise, cond, unc, calib_batches=calib, reference=ref, plan=plan, **kw)
         r = _row(name, label, rep, time.perf_counter() - t0, _bits_label(base, params, plan))
         rows.append(r)

@@ -1,56 +1,52 @@
-"""PyTorch checkpoints of PixArt-α/Σ and Open-Sora STDiT/STDiT3 → Flax models and params.
+"""PyTorch checkpoints of the model families (:mod:`models.families`) → Flax models and params.
 
     from conversion import load_checkpoint
     model, params = load_checkpoint("PixArt-XL-2-1024-MS.pth", arch="pixart-alpha")
     out = model.apply({"params": params}, x, t, y, mask, img_hw=..., aspect_ratio=...)
 
+The archs (``--arch`` names) are those the families declare; each family has one converter here,
+``CONVERTERS[family] = convert(state, arch, config, source) -> (model, numpy params)``.
 Reading ``.pth`` needs torch (the ``[torch]`` extra); ``.safetensors`` and diffusers folders do not.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
+from collections.abc import Callable
 from typing import Any
 
+from conversion import pixart, stdit
+from conversion.common import to_jax
 from conversion.errors import ConversionError
 from conversion.io import read_state_dict
+from models.families import ARCHS as _FAMILY_OF_ARCH
+from models.families import FAMILIES
 
-# arch name -> (module, function, extra positional args)
-_ARCHS: dict[str, tuple[str, str, tuple]] = {
-    "pixart-alpha": ("conversion.pixart", "convert_original", ("pixart-alpha",)),
-    "pixart-sigma": ("conversion.pixart", "convert_original", ("pixart-sigma",)),
-    "pixart-diffusers": ("conversion.pixart", "convert_diffusers", ()),
-    "stdit": ("conversion.stdit", "convert_stdit", ()),
-    "stdit3": ("conversion.stdit", "convert_stdit3", ()),
+# family name -> its converter (one per family; every family of models.families has one, tested)
+CONVERTERS: dict[str, Callable[..., tuple[Any, dict]]] = {
+    "pixart": pixart.convert,
+    "stdit": stdit.convert_stdit,
+    "stdit3": stdit.convert_stdit3,
 }
 
-ARCHS = tuple(_ARCHS)
+ARCHS: tuple[str, ...] = tuple(a for a, fam in _FAMILY_OF_ARCH.items() if fam.name in CONVERTERS)
 
 
 def _converter(arch: str):
-    if arch not in _ARCHS:
+    if arch not in ARCHS:
         raise ConversionError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
-    module, fn, extra = _ARCHS[arch]
-    try:
-        mod = importlib.import_module(module)
-        func = getattr(mod, fn)
-    except (ImportError, AttributeError) as e:
-        raise NotImplementedError(f"arch {arch!r} is not implemented yet ({e})") from None
-    return lambda state, config, source: func(state, *extra, config, source)
+    return CONVERTERS[_FAMILY_OF_ARCH[arch].name]
 
 
 def is_implemented(arch: str) -> bool:
-    try:
-        _converter(arch)
-    except NotImplementedError:
-        return False
-    return True
+    """Whether checkpoints of ``arch`` can be converted here. Archs of families still to come (e.g.
+    fixture cases for ``dit`` or ``sd-vae``) are simply not implemented: ``False``, never an error."""
+    return arch in ARCHS
 
 
 def convert_state_dict(state: dict, arch: str, config: dict | None = None, source: str = "state dict"):
     """Convert an in-memory ``{key: numpy array}`` state dict; returns ``(model, numpy params)``."""
-    return _converter(arch)(state, config, source)
+    return _converter(arch)(state, arch, config, source)
 
 
 def load_checkpoint(
@@ -63,14 +59,21 @@ def load_checkpoint(
     checkpoint's dtype. Raises :class:`ConversionError` naming every missing, unexpected and
     mis-shaped key, or naming the file when it is not a readable checkpoint.
     """
-    from conversion.common import to_jax
-
     convert = _converter(arch)
     state, file_config, weights = read_state_dict(path)
     merged = dict(file_config or {})
     merged.update(config or {})
-    model, params = convert(state, merged or None, str(weights))
+    model, params = convert(state, arch, merged or None, str(weights))
     return model, to_jax(params, dtype)
 
 
-__all__ = ["ARCHS", "ConversionError", "convert_state_dict", "is_implemented", "load_checkpoint", "read_state_dict"]
+__all__ = [
+    "ARCHS",
+    "CONVERTERS",
+    "ConversionError",
+    "FAMILIES",
+    "convert_state_dict",
+    "is_implemented",
+    "load_checkpoint",
+    "read_state_dict",
+]

@@ -16,23 +16,8 @@ from typing import Any
 
 import numpy as np
 
-# Positional parameter names of the original forward() of each family.
-_POSITIONAL = {
-    "pixart-alpha": ("x", "timestep", "y", "mask", "data_info"),
-    "pixart-sigma": ("x", "timestep", "y", "mask", "data_info"),
-    "pixart-diffusers": (
-        "hidden_states",
-        "encoder_hidden_states",
-        "timestep",
-        "added_cond_kwargs",
-        "cross_attention_kwargs",
-        "attention_mask",
-        "encoder_attention_mask",
-        "return_dict",
-    ),
-    "stdit": ("x", "timestep", "y", "mask"),
-    "stdit3": ("x", "timestep", "y", "mask", "x_mask", "fps", "height", "width"),
-}
+from models.families import family_of_arch
+
 # Original argument names -> this package's names.
 _RENAME = {
     "hidden_states": "x",
@@ -119,7 +104,7 @@ def model_inputs(case: Case, arrays: dict[str, np.ndarray] | None = None) -> dic
     """The case's call translated to this package's model keyword arguments."""
     arrays = case.inputs() if arrays is None else arrays
     call = case.manifest["call"]
-    names = _POSITIONAL[case.arch]
+    names = family_of_arch(case.arch).arch(case.arch).forward_args
     raw: dict[str, Any] = {}
     for i, key in enumerate(call.get("args", [])):
         raw[names[i]] = _resolve(key, arrays)

@@ -284,3 +284,11 @@ def convert_diffusers(state: StateDict, config: dict | None, source: str) -> tup
         fill={"y_embedder.y_embedding": lambda s: np.zeros(s, np.float32)},
     )
     return model, params
+
+
+def convert(state: StateDict, arch: str, config: dict | None, source: str) -> tuple[PixArt, dict]:
+    """The converter of the ``pixart`` family (``conversion.CONVERTERS``): original PixArt-α/Σ ``.pth``
+    state dicts, or a diffusers ``PixArtTransformer2DModel`` for ``arch="pixart-diffusers"``."""
+    if arch == "pixart-diffusers":
+        return convert_diffusers(state, config, source)
+    return convert_original(state, arch, config, source)

@@ -217,7 +217,7 @@ def stdit_config(state: StateDict, config: dict | None, source: str = "checkpoin
     return cfg
 
 
-def convert_stdit(state: StateDict, config: dict | None, source: str) -> tuple[STDiT, dict]:
+def convert_stdit(state: StateDict, arch: str, config: dict | None, source: str) -> tuple[STDiT, dict]:
     """Open-Sora 1.0 ``STDiT`` flat state dict → ``(model, numpy params)``."""
     state = fuse_split_qkv(state)
     cfg = stdit_config(state, config, source)
@@ -263,7 +263,7 @@ def stdit3_config(state: StateDict, config: dict | None, source: str = "checkpoi
     return cfg
 
 
-def convert_stdit3(state: StateDict, config: dict | None, source: str) -> tuple[STDiT3, dict]:
+def convert_stdit3(state: StateDict, arch: str, config: dict | None, source: str) -> tuple[STDiT3, dict]:
     """Open-Sora 1.2 ``STDiT3`` state dict (HF safetensors layout) → ``(model, numpy params)``."""
     state = fuse_split_qkv(state)
     cfg = stdit3_config(state, config, source)

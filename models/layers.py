@@ -7,7 +7,8 @@ tanh-GELU MLP. Everything they share lives here, once:
 * :class:`Dense` — the ONE linear layer of the package. It is also the quantization seam: when its
   ``kernel`` leaf is a quantized record (anything with a ``quantized_dense`` method) the record
   computes the layer instead of the float matmul (see DESIGN.md).
-* :class:`SelfAttention` / :class:`CrossAttention` / :class:`Mlp` — the block sub-layers.
+* :class:`SelfAttention` / :class:`CrossAttention` / :class:`Mlp` — the block sub-layers; attention
+  itself goes through the attention seam (:func:`models.attention.attend`).
 * :class:`TimestepEmbedder`, :class:`SizeEmbedder`, :class:`CaptionEmbedder`, :class:`FinalLayer`.
 * :class:`PixArtBlock` — the adaLN-single DiT block of PixArt and of STDiT3's spatial / temporal blocks.
 * :func:`layer_norm`, :func:`modulate`, :func:`sincos_1d`, :func:`sincos_2d`, :func:`apply_rope`.
@@ -28,6 +29,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from models.attention import RECORD_KEY, attend
 
 Dtype = Any
 Array = jax.Array
@@ -90,7 +93,7 @@ class Dense(nn.Module):
         y = jnp.dot(x.astype(dtype), kernel.astype(dtype))
         if bias is not None:
             y = y + bias.astype(dtype)
-        return self._split(y if self.activation is None else ACTIVATIONS[self.activation](y))
+        return split_columns(activate(self.activation, y), self.splits)
 
     def _quantized(self, record, x: Array) -> Array | tuple[Array, ...]:
         bias = self.get_variable("params", "bias") if self.use_bias else None
@@ -103,11 +106,13 @@ class Dense(nn.Module):
             kw["splits"] = self.splits
         y = record.quantized_dense(x, bias, self.dtype or x.dtype, **kw)
         if self.activation is not None and not fuse_act:
-            y = jax.tree_util.tree_map(ACTIVATIONS[self.activation], y)
-        return tuple(y) if split_by_record else self._split(y)
+            y = jax.tree_util.tree_map(lambda a: activate(self.activation, a), y)
+        return tuple(y) if split_by_record else split_columns(y, self.splits)
 
-    def _split(self, y: Array) -> Array | tuple[Array, ...]:
-        return y if self.splits == 1 else tuple(jnp.split(y, self.splits, axis=-1))
+
+def split_columns(y: Array, splits: int) -> Array | tuple[Array, ...]:
+    """``y`` itself (``splits == 1``), or its ``splits`` equal blocks along the last axis (fused qkv -> q, k, v)."""
+    return y if splits == 1 else tuple(jnp.split(y, splits, axis=-1))
 
 
 # --------------------------------------------------------------------------------------------
@@ -132,8 +137,18 @@ def gelu_tanh(x: Array) -> Array:
     return jax.nn.gelu(x, approximate=True)
 
 
-# activations a Dense can apply to its output (by name, so that quantized records can fuse them)
+# activations a Dense can apply to its output (by name, so that quantized records can fuse them):
+# THE registry of the package; quantized records and backends apply them through activate()
 ACTIVATIONS = {"gelu_tanh": gelu_tanh}
+
+
+def activate(name: str | None, y: Array) -> Array:
+    """``ACTIVATIONS[name](y)`` (identity for ``None``; ValueError naming the known activations)."""
+    if name is None:
+        return y
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; known: {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name](y)
 
 
 def timestep_sinusoid(t: Array, dim: int = 256, max_period: float = 10000.0) -> Array:
@@ -190,45 +205,6 @@ def key_padding_mask(mask: Array | None, batch: int, length: int) -> Array | Non
     if batch % mask.shape[0]:
         raise ValueError(f"caption mask has {mask.shape[0]} rows, which does not divide batch {batch}")
     return jnp.tile(mask.astype(bool), (batch // mask.shape[0], 1))
-
-
-def attention(q: Array, k: Array, v: Array, key_mask: Array | None = None) -> Array:
-    """Multi-head softmax attention; ``q (B, Nq, H, D)``, ``k, v (B, Nk, H, D)``; ``key_mask (B, Nk)``.
-
-    float32 inputs: explicit logits and softmax in float32 (as the non-flash paths of the originals,
-    bit-close parity). Half-precision inputs (the GPU compute path): ``jax.nn.dot_product_attention``,
-    which XLA lowers to a fused (flash) kernel where available instead of materialising the
-    ``(B, H, Nq, Nk)`` logits. Masked keys get exactly zero weight as long as a row has a valid key.
-    """
-    if q.dtype in (jnp.bfloat16, jnp.float16):
-        mask = None if key_mask is None else key_mask[:, None, None, :]
-        if jax.default_backend() == "gpu":
-            try:  # cuDNN flash attention; shapes it does not support fall through to XLA's
-                return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
-            except Exception:  # noqa: BLE001 - raised at trace time for unsupported configurations
-                pass
-        return jax.nn.dot_product_attention(q, k, v, mask=mask)
-    dtype = q.dtype
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
-    if key_mask is not None:
-        logits = jnp.where(key_mask[:, None, None, :], logits, jnp.float32(-1e30))
-    weights = jax.nn.softmax(logits, axis=-1).astype(dtype)
-    return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
-
-
-def frame_attention(q: Array, k: Array, v: Array) -> Array:
-    """Attention across frames: ``q, k, v (B, T, S, H, D)`` (frame-major video tokens), each of the
-    ``S`` positions attends over its ``T`` frames; returns ``(B, T, S, H, D)``.
-
-    The temporal attention of STDiT / STDiT3, computed in the tokens' own layout (no transposes to
-    and from ``(B·S, T, C)`` sequences): ``pallas_kernels.frame_attention`` — its einsum reference
-    for float32 (the parity path) and off GPU, a Pallas kernel for half precision on the GPU, where
-    cuDNN flash attention's 64×128 tiles waste most of their work on 16 frames
-    (``benchmarks/results/bench_parts.md``)."""
-    from pallas_kernels.ops.frame_attention import frame_attention as dispatch  # lazy: it imports us
-
-    return dispatch(q, k, v)
 
 
 def rope_frequencies(head_dim: int, theta: float = 10000.0) -> np.ndarray:
@@ -307,8 +283,9 @@ class SelfAttention(nn.Module):
     ``num_frames = T`` frames (images: ``T = 1``).
 
     ``temporal=False``: attention within each frame (over its ``S`` tokens); ``temporal=True``:
-    attention across the frames of each spatial position (:func:`frame_attention`, in the tokens'
-    own layout — the linears are per token, so no re-layout is needed at all).
+    attention across the frames of each spatial position (kind ``"temporal"`` of the attention seam,
+    :mod:`models.attention`, in the tokens' own layout — the linears are per token, so no re-layout is
+    needed at all).
     ``qk_norm``: ``None``, ``"rms"`` (per-head RMSNorm, STDiT3) or ``"layernorm"`` (affine LayerNorm
     over the full width before the head split, PixArt-Σ option). ``rope``: interleaved RoPE on q, k
     along the attended axis, after the norm (STDiT3 temporal blocks).
@@ -342,8 +319,14 @@ class SelfAttention(nn.Module):
         if self.rope:
             pos = jnp.arange(grouped[1])
             q, k = apply_rope(q, pos), apply_rope(k, pos)
-        out = (frame_attention if self.temporal else attention)(q, k, v).reshape(b, n, c)
+        out = attend(q, k, v, kind="temporal" if self.temporal else "self", record=_attention_record(self))
+        out = out.reshape(b, n, c)
         return Dense(c, dtype=self.dtype, param_dtype=self.param_dtype, name="proj")(out)
+
+
+def _attention_record(module: nn.Module) -> Any:
+    """The per-layer attention record of an attention module (params leaf ``RECORD_KEY``), or None."""
+    return module.get_variable("params", RECORD_KEY) if module.has_variable("params", RECORD_KEY) else None
 
 
 class CrossAttention(nn.Module):
@@ -366,7 +349,7 @@ class CrossAttention(nn.Module):
         q = q.reshape(b, n, h, d)
         k = k.reshape(b, y.shape[1], h, d)
         v = v.reshape(b, y.shape[1], h, d)
-        out = attention(q, k, v, key_mask).reshape(b, n, c)
+        out = attend(q, k, v, key_mask, kind="cross", record=_attention_record(self)).reshape(b, n, c)
         return Dense(c, dtype=self.dtype, param_dtype=self.param_dtype, name="proj")(out)
 
 

@@ -6,20 +6,45 @@ Public API:
 * :func:`w4a8_linear` — per-token int8 activations x packed int4 weights ``(N, K//2)``.
 * :func:`int8_matmul` — bare ``s8 x s8 -> s32`` GEMM (exactly ``lax.dot_general``).
 * :func:`quantize_per_token` — dynamic per-token symmetric int8 quantization.
-* :func:`pack_int4` / :func:`unpack_int4` — the int4 storage layout (low nibble = even k).
+* :func:`rotate_quantize` — smoothing + randomized Hadamard rotation (caller's base ``H_b``) +
+  per-token int8 quantization in one pass (ViDiT-Q's online rotation).
+* :func:`pack_int4` / :func:`unpack_int4` — THE int4 storage layout (low nibble = even k).
 * :func:`fused_quantize_producer` — LayerNorm/adaLN modulate/smoothing/Hadamard hook + quantize.
 * :func:`frame_attention` — attention across the frames of frame-major video tokens (STDiT's
   temporal attention) without transposes.
+* :data:`EPILOGUE_ACTIVATIONS` — THE list of activations the GEMM epilogues can fuse
+  (name -> reference function); :func:`column_blocks` — THE column split of a linear.
 
 :func:`is_hopper` says whether ``backend="auto"`` picks the Mosaic GPU kernels here.
 
 Every op has a plain-jnp reference (``*_ref``) that defines its semantics; ``backend="auto"``
-uses Mosaic GPU on Hopper and otherwise the XLA int8 path (logged once).
+uses Mosaic GPU on Hopper and otherwise the XLA int8 path (logged once). The package imports jax
+alone (never ``models`` / ``vidq_jax`` / ``conversion``) and imports on a CPU-only machine.
+
+Op folders (``pallas_kernels/ops/<op>/``), one shape for every op:
+
+* ``reference.py`` — the plain-jnp reference that defines the semantics (``<op>_ref``) and the
+  small helpers it needs; it is also the ``xla``/``reference`` backend (jitted by the dispatch);
+* one file per kernel backend, named after it — ``triton.py`` (Pallas-Triton, with a CPU
+  ``interpret=True`` twin), ``mosaic.py`` (Mosaic GPU, Hopper only); an ``xla.py`` only when the
+  XLA path is not the reference itself. Entry points ``<backend>_<op>`` (``triton_quantize_per_token``),
+  tilings as frozen dataclasses;
+* ``__init__.py`` — the public dispatch function(s) (``backend="auto"|"mosaic"|"triton"|"xla"|
+  "reference"``, validated by ``_compat.check_backend``; unsupported shapes fall back to XLA with a
+  one-time log) and ``__all__``; no kernel code;
+* optionally ``configs.json`` (shape-keyed tilings, ``_config.lookup``) and helpers of the op's
+  data format (``w4a8_linear/packing.py``).
+
+Options are keyword arguments read when a call is traced (``act_quant``, ``approx_gelu``,
+``fuse_activation`` of the linears / :func:`int8_gemm`). One documented debug override,
+``$PALLAS_KERNELS_DEBUG`` (e.g. ``"act_quant=xla,approx_gelu=0"``), can force them for a whole
+process (see ``pallas_kernels._debug``); no other environment variable is read.
 """
 
 from pallas_kernels._compat import is_hopper
 from pallas_kernels.ops.frame_attention import frame_attention, frame_attention_ref
 from pallas_kernels.ops.int8_matmul import (
+    EPILOGUE_ACTIVATIONS,
     int8_gemm,
     int8_matmul,
     int8_matmul_ref,
@@ -31,10 +56,13 @@ from pallas_kernels.ops.quantize import (
     quantize_per_token,
     quantize_per_token_ref,
 )
+from pallas_kernels.ops.rotate_quantize import rotate_quantize, rotate_quantize_ref
 from pallas_kernels.ops.w4a8_linear import pack_int4, unpack_int4, w4a8_linear, w4a8_linear_ref
-from pallas_kernels.ops.w8a8_linear import w8a8_linear, w8a8_linear_dequant_ref, w8a8_linear_ref
+from pallas_kernels.ops.w8a8_linear import column_blocks, w8a8_linear, w8a8_linear_dequant_ref, w8a8_linear_ref
 
 __all__ = [
+    "EPILOGUE_ACTIVATIONS",
+    "column_blocks",
     "dequantize_per_token_ref",
     "frame_attention",
     "frame_attention_ref",
@@ -47,6 +75,8 @@ __all__ = [
     "pack_int4",
     "quantize_per_token",
     "quantize_per_token_ref",
+    "rotate_quantize",
+    "rotate_quantize_ref",
     "scaled_epilogue_ref",
     "unpack_int4",
     "w4a8_linear",

@@ -3,12 +3,14 @@
 The public quantization API is importable from the top level; the names are resolved lazily
 (PEP 562), so ``import vidq_jax`` stays light (no JAX compile, no torch):
 
-* :func:`quantize_params`, :class:`QuantConfig`, :class:`LayerQuant`, :class:`LayerRule`,
+* :func:`quantize_params` (``quantize_params(params, calib_batches)`` with batches of
+  :func:`collect_calibration` quantizes with the ``viditq-w8a8`` preset; ``plan=`` for timestep-segment
+  mixed precision), :class:`QuantConfig`, :class:`LayerQuant`, :class:`LayerRule`,
   :class:`QuantizedWeight` — :mod:`vidq_jax.quant`;
-* :func:`quantize_params_mp`, :class:`MixedPrecisionPlan`, :class:`BitsRule` —
-  :mod:`vidq_jax.quant.mixed_precision`;
+* :class:`MixedPrecisionPlan`, :class:`BitsRule` — :mod:`vidq_jax.quant.plan`;
 * :func:`collect_calibration` (= :func:`vidq_jax.calibration.collect`);
-* :func:`load_quantized`, :func:`save_quantized` — :mod:`vidq_jax.quant.io`.
+* :func:`load` (= :func:`vidq_jax.checkpoint.load_model`: ``(model, params, meta)`` of a float or
+  quantized model folder), :func:`load_quantized`, :func:`save_quantized` — :mod:`vidq_jax.checkpoint`.
 """
 
 from __future__ import annotations
@@ -22,12 +24,12 @@ _LAZY = {
     "LayerQuant": ("vidq_jax.quant", "LayerQuant"),
     "LayerRule": ("vidq_jax.quant", "LayerRule"),
     "QuantizedWeight": ("vidq_jax.quant", "QuantizedWeight"),
-    "quantize_params_mp": ("vidq_jax.quant.mixed_precision", "quantize_params_mp"),
-    "MixedPrecisionPlan": ("vidq_jax.quant.mixed_precision", "MixedPrecisionPlan"),
-    "BitsRule": ("vidq_jax.quant.mixed_precision", "BitsRule"),
+    "MixedPrecisionPlan": ("vidq_jax.quant.plan", "MixedPrecisionPlan"),
+    "BitsRule": ("vidq_jax.quant.plan", "BitsRule"),
     "collect_calibration": ("vidq_jax.calibration", "collect"),
-    "load_quantized": ("vidq_jax.quant.io", "load_quantized"),
-    "save_quantized": ("vidq_jax.quant.io", "save_quantized"),
+    "load": ("vidq_jax.checkpoint", "load_model"),
+    "load_quantized": ("vidq_jax.checkpoint", "load_quantized"),
+    "save_quantized": ("vidq_jax.checkpoint", "save_quantized"),
 }
 
 __all__ = sorted(_LAZY)

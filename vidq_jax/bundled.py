@@ -264,7 +264,8 @@ class DemoModel:
         rules such as ``viditq-w4a8-mp``'s first/last block name this model's blocks)."""
         from vidq_jax.quant import QuantConfig, dense_paths
 
-        return QuantConfig.preset(preset, backend=None if preset == "fp" else backend, layers=dense_paths(self.params))
+        return QuantConfig.preset(preset, backend=None if preset == "fp" else backend, model=self.model,
+                                  paths=dense_paths(self.params))
 
     def quantize(self, preset: str, calib: Sequence[Any], *, backend: str = "xla", stats: Any = None) -> Any:
         """Quantized params of ``preset`` (``"fp"``: the float params). ``stats``: reuse the
@@ -278,7 +279,7 @@ class DemoModel:
 
     def average_weight_bits(self, preset: str) -> float | None:
         """Element-weighted mean weight bits over the layers ``preset`` quantizes (``None``: float)."""
-        from vidq_jax.quant.mixed_precision import MixedPrecisionPlan
+        from vidq_jax.quant.plan import MixedPrecisionPlan
 
         cfg = self.quant_config(preset)
         if cfg.default is None and not cfg.rules:

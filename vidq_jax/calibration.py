@@ -4,11 +4,11 @@ ViDiT-Q calibrates on the activations the model sees while it samples (N prompts
 denoising step × both CFG halves). :func:`collect` runs the family's release sampler
 (:func:`vidq_jax.pipeline.sample`, ``return_trajectory=True``) ONCE per prompt batch and slices the
 trajectory: the input latent of step ``i`` is the noise for ``i = 0`` and ``trajectory[i - 1]``
-otherwise, its model timestep comes from the sampler's schedule helpers
-(:func:`sampler_timesteps`). Each recorded batch is a dict of the model's keyword inputs holding
-BOTH CFG halves as the sampler would run them (``2B`` rows, conditional rows first, built with
-:func:`vidq_jax.sampling.combine_cfg_inputs`), so that ``model.apply({"params": p}, **batch)`` runs
-it and the per-token statistics see the cond and uncond rows separately.
+otherwise, its model timestep comes from the sampler itself
+(:meth:`vidq_jax.sampling.Sampler.timesteps`). Each recorded batch is a dict of the model's keyword
+inputs holding BOTH CFG halves as the sampler would run them (``2B`` rows, conditional rows first,
+built with :func:`vidq_jax.sampling.combine_cfg_inputs`), so that ``model.apply({"params": p},
+**batch)`` runs it and the per-token statistics see the cond and uncond rows separately.
 
 Batches are yielded as ``(name, batch)`` pairs (``"prompts 0-1 step 5 (t=749)"``), the form
 :func:`vidq_jax.quant.quantize_params` accepts and names in its errors; ``meta`` of
@@ -31,38 +31,19 @@ from vidq_jax import pipeline, sampling
 
 @dataclasses.dataclass(frozen=True)
 class CalibBatch:
-    """One recorded model call: ``batch`` (model keyword inputs, ``2B`` rows with CFG) and where
-    it was taken (``step`` in sampling order, model ``timestep``, first prompt index)."""
+    """One recorded model call: ``batch`` (model keyword inputs, ``2B`` rows with CFG), where
+    it was taken (``step`` in sampling order, model ``timestep``, first prompt index) and the
+    ``model`` that ran it (so that ``vidq_jax.quantize_params(params, batches)`` needs no ``model=``)."""
 
     name: str
     batch: dict[str, Any]
     step: int
     timestep: float
     prompt_start: int
+    model: Any = dataclasses.field(default=None, repr=False, compare=False)
 
     def as_pair(self) -> tuple[str, dict[str, Any]]:
         return self.name, self.batch
-
-
-def sampler_timesteps(sampler: str, steps: int, noise_shape: Sequence[int], **sampler_kwargs: Any) -> np.ndarray:
-    """Model timestep of every step (sampling order) of ``sampler`` — the same schedule helpers the
-    samplers use (``discretization`` for DPM-Solver; ``height``/``width``/``num_frames``/``ratio``/
-    ``use_timestep_transform`` for rectified flow, defaulting like :func:`vidq_jax.sampling.sample_rflow`)."""
-    if sampler == "dpm_solver":
-        return np.asarray(sampling.dpm_solver_schedule(steps, sampler_kwargs.get("discretization", "diffusers")).model_timesteps)
-    if sampler in ("iddpm", "ddim"):
-        return np.asarray(sampling.iddpm_schedule(steps).timestep_map[::-1])
-    if sampler == "rflow":
-        ratio = sampler_kwargs.get("ratio")
-        if not sampler_kwargs.get("use_timestep_transform", True):
-            ratio = None
-        elif ratio is None:
-            num_frames = sampler_kwargs.get("num_frames") or sampling.rflow_size_from_latent(noise_shape)[2]
-            height = sampler_kwargs.get("height") or noise_shape[-3] * 8
-            width = sampler_kwargs.get("width") or noise_shape[-2] * 8
-            ratio = sampling.rflow_time_ratio(height, width, num_frames)
-        return np.asarray(sampling.rflow_schedule(steps, ratio).timesteps)
-    raise ValueError(f"unknown sampler {sampler!r}")
 
 
 def _rows(cond: Mapping[str, Any], start: int, stop: int) -> dict[str, Any]:
@@ -145,7 +126,7 @@ def collect(
                                   guidance_scale=settings["guidance_scale"], key=k_sampler, return_trajectory=True,
                                   **sampler_kwargs)
         yield from trajectory_batches(noise, traj, cond, unc, sampler=settings["sampler"], every_k_steps=every_k_steps,
-                                      first_step=first_step, prompt_start=start, **sampler_kwargs)
+                                      first_step=first_step, prompt_start=start, model=model, **sampler_kwargs)
 
 
 def trajectory_batches(
@@ -158,17 +139,19 @@ def trajectory_batches(
     every_k_steps: int = 1,
     first_step: int = 0,
     prompt_start: int = 0,
+    model: Any = None,
     **sampler_kwargs: Any,
 ) -> Iterator[CalibBatch]:
     """Calibration batches of ONE float sampling run that has already happened: ``noise`` ``(B, ...)``,
     its ``trajectory`` ``(steps, B, ...)`` (``return_trajectory=True``), the ``cond`` / ``uncond``
-    (``None``: no CFG) it ran with and its ``sampler`` (+ the schedule keywords of
-    :func:`sampler_timesteps`). :func:`collect` runs the sampler and calls this; a caller that samples
-    the float model anyway (the demo) calibrates on its own run without sampling twice."""
+    (``None``: no CFG) it ran with and its ``sampler`` name (+ the keywords it ran with, which fix
+    the model timesteps: :meth:`vidq_jax.sampling.Sampler.timesteps`). :func:`collect` runs the
+    sampler and calls this; a caller that samples the float model anyway (the demo) calibrates on
+    its own run without sampling twice. ``model``: recorded in the batches (:attr:`CalibBatch.model`)."""
     if every_k_steps < 1:
         raise ValueError(f"every_k_steps must be >= 1, got {every_k_steps}")
     steps = int(trajectory.shape[0])
-    ts = sampler_timesteps(sampler, steps, noise.shape, **sampler_kwargs)
+    ts = sampling.get(sampler).timesteps(steps, noise.shape, **sampler_kwargs)
     model_cond = sampling.combine_cfg_inputs(cond, uncond) if uncond is not None else dict(cond)
     reps = 2 if uncond is not None else 1
     stop = prompt_start + noise.shape[0]
@@ -177,7 +160,7 @@ def trajectory_batches(
         t = jnp.full((x.shape[0],), ts[i], dtype=jnp.float32)
         batch = {"x": jnp.concatenate([x] * reps, axis=0), "timestep": jnp.concatenate([t] * reps, axis=0), **model_cond}
         name = f"prompts {prompt_start}-{stop - 1} step {i} (t={float(ts[i]):g})"
-        yield CalibBatch(name, batch, i, float(ts[i]), prompt_start)
+        yield CalibBatch(name, batch, i, float(ts[i]), prompt_start, model)
 
 
 def calib_pairs(batches) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -205,4 +188,4 @@ def random_conditioning(model, num_prompts: int, *, seed: int = 0) -> dict[str, 
     return out
 
 
-__all__ = ["CalibBatch", "calib_pairs", "collect", "random_conditioning", "sampler_timesteps", "trajectory_batches"]
+__all__ = ["CalibBatch", "calib_pairs", "collect", "random_conditioning", "trajectory_batches"]

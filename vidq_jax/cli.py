@@ -1,9 +1,9 @@
 """The ``vidq`` command line.
 
-    vidq convert --arch pixart-alpha CKPT OUT_DIR [--config JSON] [--dtype bf16]
+    vidq convert --arch pixart-alpha CKPT OUT_DIR [--config JSON] [--dtype bf16] [--overwrite]
     vidq demo [--out outputs/demo] [--t2i FOLDER] [--t2v FOLDER] [--only t2i|t2v]
     vidq sample --prompt "a cat moving left" [--model t2i|t2v|FOLDER] [--preset viditq-w8a8] [--out FILE]
-    vidq quantize MODEL_DIR OUT_DIR --preset viditq-w8a8 [--calib-prompts N] [--backend xla] [--cond NPZ]
+    vidq quantize MODEL_DIR OUT_DIR --preset viditq-w8a8 [--calib-prompts N] [--backend xla] [--cond NPZ] [--overwrite]
 
 Each verb is a function ``cmd_<verb>(args) -> int`` registered in :func:`build_parser`.
 """
@@ -38,8 +38,13 @@ def _human_bytes(n: int) -> str:
 
 def cmd_convert(args) -> int:
     from conversion import ConversionError, load_checkpoint
-    from vidq_jax.checkpoint import save_model
+    from vidq_jax.checkpoint import OutputFolderError, check_output, save_model
 
+    try:
+        check_output(args.out_dir, overwrite=args.overwrite, source=args.checkpoint)
+    except OutputFolderError as e:
+        print(f"vidq convert: {e}", file=sys.stderr)
+        return 2
     config = None
     if args.config:
         text = args.config.strip()
@@ -56,7 +61,8 @@ def cmd_convert(args) -> int:
     except ConversionError as e:
         print(f"vidq convert: {e}", file=sys.stderr)
         return 2
-    out = save_model(args.out_dir, model, params, arch=args.arch, extra={"source": str(args.checkpoint)})
+    out = save_model(args.out_dir, model, params, arch=args.arch, extra={"source": str(args.checkpoint)},
+                     overwrite=args.overwrite)
     meta = json.loads((out / "model.json").read_text())
     print(
         f"converted {args.checkpoint} ({args.arch}, {type(model).__name__}) -> {out} "
@@ -135,6 +141,7 @@ def _load_cond(path: str | None, model, n: int) -> tuple[dict, dict | None, str]
     stand-in features shaped like the model's inputs."""
     import numpy as np
 
+    from models.families import family_of
     from vidq_jax.calibration import random_conditioning
 
     if path is None:
@@ -147,7 +154,7 @@ def _load_cond(path: str | None, model, n: int) -> tuple[dict, dict | None, str]
     uncond = None
     if "uncond_y" in cond:
         uncond = {"y": cond.pop("uncond_y")}
-    elif getattr(model.config, "null_caption", "learned") != "learned":
+    elif family_of(model).null_caption_of(model) != "learned":
         uncond = {"y": np.zeros_like(np.asarray(cond["y"]))}
         source += "; null caption = zeros (give uncond_y = T5('') features in the npz)"
     return cond, uncond, source
@@ -157,23 +164,23 @@ def cmd_quantize(args) -> int:
     import warnings
 
     from vidq_jax.calibration import collect
-    from vidq_jax.checkpoint import load_model, params_nbytes
-    from vidq_jax.quant import QuantConfig, dense_paths, quantization_summary, quantize_params
-    from vidq_jax.quant.io import disk_bytes, save_quantized
-    from vidq_jax.quant.mixed_precision import MixedPrecisionPlan, quantize_params_mp
+    from vidq_jax.checkpoint import (OutputFolderError, check_output, disk_bytes, load_model, params_nbytes,
+                                     save_quantized)
+    from vidq_jax.quant import QuantConfig, quantization_summary, quantize_params
+    from vidq_jax.quant.plan import MixedPrecisionPlan
 
     t0 = time.perf_counter()
     try:
+        check_output(args.out_dir, overwrite=args.overwrite, source=args.model_dir)
         model, params, meta = load_model(args.model_dir)
-    except (FileNotFoundError, ValueError) as e:
+    except (OutputFolderError, FileNotFoundError, ValueError) as e:
         print(f"vidq quantize: {e}", file=sys.stderr)
         return 2
     if meta.get("quantization"):
         print(f"vidq quantize: {args.model_dir} is already quantized", file=sys.stderr)
         return 2
     try:
-        config = QuantConfig.preset(args.preset, backend=None if args.preset == "fp" else args.backend,
-                                    layers=dense_paths(params))  # block-specific rules name this model's blocks
+        config = QuantConfig.preset(args.preset, backend=None if args.preset == "fp" else args.backend)
         plan = None
         if args.plan:
             text = args.plan
@@ -189,14 +196,12 @@ def cmd_quantize(args) -> int:
                          every_k_steps=args.every_k, steps=args.steps, uncond=uncond))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        if plan is None:
-            qparams = quantize_params(params, calib, model=model, config=config)
-        else:
-            qparams = quantize_params_mp(params, calib, model=model, config=config, plan=plan)
+        qparams = quantize_params(params, calib, model=model, config=config, plan=plan)
     for w in caught:
         print(f"vidq quantize: warning: {w.message}", file=sys.stderr)
     out = save_quantized(args.out_dir, model, qparams, arch=meta["arch"], config=config, plan=plan, preset=args.preset,
-                         extra={"source": str(Path(args.model_dir).resolve()), "calibration": source})
+                         extra={"source": str(Path(args.model_dir).resolve()), "calibration": source},
+                         overwrite=args.overwrite)
     summary = quantization_summary(qparams)
     nq = sum(v != "float" for v in summary.values())
     fb, qb = disk_bytes(Path(args.model_dir) / "params"), disk_bytes(out / "params")
@@ -213,22 +218,24 @@ def cmd_bench(args) -> int:
     """Run the GPU benchmarks of ``benchmarks/`` (repository checkout) and print their tables."""
     import runpy
 
-    bench_dir = Path(__file__).resolve().parent.parent / "benchmarks"
+    repo = Path(__file__).resolve().parent.parent
+    bench_dir = repo / "benchmarks"
     if not bench_dir.is_dir():
         print(f"vidq bench: {bench_dir} not found (run from a repository checkout)", file=sys.stderr)
         return 2
-    sys.path.insert(0, str(bench_dir))
+    if str(repo) not in sys.path:  # the benchmarks package lives at the checkout's root
+        sys.path.insert(0, str(repo))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     linear = ["--json", str(out / "linear.json"), "--md", str(out / "linear.md")]
     e2e = ["--out", str(out / "e2e.json")] + (["--tiny"] if args.tiny else [])
-    for script, argv in (("bench_linear.py", linear), ("bench_e2e.py", e2e)):
-        if args.only and args.only not in script:
+    for module, argv in (("benchmarks.bench_linear", linear), ("benchmarks.bench_e2e", e2e)):
+        if args.only and args.only not in module:
             continue
-        print(f"== {script}", flush=True)
-        sys.argv = [script, *argv]
+        print(f"== python -m {module}", flush=True)
+        sys.argv = [module, *argv]
         try:
-            runpy.run_path(str(bench_dir / script), run_name="__main__")
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
         except SystemExit as e:
             if e.code not in (0, None):
                 return int(e.code) if isinstance(e.code, int) else 1
@@ -239,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     from conversion import ARCHS
 
     p = argparse.ArgumentParser(prog="vidq", description="ViDiT-Q quantization of diffusion transformers in JAX")
+    p.add_argument("--version", action="version", version=f"vidq {_version()}")
     sub = p.add_subparsers(dest="verb", required=True)
 
     c = sub.add_parser("convert", help="PyTorch checkpoint -> orbax params + model.json")
@@ -247,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("out_dir")
     c.add_argument("--config", help="JSON (inline or a file) completing/overriding the model config")
     c.add_argument("--dtype", help="cast params: fp32 | bf16 | fp16 (default: as stored)")
+    c.add_argument("--overwrite", action="store_true", help="replace the model in OUT_DIR (its other files stay)")
     c.set_defaults(func=cmd_convert)
 
     b = sub.add_parser("bench", help="GPU benchmarks: fused linear and one denoising step vs XLA bf16")
@@ -291,13 +300,27 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--steps", type=int, help="sampling steps of the calibration runs (default: the release's)")
     q.add_argument("--cond", help=".npz with y (P, L, C), mask, extras (optional uncond_y); default random")
     q.add_argument("--plan", help="timestep-segment mixed-precision plan: JSON (inline/file) or 'opensora1-w4a8'")
+    q.add_argument("--overwrite", action="store_true", help="replace the model in OUT_DIR (its other files stay)")
     q.set_defaults(func=cmd_quantize)
     return p
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vidq-jax")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("vidq: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ sprite clips) the demo
    as the calibration run, so nothing is sampled twice) and collects the activation statistics once;
 3. quantizes to W8A8 (``viditq-w8a8``) and W4A8 mixed precision (``viditq-w4a8-mp``: W4 block
    layers, W8 for every MLP and for the model's first and last block — the preset's PixArt-Σ rule
-   with this model's edge blocks, see :func:`vidq_jax.quant.config.edge_blocks_pattern`), A8
+   with this model's edge blocks, see :meth:`models.families.Family.edge_blocks`), A8
    everywhere, embedders / ``t_block`` / final layer float;
 4. samples the same prompts from the SAME noise with each quantized model (one trace per variant;
    a progress bar ticks every denoising step from inside the jitted loop);
@@ -31,7 +31,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from vidq_jax.quant.record import resolve_backend
+from vidq_jax.quant.backends import resolve as resolve_backend
 
 VARIANTS: tuple[tuple[str, str], ...] = (("FP", "fp"), ("W8A8", "viditq-w8a8"), ("W4A8-MP", "viditq-w4a8-mp"))
 DEFAULT_COUNTS = {"t2i": 4, "t2v": 2}
@@ -149,10 +149,10 @@ def _human(n: int) -> str:
 def _section(result: dict) -> list[str]:
     dm = result["dm"]
     video = dm.is_video
+    from models.families import family_of
     from vidq_jax.quant import dense_paths
-    from vidq_jax.quant.config import edge_blocks_pattern
 
-    edge = edge_blocks_pattern(dense_paths(dm.params))
+    edge = family_of(dm.model).edge_blocks(dense_paths(dm.params))
     n = len(result["prompts"])
     rows = result["rows"]
     with_fd = any("fd" in r for r in rows)

@@ -1,10 +1,9 @@
 """Model-aware sampling: the release's sampler and settings for each model family, CFG inputs.
 
-| model | sampler (release default) | null caption |
-|---|---|---|
-| PixArt-α / Σ / diffusers | DPM-Solver++(2M), 20 steps, CFG 4.5 | learned ``y_embedding`` (α); T5("") for Σ/diffusers, supplied by the caller |
-| STDiT (Open-Sora 1.0) | IDDPM, 100 steps (ViDiT-Q also 20), CFG 7.0 on channels 0..2 | learned ``y_embedding`` |
-| STDiT3 (Open-Sora 1.2) | rectified flow, 30 steps, CFG 7.0 | learned ``y_embedding`` |
+Each family declares its release sampler, its settings and its null-caption policy once
+(:mod:`models.families`): PixArt DPM-Solver++(2M) 20 steps CFG 4.5, STDiT IDDPM 100 steps CFG 7.0
+(ViDiT-Q also uses 20), STDiT3 rectified flow 30 steps CFG 7.0; the learned ``y_embedding`` is the null
+caption except for PixArt-Σ / diffusers, whose T5("") embedding the caller supplies.
 
 ``sample(model, params, noise, cond, ...)`` runs the family's sampler with a cached ``apply_fn``
 (the samplers cache their compiled loop on its identity), so repeated calls never retrace.
@@ -17,22 +16,10 @@ from typing import Any, Callable, Mapping
 import jax
 import jax.numpy as jnp
 
+from models.families import Family, family_of
 from vidq_jax import sampling
 
 _APPLY_FNS: dict[int, tuple[Any, Callable]] = {}
-
-SAMPLER_DEFAULTS: dict[str, dict[str, Any]] = {
-    "PixArt": {"sampler": "dpm_solver", "steps": 20, "guidance_scale": 4.5},
-    "STDiT": {"sampler": "iddpm", "steps": 100, "guidance_scale": 7.0},
-    "STDiT3": {"sampler": "rflow", "steps": 30, "guidance_scale": 7.0},
-}
-
-_SAMPLERS = {
-    "dpm_solver": sampling.sample_dpm_solver,
-    "iddpm": sampling.sample_iddpm,
-    "ddim": sampling.sample_ddim,
-    "rflow": sampling.sample_rflow,
-}
 
 
 def apply_fn_for(model) -> Callable:
@@ -48,18 +35,16 @@ def apply_fn_for(model) -> Callable:
     return entry[1]
 
 
-def family(model) -> str:
-    name = type(model).__name__
-    if name not in SAMPLER_DEFAULTS:
-        raise ValueError(f"no sampler defaults for model class {name}; known: {sorted(SAMPLER_DEFAULTS)}")
-    return name
+def family(model) -> Family:
+    """The model's family (:mod:`models.families`): release sampler, null-caption policy, layer groups."""
+    return family_of(model)
 
 
 def null_condition(model, params, cond: Mapping[str, Any]) -> dict[str, Any]:
     """The unconditional half for CFG: the learned null caption, everything else (mask, sizes, fps)
     reused from ``cond`` as the releases do."""
     y = jnp.asarray(cond["y"])
-    if getattr(model.config, "null_caption", "learned") != "learned":
+    if family(model).null_caption_of(model) != "learned":
         raise ValueError(
             f"{type(model).__name__} ({getattr(model.config, 'family', '')}) uses the text encoder's embedding of the "
             "empty prompt as its null caption; pass uncond={'y': ..., 'mask': ...} explicitly"
@@ -72,15 +57,14 @@ def null_condition(model, params, cond: Mapping[str, Any]) -> dict[str, Any]:
 
 def sampler_settings(model, *, sampler: str | None = None, steps: int | None = None,
                      guidance_scale: float | None = None) -> dict[str, Any]:
-    """The family's release settings (:data:`SAMPLER_DEFAULTS`) with overrides applied."""
-    d = SAMPLER_DEFAULTS[family(model)]
-    name = sampler or d["sampler"]
-    if name not in _SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(_SAMPLERS)}")
+    """The family's release settings (``models.families``: ``Family.sampler``) with overrides applied."""
+    d = family(model).sampler
+    name = sampler or d.name
+    sampling.get(name)  # ValueError naming the registered samplers
     return {
         "sampler": name,
-        "steps": int(steps or d["steps"]),
-        "guidance_scale": float(d["guidance_scale"] if guidance_scale is None else guidance_scale),
+        "steps": int(steps or d.steps),
+        "guidance_scale": float(d.guidance_scale if guidance_scale is None else guidance_scale),
     }
 
 
@@ -89,19 +73,17 @@ def exported_sampler(meta: Mapping[str, Any]) -> dict[str, Any]:
     (``model.json``'s ``"sampler"``: ``name``, ``steps``, ``guidance_scale`` and any keyword of that
     sampler function, e.g. ``use_timestep_transform`` / ``discretization``; descriptive entries such
     as ``prediction`` are dropped). A folder without settings gets the family defaults (``{}``)."""
-    import inspect
-
     s = dict(meta.get("sampler") or {})
     if not s:
         return {}
     name = s.pop("name", None) or s.pop("sampler", None)
-    if name not in _SAMPLERS:
-        raise ValueError(f"model.json names an unknown sampler {name!r}; choose one of {sorted(_SAMPLERS)}")
+    if name not in sampling.SAMPLERS:
+        raise ValueError(f"model.json names an unknown sampler {name!r}; choose one of {sorted(sampling.SAMPLERS)}")
     out: dict[str, Any] = {"sampler": name}
     for k in ("steps", "guidance_scale"):
         if k in s:
             out[k] = s.pop(k)
-    accepted = inspect.signature(_SAMPLERS[name]).parameters
+    accepted = sampling.get(name).keywords
     out.update({k: v for k, v in s.items() if k in accepted and k not in ("steps", "guidance_scale")})
     return out
 
@@ -118,21 +100,29 @@ def sample(
     guidance_scale: float | None = None,
     key: jax.Array | None = None,
     apply_fn: Callable | None = None,
+    plan: Any = None,
     **sampler_kwargs: Any,
 ):
     """Sample with the family's release sampler (overridable). ``uncond`` defaults to
     :func:`null_condition`; ``key`` is required by the ancestral IDDPM sampler; ``apply_fn``
     replaces the plain model call (e.g. a per-timestep-segment wrapper; create it once and reuse it,
-    the compiled loop is cached on its identity)."""
+    the compiled loop is cached on its identity). ``plan``: the
+    :class:`~vidq_jax.quant.plan.MixedPrecisionPlan` of segment-planned params (its step table
+    stretched to ``steps``) or an explicit per-step segment table: each step runs its segment's
+    weights (:func:`vidq_jax.quant.segmented.segment_apply_fn`, ``step_kwarg="step"``)."""
     st = sampler_settings(model, sampler=sampler, steps=steps, guidance_scale=guidance_scale)
-    kwargs = dict(steps=st["steps"], guidance_scale=st["guidance_scale"])
-    if st["sampler"] == "iddpm":
-        if key is None:
-            raise ValueError("the IDDPM sampler needs a PRNG key")
-        kwargs["key"] = key
-    elif key is not None and st["sampler"] == "ddim":
-        kwargs["key"] = key
+    if plan is not None:
+        from vidq_jax.quant.segmented import segment_apply_fn
+
+        if apply_fn is not None:
+            raise ValueError("pass either plan= (segment-planned params) or apply_fn=, not both")
+        table = plan.step_segments(st["steps"]) if hasattr(plan, "step_segments") else tuple(plan)
+        if len(table) != st["steps"]:
+            raise ValueError(f"segment table has {len(table)} entries for {st['steps']} steps")
+        apply_fn, sampler_kwargs = segment_apply_fn(model, table), {**sampler_kwargs, "step_kwarg": "step"}
+    smp = sampling.get(st["sampler"])
+    kwargs = dict(steps=st["steps"], guidance_scale=st["guidance_scale"], **smp.key_kwargs(key))
     if uncond is None and st["guidance_scale"] != 1.0:
         uncond = null_condition(model, params, cond)
     fn = apply_fn or apply_fn_for(model)
-    return _SAMPLERS[st["sampler"]](fn, params, noise, dict(cond), uncond, **kwargs, **sampler_kwargs)
+    return smp.sample(fn, params, noise, dict(cond), uncond, **kwargs, **sampler_kwargs)

@@ -68,14 +68,12 @@ def latent_psnr_ssim(ref: jax.Array, x: jax.Array) -> tuple[float, float]:
 
 def balance_transforms(qparams: Mapping[str, Any]) -> dict[str, tuple]:
     """``{path: (smooth, hadamard_signs)}`` of every balanced record (segmented layers: variant 0)."""
-    from vidq_jax.quant.api import _get, _strip_params_collection, dense_paths
-    from vidq_jax.quant.mixed_precision import SegmentedWeight
     from vidq_jax.quant.record import QuantizedWeight
+    from vidq_jax.quant.segmented import SegmentedWeight
+    from vidq_jax.quant.tree import dense_kernels
 
-    inner, _ = _strip_params_collection(qparams)
     out = {}
-    for p in dense_paths(inner):
-        rec = _get(inner, p)["kernel"]
+    for p, rec in dense_kernels(qparams).items():
         if isinstance(rec, SegmentedWeight):
             rec = next((v for v in rec.variants if isinstance(v, QuantizedWeight)), None)
         if isinstance(rec, QuantizedWeight) and (rec.smooth is not None or rec.hadamard_signs is not None):
@@ -92,7 +90,7 @@ def incoherence_by_timestep(model, params: Any, qparams: Any, calib_batches: Seq
     "max_after"}: [per timestep]}, "summary": {...}}``; the summary gives, per timestep, the mean over
     layers and the layer with the largest initial incoherence (the paper's example-layer figure).
     """
-    from vidq_jax.quant.calibrate import make_stats_fn
+    from vidq_jax.quant.stats import make_stats_fn
 
     transforms = balance_transforms(qparams)
     if not transforms:
@@ -110,12 +108,13 @@ def incoherence_by_timestep(model, params: Any, qparams: Any, calib_batches: Seq
         for batch in by_t[t]:
             rb, ra = jax.device_get(before_fn(params, batch)), jax.device_get(after_fn(params, batch))
             for p in paths:
+                rb_p, ra_p = rb[p]["absmax"], ra[p]["absmax"]
                 a = acc[p]
-                a["b_sum"] += float(rb[p]["inc_sum"])
-                a["a_sum"] += float(ra[p]["inc_sum"])
-                a["rows"] += int(rb[p]["rows"])
-                a["b_max"] = max(a["b_max"], float(rb[p]["inc_max"]))
-                a["a_max"] = max(a["a_max"], float(ra[p]["inc_max"]))
+                a["b_sum"] += float(rb_p["inc_sum"])
+                a["a_sum"] += float(ra_p["inc_sum"])
+                a["rows"] += int(rb_p["rows"])
+                a["b_max"] = max(a["b_max"], float(rb_p["inc_max"]))
+                a["a_max"] = max(a["a_max"], float(ra_p["inc_max"]))
         for p in paths:
             a, L = acc[p], layers[p]
             L["mean_before"].append(a["b_sum"] / max(a["rows"], 1))
@@ -148,22 +147,20 @@ def fidelity_report(
 ) -> dict[str, Any]:
     """Sample float and quantized from the same ``noise`` (the family's release sampler;
     ``sample_kwargs`` e.g. ``steps``, ``key``, ``num_frames``) and compare. ``plan``: the
-    :class:`~vidq_jax.quant.mixed_precision.MixedPrecisionPlan` of segment-planned ``qparams``.
+    :class:`~vidq_jax.quant.plan.MixedPrecisionPlan` of segment-planned ``qparams``.
     ``reference``: a precomputed float ``(final, trajectory)`` (skips the float run).
     ``calib_batches`` (CalibBatch records) adds the incoherence analysis."""
     from vidq_jax import pipeline
     from vidq_jax.checkpoint import params_nbytes
-    from vidq_jax.quant import mixed_precision as mp
+    from vidq_jax.quant.segmented import segmented_layers
 
     if reference is None:
         reference = pipeline.sample(model, params, noise, cond, uncond, return_trajectory=True, **sample_kwargs)
     ref_final, ref_traj = reference
-    if plan is not None or mp.segmented_layers(qparams):
-        if plan is None:
-            raise ValueError("qparams hold segmented (mixed-precision) layers: pass their plan")
-        final, traj = mp.sample(model, qparams, noise, cond, uncond, plan=plan, return_trajectory=True, **sample_kwargs)
-    else:
-        final, traj = pipeline.sample(model, qparams, noise, cond, uncond, return_trajectory=True, **sample_kwargs)
+    if plan is None and segmented_layers(qparams):
+        raise ValueError("qparams hold segmented (mixed-precision) layers: pass their plan")
+    final, traj = pipeline.sample(model, qparams, noise, cond, uncond, plan=plan, return_trajectory=True,
+                                  **sample_kwargs)
     steps = trajectory_errors(ref_traj, traj)
     p, s = latent_psnr_ssim(ref_final, final)
     out = {

@@ -1,12 +1,15 @@
 """ViDiT-Q quantization core: quantizers, randomized Hadamard, channel balancing, the quantized
-weight record (Dense seam) with simulate / xla / pallas backends, and configuration presets.
+weight record (Dense seam) with simulate / xla / pallas backends, configuration presets, weight
+quantization methods and calibration statistics by name, and timestep-segment mixed precision.
 
 Modules: :mod:`.quantizers`, :mod:`.hadamard`, :mod:`.balance`, :mod:`.config`, :mod:`.record`,
-:mod:`.calibrate` and :mod:`.api` (these two import ``models.layers`` lazily, at call time).
+:mod:`.methods` (weight methods by name), :mod:`.stats` (calibration statistics of Dense inputs, by
+name), :mod:`.tree` (params-tree helpers), :mod:`.api` (``quantize_params``), :mod:`.plan` +
+:mod:`.segmented` + :mod:`.groups` + :mod:`.sensitivity` (mixed precision), :mod:`.io` (quantized
+folders). :mod:`.stats` and :mod:`.api` import ``models.layers`` lazily, at call time.
 """
 
 from vidq_jax.quant.api import (
-    dense_paths,
     quantization_summary,
     quantize_params,
     quantized_params_template,
@@ -21,7 +24,6 @@ from vidq_jax.quant.balance import (
     viditq_multiplier,
     weight_channel_absmax,
 )
-from vidq_jax.quant.calibrate import LayerStats, collect_stats
 from vidq_jax.quant.config import (
     DEFAULT_KEEP_FLOAT,
     PRESETS,
@@ -49,6 +51,8 @@ from vidq_jax.quant.quantizers import (
     quantize,
     quantize_with_params,
 )
+from vidq_jax.quant.methods import WEIGHT_METHODS, WeightMethod
+from vidq_jax.quant.plan import BitsRule, MixedPrecisionPlan
 from vidq_jax.quant.record import (
     QuantizedWeight,
     balanced_weight,
@@ -57,30 +61,41 @@ from vidq_jax.quant.record import (
     quantize_weight,
     static_act_params,
 )
+from vidq_jax.quant.segmented import SegmentedWeight
+from vidq_jax.quant.stats import STATISTICS, LayerStats, collect_stats
+from vidq_jax.quant.tree import dense_kernels, dense_paths, get_kernel, set_kernel, unwrap_params
 
 __all__ = [
+    "BitsRule",
     "DEFAULT_KEEP_FLOAT",
-    "PRESETS",
     "LayerQuant",
     "LayerRule",
     "LayerStats",
+    "MixedPrecisionPlan",
+    "PRESETS",
     "QTensor",
     "QuantConfig",
     "QuantSpec",
     "QuantizedWeight",
+    "STATISTICS",
+    "SegmentedWeight",
     "UnsupportedHadamardSize",
+    "WEIGHT_METHODS",
+    "WeightMethod",
     "balance_for_layer",
     "balanced_weight",
     "channel_absmax",
     "check_rules",
     "collect_stats",
-    "dense_paths",
     "compute_qparams",
+    "dense_kernels",
+    "dense_paths",
     "dequantize",
     "fake_quant",
     "fake_quant_per_group",
     "fake_quant_per_token",
     "fake_quant_with_params",
+    "get_kernel",
     "hadamard_factors",
     "hadamard_matrix",
     "hadamard_transform",
@@ -91,13 +106,15 @@ __all__ = [
     "quantization_summary",
     "quantize",
     "quantize_params",
-    "quantized_params_template",
     "quantize_weight",
     "quantize_with_params",
+    "quantized_params_template",
     "random_signs",
     "set_backend",
+    "set_kernel",
     "smooth_scale",
     "static_act_params",
+    "unwrap_params",
     "viditq_multiplier",
     "weight_channel_absmax",
 ]

@@ -4,21 +4,27 @@ Pipeline (ViDiT-Q "new" code, quantize-once variant)::
 
     paths   = every Dense in the params tree (a dict holding a 2-D "kernel")
     layer   = config.resolve(path)                        (None -> stays float)
-    A       = collect_stats(...)  channel absmax of each Dense input over all calibration batches
+    stats   = collect_stats(...)  the statistics the layers need (channel absmax of each Dense input
+              over all calibration batches; plus what their weight method declares)
     s, h    = balance_for_layer(kernel, layer, A, key=layer_key(config.seed, path))
     [static activation scales: second calibration pass on the balanced inputs x' = (x/s)·R]
-    kernel  -> quantize_weight(kernel, layer, smooth=s, hadamard_signs=h, act_scale=...)
+    kernel  -> WEIGHT_METHODS[layer.w_method].quantize(kernel, layer, smooth=s, hadamard_signs=h,
+                                                       stats=stats[path], act_scale=...)
 
-Calibration runs only if some selected layer needs it (smoothing or static activation scales).
-The result is the same params tree with selected ``kernel`` leaves replaced by
-:class:`~vidq_jax.quant.record.QuantizedWeight`; ``models.layers.Dense`` dispatches on it.
+Calibration runs only if some selected layer needs it (smoothing, static activation scales, or a
+weight method's statistics). The result is the same params tree with selected ``kernel`` leaves
+replaced by records (:class:`~vidq_jax.quant.record.QuantizedWeight` for round-to-nearest);
+``models.layers.Dense`` dispatches on them. With a timestep-segment ``plan``
+(:class:`~vidq_jax.quant.plan.MixedPrecisionPlan`) each layer is quantized once per distinct
+setting over the segments and becomes a :class:`~vidq_jax.quant.segmented.SegmentedWeight` where
+its setting changes.
 """
 
 from __future__ import annotations
 
 import functools
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -26,15 +32,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from models.families import find_family
 from vidq_jax.quant.balance import balance_for_layer, layer_key
-from vidq_jax.quant.calibrate import LayerStats, collect_stats
 from vidq_jax.quant.config import LayerQuant, QuantConfig, check_rules
-from vidq_jax.quant.record import QuantizedWeight, quantize_weight, static_act_params
+from vidq_jax.quant.methods import layer_statistics, weight_method
+from vidq_jax.quant.plan import MixedPrecisionPlan
+from vidq_jax.quant.record import QuantizedWeight, static_act_params
+from vidq_jax.quant.segmented import FloatKernel, segment_record
+from vidq_jax.quant.stats import LayerStats, collect_stats
+from vidq_jax.quant.tree import dense_kernels, dense_paths, get_kernel, rewrap_params, set_kernel, unwrap_params
 
-
-# One XLA compile per distinct (shape, LayerQuant) — the 28 blocks of a DiT share a handful — instead
-# of one compile per eager op.
-_quantize_weight_jit = jax.jit(quantize_weight, static_argnames=("layer", "name"))
+DEFAULT_PRESET = "viditq-w8a8"
+"""The preset :func:`quantize_params` uses when no ``config`` is given."""
 
 
 @functools.partial(jax.jit, static_argnames=("layer", "where"))
@@ -42,70 +51,31 @@ def _balance_jit(kernel, layer, absmax, key, where):
     return balance_for_layer(kernel, layer, absmax, key=key, where=where)
 
 
-def dense_paths(params: Mapping[str, Any]) -> list[str]:
-    """Paths (``"blocks_3/attn/qkv"``) of every Dense-like node: a mapping with a 2-D ``kernel``
-    (float array or already a quantized record: anything with ``quantized_dense``). Conv kernels
-    (rank > 2) are skipped."""
-    out: list[str] = []
-
-    def walk(node: Any, prefix: tuple[str, ...]) -> None:
-        if not isinstance(node, Mapping):
-            return
-        k = node.get("kernel")
-        if hasattr(k, "quantized_dense") or (k is not None and getattr(k, "ndim", 0) == 2):
-            out.append("/".join(prefix))
-        for name, child in node.items():
-            if isinstance(child, Mapping):
-                walk(child, prefix + (str(name),))
-
-    walk(params, ())
-    return out
+def _segment_configs(config: QuantConfig, plan: MixedPrecisionPlan | None) -> list[QuantConfig]:
+    return [config] if plan is None else [plan.config_for_segment(config, s) for s in range(plan.num_segments)]
 
 
-def _get(params: Mapping[str, Any], path: str) -> Mapping[str, Any]:
-    node = params
-    for part in path.split("/"):
-        node = node[part]
-    return node
-
-
-def _set_kernel(params: Mapping[str, Any], path: str, value: Any) -> dict:
-    """Functional update of ``params[...path...]["kernel"]`` (copies only the dicts on the path)."""
-    parts = path.split("/")
-
-    def rec(node: Mapping[str, Any], i: int) -> dict:
-        new = dict(node)
-        if i == len(parts):
-            new["kernel"] = value
-        else:
-            new[parts[i]] = rec(node[parts[i]], i + 1)
-        return new
-
-    return rec(params, 0)
-
-
-def _strip_params_collection(params: Mapping[str, Any]) -> tuple[Mapping[str, Any], bool]:
-    if set(params) == {"params"}:
-        return params["params"], True
-    return params, False
-
-
-def _resolve_layers(inner: Mapping[str, Any], config: QuantConfig, paths: list[str]) -> dict[str, LayerQuant]:
-    """``{path: LayerQuant}`` of every layer ``config`` quantizes (rules checked, warnings emitted)."""
-    check_rules(config, paths)
-    layers: dict[str, LayerQuant] = {}
-    for p in paths:
-        lq = config.resolve(p)
-        if lq is None:
-            continue
-        if hasattr(_get(inner, p)["kernel"], "quantized_dense"):
+def _layer_settings(
+    inner: Mapping[str, Any], config: QuantConfig, plan: MixedPrecisionPlan | None, paths: list[str],
+    model_name: str | None = None,
+) -> dict[str, list[LayerQuant | None]]:
+    """``{path: [setting of each segment]}`` (one entry without a plan; ``None`` = float) of every
+    Dense; rules checked (warnings emitted), already-quantized layers and unknown weight methods refused."""
+    if plan is not None:
+        plan.check(paths)
+    check_rules(config, paths, model=model_name)
+    cfgs = _segment_configs(config, plan)
+    settings: dict[str, list[LayerQuant | None]] = {p: [c.resolve(p) for c in cfgs] for p in paths}
+    for p, lqs in settings.items():
+        if any(lq is not None for lq in lqs) and hasattr(get_kernel(inner, p), "quantized_dense"):
             raise ValueError(f"layer {p!r} is already quantized")
-        layers[p] = lq
-    return layers
+        for lq in dict.fromkeys(x for x in lqs if x is not None):
+            weight_method(lq.w_method, p)
+    return settings
 
 
 def calibration_stats(
-    model: nn.Module,
+    model: nn.Module | None,
     params: Mapping[str, Any],
     calib_batches: Iterable | None,
     layers: Mapping[str, LayerQuant],
@@ -114,11 +84,13 @@ def calibration_stats(
 ) -> tuple[dict[str, LayerStats], list]:
     """Statistics of the layers among ``layers`` that need calibration (``({}, [])`` if none) and
     the materialised batch list (reused by the static-scale pass). Precomputed ``stats`` covering
-    those layers are reused (no calibration pass)."""
-    calib = [p for p, lq in layers.items() if lq.needs_calibration]
+    those layers (and the statistics they need) are reused (no calibration pass)."""
+    needed = {p: layer_statistics(lq, p) for p, lq in layers.items()}
+    calib = [p for p, names in needed.items() if names]
     if not calib:
         return {}, []
-    if stats is not None and all(p in stats for p in calib):
+    extra = {n for p in calib for n in needed[p] if n != "absmax"}
+    if stats is not None and all(p in stats and extra <= set(stats[p].extra) for p in calib):
         static = any(layers[p].a_static for p in calib)
         if static and calib_batches is None:
             raise ValueError(f"config {config_name!r}: static activation scales need calib_batches even with stats")
@@ -126,7 +98,7 @@ def calibration_stats(
     if calib_batches is None:
         raise ValueError(f"config {config_name!r} needs calibration data for layers such as {calib[:3]}")
     batches = list(calib_batches)  # consumed twice when static scales of balanced layers are needed
-    return collect_stats(model, params, batches, paths=calib), batches
+    return collect_stats(model, params, batches, paths=calib, statistics=sorted(extra)), batches
 
 
 def _shared_balance(
@@ -143,10 +115,10 @@ def _shared_balance(
             groups.setdefault((pat, lq.smooth_alpha, lq.rotate), []).append(p)
             continue
         absmax = jnp.asarray(stats[p].absmax) if p in stats else None
-        out[(p, lq)] = _balance_jit(_get(inner, p)["kernel"], lq, absmax, layer_key(config.seed, p), "")
+        out[(p, lq)] = _balance_jit(get_kernel(inner, p), lq, absmax, layer_key(config.seed, p), "")
     for (pat, alpha, rotate), members in groups.items():
         key_lq = LayerQuant(smooth_alpha=alpha, rotate=rotate)
-        kernels = [jnp.asarray(_get(inner, p)["kernel"]) for p in members]
+        kernels = [jnp.asarray(get_kernel(inner, p)) for p in members]
         ks = {k.shape[0] for k in kernels}
         if len(ks) != 1:
             raise ValueError(f"share_balance pattern {pat!r} groups layers of different C_in {sorted(ks)}: {members}")
@@ -173,97 +145,127 @@ def build_records(
     inner: Mapping[str, Any],
     items: list[tuple[str, LayerQuant]],
     *,
-    model: nn.Module,
+    model: nn.Module | None,
     config: QuantConfig,
     stats: Mapping[str, LayerStats],
     batches: list,
-) -> dict[tuple[str, LayerQuant], QuantizedWeight]:
-    """Quantized records of ``(path, layer)`` items (a path may appear with several settings, e.g.
-    the bit-widths of a mixed-precision plan; they share the layer's smoothing and rotation).
-    ``stats``/``batches`` from :func:`calibration_stats`."""
+) -> dict[tuple[str, LayerQuant], Any]:
+    """Quantized records of ``(path, layer)`` items, each by its weight method (``layer.w_method``;
+    a path may appear with several settings, e.g. the bit-widths of a mixed-precision plan; they
+    share the layer's smoothing and rotation). ``stats``/``batches`` from :func:`calibration_stats`."""
     balance = _shared_balance(inner, items, stats, config)
     post = {p: balance[(p, lq)] for p, lq in items if lq.a_static and any(v is not None for v in balance[(p, lq)])}
     post_stats = collect_stats(model, inner, batches, paths=list(post), transforms=post) if post else {}
-    out: dict[tuple[str, LayerQuant], QuantizedWeight] = {}
+    out: dict[tuple[str, LayerQuant], Any] = {}
     for p, lq in items:
-        kernel = _get(inner, p)["kernel"]
         smooth, signs = balance[(p, lq)]
         a_scale = a_zp = None
         if lq.a_static:
             st = post_stats.get(p, stats.get(p))
             a_scale, a_zp = static_act_params(st.amax if lq.a_symmetric else (st.min, st.max), lq)
-        lq.check_in_features(kernel.shape[0], p)  # clear error naming the layer, before tracing
-        out[(p, lq)] = _quantize_weight_jit(
-            kernel, lq, smooth=smooth, hadamard_signs=signs, act_scale=a_scale, act_zero_point=a_zp, name=""
+        out[(p, lq)] = weight_method(lq.w_method, p).quantize(
+            get_kernel(inner, p), lq, smooth=smooth, hadamard_signs=signs, stats=stats.get(p), act_scale=a_scale,
+            act_zero_point=a_zp, name=p,
         )
     return out
+
+
+def model_of(calib_batches: Sequence[Any]) -> nn.Module | None:
+    """The model the first calibration batch was recorded with (``CalibBatch.model``), if it says."""
+    return getattr(calib_batches[0], "model", None) if calib_batches else None
+
+
+def model_name(model: nn.Module | None) -> str | None:
+    """``"STDiT3 (stdit3)"``: how errors name a model (None without one)."""
+    if model is None:
+        return None
+    fam = find_family(model)
+    return type(model).__name__ + (f" ({fam.name})" if fam is not None else "")
 
 
 def quantize_params(
     params: Mapping[str, Any],
     calib_batches: Iterable | None = None,
     *,
-    model: nn.Module,
-    config: QuantConfig,
+    model: nn.Module | None = None,
+    config: QuantConfig | None = None,
+    plan: MixedPrecisionPlan | None = None,
     return_stats: bool = False,
     stats: Mapping[str, LayerStats] | None = None,
 ):
     """Quantize every Dense selected by ``config`` (see module docstring).
 
     ``params``: the model's ``params`` dict (a ``{"params": ...}`` wrapper is accepted and kept).
-    ``calib_batches``: iterable of model-input dicts, ``(name, dict)`` pairs or
-    :class:`vidq_jax.calibration.CalibBatch` records; required only when a selected layer smooths or
-    uses a static activation scale (empty iterator -> ``ValueError``).
-    ``stats``: statistics from an earlier ``return_stats=True`` call (or :func:`collect_stats`) to
-    reuse instead of a calibration pass (e.g. several configs on the same data).
+    ``calib_batches``: iterable of :class:`vidq_jax.calibration.CalibBatch` records (from
+    :func:`vidq_jax.calibration.collect`), model-input dicts or ``(name, dict)`` pairs, materialised
+    once; required only when a selected layer needs calibration statistics (empty -> ``ValueError``).
+    ``model``: the Flax module that runs the batches (default: the one the CalibBatch records were
+    recorded with); its family (:mod:`models.families`) binds the config's ``group:`` rules, and a rule
+    that matches none of its layers is an error naming the rule and the model. ``config``: default ``QuantConfig.preset("viditq-w8a8")``.
+    ``plan``: a :class:`~vidq_jax.quant.plan.MixedPrecisionPlan`: per-segment settings
+    ``plan.config_for_segment(config, s)``; calibration runs once, each layer is quantized once per
+    distinct setting, layers whose setting changes become :class:`~vidq_jax.quant.segmented.SegmentedWeight`
+    (float segments: a :class:`~vidq_jax.quant.segmented.FloatKernel` variant). Sample them with
+    ``vidq_jax.pipeline.sample(..., plan=plan)`` (a plain ``model.apply`` runs segment 0); unknown plan
+    patterns warn. ``stats``: statistics from an earlier ``return_stats=True`` call (or
+    :func:`collect_stats`) to reuse instead of a calibration pass (e.g. several configs on the same data).
     Returns the new params (and ``{path: LayerStats}`` when ``return_stats``).
     """
-    inner, wrapped = _strip_params_collection(params)
+    batches = None if calib_batches is None else list(calib_batches)
+    if model is None and batches:
+        model = model_of(batches)
+        if model is None:
+            raise ValueError("quantize_params: model= is missing (the calibration batches do not say which model "
+                             "they belong to; CalibBatch records of vidq_jax.calibration.collect do)")
+    if config is None:
+        config = QuantConfig.preset(DEFAULT_PRESET)
+    inner, wrapped = unwrap_params(params)
     paths = dense_paths(inner)
     if not paths:
         raise ValueError("no Dense kernels found in params (expected dicts holding a 2-D 'kernel')")
-    layers = _resolve_layers(inner, config, paths)
-    stats, batches = calibration_stats(model, inner, calib_batches, layers, config.name, stats)
-    records = build_records(inner, list(layers.items()), model=model, config=config, stats=stats, batches=batches)
+    if find_family(model) is not None:  # group:<name> rules address this model's family (models.families)
+        config = config.for_model(model, paths)
+    settings = _layer_settings(inner, config, plan, paths, model_name(model))
+    union: dict[str, LayerQuant] = {}  # one calibrating setting per layer suffices: stats are per layer
+    items: list[tuple[str, LayerQuant]] = []
+    for p, lqs in settings.items():
+        for lq in dict.fromkeys(x for x in lqs if x is not None):
+            items.append((p, lq))
+            if p not in union or lq.needs_calibration:
+                union[p] = lq
+    stats, batches = calibration_stats(model, inner, batches, union, config.name, stats)
+    records = build_records(inner, items, model=model, config=config, stats=stats, batches=batches)
     new = inner
-    for p, lq in layers.items():
-        new = _set_kernel(new, p, records[(p, lq)])
-    out = {"params": new} if wrapped else new
+    for p, lqs in settings.items():
+        if lqs == [None] * len(lqs):
+            continue
+        kernel = get_kernel(inner, p)
+        new = set_kernel(new, p, segment_record(
+            lqs, lambda lq: records[(p, lq)] if lq is not None else FloatKernel(jnp.asarray(kernel))))
+    out = rewrap_params(new, wrapped)
     return (out, stats) if return_stats else out
 
 
-def record_template(kernel_shape: tuple[int, int], lq: LayerQuant, where: str = "") -> QuantizedWeight:
-    """Abstract :class:`QuantizedWeight` (``jax.ShapeDtypeStruct`` leaves) of a ``(K, N)`` kernel."""
-    k = kernel_shape[0]
-    f32 = jnp.float32
-    vec = jax.ShapeDtypeStruct((k,), f32)
-    scalar = jax.ShapeDtypeStruct((), f32)
-    args = (
-        jax.ShapeDtypeStruct(tuple(kernel_shape), f32),
-        vec if lq.smooth_alpha is not None else None,
-        vec if lq.rotate else None,
-        scalar if lq.a_static else None,
-        jax.ShapeDtypeStruct((), jnp.int32) if lq.a_static and not lq.a_symmetric else None,
-    )
-    lq.check_in_features(k, where)
-    return jax.eval_shape(
-        lambda w, s, h, a, z: quantize_weight(w, lq, smooth=s, hadamard_signs=h, act_scale=a, act_zero_point=z), *args
-    )
-
-
-def quantized_params_template(params: Mapping[str, Any], config: QuantConfig) -> dict:
-    """The structure :func:`quantize_params` would produce, with ``jax.ShapeDtypeStruct`` leaves
-    for the records (no calibration, no compute) — a restore target for checkpoints
-    (``flax.serialization.from_bytes``/orbax) of quantized params. ``params`` may itself be abstract
-    (e.g. ``jax.eval_shape(model.init, ...)``)."""
-    inner, wrapped = _strip_params_collection(params)
+def quantized_params_template(params: Mapping[str, Any], config: QuantConfig,
+                              plan: MixedPrecisionPlan | None = None, *, model: nn.Module | None = None) -> dict:
+    """The structure :func:`quantize_params` would produce (with the same ``config`` and ``plan``), with
+    ``jax.ShapeDtypeStruct`` leaves for the records (no calibration, no compute) — a restore target
+    for checkpoints (``flax.serialization.from_bytes``/orbax) of quantized params. ``params`` may
+    itself be abstract (e.g. ``jax.eval_shape(model.init, ...)``)."""
+    inner, wrapped = unwrap_params(params)
+    if find_family(model) is not None:
+        config = config.for_model(model, dense_paths(inner))
+    cfgs = _segment_configs(config, plan)
     new = inner
     for p in dense_paths(inner):
-        lq = config.resolve(p)
-        if lq is None:
+        lqs = [c.resolve(p) for c in cfgs]
+        if lqs == [None] * len(lqs):
             continue
-        new = _set_kernel(new, p, record_template(tuple(_get(inner, p)["kernel"].shape), lq, p))
-    return {"params": new} if wrapped else new
+        shape = tuple(get_kernel(inner, p).shape)
+        new = set_kernel(new, p, segment_record(
+            lqs, lambda lq: weight_method(lq.w_method, p).template(shape, lq, p) if lq is not None
+            else FloatKernel(jax.ShapeDtypeStruct(shape, jnp.float32)), abstract=True))
+    return rewrap_params(new, wrapped)
 
 
 def set_backend(params: Any, backend: str) -> Any:
@@ -277,11 +279,9 @@ def set_backend(params: Any, backend: str) -> Any:
 
 def quantization_summary(params: Mapping[str, Any]) -> dict[str, str]:
     """``{path: "W4A8 channel/token +smooth +rot [xla]" | "float"}`` for every Dense (for logs/tests)."""
-    inner, _ = _strip_params_collection(params)
     out = {}
-    for p in dense_paths(inner):
-        k = _get(inner, p)["kernel"]
-        if hasattr(k, "variants"):  # mixed_precision.SegmentedWeight: one entry per segment
+    for p, k in dense_kernels(params).items():
+        if hasattr(k, "variants"):  # segmented.SegmentedWeight: one entry per segment
             table = [int(i) for i in np.asarray(k.segment_variant)]
             out[p] = "segments: " + " | ".join(_record_summary(k.variants[i]) for i in table)
             continue
@@ -299,12 +299,13 @@ def _record_summary(k: Any) -> str:
 
 
 __all__ = [
+    "DEFAULT_PRESET",
     "build_records",
     "calibration_stats",
     "dense_paths",
+    "model_of",
     "quantization_summary",
     "quantize_params",
     "quantized_params_template",
-    "record_template",
     "set_backend",
 ]

@@ -10,14 +10,25 @@
 
 Rule semantics (documented contract):
 
-1. patterns are matched with :func:`re.search` (substring; anchor with ``^``/``$`` or ``(^|/)``);
+1. a pattern is either ``group:<name>`` — a layer group declared by the model's family
+   (:mod:`models.families`: ``self_attn``, ``cross_attn``, ``cross_kv``, ``temporal_attn``, ``ffn``, ``adaln``,
+   ``embedders``, ``final``, and the derived ``blocks`` / ``edge_blocks``) — or a regex matched with
+   :func:`re.search` (substring; anchor with ``^``/``$`` or ``(^|/)``). Groups are resolved by
+   :meth:`QuantConfig.for_model` (``quantize_params`` does it); an unbound config resolves a group as the
+   union of the registered families' patterns (``edge_blocks`` needs the model);
 2. start from ``default`` (``None`` = float); apply EVERY matching rule in order — a rule with
    settings replaces those fields (starting from ``LayerQuant()`` if the layer was float so far), a
    rule with ``settings=None`` makes it float — so for every field **the last matching rule wins**
    (like ViDiT-Q's regex lists, where later matches override; note qwix uses first-match-wins);
 3. finally ``keep_float`` patterns (and the cross-attention K/V pattern when
    ``quantize_cross_kv=False``) force float regardless of the rules — like ViDiT-Q's
-   ``remain_fp_regex``. The default keeps every ``*_embedder``, ``t_block`` and ``final_layer``.
+   ``remain_fp_regex``. The default keeps ``group:embedders``, ``group:adaln`` and ``group:final`` float.
+4. a rule that matches no layer of the model is an error naming the rule and the model
+   (:func:`check_rules`); ``keep_float`` patterns are not checked (a family may lack a group).
+
+The backend (``LayerQuant.backend``) is a run-time choice, not part of the recipe: :meth:`QuantConfig.to_dict`
+(what a quantized folder's ``model.json`` stores) leaves it out, so a folder loaded elsewhere runs with that
+machine's best backend (``auto``). The vocabulary and its resolution live in :mod:`vidq_jax.quant.backends`.
 
 Smoothing convention: ``smooth_alpha`` is SmoothQuant's migration strength ``α``
 (``s_c = A_c^α / max|W_:,c|^(1-α)``, ``x/s``, ``W·s``). ViDiT-Q's new code writes the same thing as
@@ -31,14 +42,24 @@ import dataclasses
 import re
 import warnings
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from typing import Any
 
+from models.families import FAMILIES, Family, family_of
+from vidq_jax.quant.backends import check as check_backend
 from vidq_jax.quant.quantizers import QuantSpec, check_bits
 
-Backend = Literal["auto", "simulate", "xla", "pallas"]
-BACKENDS: tuple[str, ...] = ("auto", "simulate", "xla", "pallas")
 WEIGHT_GRANULARITIES: tuple[str, ...] = ("tensor", "channel", "group")
 ACT_GRANULARITIES: tuple[str, ...] = ("token", "tensor", "group")
+
+
+GROUP_PREFIX = "group:"
+
+
+def _check_method(value: Any) -> None:
+    # the registry (vidq_jax.quant.methods) imports the records, which import this module: it checks
+    # the name itself when a layer is quantized; here only the type
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"w_method={value!r} must name a weight quantization method (e.g. 'rtn')")
 
 
 def _check_group(value: Any, field: str) -> None:
@@ -68,6 +89,9 @@ class LayerQuant:
     the layer runs), ``"simulate"`` (fake quant in float32), ``"xla"`` (int8 ``dot_general``, int32
     accumulation) or ``"pallas"`` (fused kernels, falls back to ``"xla"``). ``pack_int4``: store
     ``w_bits <= 4`` weights two per byte.
+
+    ``w_method``: the weight quantization method, a name in :data:`vidq_jax.quant.methods.WEIGHT_METHODS`
+    (``"rtn"``: round-to-nearest min-max, ViDiT-Q's), checked when layers are quantized.
     """
 
     w_bits: int = 8
@@ -83,6 +107,7 @@ class LayerQuant:
     rotate: bool = False
     backend: str = "auto"
     pack_int4: bool = True
+    w_method: str = "rtn"
 
     def __post_init__(self) -> None:
         check_bits(self.w_bits, "w_bits")
@@ -106,8 +131,8 @@ class LayerQuant:
             raise ValueError("a_static=True (calibrated activation scale) requires a_granularity='tensor'")
         if self.smooth_alpha is not None and not (0.0 <= float(self.smooth_alpha) <= 1.0):
             raise ValueError(f"smooth_alpha={self.smooth_alpha!r} must lie in [0, 1]")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend={self.backend!r} unknown; choose one of {BACKENDS}")
+        check_backend(self.backend)
+        _check_method(self.w_method)
 
     # -- derived specs ----------------------------------------------------------------------
     def weight_spec(self) -> QuantSpec:
@@ -172,8 +197,10 @@ def _check_field(key: str, value: Any, pattern: str) -> None:
             raise ValueError(f"w_granularity={value!r} unknown; choose one of {WEIGHT_GRANULARITIES}")
         elif key == "a_granularity" and value not in ACT_GRANULARITIES:
             raise ValueError(f"a_granularity={value!r} unknown; choose one of {ACT_GRANULARITIES}")
-        elif key == "backend" and value not in BACKENDS:
-            raise ValueError(f"backend={value!r} unknown; choose one of {BACKENDS}")
+        elif key == "w_method":
+            _check_method(value)
+        elif key == "backend":
+            check_backend(value)
         elif key == "smooth_alpha" and value is not None and not 0.0 <= float(value) <= 1.0:
             raise ValueError(f"smooth_alpha={value!r} must lie in [0, 1]")
     except ValueError as e:
@@ -196,10 +223,7 @@ class LayerRule:
             raise TypeError("give settings either as a mapping or as keywords, not both")
         if kw:
             settings = kw
-        try:
-            re.compile(pattern)
-        except re.error as e:
-            raise ValueError(f"invalid layer regex {pattern!r}: {e}") from e
+        check_pattern(pattern)
         if settings is not None:
             unknown = set(settings) - _LAYER_FIELDS
             if unknown:
@@ -214,18 +238,54 @@ class LayerRule:
     def keeps_float(self) -> bool:
         return self.settings is None
 
-    def matches(self, path: str) -> bool:
-        return re.search(self.pattern, path) is not None
+    def matches(self, path: str, groups: Mapping[str, str] | None = None) -> bool:
+        return matches(self.pattern, path, groups)
 
 
-DEFAULT_KEEP_FLOAT: tuple[str, ...] = (
-    r"(^|/)[A-Za-z0-9]*_?embedder(/|$)",  # x/t/y/csize/ar/fps embedders (patch, timestep, caption, size)
-    r"(^|/)t_block(/|$)",  # adaLN-single MLP
-    r"(^|/)final_layer(/|$)",
-)
-CROSS_KV_PATTERN = r"(^|/)cross_attn/(kv_linear|k_linear|v_linear)$"
-BLOCK_LAYERS = r"(^|/)(attn|cross_attn|attn_temp|mlp)/"  # every Dense inside a transformer block
-SHARED_CAPTION_KV = r"(^|/)cross_attn/kv_linear$"  # every block's cross-attn K/V reads the same caption y
+def check_pattern(pattern: str) -> None:
+    """A valid layer pattern: ``group:<known group>`` or a compilable regex (ValueError otherwise)."""
+    if pattern.startswith(GROUP_PREFIX):
+        name = pattern[len(GROUP_PREFIX):]
+        from models.families import DERIVED_GROUPS, GROUPS
+
+        if name not in GROUPS + DERIVED_GROUPS:
+            raise ValueError(f"unknown layer group {pattern!r}; known: "
+                             f"{', '.join(GROUP_PREFIX + g for g in GROUPS + DERIVED_GROUPS)}")
+        return
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        raise ValueError(f"invalid layer regex {pattern!r}: {e}") from e
+
+
+def _union_group(name: str) -> str:
+    """A group's regex when no family is bound: the union of every registered family's pattern."""
+    if name == "edge_blocks":
+        raise ValueError("group:edge_blocks names the first/last block of a particular model: bind the config "
+                         "with QuantConfig.for_model(model, paths) first")
+    return "|".join(f"(?:{f.group_pattern(name)})" for f in FAMILIES.values())
+
+
+def pattern_regex(pattern: str, groups: Mapping[str, str] | None = None) -> str:
+    """The regex a layer pattern stands for (``group:<name>`` via ``groups`` or the union of the families)."""
+    if not pattern.startswith(GROUP_PREFIX):
+        return pattern
+    name = pattern[len(GROUP_PREFIX):]
+    if groups is not None and name in groups:
+        return groups[name]
+    return _union_group(name)
+
+
+def matches(pattern: str, path: str, groups: Mapping[str, str] | None = None) -> bool:
+    """Whether the Dense ``path`` matches a layer ``pattern`` (``re.search`` of its regex)."""
+    return re.search(pattern_regex(pattern, groups), path) is not None
+
+
+# timestep/caption/size embedders, the adaLN-single MLP (t_block) and the final layer stay float (ViDiT-Q)
+DEFAULT_KEEP_FLOAT: tuple[str, ...] = ("group:embedders", "group:adaln", "group:final")
+CROSS_KV_PATTERN = "group:cross_kv"
+BLOCK_LAYERS = "group:blocks"  # every Dense inside a transformer block
+SHARED_CAPTION_KV = "group:cross_kv"  # every block's cross-attn K/V reads the same caption y
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,6 +311,9 @@ class QuantConfig:
     cross_kv_pattern: str = CROSS_KV_PATTERN
     seed: int = 0
     share_balance: tuple[str, ...] = ()
+    # bound by for_model(): the model family's {group: regex} table and its name (not part of the recipe)
+    groups: Mapping[str, str] | None = dataclasses.field(default=None, compare=False, repr=False)
+    bound_to: str | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.default is not None and not isinstance(self.default, LayerQuant):
@@ -263,16 +326,27 @@ class QuantConfig:
         object.__setattr__(self, "keep_float", tuple(self.keep_float))
         object.__setattr__(self, "share_balance", tuple(self.share_balance))
         for p in (*self.keep_float, self.cross_kv_pattern, *self.share_balance):
-            try:
-                re.compile(p)
-            except re.error as e:
-                raise ValueError(f"invalid layer regex {p!r}: {e}") from e
+            check_pattern(p)
+
+    def __hash__(self) -> int:  # the bound group table (a dict) is not part of the identity
+        return hash((self.name, self.default, self.rules, self.keep_float, self.quantize_cross_kv,
+                     self.cross_kv_pattern, self.seed, self.share_balance))
+
+    def for_model(self, model: Any, paths: Iterable[str] | None = None) -> "QuantConfig":
+        """This config with ``group:`` patterns bound to ``model``'s family (a model instance or a
+        :class:`models.families.Family`); ``paths`` (the model's Dense paths) also binds ``edge_blocks``."""
+        fam = model if isinstance(model, Family) else family_of(model)
+        return dataclasses.replace(self, groups=fam.group_table(paths), bound_to=fam.name)
+
+    def matches(self, pattern: str, path: str) -> bool:
+        """Whether ``path`` matches ``pattern`` with this config's group binding."""
+        return matches(pattern, path, self.groups)
 
     def resolve(self, path: str) -> LayerQuant | None:
         """Effective settings of the Dense layer at ``path`` (``None`` = stays float)."""
         eff = self.default
         for rule in self.rules:
-            if not rule.matches(path):
+            if not rule.matches(path, self.groups):
                 continue
             if rule.settings is None:
                 eff = None
@@ -281,15 +355,15 @@ class QuantConfig:
                 eff = (eff if eff is not None else LayerQuant()).replace(**dict(rule.settings))
             except ValueError as e:
                 raise ValueError(f"layer {path!r}, rule {rule.pattern!r}: {e}") from None
-        if any(re.search(p, path) for p in self.keep_float):
+        if any(self.matches(p, path) for p in self.keep_float):
             return None
-        if not self.quantize_cross_kv and re.search(self.cross_kv_pattern, path):
+        if not self.quantize_cross_kv and self.matches(self.cross_kv_pattern, path):
             return None
         return eff
 
     def share_pattern(self, path: str) -> str | None:
         """The first :attr:`share_balance` pattern matching ``path`` (``None``: own (m, H))."""
-        return next((p for p in self.share_balance if re.search(p, path)), None)
+        return next((p for p in self.share_balance if self.matches(p, path)), None)
 
     def resolve_all(self, paths: Iterable[str]) -> dict[str, LayerQuant | None]:
         """:meth:`resolve` for every path."""
@@ -306,8 +380,8 @@ class QuantConfig:
         """JSON-serialisable form (:meth:`from_dict` inverts it); stored in quantized model folders."""
         return {
             "name": self.name,
-            "default": None if self.default is None else dataclasses.asdict(self.default),
-            "rules": [[r.pattern, None if r.settings is None else dict(r.settings)] for r in self.rules],
+            "default": None if self.default is None else _recipe(dataclasses.asdict(self.default)),
+            "rules": [[r.pattern, None if r.settings is None else _recipe(dict(r.settings))] for r in self.rules],
             "keep_float": list(self.keep_float),
             "quantize_cross_kv": self.quantize_cross_kv,
             "cross_kv_pattern": self.cross_kv_pattern,
@@ -317,37 +391,51 @@ class QuantConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "QuantConfig":
+        """Inverse of :meth:`to_dict`; a ``backend`` stored by older versions is ignored (run-time choice)."""
         d = dict(d)
+        d.pop("groups", None)
+        d.pop("bound_to", None)
         default = d.pop("default", None)
-        rules = tuple(LayerRule(p, s) for p, s in d.pop("rules", ()))
-        return cls(default=None if default is None else LayerQuant(**default), rules=rules, **d)
+        rules = tuple(LayerRule(p, None if s is None else _recipe(s)) for p, s in d.pop("rules", ()))
+        return cls(default=None if default is None else LayerQuant(**_recipe(default)), rules=rules, **d)
 
     @classmethod
-    def preset(cls, name: str, *, backend: str | None = None, layers: Iterable[str] | None = None,
-               **changes: Any) -> "QuantConfig":
+    def preset(cls, name: str, *, backend: str | None = None, model: Any = None,
+               paths: Iterable[str] | None = None, **changes: Any) -> "QuantConfig":
         """A named recipe (see :data:`PRESETS`); ``backend`` sets the default layer's backend and
-        ``changes`` replace :class:`QuantConfig` fields. ``layers``: the Dense paths of the model to
-        quantize; presets that name particular blocks of the 28-block XL models (``viditq-w4a8-mp``'s
-        first/last block) then name this model's first and last block instead
-        (:func:`edge_blocks_pattern`; identical for a 28-block model)."""
+        ``changes`` replace :class:`QuantConfig` fields. ``model`` (and its Dense ``paths``) binds the
+        recipe's layer groups to that model (:meth:`for_model`; ``quantize_params`` binds anyway)."""
         if name not in PRESETS:
             raise ValueError(f"unknown quantization preset {name!r}; available: {sorted(PRESETS)}")
-        cfg = PRESETS[name]() if layers is None or name not in _MODEL_AWARE else _MODEL_AWARE[name](list(layers))
+        cfg = PRESETS[name]()
         if backend is not None:
             if cfg.default is None:
                 raise ValueError(f"preset {name!r} quantizes nothing; a backend makes no sense")
             cfg = cfg.replace(default=cfg.default.replace(backend=backend))
-        return cfg.replace(**changes) if changes else cfg
+        cfg = cfg.replace(**changes) if changes else cfg
+        return cfg.for_model(model, paths) if model is not None else cfg
 
 
-def check_rules(config: QuantConfig, paths: Iterable[str], *, warn: bool = True) -> list[str]:
+def _recipe(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Layer settings as a saved recipe stores them: without the run-time ``backend``."""
+    return {k: v for k, v in settings.items() if k != "backend"}
+
+
+def check_rules(config: QuantConfig, paths: Iterable[str], *, model: str | None = None,
+                warn: bool = True) -> list[str]:
     """Rule patterns of ``config.rules`` that match none of ``paths`` (typos, wrong model).
 
-    Emits one ``UserWarning`` listing them when ``warn``. ``keep_float`` defaults are model-agnostic
-    (e.g. ``csize_embedder`` exists only in PixArt-α-MS) and are not checked.
+    With ``model`` (the model's name, e.g. ``"STDiT3 (stdit3)"``) an unmatched rule is an error: one
+    ``ValueError`` naming the rules and the model. Without it the list is returned (and, with ``warn``,
+    one ``UserWarning`` lists them). ``keep_float`` patterns are not checked (a family may lack a group).
     """
     paths = list(paths)
-    unknown = [r.pattern for r in config.rules if not any(r.matches(p) for p in paths)]
+    unknown = [r.pattern for r in config.rules if not any(r.matches(p, config.groups) for p in paths)]
+    if unknown and model is not None:
+        raise ValueError(
+            f"quantization config {config.name!r}: rule(s) {unknown} match no Dense layer of {model} "
+            f"(its layers look like {paths[:3]})"
+        )
     if unknown and warn:
         warnings.warn(
             f"quantization config {config.name!r}: rules match no Dense layer of this model: {unknown} "
@@ -409,33 +497,14 @@ def _viditq_w4a8() -> QuantConfig:
     return QuantConfig("viditq-w4a8", default=base, rules=_balanced(0.01))
 
 
-XL_EDGE_BLOCKS = r"^blocks_(0|27)/"  # first and last block of the 28-block XL models
-
-
-def edge_blocks_pattern(paths: Iterable[str]) -> str:
-    """Regex of the first and the last transformer block, in execution order, among Dense ``paths``:
-    blocks ``[<stack>_]blocks_<i>`` sort by ``i``, then by stack name (STDiT3 runs spatial block ``i``
-    before temporal block ``i``). ``^(blocks_0|blocks_4)/`` for a 5-block PixArt,
-    ``^(spatial_blocks_0|temporal_blocks_2)/`` for a 3 + 3-block STDiT3."""
-    blocks = set()
-    for p in paths:
-        m = re.match(r"^((?:[A-Za-z0-9]+_)?blocks)_(\d+)/", p)
-        if m:
-            blocks.add((int(m.group(2)), m.group(1)))
-    if not blocks:
-        raise ValueError(f"no transformer block (blocks_N/...) among the layers {list(paths)[:3]}...")
-    edges = dict.fromkeys(f"{name}_{i}" for i, name in (min(blocks), max(blocks)))
-    return f"^({'|'.join(edges)})/"
-
-
-def _viditq_w4a8_mp(edge_blocks: str = XL_EDGE_BLOCKS) -> QuantConfig:
-    # PixArt-Σ W4A8-MP table of the new code: W4 default, W8 for every MLP and the first/last
-    # block (28-block XL models; other models: QuantConfig.preset(..., layers=...) names theirs).
-    # Timestep-wise bit tables (OpenSora v1.0) are not expressible here (see mixed_precision.py).
+def _viditq_w4a8_mp() -> QuantConfig:
+    # PixArt-Σ W4A8-MP table of the new code: W4 default, W8 for every MLP and the first/last block
+    # (the model's own, through group:edge_blocks). Timestep-wise bit tables (OpenSora v1.0) are
+    # mixed-precision plans (vidq_jax.quant.plan), not rules.
     base = _W8A8.replace(w_bits=4)
     rules = _balanced(0.01) + (
-        LayerRule(r"(^|/)mlp/", w_bits=8),
-        LayerRule(edge_blocks, w_bits=8),
+        LayerRule("group:ffn", w_bits=8),
+        LayerRule("group:edge_blocks", w_bits=8),
     )
     return QuantConfig("viditq-w4a8-mp", default=base, rules=rules)
 
@@ -454,24 +523,20 @@ PRESETS = {
     "viditq-w4a8-mp": _viditq_w4a8_mp,
 }
 
-# presets whose rules name blocks of a particular depth: built from the target model's layer paths
-_MODEL_AWARE = {
-    "viditq-w4a8-mp": lambda layers: _viditq_w4a8_mp(edge_blocks_pattern(layers)),
-}
-
-
 __all__ = [
     "ACT_GRANULARITIES",
-    "BACKENDS",
     "BLOCK_LAYERS",
     "CROSS_KV_PATTERN",
     "DEFAULT_KEEP_FLOAT",
+    "GROUP_PREFIX",
     "LayerQuant",
     "LayerRule",
     "PRESETS",
     "QuantConfig",
     "SHARED_CAPTION_KV",
     "WEIGHT_GRANULARITIES",
+    "check_pattern",
     "check_rules",
-    "edge_blocks_pattern",
+    "matches",
+    "pattern_regex",
 ]

@@ -43,6 +43,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+# the Walsh–Hadamard butterflies and Sylvester matrix are the kernel package's (its rotate_quantize
+# reference evaluates the same rotation bit for bit)
+from pallas_kernels.ops.rotate_quantize.reference import fwht, sylvester
+
 
 class UnsupportedHadamardSize(ValueError):
     """No (constructible) Hadamard factorization for the requested size."""
@@ -173,29 +177,6 @@ def random_signs(key: jax.Array, n: int, dtype=jnp.float32) -> jax.Array:
     return jnp.where(jax.random.bernoulli(key, 0.5, (n,)), 1.0, -1.0).astype(dtype)
 
 
-def _fwht(x: jax.Array) -> jax.Array:
-    """Unnormalised Walsh–Hadamard transform over the last axis (natural/Sylvester order, symmetric)."""
-    p = x.shape[-1]
-    lead = x.shape[:-1]
-    h = 1
-    while h < p:
-        xv = x.reshape(lead + (p // (2 * h), 2, h))
-        a, b = xv[..., 0, :], xv[..., 1, :]
-        x = jnp.stack([a + b, a - b], axis=-2).reshape(lead + (p,))
-        h *= 2
-    return x
-
-
-@functools.lru_cache(maxsize=None)
-def _sylvester(p: int) -> np.ndarray:
-    """Dense ``p × p`` Sylvester matrix (natural order), float32, read-only."""
-    h = np.ones((1, 1), np.float32)
-    while h.shape[0] < p:
-        h = np.block([[h, h], [h, -h]])
-    h.setflags(write=False)
-    return h
-
-
 def hadamard_transform(
     x: jax.Array, signs: jax.Array | None = None, *, inverse: bool = False, method: str = "butterfly"
 ) -> jax.Array:
@@ -230,10 +211,10 @@ def hadamard_transform(
     hb = jnp.asarray(base_hadamard(b), jnp.float32)
     hb = hb.T if inverse else hb
     if method == "kron":
-        y = jnp.einsum("...ip,ij,pq->...jq", y, hb, jnp.asarray(_sylvester(p)), precision=hi)
+        y = jnp.einsum("...ip,ij,pq->...jq", y, hb, jnp.asarray(sylvester(p)), precision=hi)
     else:
         if p > 1:
-            y = _fwht(y)
+            y = fwht(y)
         if b > 1:
             y = jnp.einsum("...ip,ij->...jp", y, hb, precision=hi)
     y = y.reshape(lead + (n,)) * jnp.float32(1.0 / math.sqrt(n))

@@ -13,17 +13,19 @@ Unquantized, ``x' W'ᵀ = (x/s) R Rᵀ diag(s) W = x W`` exactly (R orthogonal).
 quantized ONCE, after smoothing and rotation (the released ViDiT-Q code quantizes twice, its issue
 #17), and the rotation signs are stored in the record (its issue #22: regenerated at load time).
 
-Backends (``LayerQuant.backend``; identical integer values, floats equal up to rounding):
+Backends (``LayerQuant.backend``, resolved by :func:`vidq_jax.quant.backends.resolve`; identical integer
+values, floats equal up to rounding):
 
-* ``auto`` (default) — ``pallas`` on a Hopper GPU (``pallas_kernels.is_hopper()``), else ``xla``;
-  resolved when the layer is traced, so one quantized checkpoint runs fast wherever it lands.
+* ``auto`` (default) — ``pallas`` on a Hopper GPU, else ``xla``; resolved when the layer is traced, so
+  one quantized checkpoint runs fast wherever it lands.
 
 * ``simulate`` — fake quant: ``dequant(Q_a(x')) @ dequant(Q_w)ᵀ`` in float32 (HIGHEST precision).
 * ``xla`` — integer GEMM: ``lax.dot_general(q_x int8, q_w int8, contract K of both,
   preferred_element_type=int32)`` per scale group ``g`` (one group unless a side is grouped), then
   the epilogue ``y[m,n] = Σ_g s_x[m,g] s_w[n,g] (acc + z_w·Σq_x + z_x·Σq_w + |g|·z_x·z_w)[g,m,n]``,
   all correction terms exact in int32.
-* ``pallas`` — ``pallas_kernels.w8a8_linear`` / ``w4a8_linear`` (fused quantize + int8 GEMM +
+* ``pallas`` — :func:`vidq_jax.quant.backends.pallas_dense`: the kernel package's ``w8a8_linear`` /
+  ``w4a8_linear`` (fused quantize + int8 GEMM +
   epilogue) for per-channel (or symmetric per-group packed int4) weights and dynamic symmetric
   per-token int8 activations (an asymmetric weight's zero-point term is added outside the
   kernel); anything else, or a missing kernel package, falls back to ``xla`` (logged once per
@@ -34,16 +36,15 @@ Weight-only layers (``a_bits=None``) dequantize the weight and run a float matmu
 
 from __future__ import annotations
 
-import functools
-import importlib
-import logging
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import struct
 
-from vidq_jax.quant._int4 import pack_int4, unpack_int4
+from models.layers import activate, split_columns
+from pallas_kernels import pack_int4, unpack_int4  # the int4 storage layout is the kernels' (one packer)
+from vidq_jax.quant import backends
 from vidq_jax.quant.config import LayerQuant
 from vidq_jax.quant.hadamard import hadamard_transform
 from vidq_jax.quant.quantizers import (
@@ -54,7 +55,6 @@ from vidq_jax.quant.quantizers import (
     quantize_with_params,
 )
 
-logger = logging.getLogger(__name__)
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
@@ -106,7 +106,7 @@ class QuantizedWeight:
     @property
     def backend(self) -> str:
         """The backend this record computes with here (``auto`` resolved, see the module docstring)."""
-        return resolve_backend(self.layer.backend)
+        return backends.resolve(self.layer.backend)
 
     def with_backend(self, backend: str) -> "QuantizedWeight":
         """Same record, other backend (validated)."""
@@ -182,17 +182,17 @@ class QuantizedWeight:
         x2 = self.balance(x.reshape(-1, k).astype(jnp.float32))
         if self.layer.a_bits is None:
             y = jnp.matmul(x2, self.dequantize().T, precision=_HIGHEST)
-        elif self.backend == "pallas" and (yk := _pallas_dense(self, x2, bias, out_dtype, activation, splits)) is not None:
+        elif self.backend == "pallas" and (yk := backends.pallas_dense(self, x2, bias, out_dtype, activation, splits)) is not None:
             if isinstance(yk, tuple):  # the kernels computed the column blocks separately
                 return tuple(a.reshape(lead + (a.shape[-1],)) for a in yk)
-            return _column_blocks(yk.reshape(lead + (self.out_features,)), splits)
+            return split_columns(yk.reshape(lead + (self.out_features,)), splits)
         elif self.backend == "simulate":
             y = self._simulate(x2)
         else:
             y = self._xla(x2)
         if bias is not None:
             y = y + bias.astype(jnp.float32)
-        return _column_blocks(apply_activation(y, activation).astype(out_dtype).reshape(lead + (self.out_features,)),
+        return split_columns(activate(activation, y).astype(out_dtype).reshape(lead + (self.out_features,)),
                               splits)
 
     def _simulate(self, x2: jax.Array) -> jax.Array:
@@ -280,116 +280,6 @@ def integer_linear(
     sx_full = jnp.broadcast_to(sx_b, (m, groups))
     sw_full = jnp.broadcast_to(sw_b, (n, groups))
     return jnp.einsum("mg,ng,gmn->mn", sx_full, sw_full, acc.astype(jnp.float32), precision=_HIGHEST)
-
-
-# ------------------------------------------------------------------------------------------------
-# pallas backend (lazy, optional)
-# ------------------------------------------------------------------------------------------------
-
-_LOGGED: set[str] = set()
-
-
-def _log_once(reason: str) -> None:
-    if reason not in _LOGGED:
-        _LOGGED.add(reason)
-        logger.warning("vidq_jax.quant: pallas backend falls back to xla: %s", reason)
-
-
-def _column_blocks(y: jax.Array, splits: int) -> jax.Array | tuple[jax.Array, ...]:
-    """``y`` itself, or its ``splits`` equal blocks along the last axis."""
-    return tuple(jnp.split(y, splits, axis=-1)) if splits > 1 else y
-
-
-def resolve_backend(backend: str) -> str:
-    """``auto`` → ``pallas`` on a Hopper GPU (the kernels' home), ``xla`` elsewhere; others as given."""
-    if backend != "auto":
-        return backend
-    is_hopper = _load_kernel("is_hopper")
-    return "pallas" if is_hopper is not None and is_hopper() else "xla"
-
-
-@functools.lru_cache(maxsize=None)
-def _load_kernel(name: str):
-    """``pallas_kernels.<name>`` as a callable, or None (the package is optional)."""
-    try:
-        mod = importlib.import_module("pallas_kernels")
-    except Exception as e:  # noqa: BLE001 - any import failure means "no kernels here"
-        _log_once(f"cannot import pallas_kernels ({type(e).__name__}: {e})")
-        return None
-    fn = getattr(mod, name, None)
-    if fn is not None and not callable(fn):  # a subpackage of the same name: take its function
-        fn = getattr(fn, name, None)
-    if fn is None:
-        try:
-            sub = importlib.import_module(f"pallas_kernels.{name}")
-            fn = getattr(sub, name, None)
-        except Exception:  # noqa: BLE001
-            fn = None
-    if fn is None or not callable(fn):
-        _log_once(f"pallas_kernels.{name} not found")
-        return None
-    return fn
-
-
-def apply_activation(y: jax.Array, activation: str | None) -> jax.Array:
-    """``models.layers.ACTIVATIONS[activation](y)`` (identity for ``None``)."""
-    if activation is None:
-        return y
-    from models.layers import ACTIVATIONS
-
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {activation!r}; known: {sorted(ACTIVATIONS)}")
-    return ACTIVATIONS[activation](y)
-
-
-def _pallas_dense(rec: QuantizedWeight, x2: jax.Array, bias: jax.Array | None, out_dtype,
-                  activation: str | None = None, splits: int = 1) -> jax.Array | tuple[jax.Array, ...] | None:
-    """Run the fused kernel if the record's format fits it; ``None`` means "use xla instead".
-
-    The kernels take symmetric per-channel weights. Asymmetric per-channel weights (ViDiT-Q's
-    default) use the same kernel plus the zero-point term ``(s_x Σ_k q_x)[m] · (z_w s_w)[n]``,
-    with ``q_x, s_x`` recomputed by the same per-token formula the kernel uses (exact match).
-    ``splits > 1``: symmetric weights come back as a tuple of column blocks, one GEMM each (see
-    :meth:`QuantizedWeight.quantized_dense`); the zero-point path returns the whole output.
-    """
-    lq = rec.layer
-    if not (lq.a_bits == 8 and lq.a_granularity == "token" and lq.a_symmetric and not lq.a_static):
-        _log_once(
-            "kernels need dynamic symmetric per-token int8 activations, got "
-            f"a_bits={lq.a_bits} a_granularity={lq.a_granularity} a_symmetric={lq.a_symmetric}"
-        )
-        return None
-    grouped = lq.w_granularity == "group" and lq.packed and lq.w_symmetric  # w4a8 kernel: per-group scales
-    if lq.w_granularity != "channel" and not grouped:
-        _log_once(
-            "kernels take per-channel weight scales (per-group only for symmetric packed int4), got "
-            f"w_granularity={lq.w_granularity} w_symmetric={lq.w_symmetric} packed={lq.packed}"
-        )
-        return None
-    name = "w4a8_linear" if lq.packed else "w8a8_linear"
-    fn = _load_kernel(name)
-    if fn is None:
-        return None
-    xb = x2.astype(jnp.bfloat16)
-    kwargs = {"group_size": lq.w_group_size} if grouped else {}
-    if rec.zero_point is None and activation is not None:
-        kwargs["activation"] = activation  # fused into the epilogue
-    if rec.zero_point is None and splits > 1:
-        kwargs["splits"] = splits  # one GEMM per column block, one quantized x
-    y = fn(
-        xb,
-        rec.qvalue,
-        rec.scale.astype(jnp.float32),
-        None if bias is None else bias.astype(jnp.float32),
-        out_dtype=jnp.float32 if rec.zero_point is not None else out_dtype,
-        **kwargs,
-    )
-    if rec.zero_point is None:
-        return y
-    q = quantize(xb.astype(jnp.float32), lq.act_spec())
-    row = jnp.sum(q.values.astype(jnp.int32), axis=-1).astype(jnp.float32) * q.scale  # (M,)
-    zs = rec.zero_point.astype(jnp.float32) * rec.scale.astype(jnp.float32)  # (N,)
-    return apply_activation(y.astype(jnp.float32) + row[:, None] * zs[None, :], activation).astype(out_dtype)
 
 
 # ------------------------------------------------------------------------------------------------

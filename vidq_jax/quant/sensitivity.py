@@ -1,12 +1,12 @@
 """Metric-decoupled sensitivity of (block × layer group × timestep segment) units, and a bit
-allocator that turns it into a :class:`~vidq_jax.quant.mixed_precision.MixedPrecisionPlan`
+allocator that turns it into a :class:`~vidq_jax.quant.plan.MixedPrecisionPlan`
 (ViDiT-Q §5; the released code ships neither, its issue #34).
 
 Sensitivity (:func:`measure_sensitivity`). A unit is the layers of one group
-(:data:`~vidq_jax.quant.mixed_precision.LAYER_GROUPS`) in one block; for each unit ``u`` and
+(:data:`~vidq_jax.quant.groups.LAYER_GROUPS`) in one block; for each unit ``u`` and
 segment ``s`` ONLY ``u`` runs at the low-bit setting during ``s``, everything else stays float, and
 the model samples from the same noise as the float reference. Every layer of every unit is a
-:class:`~vidq_jax.quant.mixed_precision.SegmentedWeight` with variants (float, low-bit) whose
+:class:`~vidq_jax.quant.segmented.SegmentedWeight` with variants (float, low-bit) whose
 variant table is a traced leaf, so the whole sweep runs ONE compiled sampler (tables change,
 shapes do not). Metrics, matched to what each group affects:
 
@@ -30,28 +30,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vidq_jax.quant.api import quantize_params
 from vidq_jax.quant.config import BLOCK_LAYERS, QuantConfig
-from vidq_jax.quant.mixed_precision import (
-    BitsRule,
-    FloatKernel,
-    MixedPrecisionPlan,
-    SegmentedWeight,
-    block_of,
-    layer_group,
-    unit_pattern,
-    with_segment,
-)
+from vidq_jax.quant.groups import block_of, layer_group, unit_pattern
+from vidq_jax.quant.plan import BitsRule, MixedPrecisionPlan
+from vidq_jax.quant.segmented import FloatKernel, SegmentedWeight, with_segment
+from vidq_jax.quant.tree import dense_kernels, get_kernel, set_kernel, unwrap_params
 
 GROUP_METRIC: dict[str, str] = {
     "cross_attn": "text",
-    "spatial_attn": "fidelity",
+    "self_attn": "fidelity",
     "ffn": "fidelity",
     "temporal_attn": "temporal",
 }
@@ -97,18 +92,16 @@ class Sensitivity:
 
 def find_units(params: Mapping[str, Any], config: QuantConfig) -> list[Unit]:
     """Units of every block layer that ``config`` quantizes, in path order."""
-    from vidq_jax.quant.api import _get, _strip_params_collection, dense_paths
-
-    inner, _ = _strip_params_collection(params)
+    kernels = dense_kernels(params)
     units: dict[tuple[str, str], list[str]] = {}
-    for p in dense_paths(inner):
+    for p in kernels:
         g = layer_group(p)
         if g is None or not block_of(p) or config.resolve(p) is None:
             continue
         units.setdefault((block_of(p), g), []).append(p)
     out = []
     for (block, group), paths in units.items():
-        size = int(sum(np.prod(_get(inner, p)["kernel"].shape) for p in paths))
+        size = int(sum(np.prod(kernels[p].shape) for p in paths))
         out.append(Unit(block, group, unit_pattern(block, group), tuple(paths), size))
     return out
 
@@ -134,19 +127,19 @@ def measure_sensitivity(
     boundaries: Sequence[int],
     key: jax.Array | None = None,
     units: Sequence[Unit] | None = None,
+    sample_fn: Callable[..., jax.Array],
     **sampler_kwargs: Any,
 ) -> Sensitivity:
     """Run the sweep (module docstring). ``config``: the LOW-bit setting (e.g. ``viditq-w4a8``);
     ``calib_batches``: :class:`vidq_jax.calibration.CalibBatch` records (their ``step`` places
     them in segments; also used to calibrate ``config``); ``noise``/``cond``/``uncond``/``key``:
-    the reference sampling run (``num_steps`` steps of the family's release sampler)."""
-    from vidq_jax.quant.api import _get, _set_kernel, _strip_params_collection, quantize_params
-    from vidq_jax.quant.mixed_precision import sample
-
+    the reference sampling run (``num_steps`` steps). ``sample_fn``: the sampler of segment-planned
+    params, ``sample_fn(model, params, noise, cond, uncond, *, plan, steps, key, **sampler_kwargs)
+    -> final latent`` — :func:`vidq_jax.pipeline.sample` (the family's release sampler)."""
     batches = list(calib_batches)
     plan_shape = MixedPrecisionPlan("sensitivity", num_steps, tuple(boundaries), ())
     nseg = plan_shape.num_segments
-    inner, _ = _strip_params_collection(params)
+    inner, _ = unwrap_params(params)
     units = list(units) if units is not None else find_units(inner, config)
     if not units:
         raise ValueError(f"config {config.name!r} quantizes no block layer of this model: nothing to measure")
@@ -155,9 +148,9 @@ def measure_sensitivity(
     sweep = inner
     for u in units:
         for p in u.paths:
-            rec = SegmentedWeight((FloatKernel(jnp.asarray(_get(inner, p)["kernel"])), _get(low, p)["kernel"]), zeros,
+            rec = SegmentedWeight((FloatKernel(jnp.asarray(get_kernel(inner, p))), get_kernel(low, p)), zeros,
                                   jnp.zeros((), jnp.int32))
-            sweep = _set_kernel(sweep, p, rec)
+            sweep = set_kernel(sweep, p, rec)
 
     def with_unit(i: int | None, s: int | None) -> Any:
         out = sweep
@@ -165,11 +158,11 @@ def measure_sensitivity(
             return out
         table = zeros.at[s].set(1)
         for p in units[i].paths:
-            out = _set_kernel(out, p, _get(sweep, p)["kernel"].replace(segment_variant=table))
+            out = set_kernel(out, p, get_kernel(sweep, p).replace(segment_variant=table))
         return out
 
     kw = dict(plan=plan_shape, steps=num_steps, key=key, **sampler_kwargs)
-    ref = sample(model, sweep, noise, cond, uncond, **kw)
+    ref = sample_fn(model, sweep, noise, cond, uncond, **kw)
 
     fwd = jax.jit(lambda p, seg, b: model.apply({"params": with_segment(p, seg)}, **b))
     c = noise.shape[-1]
@@ -190,7 +183,7 @@ def measure_sensitivity(
         row = []
         for s in range(nseg):
             p = with_unit(i, s)
-            x = sample(model, p, noise, cond, uncond, **kw)
+            x = sample_fn(model, p, noise, cond, uncond, **kw)
             sc = {"fidelity": _rel_mse(x, ref)}
             sc["temporal"] = _rel_mse(_frame_diff(x), _frame_diff(ref)) if video else sc["fidelity"]
             if u.group == "cross_attn" and ref_dirs[s]:

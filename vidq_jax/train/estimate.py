@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from vidq_jax.train.configs import default_train_config
-from vidq_jax.train.loop import _optimizer, _pixart_init, learning_rate
+from vidq_jax.train.loop import optimizer, dit_init, learning_rate
 from vidq_jax.train.tasks import build_task
 
 __all__ = ["measure"]
@@ -26,7 +26,7 @@ H100_BF16_PEAK = 989e12
 def _step_fn(task, cfg, dtype):
     model = task.model_cls(task.model_config, dtype=dtype)
     loss_fn = task.loss_builder(model)
-    tx = _optimizer(cfg)
+    tx = optimizer(cfg)
 
     def step(params, opt, key):
         loss, g = jax.value_and_grad(loss_fn)(params, key)
@@ -34,7 +34,8 @@ def _step_fn(task, cfg, dtype):
         lr = learning_rate(cfg, 100, cfg.steps)
         return jax.tree_util.tree_map(lambda p, u: p - lr * u, params, upd), opt, loss
 
-    params = _pixart_init(jax.jit(task.model_cls(task.model_config).init)(jax.random.key(0, impl="rbg"), **task.init_inputs)["params"])
+    model = task.model_cls(task.model_config)
+    params = dit_init(model, jax.jit(model.init)(jax.random.key(0, impl="rbg"), **task.init_inputs)["params"])
     return jax.jit(step), params, tx.init(params)
 
 

@@ -16,6 +16,7 @@ import functools
 import json
 import math
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from models.families import family_of
 from vidq_jax.checkpoint import params_nbytes, save_model
 from vidq_jax.train.configs import TrainConfig
 from vidq_jax.train.tasks import Task, build_task
@@ -39,21 +41,25 @@ def resolve_dtype(name: str):
     return {"bfloat16": jnp.bfloat16, "bf16": jnp.bfloat16, "float32": jnp.float32, "fp32": jnp.float32}[name]
 
 
-def _pixart_init(params: Any) -> Any:
+def dit_init(model: Any, params: Any) -> Any:
     """PixArt / DiT training initialisation on top of the module's Xavier init: zero the final
-    projection and every cross-attention output projection (the model starts as "predict 0")."""
+    projection and every cross-attention output projection (the model starts as "predict 0"). The
+    layers are the family's ``final`` group and the ``proj`` of its ``cross_attn`` group."""
+    fam = family_of(model)
+    final, cross = fam.group_pattern("final"), fam.group_pattern("cross_attn")
 
     def fix(path, x):
         names = [str(getattr(k, "key", k)) for k in path]
-        if (len(names) >= 2 and names[-2] == "linear" and "final_layer" in names) or \
-                (len(names) >= 2 and names[-2] == "proj" and any(n.startswith("cross_attn") for n in names)):
+        layer = "/".join(names[:-1])  # the Dense holding this kernel/bias
+        if names[-1] in ("kernel", "bias") and (re.search(final, layer) or
+                                                (re.search(cross, layer) and names[-2] == "proj")):
             return jnp.zeros_like(x)
         return x
 
     return jax.tree_util.tree_map_with_path(fix, params)
 
 
-def _optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+def optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
     """AdamW without its learning rate (``optax.adamw`` = this chain + ``scale_by_learning_rate``): the
     loop multiplies by ``-learning_rate(step, total)`` itself, so that the schedule's length can be a
     traced value (fitted to a time budget at run time without recompiling)."""
@@ -153,7 +159,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, encoder: str = "minilm", res
     dtype = resolve_dtype(cfg.dtype)
     model = task.model_cls(task.model_config, dtype=dtype)
     loss_fn = task.loss_builder(model)
-    tx = _optimizer(cfg)
+    tx = optimizer(cfg)
     spc = cfg.steps_per_call or (10 if jax.default_backend() == "gpu" else 1)
 
     # "rbg" keys (XLA RngBitGenerator): threefry-based initialisers and samplers take seconds each to
@@ -163,7 +169,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, encoder: str = "minilm", res
     k_init, k_train, k_sample = jax.random.split(key, 3)
 
     def init_state():
-        params = _pixart_init(jax.jit(task.model_cls(task.model_config).init)(k_init, **task.init_inputs)["params"])
+        model = task.model_cls(task.model_config)
+        params = dit_init(model, jax.jit(model.init)(k_init, **task.init_inputs)["params"])
         return {"params": params, "ema": params, "opt": tx.init(params), "step": jnp.zeros((), jnp.int32)}
 
     abstract = jax.eval_shape(init_state)
@@ -274,7 +281,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, encoder: str = "minilm", res
         "loss_history": history,
     }
     record_path.write_text(json.dumps(record, indent=2, default=str))
-    save_model(out / "model", task.model_cls(task.model_config), ema_bf16, arch=task.arch,
+    save_model(out / "model", task.model_cls(task.model_config), ema_bf16, arch=task.arch, overwrite=True,  # re-export
                extra={**task.export_meta, "train_record": {k: v for k, v in record.items() if k != "loss_history"}})
     if preview:
         samp_model = task.model_cls(task.model_config, dtype=dtype)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
@@ -130,7 +129,8 @@ def _split_refs(refs: tuple, scaled: bool, has_bias: bool) -> tuple:
     return x_g, w_g, xs_g, ws_g, b_g, o_g, scratch
 
 
-def _kernel(*refs, cfg: MosaicGemmConfig, k: int, scaled: bool, has_bias: bool, activation=None):
+def _kernel(*refs, cfg: MosaicGemmConfig, k: int, scaled: bool, has_bias: bool, activation=None,
+            approx: bool = False):
     x_g, w_g, xs_g, ws_g, b_g, o_g, (o_smem,) = _split_refs(refs, scaled, has_bias)
     tm, tn, tk = cfg.tm, cfg.tn, cfg.tk
     mi = lax.axis_index("m")
@@ -157,16 +157,16 @@ def _kernel(*refs, cfg: MosaicGemmConfig, k: int, scaled: bool, has_bias: bool, 
         return acc_ref[...]
 
     acc = pl.run_scoped(mainloop, plgpu.ACC((tm, tn), jnp.int32))
-    y = _epilogue_values(acc, xs_g, ws_g, b_g, m_sl, n_sl, o_smem.dtype, activation)
+    y = _epilogue_values(acc, xs_g, ws_g, b_g, m_sl, n_sl, o_smem.dtype, activation, approx)
     o_smem[...] = y
     plgpu.commit_smem()
     plgpu.copy_smem_to_gmem(o_smem, o_g.at[m_sl, n_sl])
     plgpu.wait_smem_to_gmem(0)
 
 
-def _epilogue_values(acc, xs_g, ws_g, b_g, rows, cols, out_dtype, activation=None):
+def _epilogue_values(acc, xs_g, ws_g, b_g, rows, cols, out_dtype, activation=None, approx=False):
     """int32 accumulator (WGMMA layout) -> scaled (+ bias, activation) ``out_dtype`` values (or
-    int32 passthrough)."""
+    int32 passthrough); ``approx``: the activation's tanh form (compiled with ``approx_math``)."""
     if xs_g is None:
         return acc
     tm, tn = acc.shape
@@ -180,23 +180,18 @@ def _epilogue_values(acc, xs_g, ws_g, b_g, rows, cols, out_dtype, activation=Non
     if b_g is not None:
         b = plgpu.load(b_g.at[cols], (), layout=col_layout, optimized=False)
         y = y + lax.broadcast_in_dim(b, (tm, tn), [1])
-    approx = _approx_gelu(activation, out_dtype)
     return apply_activation(y, activation, in_kernel=True, form="tanh" if approx else "exp").astype(out_dtype)
 
 
-# "0": keep the exact (exp + IEEE division) GELU in the epilogue even for half-precision outputs
-APPROX_GELU_ENV = "PALLAS_KERNELS_APPROX_GELU"
-
-
-def _approx_gelu(activation, out_dtype) -> bool:
+def _approx_gelu(activation, out_dtype, approx_gelu: bool) -> bool:
     """Half-precision outputs with an activation use ``approx_math`` (``tanh.approx.f32``, rel.
-    error ~2^-11, below bf16's 2^-8 rounding); float32 outputs keep the exact form."""
-    return (activation is not None and jnp.dtype(out_dtype).itemsize == 2
-            and os.environ.get(APPROX_GELU_ENV, "1") != "0")
+    error ~2^-11, below bf16's 2^-8 rounding) unless ``approx_gelu=False``; float32 outputs keep
+    the exact form."""
+    return approx_gelu and activation is not None and jnp.dtype(out_dtype).itemsize == 2
 
 
 def _ws_kernel(*refs, cfg: MosaicGemmConfig, k: int, mp: int, n: int, scaled: bool,
-               has_bias: bool, activation=None):
+               has_bias: bool, activation=None, approx: bool = False):
     x_g, w_g, xs_g, ws_g, b_g, o_g, _ = _split_refs(refs, scaled, has_bias)
     tm, tn, tk = cfg.tm, cfg.tn, cfg.tk
     cta_m = 2 * tm
@@ -246,7 +241,7 @@ def _ws_kernel(*refs, cfg: MosaicGemmConfig, k: int, mp: int, n: int, scaled: bo
                 def acc_scope(acc_ref):
                     eval_pipeline(acc_ref)
                     acc = acc_ref[...]
-                    y = _epilogue_values(acc, xs_g, ws_g, b_g, wg_rows, cols, out_dtype, activation)
+                    y = _epilogue_values(acc, xs_g, ws_g, b_g, wg_rows, cols, out_dtype, activation, approx)
                     plgpu.wait_smem_to_gmem(0, wait_read_only=True)
                     out_smem[wg] = y
                     plgpu.commit_smem()
@@ -293,7 +288,7 @@ def _compiler_params(approx_math: bool = False):
     return plgpu.CompilerParams(**kw)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "out_dtype", "activation"))
+@functools.partial(jax.jit, static_argnames=("cfg", "out_dtype", "activation", "approx_gelu"))
 def mosaic_int8_gemm(
     xq: jax.Array,
     wq: jax.Array,
@@ -304,11 +299,13 @@ def mosaic_int8_gemm(
     cfg: MosaicGemmConfig,
     out_dtype: jnp.dtype = jnp.int32,
     activation: str | None = None,
+    approx_gelu: bool = True,
 ) -> jax.Array:
     """``xq (M, K) int8`` x ``wq (N, K) int8``.
 
     Without scales: returns the exact int32 product. With ``x_scale (M,)/(M,1)`` and
-    ``w_scale (N,)``: returns ``activation(acc * x_scale * w_scale (+ bias))`` cast to ``out_dtype``.
+    ``w_scale (N,)``: returns ``activation(acc * x_scale * w_scale (+ bias))`` cast to ``out_dtype``
+    (``approx_gelu``: see :func:`_approx_gelu`).
     M need not be a multiple of ``cfg.tm`` (padded here); K and N must satisfy :func:`supports`.
     """
     m, k = xq.shape
@@ -320,6 +317,7 @@ def mosaic_int8_gemm(
         if activation is not None:
             raise ValueError("an epilogue activation needs the scaled (dequantizing) epilogue")
     out_dtype = jnp.dtype(out_dtype)
+    approx = _approx_gelu(activation, out_dtype, approx_gelu)
     mp = -(-m // cta_tile_m(cfg)) * cta_tile_m(cfg)
     if mp != m:
         xq = jnp.pad(xq, ((0, mp - m), (0, 0)))
@@ -335,13 +333,13 @@ def mosaic_int8_gemm(
     if cfg.ws:
         call = plgpu.kernel(
             functools.partial(_ws_kernel, cfg=cfg, k=k, mp=mp, n=n, scaled=scaled,
-                              has_bias=scaled and bias is not None, activation=activation),
+                              has_bias=scaled and bias is not None, activation=activation, approx=approx),
             out_type=out_type,
             grid=(_num_sms(),),
             grid_names=("sm",),
             num_threads=3,
             thread_name="wg",
-            compiler_params=_compiler_params(_approx_gelu(activation, out_dtype)),
+            compiler_params=_compiler_params(approx),
         )
         out = call(*args)
         return out[:m] if mp != m else out
@@ -352,7 +350,7 @@ def mosaic_int8_gemm(
         grid, names = (mp // cfg.tm, n // cfg.tn), ("m", "n")
     body = functools.partial(
         _kernel, cfg=cfg, k=k, scaled=scaled, has_bias=scaled and bias is not None,
-        activation=activation,
+        activation=activation, approx=approx,
     )
     scratch = [plgpu.SMEM((cfg.tm, cfg.tn), out_dtype, transforms=out_tf)]
     try:
@@ -362,7 +360,7 @@ def mosaic_int8_gemm(
             scratch_types=scratch,
             grid=grid,
             grid_names=names,
-            compiler_params=_compiler_params(_approx_gelu(activation, out_dtype)),
+            compiler_params=_compiler_params(approx),
         )
     except TypeError:  # older spelling
         call = plgpu.kernel(
@@ -371,7 +369,7 @@ def mosaic_int8_gemm(
             scratch_shapes=scratch,
             grid=grid,
             grid_names=names,
-            compiler_params=_compiler_params(_approx_gelu(activation, out_dtype)),
+            compiler_params=_compiler_params(approx),
         )
     out = call(*args)
     return out[:m] if mp != m else out

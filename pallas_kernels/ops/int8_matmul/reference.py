@@ -6,6 +6,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -19,32 +23,58 @@ def int8_matmul_ref(xq: jax.Array, wq: jax.Array) -> jax.Array:
     return lax.dot_general(xq, wq, NT_DIMS, preferred_element_type=jnp.int32)
 
 
-# Activations the epilogue can apply after the bias (the next layer's producer then reads the
-# activated values: no separate elementwise pass over the (M, N) output).
-EPILOGUE_ACTIVATIONS = ("gelu_tanh",)
 _GELU_2C = 2.0 * 0.7978845608028654  # 2·sqrt(2/π)
+
+
+def _gelu_tanh_exp(y: jax.Array) -> jax.Array:
+    """``0.5·y·(1 + tanh(u)) = y / (1 + exp(-2u))``: only ``exp`` and a division (lowered by
+    Mosaic GPU and Triton alike; saturates correctly at ±inf)."""
+    return y / (1.0 + jnp.exp(-(_GELU_2C * (y + 0.044715 * (y * y * y)))))
+
+
+def _gelu_tanh_tanh(y: jax.Array) -> jax.Array:
+    """``0.5·y·(1 + tanh(u))``: one ``tanh.approx`` under Mosaic GPU's ``approx_math``."""
+    u2 = _GELU_2C * (y + 0.044715 * (y * y * y))
+    return 0.5 * y * (1.0 + jnp.tanh(0.5 * u2))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class EpilogueActivation:
+    """An activation the GEMM epilogues can apply after the bias: calling it is the reference
+    (float32 in, float32 out); ``kernel_forms`` are the formulas the kernels evaluate in-register
+    (``"exp"``: every kernel; ``"tanh"``: Mosaic GPU with ``approx_math``)."""
+
+    reference: Callable[[jax.Array], jax.Array]
+    kernel_forms: Mapping[str, Callable[[jax.Array], jax.Array]]
+
+    def __call__(self, y: jax.Array) -> jax.Array:
+        return self.reference(y)
+
+
+# THE list of epilogue activations (name -> reference function). The next layer's producer then
+# reads the activated values: no separate elementwise pass over the (M, N) output.
+EPILOGUE_ACTIVATIONS: dict[str, EpilogueActivation] = {
+    "gelu_tanh": EpilogueActivation(
+        reference=functools.partial(jax.nn.gelu, approximate=True),
+        kernel_forms={"exp": _gelu_tanh_exp, "tanh": _gelu_tanh_tanh},
+    ),
+}
 
 
 def check_activation(activation: str | None) -> None:
     if activation is not None and activation not in EPILOGUE_ACTIVATIONS:
-        raise ValueError(f"unsupported epilogue activation {activation!r}; supported: {EPILOGUE_ACTIVATIONS}")
+        raise ValueError(f"unsupported epilogue activation {activation!r}; supported: {tuple(EPILOGUE_ACTIVATIONS)}")
 
 
 def apply_activation(y: jax.Array, activation: str | None, *, in_kernel: bool = False,
                      form: str = "exp") -> jax.Array:
-    """``activation(y)`` in float32. The reference is ``jax.nn.gelu(approximate=True)``; kernels
-    use ``form="exp"``: the identity ``0.5·y·(1 + tanh(u)) = y / (1 + exp(-2u))``, which needs only
-    ``exp`` and a division (lowered by Mosaic GPU and Triton alike; saturates correctly at ±inf), or
-    ``form="tanh"``: ``0.5·y·(1 + tanh(u))`` for Mosaic GPU's ``approx_math`` (one ``tanh.approx``)."""
+    """``activation(y)`` in float32 (identity for ``None``): the reference
+    (``EPILOGUE_ACTIVATIONS[activation]``), or with ``in_kernel=True`` its in-kernel ``form``."""
     check_activation(activation)
     if activation is None:
         return y
-    if not in_kernel:
-        return jax.nn.gelu(y, approximate=True)
-    u2 = _GELU_2C * (y + 0.044715 * (y * y * y))
-    if form == "tanh":
-        return 0.5 * y * (1.0 + jnp.tanh(0.5 * u2))
-    return y / (1.0 + jnp.exp(-u2))
+    act = EPILOGUE_ACTIVATIONS[activation]
+    return act.kernel_forms[form](y) if in_kernel else act(y)
 
 
 def scaled_epilogue_ref(

@@ -14,8 +14,6 @@ from pallas_kernels.ops.producer.reference import (
     layernorm_noaffine,
     producer_prequant_ref,
 )
-
-
 from pallas_kernels.ops.producer.triton import ProducerConfig, triton_fused_producer
 from pallas_kernels.ops.quantize.triton import fit_chunk
 

@@ -13,14 +13,18 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from models.layers import LN_EPS, layer_norm
 from pallas_kernels.ops.quantize.reference import quantize_per_token_ref
 
+LN_EPS = 1e-6  # the LayerNorm epsilon of the PixArt / STDiT models
 
 
 def layernorm_noaffine(x: jax.Array, eps: float = LN_EPS) -> jax.Array:
-    """float32 LayerNorm without affine parameters: the model's own ``models.layers.layer_norm``."""
-    return layer_norm(x.astype(jnp.float32), eps)
+    """float32 LayerNorm without affine parameters (statistics and result in float32; the same
+    operations as the models' own no-affine LayerNorm applied to ``x`` cast to float32)."""
+    xf = x.astype(jnp.float32)
+    mean = xf.mean(-1, keepdims=True)
+    var = jnp.square(xf - mean).mean(-1, keepdims=True)
+    return (xf - mean) * jax.lax.rsqrt(var + eps)
 
 
 def producer_prequant_ref(

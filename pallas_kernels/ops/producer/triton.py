@@ -26,7 +26,7 @@ from pallas_kernels.ops.quantize.triton import (
 
 @dataclasses.dataclass(frozen=True)
 class ProducerConfig:
-    """Same tiling rules as :class:`pallas_kernels.ops.quantize.triton.QuantConfig`."""
+    """Same tiling rules as :class:`pallas_kernels.ops.quantize.triton.QuantizeTiling`."""
 
     bm: int = 0
     chunk: int = 1024

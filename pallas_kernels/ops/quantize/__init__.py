@@ -15,19 +15,17 @@ from pallas_kernels.ops.quantize.reference import (
     quantize_with_scale,
     row_scale,
 )
-
-
-from pallas_kernels.ops.quantize.triton import QuantConfig, fit_chunk, triton_quantize_per_token
+from pallas_kernels.ops.quantize.triton import QuantizeTiling, fit_chunk, triton_quantize_per_token
 
 _xla_quantize = jax.jit(quantize_per_token_ref)
 CONFIG_FILE = Path(__file__).with_name("configs.json")
 
 
-def quant_config(k: int) -> QuantConfig:
-    """Stored row-block config for this K (keyed like the GEMMs, with M-bucket/N unused)."""
+def quantize_tiling(k: int) -> QuantizeTiling:
+    """Stored row-block tiling for this K (keyed like the GEMMs, with M-bucket/N unused)."""
     d = _config.lookup(CONFIG_FILE, "triton_quantize", 0, k, 0, {})
     fields = ("bm", "chunk", "num_warps", "num_stages", "unroll", "tile_elems")
-    return QuantConfig(**{f: d[f] for f in fields if f in d})
+    return QuantizeTiling(**{f: d[f] for f in fields if f in d})
 
 
 def quantize_per_token(x: jax.Array, *, backend: str = "auto") -> tuple[jax.Array, jax.Array]:
@@ -39,7 +37,7 @@ def quantize_per_token(x: jax.Array, *, backend: str = "auto") -> tuple[jax.Arra
     check_backend(backend)
     if backend == "triton" and pltriton is not None and fit_chunk(x.shape[-1], 1024):
         lead = x.shape[:-1]
-        cfg = quant_config(x.shape[-1])
+        cfg = quantize_tiling(x.shape[-1])
         q, s = triton_quantize_per_token(x.reshape(-1, x.shape[-1]), cfg=cfg,
                                          interpret=not on_gpu())
         return q.reshape(*lead, x.shape[-1]), s.reshape(*lead, 1)
@@ -48,11 +46,12 @@ def quantize_per_token(x: jax.Array, *, backend: str = "auto") -> tuple[jax.Arra
 
 __all__ = [
     "QMAX",
-    "QuantConfig",
+    "QuantizeTiling",
     "triton_quantize_per_token",
     "dequantize_per_token_ref",
     "quantize_per_token",
     "quantize_per_token_ref",
+    "quantize_tiling",
     "quantize_with_scale",
     "row_scale",
 ]

@@ -35,7 +35,7 @@ def round_half_even(v: jax.Array, *, interpret: bool = False) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class QuantConfig:
+class QuantizeTiling:
     """``unroll=True``: the ``(bm, K)`` row block is loaded as K/chunk register tiles in one
     statically unrolled sweep (all loads in flight together, one HBM read, no re-read);
     ``unroll=False``: two ``fori_loop`` passes (pass 2 re-reads the block from L1/L2).
@@ -111,7 +111,7 @@ def _kernel(x_ref, q_ref, s_ref, *, k: int, chunk: int, interpret: bool):
 
 @functools.partial(jax.jit, static_argnames=("cfg", "interpret"))
 def triton_quantize_per_token(
-    x: jax.Array, *, cfg: QuantConfig = QuantConfig(), interpret: bool = False
+    x: jax.Array, *, cfg: QuantizeTiling = QuantizeTiling(), interpret: bool = False
 ) -> tuple[jax.Array, jax.Array]:
     """``x (M, K)`` -> ``(int8 (M, K), f32 (M, 1))``; K must have a power-of-two divisor >= 16."""
     m, k = x.shape

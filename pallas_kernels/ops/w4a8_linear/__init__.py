@@ -1,4 +1,9 @@
-"""W4A8 linear: per-token int8 activations x packed int4 weights (per-channel or per-group)."""
+"""W4A8 linear: per-token int8 activations x packed int4 weights (per-channel or per-group).
+
+The public dispatch; semantics in ``reference.py``, the int4 layout in ``packing.py``, the
+Pallas-Triton kernel in ``triton.py``; the per-channel Hopper path is the int8 GEMM of
+``ops.int8_matmul`` (Mosaic GPU) on weights unpacked by XLA.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ from pallas_kernels._compat import (
     plgpu,
     pltriton,
 )
-from pallas_kernels.ops.int8_matmul.api import int8_gemm
+from pallas_kernels.ops.int8_matmul import int8_gemm
 from pallas_kernels.ops.int8_matmul.reference import apply_activation
 from pallas_kernels.ops.int8_matmul.triton import TritonGemmConfig
 from pallas_kernels.ops.quantize import quantize_per_token
@@ -30,7 +35,7 @@ from pallas_kernels.ops.w4a8_linear.packing import (
 )
 from pallas_kernels.ops.w4a8_linear.reference import grouped_int8_matmul_ref, w4a8_linear_ref
 from pallas_kernels.ops.w4a8_linear.triton import fit_w4_config, triton_w4a8_gemm
-from pallas_kernels.ops.w8a8_linear import activation_quant_backend, check_linear_args, split_rows
+from pallas_kernels.ops.w8a8_linear import activation_quant_backend, check_linear_args, column_blocks
 
 CONFIG_FILE = Path(__file__).with_name("configs.json")
 
@@ -66,6 +71,9 @@ def w4a8_linear(
     backend: str = "auto",
     activation: str | None = None,
     splits: int = 1,
+    act_quant: str = "auto",
+    approx_gelu: bool = True,
+    fuse_activation: bool = True,
 ) -> jax.Array | tuple[jax.Array, ...]:
     """W4A8 linear ``x (M, K) -> (M, N)``, then ``activation`` (fused into the wgmma epilogue on
     the per-channel Hopper path; applied by XLA after the Triton per-group kernel).
@@ -73,9 +81,10 @@ def w4a8_linear(
     ``qweight_packed`` uint8 ``(N, K // 2)`` (see :func:`pack_int4`); ``w_scale`` ``(N,)`` per
     channel, or ``(N, K // group_size)`` per group (``group_size`` given, or inferred).
     ``splits``: as in :func:`pallas_kernels.w8a8_linear` (one GEMM per column block on the
-    Hopper path; other paths split one output).
+    Hopper path; other paths split one output). ``act_quant``, ``approx_gelu``,
+    ``fuse_activation``: as in :func:`pallas_kernels.w8a8_linear` (the per-channel Hopper path).
     """
-    blocks = split_rows(splits, qweight_packed, w_scale, bias)  # validates splits
+    blocks = list(zip(*(column_blocks(a, splits, axis=0) for a in (qweight_packed, w_scale, bias))))
     n, kh = qweight_packed.shape
     k = 2 * kh
     check_linear_args(x, qweight_packed, k, w_scale)
@@ -94,9 +103,10 @@ def w4a8_linear(
     m = x.shape[0]
     if be == "mosaic":
         # Per-channel: unpacking N x K nibbles is a tiny XLA fusion next to the M x N x K GEMM.
-        xq, xs = quantize_per_token(x, backend=activation_quant_backend(be))
+        xq, xs = quantize_per_token(x, backend=activation_quant_backend(be, act_quant))
         outs = tuple(int8_gemm(xq, unpack_int4(w), xs, ws, b, out_dtype=out_dtype, backend="mosaic",
-                               op="w4a8_linear", activation=activation) for w, ws, b in blocks)
+                               op="w4a8_linear", activation=activation, approx_gelu=approx_gelu,
+                               fuse_activation=fuse_activation) for w, ws, b in blocks)
         return outs if splits > 1 else outs[0]
     if be == "triton":
         cfg = TritonGemmConfig.from_dict(_config.lookup(CONFIG_FILE, "triton_w4a8", m, k, n, {}))
@@ -113,7 +123,7 @@ def w4a8_linear(
 
 
 def _split_cols(y: jax.Array, splits: int) -> jax.Array | tuple[jax.Array, ...]:
-    return tuple(jnp.split(y, splits, axis=-1)) if splits > 1 else y
+    return column_blocks(y, splits) if splits > 1 else y
 
 
 @functools.partial(jax.jit, static_argnames=("out_dtype", "activation"))

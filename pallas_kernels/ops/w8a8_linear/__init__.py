@@ -1,14 +1,17 @@
-"""W8A8 linear: dynamic per-token int8 activations, per-channel int8 weights ``(N, K)``."""
+"""W8A8 linear: dynamic per-token int8 activations, per-channel int8 weights ``(N, K)``.
+
+No kernel of its own: the dispatch composes the per-token quantizer (``ops.quantize``) and the
+int8 GEMM with its fused epilogue (``ops.int8_matmul``); semantics in ``reference.py``.
+"""
 
 from __future__ import annotations
-
-import os
 
 import jax
 import jax.numpy as jnp
 
 from pallas_kernels._compat import on_gpu
-from pallas_kernels.ops.int8_matmul.api import int8_gemm, resolve_backend
+from pallas_kernels._debug import debug_override
+from pallas_kernels.ops.int8_matmul import int8_gemm, resolve_backend
 from pallas_kernels.ops.quantize import quantize_per_token
 from pallas_kernels.ops.w8a8_linear.reference import w8a8_linear_dequant_ref, w8a8_linear_ref
 
@@ -22,14 +25,20 @@ def check_linear_args(x: jax.Array, qweight: jax.Array, k_weight: int, w_scale: 
         raise ValueError(f"w_scale {w_scale.shape} does not match N={qweight.shape[0]}")
 
 
-def split_rows(splits: int, qweight: jax.Array, w_scale: jax.Array, bias: jax.Array | None):
-    """``splits`` equal row blocks of the ``(N, ...)`` weight, its scales and bias (output columns)."""
-    n = qweight.shape[0]
+def column_blocks(a: jax.Array | None, splits: int, axis: int = -1) -> tuple[jax.Array | None, ...]:
+    """The ``splits`` equal blocks of ``a`` along ``axis``, as a tuple (``(a,)`` for one block).
+
+    THE column split of a linear: its output ``(..., N)`` along the last axis, or its ``(N, K)``
+    weight, ``(N,)``/``(N, G)`` scales and ``(N,)`` bias along axis 0 (``None`` gives ``None``s)."""
+    if a is None:
+        return (None,) * splits
+    n = a.shape[axis]
     if splits < 1 or n % splits:
         raise ValueError(f"N={n} output features do not split into {splits} equal blocks")
-    blk = n // splits
-    return [(qweight[i * blk:(i + 1) * blk], w_scale[i * blk:(i + 1) * blk],
-             None if bias is None else bias[i * blk:(i + 1) * blk]) for i in range(splits)]
+    if splits == 1:
+        return (a,)
+    blk, lead = n // splits, (slice(None),) * (axis % a.ndim)
+    return tuple(a[lead + (slice(i * blk, (i + 1) * blk),)] for i in range(splits))
 
 
 def w8a8_linear(
@@ -42,6 +51,9 @@ def w8a8_linear(
     backend: str = "auto",
     activation: str | None = None,
     splits: int = 1,
+    act_quant: str = "auto",
+    approx_gelu: bool = True,
+    fuse_activation: bool = True,
 ) -> jax.Array | tuple[jax.Array, ...]:
     """W8A8 linear ``x (M, K) -> (M, N)`` (then ``activation``, fused into the epilogue).
 
@@ -53,42 +65,46 @@ def w8a8_linear(
     ``splits > 1``: a tuple of ``splits`` outputs ``(M, N / splits)`` (column blocks, e.g. q, k, v of a
     fused qkv), one GEMM each on the same quantized ``x``: every block is a contiguous array, so
     the consumer (cuDNN attention) needs no copy of a strided slice.
+    ``act_quant``: the quantizer of ``x`` (:func:`activation_quant_backend`); ``approx_gelu``,
+    ``fuse_activation``: Mosaic GPU epilogue options (:func:`pallas_kernels.int8_gemm`).
     """
     if qweight.dtype != jnp.int8:
         raise TypeError(f"qweight must be int8, got {qweight.dtype}")
     check_linear_args(x, qweight, qweight.shape[1], w_scale)
     be = resolve_backend(backend, "w8a8_linear")
-    xq, xs = quantize_per_token(x, backend=activation_quant_backend(be))
+    xq, xs = quantize_per_token(x, backend=activation_quant_backend(be, act_quant))
     outs = tuple(
-        int8_gemm(xq, w, xs, ws, b, out_dtype=out_dtype, backend=be, op="w8a8_linear", activation=activation)
-        for w, ws, b in split_rows(splits, qweight, w_scale, bias)
+        int8_gemm(xq, w, xs, ws, b, out_dtype=out_dtype, backend=be, op="w8a8_linear", activation=activation,
+                  approx_gelu=approx_gelu, fuse_activation=fuse_activation)
+        for w, ws, b in zip(*(column_blocks(a, splits, axis=0) for a in (qweight, w_scale, bias)))
     )
     return outs if splits > 1 else outs[0]
 
 
-ACT_QUANT_ENV = "PALLAS_KERNELS_ACT_QUANT"
+ACT_QUANT_CHOICES = ("auto", "xla", "triton")
 
 
-def activation_quant_backend(gemm_backend: str) -> str:
-    """Quantizer paired with a GEMM backend: the Pallas row-block kernel next to Pallas GEMMs
-    on GPU, the XLA fusion otherwise (and for the all-XLA baseline).
+def activation_quant_backend(gemm_backend: str, act_quant: str = "auto") -> str:
+    """Quantizer paired with a GEMM backend. ``act_quant="auto"`` (or ``"triton"``): the Pallas
+    row-block kernel next to Pallas GEMMs on GPU, the XLA fusion otherwise (and for the all-XLA
+    baseline).
 
-    ``$PALLAS_KERNELS_ACT_QUANT=xla`` makes the Pallas GEMMs take their int8 input from an XLA
-    fusion instead, which XLA can merge with the op that produces ``x`` (LayerNorm + modulate,
-    GELU) so that the bf16 activation is never written; read at trace time."""
-    choice = os.environ.get(ACT_QUANT_ENV, "auto")
-    if choice not in ("auto", "xla", "triton"):
-        raise ValueError(f"${ACT_QUANT_ENV}={choice!r}: expected auto, xla or triton")
+    ``act_quant="xla"`` makes the Pallas GEMMs take their int8 input from an XLA fusion instead,
+    which XLA can merge with the op that produces ``x`` (LayerNorm + modulate, GELU) so that the
+    bf16 activation is never written. ``$PALLAS_KERNELS_DEBUG`` may force the choice."""
+    choice = debug_override("act_quant", act_quant)
+    if choice not in ACT_QUANT_CHOICES:
+        raise ValueError(f"act_quant={choice!r}: expected one of {ACT_QUANT_CHOICES}")
     if choice == "xla":
         return "xla"
     return "triton" if gemm_backend in ("mosaic", "triton") and on_gpu() else "xla"
 
 
 __all__ = [
-    "ACT_QUANT_ENV",
+    "ACT_QUANT_CHOICES",
     "activation_quant_backend",
     "check_linear_args",
-    "split_rows",
+    "column_blocks",
     "w8a8_linear",
     "w8a8_linear_dequant_ref",
     "w8a8_linear_ref",

@@ -1,0 +1,214 @@
+"""ViDiT-Q's online rotation at memory speed? ``rotate_quantize`` against the plain quantizer (GPU).
+
+``python -m benchmarks.bench_rotate [--out DIR] [--tiny] [--batch 8] [--no-sweep]`` writes
+``rotate.json`` + ``rotate.md`` under ``--out`` (default ``benchmarks/results``). At
+M = 8192 / 32768 and K = 1152 / 4608 (bf16 activations, random ±1 signs), in one run:
+
+* ``copy_floor`` — an XLA read-bf16 / write-int8 pass (what a one-pass kernel can reach);
+* ``quantize_triton`` — (a) the unrotated Pallas-Triton quantizer ``pallas_kernels.quantize_per_token``;
+* ``xla_rotation+quantize`` — (b) today's path: ``vidq_jax.quant.hadamard.hadamard_transform``
+  (float32, XLA) then the Triton quantizer; ``xla_fused_ref`` — the jitted reference;
+* ``kernel:<name>`` — (c) every tiling of ``pallas_kernels.ops.rotate_quantize`` in the sweep (the
+  stored one first, also with in-kernel smoothing: ``+smooth``), each checked against the reference
+  (max |dq|, ±1 flips, scale error) in the same row.
+
+Every row: ``ms`` (GPU time per call: ``--batch`` calls inside one jit, median over repetitions),
+``vs_quantizer`` (ratio to (a); target <= 1.2), ``vs_floor`` (ratio to bytes read + written over the
+HBM bandwidth of the GPU, when known) and the GPU name, JAX version and date. A variant that fails to
+compile or run is a row with its ``error``, so one GPU call tells everything. ``--tiny`` runs toy
+shapes (CPU smoke test, Triton in interpret mode) and marks every row ``tiny``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import traceback
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import pallas_kernels as pk
+from benchmarks.common import environment, median_time
+from pallas_kernels._compat import on_gpu
+from pallas_kernels.ops.rotate_quantize import RotateTiling, rotate_tiling, triton_rotate_quantize
+from vidq_jax.quant.hadamard import base_hadamard, hadamard_factors, hadamard_transform
+
+SHAPES = [(8192, 1152), (8192, 4608), (32768, 1152), (32768, 4608)]
+TINY_SHAPES = [(24, 144), (9, 1152)]
+HBM_BYTES_PER_S = {"H100": 3.35e12, "H200": 4.8e12}  # SXM datasheet figures
+
+
+def sweep(k: int) -> dict[str, RotateTiling]:
+    """The stored tiling, then the alternatives worth measuring at this K (see the folder's NOTES.md)."""
+    cfgs = {"stored": rotate_tiling(k)}
+    mma = lambda **kw: RotateTiling(variant="mma", **kw)  # noqa: E731
+    if k == 1152:
+        cfgs.update({
+            "mma_w16_g2_nw1_bm4_padblock": mma(w=16, grow=2, num_warps=1, bm=4, pad_block=True),
+            "mma_w16_g2_nw1_bm16_loop": mma(w=16, grow=2, num_warps=1, bm=16, unroll=False),
+            "mma_w16_g2_nw1_bm8": mma(w=16, grow=2, num_warps=1, bm=8),
+            "mma_w16_g2_nw2_bm4": mma(w=16, grow=2, num_warps=2, bm=4),
+            "mma_w16_g2_nw1_bm4_loop": mma(w=16, grow=2, num_warps=1, bm=4, unroll=False),
+            "mma_w32_g1_nw1_bm4": mma(w=32, num_warps=1, bm=4),
+            "mma_w32_g1_nw2_bm1": mma(w=32, num_warps=2, bm=1),
+            "mma_w32_g1_nw4_bm1": mma(w=32, num_warps=4, bm=1),
+            "mma_w16_g2_nw1_bm4_bf16x3": mma(w=16, grow=2, num_warps=1, bm=4, split="bf16x3"),
+            # option (b), H_b as signed sums on the CUDA cores: spills, ~60 s to compile
+            "fma_bm16_nw4": RotateTiling(variant="fma", bm=16, num_warps=4),
+        })
+    elif k == 4608:
+        cfgs.update({
+            "mma_w32_g4_nw2_padblock": mma(w=32, grow=4, num_warps=2, pad_block=True),
+            "mma_w32_g4_nw2_bm8_loop": mma(w=32, grow=4, num_warps=2, bm=8, unroll=False),
+            "mma_w32_g4_nw4": mma(w=32, grow=4, num_warps=4),
+            "mma_w32_g2_nw2": mma(w=32, grow=2, num_warps=2),
+            "mma_w32_g2_nw1": mma(w=32, grow=2, num_warps=1),
+            "mma_w64_g2_nw2": mma(w=64, grow=2, num_warps=2),
+            "mma_w16_g4_nw2": mma(w=16, grow=4, num_warps=2),
+            "mma_w32_g1_nw4": mma(w=32, num_warps=4),
+            "mma_w32_g4_nw2_bf16x3": mma(w=32, grow=4, num_warps=2, split="bf16x3"),
+        })
+    return cfgs
+
+
+def rotation_case(seed: int, m: int, k: int, n: int):
+    """``n`` fresh bf16 activations with per-channel magnitudes (a few outlier channels), the signs,
+    smoothing multipliers and the base matrix of K."""
+    ks = jax.random.split(jax.random.key(seed), n + 3)
+    chan = jnp.exp(jax.random.normal(ks[0], (k,))).at[:: max(1, k // 16)].multiply(30.0)
+    xs = tuple((jax.random.normal(kk, (m, k)) * 3.0 * chan).astype(jnp.bfloat16) for kk in ks[3:])
+    signs = jnp.where(jax.random.bernoulli(ks[1], 0.5, (k,)), 1.0, -1.0)
+    smooth = jax.random.uniform(ks[2], (k,), minval=0.3, maxval=3.0)
+    return xs, signs, smooth, base_hadamard(hadamard_factors(k)[0])
+
+
+def compare(out, ref) -> dict:
+    (q, s), (qr, sr) = out, ref
+    d = np.abs(np.asarray(q, np.int32) - np.asarray(qr, np.int32))
+    rel = np.abs(np.asarray(s, np.float64) / np.asarray(sr, np.float64) - 1)
+    return {"max_dq": int(d.max()), "flips": int((d > 0).sum()), "values": int(d.size),
+            "scale_rel_err": float(rel.max())}
+
+
+def hbm_floor_ms(m: int, k: int) -> float | None:
+    gpu = environment()["gpu"]
+    bw = next((v for name, v in HBM_BYTES_PER_S.items() if name in gpu), None)
+    if bw is None:
+        return None
+    return (m * k * 2 + m * k + m * 4) / bw * 1e3  # read bf16 x, write int8 q + float32 scales
+
+
+def bench_shape(m: int, k: int, batch: int, do_sweep: bool, tiny: bool, iters: int) -> list[dict]:
+    env = environment()
+    base = {**env, "M": m, "K": k, "tiny": tiny, "batch": batch}
+    floor = hbm_floor_ms(m, k)
+    rows: list[dict] = []
+    sets = [rotation_case(seed, m, k, batch) for seed in (0, 1)]
+    signs, smooth, hb = sets[0][1], sets[0][2], sets[0][3]
+    arg_sets = [(s[0],) for s in sets]
+    x0 = sets[0][0][0]
+    ref = jax.jit(pk.rotate_quantize_ref)(x0, hb, signs)
+    ref_smooth = jax.jit(pk.rotate_quantize_ref)(x0, hb, signs, smooth)
+
+    def many(f):
+        return jax.jit(lambda xs: [f(x) for x in xs])
+
+    def timed(name: str, f, check=None, note: str = "", extra: dict | None = None) -> None:
+        row = {**base, "variant": name, "note": note, **(extra or {})}
+        try:
+            fn = many(f)
+            outs = fn(arg_sets[0][0])
+            if check is not None:
+                row.update(compare(outs[0], check))
+            row["ms"] = median_time(fn, arg_sets, iters=iters)["median_ms"] / batch
+        except Exception as e:  # noqa: BLE001 - a variant that fails is a result too
+            row["error"] = f"{type(e).__name__}: {e}"[:400]
+            traceback.print_exc()
+        rows.append(row)
+        print(json.dumps({kk: row.get(kk) for kk in ("M", "K", "variant", "ms", "max_dq", "flips",
+                                                     "scale_rel_err", "error")}), flush=True)
+
+    timed("copy_floor", lambda x: (x * 0.5).astype(jnp.int8), note="XLA read bf16 / write int8")
+    timed("quantize_triton", lambda x: pk.quantize_per_token(x, backend="triton"),
+          note="(a) unrotated Triton quantizer")
+    timed("quantize_xla", lambda x: pk.quantize_per_token(x, backend="xla"))
+    timed("xla_rotation+quantize",
+          lambda x: pk.quantize_per_token(hadamard_transform(x.astype(jnp.float32), signs),
+                                          backend="triton"),
+          check=ref, note="(b) today: hadamard_transform (XLA, float32) + Triton quantizer")
+    timed("xla_fused_ref", lambda x: pk.rotate_quantize_ref(x, hb, signs), check=ref,
+          note="jitted reference")
+    interpret = not on_gpu()
+    cfgs = sweep(k) if do_sweep and not tiny else {"stored": rotate_tiling(k)}
+    for name, cfg in cfgs.items():
+        extra = {"tiling": dataclasses.asdict(cfg)}
+        timed(f"kernel:{name}",
+              lambda x, cfg=cfg: triton_rotate_quantize(x, hb, signs, cfg=cfg, interpret=interpret),
+              check=ref, note="(c) rotate_quantize", extra=extra)
+        if name == "stored":
+            scfg = rotate_tiling(k, smooth=True)
+            timed("kernel:stored+smooth",
+                  lambda x, cfg=scfg: triton_rotate_quantize(x, hb, signs, smooth, cfg=cfg,
+                                                             interpret=interpret),
+                  check=ref_smooth, note="(c) with in-kernel smoothing",
+                  extra={"tiling": dataclasses.asdict(scfg)})
+    qt = next((r.get("ms") for r in rows if r["variant"] == "quantize_triton"), None)
+    for r in rows:
+        if r.get("ms") is not None:
+            r["vs_quantizer"] = r["ms"] / qt if qt else None
+            r["floor_ms"] = floor
+            r["vs_floor"] = r["ms"] / floor if floor else None
+    return rows
+
+
+def to_markdown(rows: list[dict]) -> str:
+    env = rows[0] if rows else environment()
+    lines = [f"# Online rotation + per-token int8 ({env.get('gpu')}, JAX {env.get('jax_version')}, "
+             f"{env.get('date')})", "",
+             "`python -m benchmarks.bench_rotate`: GPU time per call (batches of calls inside one "
+             "jit). `vs_quantizer` = ratio to the unrotated Triton quantizer (target <= 1.2); "
+             "`vs_floor` = ratio to (bytes read + written) / HBM bandwidth. Checks against the "
+             "float32 reference: max |dq|, number of ±1 flips, max scale error.", "",
+             "| M | K | variant | ms | vs quantizer | vs floor | max dq | flips / values | "
+             "scale err | note |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        f = lambda key, fmt: (fmt.format(r[key]) if r.get(key) is not None else "")  # noqa: E731
+        note = r.get("note", "") + (" (tiny)" if r.get("tiny") else "")
+        if r.get("error"):
+            note = f"ERROR {r['error'][:160]}"
+        flips = f"{r['flips']} / {r['values']}" if "flips" in r else ""
+        lines.append(f"| {r['M']} | {r['K']} | {r['variant']} | {f('ms', '{:.4f}')} | "
+                     f"{f('vs_quantizer', '{:.2f}')} | {f('vs_floor', '{:.2f}')} | "
+                     f"{f('max_dq', '{}')} | {flips} | {f('scale_rel_err', '{:.1e}')} | {note} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--tiny", action="store_true", help="toy shapes (CPU smoke test), rows marked tiny")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--no-sweep", action="store_true", help="only the stored tiling")
+    args = ap.parse_args(argv)
+    shapes = TINY_SHAPES if args.tiny else SHAPES
+    batch = 2 if args.tiny else args.batch
+    iters = 1 if args.tiny else args.iters
+    rows: list[dict] = []
+    for m, k in shapes:
+        rows += bench_shape(m, k, batch, not args.no_sweep, args.tiny, iters)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = "rotate_tiny" if args.tiny else "rotate"
+    (out / f"{name}.json").write_text(json.dumps(rows, indent=1))
+    (out / f"{name}.md").write_text(to_markdown(rows))
+    print(to_markdown(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,285 @@
+"""Model families: each one declared ONCE, read by conversion, sampling, calibration, quantization and the CLI.
+
+A :class:`Family` names everything the rest of the project needs to know about one architecture:
+
+* the Flax module and its config dataclass (``models/<family>.py``);
+* the checkpoint archs it is converted from (:class:`Arch`: name, checkpoint formats, the original
+  ``forward()``'s positional argument names, config values that define the arch);
+* the release sampler and its defaults (by name: :mod:`vidq_jax.sampling` owns the samplers);
+* the null-caption policy for classifier-free guidance;
+* the *layer groups* — ``self_attn``, ``cross_attn``, ``cross_kv``, ``temporal_attn``, ``ffn``, ``adaln``,
+  ``embedders``, ``final`` — as regexes over Dense paths (``"blocks_3/mlp/fc1"``), and the pattern of its
+  transformer blocks in execution order. Quantization rules address groups as ``group:<name>``; the
+  derived groups ``blocks`` (every Dense inside a transformer block) and ``edge_blocks`` (the first and the
+  last block) come from these.
+
+Adding a family = one model file, one converter file (``conversion/<family>.py``, registered in
+``conversion.CONVERTERS``) and one :class:`Family` entry in :data:`FAMILIES` below (DESIGN.md has the
+checklist). Nothing else in the project keys on class names or layer names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
+from typing import Any
+
+from models.pixart import PixArt, PixArtConfig
+from models.stdit import STDiT, STDiTConfig
+from models.stdit3 import STDiT3, STDiT3Config
+
+# Groups every family may declare (a family leaves out those it does not have, e.g. temporal_attn for images).
+GROUPS: tuple[str, ...] = ("self_attn", "cross_attn", "cross_kv", "temporal_attn", "ffn", "adaln", "embedders",
+                           "final")
+# The groups whose layers live inside the transformer blocks (their union is the derived group "blocks").
+BLOCK_GROUPS: tuple[str, ...] = ("self_attn", "cross_attn", "temporal_attn", "ffn")
+DERIVED_GROUPS: tuple[str, ...] = ("blocks", "edge_blocks")
+_NEVER = r"(?!)"  # a regex that matches nothing
+
+
+@dataclasses.dataclass(frozen=True)
+class Arch:
+    """One checkpoint flavour of a family (what ``--arch`` names).
+
+    ``config``: config fields that define this arch (e.g. PixArt-Σ's ``null_caption``); the converter
+    starts from them. ``forward_args``: the ORIGINAL class's ``forward()`` positional parameter names
+    (fixture cases record calls in that signature)."""
+
+    name: str
+    formats: tuple[str, ...]
+    forward_args: tuple[str, ...]
+    config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    description: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerDefaults:
+    """The release's sampler (a name of :data:`vidq_jax.sampling.SAMPLERS`) and its settings."""
+
+    name: str
+    steps: int
+    guidance_scale: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    name: str
+    module: type
+    config: type
+    archs: tuple[Arch, ...]
+    sampler: SamplerDefaults
+    groups: Mapping[str, str]
+    # regex matching the prefix of a transformer block: group 1 = the stack name, group 2 = the index;
+    # execution order = by index, then by stack name (STDiT3 runs spatial block i before temporal block i)
+    blocks: str
+    null_caption: str = "learned"  # "learned" (params["y_embedder"]["y_embedding"]) or "empty-prompt" (T5(""))
+    video: bool = False
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        unknown = set(self.groups) - set(GROUPS)
+        if unknown:
+            raise ValueError(f"family {self.name!r}: unknown layer groups {sorted(unknown)}; known: {GROUPS}")
+        for g, pat in self.groups.items():
+            re.compile(pat)
+        re.compile(self.blocks)
+
+    # ------------------------------------------------------------------ layer groups
+    def group_pattern(self, group: str, paths: Iterable[str] | None = None) -> str:
+        """Regex of ``group`` over this family's Dense paths. ``edge_blocks`` needs the model's ``paths``
+        (how many blocks it has); a group the family does not have matches nothing."""
+        if group == "blocks":
+            pats = [self.groups[g] for g in BLOCK_GROUPS if g in self.groups]
+            return "|".join(f"(?:{p})" for p in pats) if pats else _NEVER
+        if group == "edge_blocks":
+            if paths is None:
+                raise ValueError(f"group:edge_blocks of {self.name} needs the model's layer paths")
+            return self.edge_blocks(paths)
+        if group not in GROUPS:
+            raise ValueError(f"unknown layer group {group!r}; known: {', '.join(GROUPS + DERIVED_GROUPS)}")
+        return self.groups.get(group, _NEVER)
+
+    def group_table(self, paths: Iterable[str] | None = None) -> dict[str, str]:
+        """``{group: regex}`` for every group name (declared, derived; ``edge_blocks`` only with ``paths``)."""
+        paths = None if paths is None else list(paths)
+        names = GROUPS + (DERIVED_GROUPS if paths is not None else ("blocks",))
+        return {g: self.group_pattern(g, paths) for g in names}
+
+    def group_of(self, path: str) -> str | None:
+        """The block group (``self_attn``/``cross_attn``/``temporal_attn``/``ffn``) of a Dense path, or None."""
+        return next((g for g in BLOCK_GROUPS if g in self.groups and re.search(self.groups[g], path)), None)
+
+    def block_of(self, path: str) -> str:
+        """The transformer block holding ``path`` (``"blocks_3"``, ``"temporal_blocks_0"``), or ``""``."""
+        m = re.match(self.blocks, path)
+        return m.group(0).rstrip("/") if m else ""
+
+    def block_order(self, paths: Iterable[str]) -> list[str]:
+        """The transformer blocks among ``paths``, in execution order."""
+        found = {}
+        for p in paths:
+            m = re.match(self.blocks, p)
+            if m:
+                found[(int(m.group(2)), m.group(1))] = m.group(0).rstrip("/")
+        return [found[k] for k in sorted(found)]
+
+    def edge_blocks(self, paths: Iterable[str]) -> str:
+        """Regex of the first and the last transformer block (execution order) among ``paths``:
+        ``^(blocks_0|blocks_27)/`` for a 28-block PixArt, ``^(spatial_blocks_0|temporal_blocks_2)/`` for a
+        3 + 3-block STDiT3."""
+        order = self.block_order(paths)
+        if not order:
+            raise ValueError(f"{self.name}: no transformer block among the layers {list(paths)[:3]}...")
+        return f"^({'|'.join(dict.fromkeys((order[0], order[-1])))})/"
+
+    def unit_pattern(self, block: str, group: str) -> str:
+        """Regex of the layers of ``group`` inside ``block`` (a mixed-precision sensitivity unit)."""
+        return f"^(?={re.escape(block)}/)(?:{self.group_pattern(group)})"
+
+    # ------------------------------------------------------------------ archs / models
+    def arch(self, name: str) -> Arch:
+        for a in self.archs:
+            if a.name == name:
+                return a
+        raise KeyError(name)
+
+    def null_caption_of(self, model: Any) -> str:
+        """The model's null-caption policy: its config's ``null_caption`` if it has one, else the family's."""
+        return getattr(getattr(model, "config", None), "null_caption", self.null_caption)
+
+    def build(self, config: Mapping[str, Any] | Any, **module_kwargs: Any):
+        """The module from a config dict (as written by ``config.to_dict()``) or a config object."""
+        cfg = config if isinstance(config, self.config) else self.config.from_dict(dict(config))
+        return self.module(cfg, **module_kwargs)
+
+
+def _pixart_style(stacks: str, *, temporal: str | None = None) -> dict[str, str]:
+    """Groups of the PixArt-style DiTs of this package (adaLN-single, cross-attention to captions)."""
+    blk = rf"^(?:{stacks})_\d+/"
+    groups = {
+        "self_attn": blk + "attn/",
+        "cross_attn": blk + "cross_attn/",
+        "cross_kv": blk + r"cross_attn/(?:kv_linear|k_linear|v_linear)$",
+        "ffn": blk + "mlp/",
+        "adaln": r"^t_block(/|$)",
+        "embedders": r"^[A-Za-z0-9]*_?embedder(/|$)",
+        "final": r"^final_layer(/|$)",
+    }
+    if temporal is not None:
+        groups["temporal_attn"] = temporal
+        groups["self_attn"] = f"(?!{temporal})" + groups["self_attn"]
+    return groups
+
+
+_PIXART_ARGS = ("x", "timestep", "y", "mask", "data_info")
+_T2I_FORMATS = ("pth-wrapped", "pth", "safetensors")
+
+PIXART = Family(
+    name="pixart",
+    module=PixArt,
+    config=PixArtConfig,
+    archs=(
+        Arch("pixart-alpha", _T2I_FORMATS, _PIXART_ARGS, MappingProxyType({"family": "pixart-alpha"}),
+             "PixArt-α (original PixArt / PixArtMS .pth)"),
+        Arch("pixart-sigma", _T2I_FORMATS, _PIXART_ARGS,
+             MappingProxyType({"family": "pixart-sigma", "micro_condition": False, "model_max_length": 300,
+                               "null_caption": "empty-prompt"}),
+             "PixArt-Σ (original PixArtMS .pth)"),
+        Arch("pixart-diffusers", ("diffusers",),
+             ("hidden_states", "encoder_hidden_states", "timestep", "added_cond_kwargs", "cross_attention_kwargs",
+              "attention_mask", "encoder_attention_mask", "return_dict"),
+             MappingProxyType({"family": "pixart-diffusers", "null_caption": "empty-prompt"}),
+             "diffusers PixArtTransformer2DModel folder"),
+    ),
+    sampler=SamplerDefaults("dpm_solver", 20, 4.5),
+    groups=_pixart_style("blocks"),
+    blocks=r"^(blocks)_(\d+)/",
+    description="PixArt-α / Σ text-to-image DiT",
+)
+
+STDIT = Family(
+    name="stdit",
+    module=STDiT,
+    config=STDiTConfig,
+    archs=(Arch("stdit", ("pth", "pth-wrapped", "safetensors"), ("x", "timestep", "y", "mask"),
+                description="Open-Sora 1.0 STDiT"),),
+    sampler=SamplerDefaults("iddpm", 100, 7.0),
+    groups=_pixart_style("blocks", temporal=r"^blocks_\d+/attn_temp/"),
+    blocks=r"^(blocks)_(\d+)/",
+    video=True,
+    description="Open-Sora 1.0 spatial-temporal DiT",
+)
+
+STDIT3 = Family(
+    name="stdit3",
+    module=STDiT3,
+    config=STDiT3Config,
+    archs=(Arch("stdit3", ("safetensors", "pth", "pth-wrapped"),
+                ("x", "timestep", "y", "mask", "x_mask", "fps", "height", "width"),
+                description="Open-Sora 1.2 STDiT3"),),
+    sampler=SamplerDefaults("rflow", 30, 7.0),
+    groups=_pixart_style("spatial_blocks|temporal_blocks", temporal=r"^temporal_blocks_\d+/attn/"),
+    blocks=r"^(spatial_blocks|temporal_blocks)_(\d+)/",
+    video=True,
+    description="Open-Sora 1.2 STDiT3 (rectified flow)",
+)
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (PIXART, STDIT, STDIT3)}
+ARCHS: dict[str, Family] = {a.name: f for f in FAMILIES.values() for a in f.archs}
+
+
+def family_of(model: Any) -> Family:
+    """The family of a model instance (or module class)."""
+    fam = find_family(model)
+    if fam is None:
+        name = (model if isinstance(model, type) else type(model)).__name__
+        raise ValueError(f"{name} is not a registered model family; known: {', '.join(FAMILIES)}")
+    return fam
+
+
+def find_family(model: Any) -> Family | None:
+    """The family of a model instance, or None for a module no family declares (e.g. a test toy)."""
+    cls = model if isinstance(model, type) else type(model)
+    return next((f for f in FAMILIES.values() if issubclass(cls, f.module)), None)
+
+
+def family_of_arch(arch: str) -> Family:
+    """The family converting checkpoints of ``arch`` (``ValueError`` naming the known archs)."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; known: {', '.join(ARCHS)}")
+    return ARCHS[arch]
+
+
+def family_named(name: str) -> Family:
+    """A family by its name or by its module class name (``"PixArt"``, as older model.json files store)."""
+    if name in FAMILIES:
+        return FAMILIES[name]
+    for f in FAMILIES.values():
+        if f.module.__name__ == name:
+            return f
+    raise ValueError(f"unknown model family {name!r}; known: {', '.join(FAMILIES)}")
+
+
+def group_of_path(path: str) -> str | None:
+    """Block group of a Dense path when the family is unknown: the families' own patterns agree on every
+    path they share (tested), so the first family that classifies the path decides."""
+    return next((g for f in FAMILIES.values() if (g := f.group_of(path)) is not None), None)
+
+
+__all__ = [
+    "ARCHS",
+    "Arch",
+    "BLOCK_GROUPS",
+    "DERIVED_GROUPS",
+    "FAMILIES",
+    "Family",
+    "GROUPS",
+    "SamplerDefaults",
+    "family_named",
+    "family_of",
+    "find_family",
+    "family_of_arch",
+    "group_of_path",
+]

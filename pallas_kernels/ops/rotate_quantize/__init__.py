@@ -1,0 +1,92 @@
+"""Smoothing + randomized Hadamard rotation + dynamic per-token int8 quantization, one pass.
+
+``y = ((x · smooth_mult) · signs) · (H_b ⊗ H_p) / sqrt(K)`` quantized per token (``reference.py``);
+the caller passes the base ``H_b`` (e.g. ``vidq_jax.quant.hadamard.base_hadamard(36)``), this
+package knows no construction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from pallas_kernels import _config
+from pallas_kernels._compat import check_backend, log_once, on_gpu, pltriton
+from pallas_kernels.ops.rotate_quantize.reference import (
+    rotate_quantize_ref,
+    rotate_ref,
+    split_order,
+    sylvester,
+)
+from pallas_kernels.ops.rotate_quantize.triton import (
+    RotateTiling,
+    supported,
+    triton_rotate_quantize,
+)
+
+_xla_rotate_quantize = jax.jit(rotate_quantize_ref)
+CONFIG_FILE = Path(__file__).with_name("configs.json")
+
+
+def rotate_tiling(k: int, smooth: bool = False) -> RotateTiling:
+    """Stored tiling for this K (keyed like the GEMMs, with M-bucket/N unused); ``smooth``: the
+    one for in-kernel smoothing (float32 operands: more registers, so more warps)."""
+    d = _config.lookup(CONFIG_FILE, "triton_rotate_quantize_smooth" if smooth else
+                       "triton_rotate_quantize", 0, k, 0, {})
+    names = {f.name for f in dataclasses.fields(RotateTiling)}
+    return RotateTiling(**{f: v for f, v in d.items() if f in names})
+
+
+def rotate_quantize(
+    x: jax.Array,
+    h_base,
+    signs: jax.Array | None = None,
+    smooth_mult: jax.Array | None = None,
+    *,
+    backend: str = "auto",
+    tiling: RotateTiling | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """``x (..., K)`` bf16/f32 -> ``(int8 (..., K), float32 scale (..., 1))`` of the rotated row.
+
+    ``h_base (b, b)`` ±1 with ``K = b · 2^k``; ``signs``/``smooth_mult`` ``(K,)`` or ``None``.
+    ``auto`` (and ``mosaic``, which has no kernel here): the Pallas-Triton kernel on a GPU, the
+    jitted reference elsewhere; ``triton`` forces the kernel (interpret mode off GPU);
+    ``xla``/``reference``: the reference. The kernel needs a concrete ``h_base`` (it is compiled
+    in); a traced one, or a shape the tiling cannot run, falls back to XLA (logged once).
+    ``tiling`` overrides the stored ``configs.json`` choice (benchmarks).
+    """
+    check_backend(backend)
+    k = x.shape[-1]
+    want_kernel = backend == "triton" or (backend in ("auto", "mosaic") and on_gpu())
+    if want_kernel and pltriton is not None:
+        try:
+            hb = np.asarray(h_base, np.float32)
+        except (jax.errors.TracerArrayConversionError, TypeError):
+            hb = None
+            log_once("rotate_quantize:traced", "rotate_quantize: h_base is traced, not concrete; "
+                     "using the XLA path")
+        cfg = tiling or rotate_tiling(k, smooth_mult is not None)
+        reason = None if hb is None else supported(k, hb, cfg)
+        if hb is not None and reason:
+            log_once(f"rotate_quantize:{k}:{cfg}", f"rotate_quantize: {reason}; using the XLA path")
+        if hb is not None and not reason:
+            lead = x.shape[:-1]
+            q, s = triton_rotate_quantize(x.reshape(-1, k), hb, signs, smooth_mult, cfg=cfg,
+                                          interpret=not on_gpu())
+            return q.reshape(*lead, k), s.reshape(*lead, 1)
+    return _xla_rotate_quantize(x, h_base, signs, smooth_mult)
+
+
+__all__ = [
+    "RotateTiling",
+    "rotate_quantize",
+    "rotate_quantize_ref",
+    "rotate_ref",
+    "rotate_tiling",
+    "split_order",
+    "sylvester",
+    "triton_rotate_quantize",
+]

@@ -1,0 +1,592 @@
+"""Pallas-Triton "smooth + randomized Hadamard + per-token int8": one HBM read of bf16 ``x``, one
+int8 write, the rotation in registers / on the tensor cores. Semantics: ``reference.py``.
+
+``K = b · p`` (``b`` = order of the caller's base ``H_b``, ``p = 2^k``), channel ``i = i_b·p + i_p``,
+so a token row is a ``(b, p)`` matrix ``X`` and its rotation is ``Y = H_bᵀ X H_p / sqrt(K)``.
+
+What Pallas-Triton can lower decides the shape of the kernels (``jax/_src/pallas/triton/lowering.py``,
+checked by lowering for CUDA on a CPU host and compiling the Triton IR for sm_90 with Triton's own
+compiler; see ``NOTES.md`` of this folder):
+
+* every tensor has power-of-two dimensions (so no ``(bm, 1152)`` or ``(36, p)`` register tile),
+  ``dot`` is 2-D only with every dimension >= 16, there is no static slice of a register tensor,
+  ``concatenate`` only joins two ``[..., 1]`` arrays, ``split`` is power-of-two and equal-sized;
+* loads/stores take any ``pl.ds`` window of a ref (masked: outside rows are neither read nor
+  written), so a non-power-of-two axis is covered by power-of-two *groups* of rows
+  (36 = 32 + 16 with the last 12 rows masked), and the kernel keeps one register tensor per group;
+* ``transpose``/``reshape`` of 3-D tensors lower (``tt.trans``/``tt.reshape``) but cost a layout
+  conversion through shared memory; the main paths (K = 1152, 4608) avoid them.
+
+Two variants (``RotateTiling.variant``):
+
+``"mma"`` (the default; option (a): the base as a zero-padded dot)
+    One token row (``rows_per_tile`` rows side by side when ``p < 16``) is held as tiles
+    ``T[h][g] = X[row group g, h-th block of w columns]``, loaded straight from the ``(M, b, p)``
+    view. ``H_b`` is a tensor-core dot with the *constant* as left operand, ``Z = H_b,padᵀ @ T``
+    (one exact bf16 operand when there is no smoothing: ``x · signs`` is bf16); the ``p/w`` column
+    blocks are mixed by butterflies *across* tiles (elementwise, no data movement); the last ``w``
+    Sylvester factor is a second dot ``Z @ H_w`` chained on the accumulator (flash-attention style,
+    no layout change). ``grow`` enlarges the base to ``H_b ⊗ H_grow`` (36 -> 72 -> 144 rows) so
+    that less of it is zero padding (48/36 -> 80/72 -> 144/144) for more base MACs.
+``"fma"`` (option (b): ±1 accumulations)
+    ``bm`` token rows as ``b`` chunks ``(bm, p)`` (the quantizer's layout); ``H_p`` is a dot per
+    chunk (``bm >= 16``), ``H_b`` is evaluated on the CUDA cores as signed sums of whole chunks,
+    ``b_group`` columns at a time so that rows where the columns agree share partial sums
+    (``b/2`` adds per output element for pairs instead of ``b - 1``). It needs ``bm · K`` floats of
+    registers per program, spills, and takes ~60 s to compile: kept as the measured alternative.
+
+Float32 dot operands (the intermediate ``Z``; with smoothing or float32 ``x`` also the input) are
+cut into 16-bit parts (``RotateTiling.split``, see :data:`SPLITS`; the ±1 matrices are exact in
+bf16 and fp16, products are exact and accumulated in float32), so the result differs from the
+float32 reference by summation order only: rare ±1 rounding flips of the int8 values (bounded in
+the tests). The per-token absmax, ``scale = absmax / sqrt(K) / 127`` and
+``q = cvt.rni.s32(y · 127 / absmax)`` (``lax.round`` in interpret mode) follow in registers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from pallas_kernels._compat import pl, pltriton, triton_compiler_params
+from pallas_kernels.ops.quantize.reference import QMAX
+from pallas_kernels.ops.rotate_quantize.reference import split_order, sylvester
+
+VARIANTS = ("mma", "fma")
+# How a float32 dot operand becomes 16-bit tensor-core operands (the ±1 matrices are exact in both
+# bf16 and fp16, products are exact, accumulation is float32):
+#   "bf16x3": three bf16 parts (8 + 8 + 8 mantissa bits: float32-exact), three dots;
+#   "f16x2":  the row is scaled by a power of two into [2^14, 2^15) (fp16 range, exact), then two
+#             fp16 parts (11 + 11 bits, error <= 2^-22 relative), two dots; rows of 1 tile only
+#             (rows_per_tile > 1 falls back to bf16x3);
+#   "bf16x2": two bf16 parts (16 bits, error <= 2^-17: int8 flips ~1e-4, scale error ~1e-6).
+SPLITS = ("f16x2", "bf16x3", "bf16x2")
+MIN_DOT = 16  # smallest dot dimension Triton accepts
+
+
+@dataclasses.dataclass(frozen=True)
+class RotateTiling:
+    """Static kernel choices (hashable: a ``jax.jit`` static argument)."""
+
+    variant: str = "mma"
+    bm: int = 0  # token rows per program; 0 = rows_per_tile (mma) / 16 (fma)
+    w: int = 32  # mma: Sylvester width done as the chained dot (the rest: butterflies across tiles)
+    rows_per_tile: int = 0  # mma: rows side by side in one tile; 0 = max(1, 16 // w)
+    grow: int = 1  # mma: base H_b ⊗ H_grow (less zero padding of the base, more base MACs)
+    unroll: bool = True  # mma: row tiles of a program as straight-line code (else a fori_loop)
+    pad_block: bool = False  # mma: blocks span the zero-padded base (True), or are exactly
+    #   (bm, b, p) and the masked windows past b start at a traced offset (no static bounds check)
+    b_group: int = 2  # fma: base columns evaluated together (1 = plain signed sums)
+    split: str = "f16x2"  # float32 dot operands: "f16x2" | "bf16x3" | "bf16x2" (see SPLITS)
+    num_warps: int = 4
+    num_stages: int = 1
+
+
+def _pow2(n: int) -> bool:
+    return n >= 1 and not n & (n - 1)
+
+
+def row_groups(b: int) -> tuple[tuple[int, int, int], ...]:
+    """Cover ``range(b)`` by power-of-two windows ``(start, size, valid)`` with ``size >= 16``:
+    36 -> ((0, 32, 32), (32, 16, 4)); 12 -> ((0, 16, 12),); 108 -> 64 + 32 + 16 (12 valid)."""
+    out, start = [], 0
+    while start < b:
+        rem = b - start
+        size = max(MIN_DOT, 1 << (rem.bit_length() - 1))
+        out.append((start, size, min(size, rem)))
+        start += size
+    return tuple(out)
+
+
+def effective_base(h_base: np.ndarray, p: int, grow: int = 1) -> tuple[np.ndarray, int]:
+    """Grow the base with Sylvester factors, ``H_b ⊗ H_p = (H_b ⊗ H_f) ⊗ H_{p/f}`` (natural
+    order), by ``f >= grow`` and until it has >= 16 rows (a dot dimension) or ``p`` is used up.
+    A larger base wastes less of its zero-padded last row group (36 -> 48 rows, 72 -> 80,
+    144 -> 144) for more base MACs."""
+    hb, f = np.asarray(h_base, np.float32), 1
+    while (f < grow or hb.shape[0] * f < MIN_DOT) and p // f > 1:
+        f *= 2
+    return (np.kron(hb, sylvester(f)) if f > 1 else hb), p // f
+
+
+def mma_shape(p: int, cfg: RotateTiling) -> tuple[int, int, int]:
+    """``(w, rows_per_tile, bm)`` of the mma variant for a (grown) Sylvester order ``p``."""
+    w = min(cfg.w, p)
+    rb = cfg.rows_per_tile or max(1, MIN_DOT // w)
+    return w, rb, cfg.bm or rb
+
+
+def supported(k: int, h_base, cfg: RotateTiling) -> str | None:
+    """``None`` if the variant can run this shape, else the reason (the dispatch falls back)."""
+    try:
+        b, p = split_order(k, h_base)
+    except ValueError as e:
+        return str(e)
+    if cfg.variant not in VARIANTS:
+        return f"unknown variant {cfg.variant!r}"
+    if cfg.split not in SPLITS:
+        return f"split must be one of {SPLITS}"
+    if cfg.variant == "fma":
+        if p < MIN_DOT:
+            return f"fma needs p >= {MIN_DOT} (K={k} = {b}·{p})"
+        if cfg.bm and (cfg.bm < MIN_DOT or not _pow2(cfg.bm)):
+            return f"fma needs bm a power of two >= {MIN_DOT}"
+        return None
+    hb, p = effective_base(np.asarray(h_base), p, cfg.grow)
+    w, rb, bm = mma_shape(p, cfg)
+    if not (_pow2(w) and _pow2(rb)) or w * rb < MIN_DOT:
+        return f"mma needs w·rows_per_tile >= {MIN_DOT} (w={w}, rows_per_tile={rb})"
+    if hb.shape[0] < MIN_DOT:
+        return f"base order {hb.shape[0]} < {MIN_DOT} and p too small to grow it"
+    if bm % rb:
+        return f"bm={bm} is not a multiple of rows_per_tile={rb}"
+    return None
+
+
+def block_rows(k: int, h_base, cfg: RotateTiling) -> int:
+    """Token rows per program (the grid step) of this tiling at this K."""
+    if cfg.variant == "fma":
+        return cfg.bm or MIN_DOT
+    _, p = effective_base(np.asarray(h_base), split_order(k, h_base)[1], cfg.grow)
+    return mma_shape(p, cfg)[2]
+
+
+def _pieces(v: jax.Array, split: str) -> list[jax.Array]:
+    """float32 ``v`` -> 16-bit parts summing to ``v`` (to the precision of ``split``), the
+    smallest first (``f16x2`` expects ``v`` already scaled into the fp16 range)."""
+    if split == "f16x2":
+        hi = v.astype(jnp.float16)
+        return [(v - hi.astype(jnp.float32)).astype(jnp.float16), hi]
+    out = []
+    for i in range(3 if split == "bf16x3" else 2):
+        hi = v.astype(jnp.bfloat16)
+        out.append(hi)
+        v = v - hi.astype(jnp.float32)
+    return out[::-1]
+
+
+def _dot(a: jax.Array, b: jax.Array) -> jax.Array:
+    return jnp.dot(a, b, preferred_element_type=jnp.float32)
+
+
+def _dot_split(a: jax.Array, b: jax.Array, split: str, split_lhs: bool) -> jax.Array:
+    """``a @ b`` with the float32 operand cut into 16-bit parts (the other one is a ±1/0
+    constant of the matching 16-bit type)."""
+    acc = None
+    for part in _pieces(a if split_lhs else b, split):
+        d = _dot(part, b) if split_lhs else _dot(a, part)
+        acc = d if acc is None else acc + d
+    return acc
+
+
+def pow2_scale(amax: jax.Array, top: int = 14) -> jax.Array:
+    """A power of two ``s`` with ``amax · s`` in ``[2^top, 2^(top+1))`` (from the float32 exponent
+    bits; clamped to a finite float for tiny or zero ``amax``)."""
+    e = lax.shift_right_logical(lax.bitcast_convert_type(amax, jnp.int32), jnp.int32(23))
+    bits = jnp.clip(jnp.int32(254 + top) - e, 1, 254)
+    return lax.bitcast_convert_type(lax.shift_left(bits, jnp.int32(23)), jnp.float32)
+
+
+def _row_absmax(tiles, axes: int = 2):
+    """Max of |t| over every tile (rows of a one-row tile set: a scalar)."""
+    amax = None
+    for t in tiles:
+        a = jnp.abs(t)
+        for _ in range(axes):
+            a = jnp.max(a, axis=-1)
+        amax = a if amax is None else jnp.maximum(amax, a)
+    return amax
+
+
+def round_to_int32(v: jax.Array, *, interpret: bool = False) -> jax.Array:
+    """Round-half-even float32 -> int32 in one PTX ``cvt.rni.s32.f32`` (a ``round`` followed by
+    ``astype(int32)`` costs a rounding, two clamps and a conversion per element); interpret mode:
+    ``lax.round`` + cast, the same values for |v| < 2^31."""
+    if interpret:
+        return lax.round(v, lax.RoundingMethod.TO_NEAREST_EVEN).astype(jnp.int32)
+    (r,) = pltriton.elementwise_inline_asm(
+        "cvt.rni.s32.f32 $0, $1;", args=[v], constraints="=r,r", pack=1,
+        result_shape_dtypes=[jax.ShapeDtypeStruct(v.shape, jnp.int32)])
+    return r
+
+
+def _quantize(ys, amax, inv_sqrt_k: float, interpret: bool):
+    """Per-token scale and int8 values of row-aligned float32 tiles given their absmax
+    (broadcastable against each tile). ``|y| <= amax`` makes ``|y · (127 / amax)| <= 127·(1 + 2⁻²³)``,
+    which rounds into [-127, 127]: no clip, and the int32 -> int8 step is a plain truncation
+    (a float -> int8 conversion would clamp to [-128, 127] again, 4 extra ops per element)."""
+    scale = amax * jnp.float32(inv_sqrt_k) / QMAX
+    scale = jnp.where(amax > 0, scale, jnp.float32(1.0))
+    mult = jnp.where(amax > 0, QMAX / amax, jnp.float32(0.0))
+    qs = [round_to_int32(y * mult, interpret=interpret).astype(jnp.int8) for y in ys]
+    return scale, qs
+
+
+def _butterflies(tiles: list) -> list:
+    """Unnormalised natural-order Walsh–Hadamard transform across a list of equal tiles."""
+    n, h = len(tiles), 1
+    tiles = list(tiles)
+    while h < n:
+        for s in range(0, n, 2 * h):
+            for i in range(s, s + h):
+                a, c = tiles[i], tiles[i + h]
+                tiles[i], tiles[i + h] = a + c, a - c
+        h *= 2
+    return tiles
+
+
+# --------------------------------------------------------------------------------------------
+# "mma": base and last Sylvester factor on the tensor cores, the middle factor across tiles
+# --------------------------------------------------------------------------------------------
+
+
+def _mma_kernel(*refs, groups, w, rb, nh, has_ms, split_in, split, inv_sqrt_k, unroll,
+                pad_block, interpret):
+    if has_ms:
+        x_ref, ms_ref, hbt_ref, hw_ref, q_ref, s_ref = refs
+    else:
+        x_ref, hbt_ref, hw_ref, q_ref, s_ref = refs
+    bm, b = x_ref.shape[0], groups[-1][0] + groups[-1][2]
+    if rb > 1 and split == "f16x2":  # the per-row power-of-two scale needs one row per tile
+        split = "bf16x3"
+    half = jnp.float16 if split == "f16x2" else jnp.bfloat16
+    hw = hw_ref[...]  # (rb·w, rb·w): kron(I_rb, H_w), ±1/0
+    # hbt[j-group][i-group]: (J, G) blocks of the zero-padded H_bᵀ
+    hbt = [[hbt_ref[pl.ds(j0, js), pl.ds(g0, gs)] for (g0, gs, _) in groups]
+           for (j0, js, _) in groups]
+    if split_in:
+        hbt = [[blk.astype(half) for blk in row] for row in hbt]
+    hw = hw.astype(half)
+
+    def mask(g, shape, axis):
+        _, size, valid = groups[g]
+        if valid == size:
+            return None
+        return lax.broadcasted_iota(jnp.int32, shape, axis) < valid
+
+    def start(g):
+        g0, gs, valid = groups[g]
+        if not pad_block and valid < gs:  # a traced start: no static out-of-bounds check
+            return jnp.asarray(g0, jnp.int32)
+        return g0
+
+    def window(ref, r0, g, h):
+        g0, gs = start(g), groups[g][1]
+        if rb == 1:
+            return ref.at[r0, pl.ds(g0, gs), pl.ds(h * w, w)]
+        return ref.at[pl.ds(r0, rb), pl.ds(g0, gs), pl.ds(h * w, w)]
+
+    def load(ref, m):
+        return pltriton.load(ref) if m is None else pltriton.load(ref, mask=m, other=0.0)
+
+    def win_shape(g):
+        gs = groups[g][1]
+        return ((gs, w), 0) if rb == 1 else ((rb, gs, w), 1)
+
+    def to_tile(v):  # (rb, G, w) -> (G, rb·w); rb == 1 is already (G, w)
+        if rb == 1:
+            return v
+        return jnp.transpose(v, (1, 0, 2)).reshape(v.shape[1], rb * w)
+
+    def from_tile(v):  # (J, rb·w) -> (rb, J, w)
+        if rb == 1:
+            return v
+        return jnp.transpose(v.reshape(v.shape[0], rb, w), (1, 0, 2))
+
+    def row_tile(t, carry):
+        r0 = jnp.asarray(t * rb, jnp.int32)  # an array index even when static (interpret mode)
+        ts = []  # ts[h][i-group]: x · multiplier, float32 (G, rb·w)
+        for h in range(nh):
+            row = []
+            for g, (g0, gs, _) in enumerate(groups):
+                v = load(window(x_ref, r0, g, h), mask(g, *win_shape(g)))
+                if split_in:
+                    v = v.astype(jnp.float32)
+                if has_ms:  # without split_in: bf16 · (±1 as bf16), exact, two per instruction
+                    msv = load(ms_ref.at[pl.ds(start(g), gs), pl.ds(h * w, w)],
+                               mask(g, (gs, w), 0))
+                    v = v * (msv if rb == 1 else msv[None])
+                row.append(to_tile(v))
+            ts.append(row)
+        if split == "f16x2":  # row absmax of the (scaled) input: bounds |Z| by b · nh times it
+            amax_in = _row_absmax([t for row in ts for t in row]).astype(jnp.float32)
+            if split_in:  # the input itself into the fp16 range, exactly (power of two)
+                s_in = pow2_scale(amax_in)
+                ts = [[t * s_in for t in row] for row in ts]
+                amax_in = amax_in * s_in
+        zs = []  # zs[h][j-group] = H_bᵀ T
+        for h in range(nh):
+            z = []
+            for j in range(len(groups)):
+                acc = None
+                for g in range(len(groups)):
+                    if split_in:
+                        d = _dot_split(hbt[j][g], ts[h][g], split, split_lhs=False)
+                    else:  # x · signs is bf16: one exact operand
+                        d = _dot(hbt[j][g], ts[h][g])
+                    acc = d if acc is None else acc + d
+                z.append(acc)
+            zs.append(z)
+        # middle Sylvester factor: butterflies across the h tiles, one j-group at a time
+        for j in range(len(groups)):
+            col = _butterflies([zs[h][j] for h in range(nh)])
+            for h in range(nh):
+                zs[h][j] = col[h]
+        unscale = None
+        if split == "f16x2":  # Z into the fp16 range by the bound |Z| <= b · nh · amax_in
+            s_mid = pow2_scale(amax_in * jnp.float32(b * nh))
+            zs = [[z * s_mid for z in row] for row in zs]
+            unscale = 1.0 / (s_mid * s_in) if split_in else 1.0 / s_mid
+        flat = [from_tile(_dot_split(zs[h][j], hw, split, split_lhs=True))
+                for h in range(nh) for j in range(len(groups))]
+        # per-row absmax over every tile (zero-padded rows of H_b give exact zeros)
+        amax = _row_absmax(flat)  # rb == 1: a scalar; else (rb,)
+        if rb == 1:
+            scale, qs = _quantize(flat, amax, inv_sqrt_k, interpret)
+            if unscale is not None:
+                scale = jnp.where(amax > 0, scale * unscale, scale)
+            pltriton.store(s_ref.at[pl.ds(r0, 1), :], jnp.broadcast_to(scale, (1, 1)))
+        else:
+            scale, qs = _quantize(flat, amax[:, None, None], inv_sqrt_k, interpret)
+            pltriton.store(s_ref.at[pl.ds(r0, rb), :], scale.reshape(rb, 1))
+        i = 0
+        for h in range(nh):
+            for j in range(len(groups)):
+                # pltriton.store, not `ref[...] =`: jax 0.10's plain-store lowering cannot take
+                # the dynamic row index
+                pltriton.store(window(q_ref, r0, j, h), qs[i], mask=mask(j, *win_shape(j)))
+                i += 1
+        return carry
+
+    n_tiles = bm // rb
+    if unroll or n_tiles == 1:
+        for t in range(n_tiles):
+            row_tile(t, 0)
+    else:
+        lax.fori_loop(0, n_tiles, row_tile, 0)
+
+
+def _mma_call(x3, ms, h_base, cfg: RotateTiling, split_in: bool, interpret: bool):
+    m, b, p = x3.shape
+    hb, p2 = effective_base(np.asarray(h_base), p, cfg.grow)
+    if hb.shape[0] != b:
+        b, p = hb.shape[0], p2
+        x3 = x3.reshape(m, b, p)
+        ms = None if ms is None else ms.reshape(b, p)
+    w, rb, bm = mma_shape(p, cfg)
+    groups = row_groups(b)
+    bpad = groups[-1][0] + groups[-1][1]
+    hbt = np.zeros((bpad, bpad), np.float32)
+    hbt[:b, :b] = hb.T
+    hw = np.kron(np.eye(rb, dtype=np.float32), sylvester(w))
+    kernel = functools.partial(
+        _mma_kernel, groups=groups, w=w, rb=rb, nh=p // w, has_ms=ms is not None,
+        split_in=split_in, split=cfg.split, inv_sqrt_k=1.0 / math.sqrt(b * p),
+        unroll=cfg.unroll, pad_block=cfg.pad_block, interpret=interpret)
+    full = lambda shape: pl.BlockSpec(shape, lambda i: (0,) * len(shape))  # noqa: E731
+    # blocks span the padded base order: the rows past b are masked in every load and store
+    bb = bpad if cfg.pad_block else b
+    in_specs = [pl.BlockSpec((bm, bb, p), lambda i: (i, 0, 0))]
+    args = [x3]
+    if ms is not None:
+        in_specs.append(full((bb, p)))
+        args.append(ms if split_in else ms.astype(jnp.bfloat16))  # ±1 only: exact in bf16
+    in_specs += [full((bpad, bpad)), full(hw.shape)]
+    args += [jnp.asarray(hbt, jnp.bfloat16), jnp.asarray(hw, jnp.bfloat16)]
+    q, s = pl.pallas_call(
+        kernel,
+        out_shape=(jax.ShapeDtypeStruct((m, b, p), jnp.int8),
+                   jax.ShapeDtypeStruct((m, 1), jnp.float32)),
+        grid=(m // bm,),
+        in_specs=in_specs,
+        out_specs=(pl.BlockSpec((bm, bb, p), lambda i: (i, 0, 0)),
+                   pl.BlockSpec((bm, 1), lambda i: (i, 0))),
+        compiler_params=triton_compiler_params(cfg.num_warps, cfg.num_stages),
+        interpret=interpret,
+    )(*args)
+    return q.reshape(m, b * p), s
+
+
+# --------------------------------------------------------------------------------------------
+# "fma": H_p as a dot per (bm, p) chunk, H_b as signed sums of chunks on the CUDA cores
+# --------------------------------------------------------------------------------------------
+
+
+def _signed_sum(terms):
+    """Σ sign·t for static signs, with as few negations as possible."""
+    pos = [t for s, t in terms if s > 0]
+    neg = [t for s, t in terms if s < 0]
+    acc = None
+    for t in pos:
+        acc = t if acc is None else acc + t
+    for t in neg:
+        acc = -t if acc is None else acc - t
+    return acc
+
+
+def base_plan(hb: np.ndarray, group: int):
+    """Evaluation plan of ``y_j = Σ_i hb[i, j] z_i`` for a ±1 matrix: columns in groups of
+    ``group``; rows are classed by their sign pattern relative to the group's first column, one
+    partial sum per class, and every column of the group combines the class sums with signs.
+    Returns ``[(cols, classes, combos)]`` with ``classes = [[(sign, i), ...], ...]`` and
+    ``combos[c][k]`` the sign of class ``k`` in column ``cols[c]``."""
+    b = hb.shape[0]
+    plan = []
+    for c0 in range(0, b, group):
+        cols = list(range(c0, min(b, c0 + group)))
+        keys: dict[tuple, list] = {}
+        for i in range(b):
+            if hb[i, cols[0]] == 0:
+                continue
+            ref = hb[i, cols[0]]
+            key = tuple(int(hb[i, c] * ref) for c in cols)
+            keys.setdefault(key, []).append((int(ref), i))
+        classes = list(keys.values())
+        combos = [[key[c] for key in keys] for c in range(len(cols))]
+        plan.append((cols, classes, combos))
+    return plan
+
+
+def _fma_kernel(*refs, plan, b, p, has_ms, split_in, split, inv_sqrt_k, interpret):
+    if has_ms:
+        x_ref, ms_ref, hp_ref, q_ref, s_ref = refs
+    else:
+        x_ref, hp_ref, q_ref, s_ref = refs
+    hp = hp_ref[...]
+    cs = []
+    for i in range(b):
+        c = x_ref[:, pl.ds(i * p, p)].astype(jnp.float32)
+        if has_ms:
+            c = c * ms_ref[:, pl.ds(i * p, p)]
+        cs.append(c)
+    unscale = None
+    if split_in and split == "f16x2":  # per-row power of two into the fp16 range
+        s_in = pow2_scale(functools.reduce(
+            jnp.maximum, [jnp.max(jnp.abs(c), axis=1, keepdims=True) for c in cs]))
+        cs = [c * s_in for c in cs]
+        unscale = 1.0 / s_in
+    if split_in:
+        hp = hp.astype(jnp.float16 if split == "f16x2" else jnp.bfloat16)
+        zs = [_dot_split(c, hp, split, split_lhs=True) for c in cs]
+    else:  # x · signs is bf16: one exact operand
+        zs = [_dot(c.astype(jnp.bfloat16), hp) for c in cs]
+    ys = [None] * b
+    for cols, classes, combos in plan:
+        sums = [_signed_sum([(sg, zs[i]) for sg, i in cl]) for cl in classes]
+        for c, col in enumerate(cols):
+            ys[col] = _signed_sum(list(zip(combos[c], sums)))
+    amax = None
+    for y in ys:
+        a = jnp.max(jnp.abs(y), axis=1, keepdims=True)
+        amax = a if amax is None else jnp.maximum(amax, a)
+    scale, qs = _quantize(ys, amax, inv_sqrt_k, interpret)
+    if unscale is not None:
+        scale = jnp.where(amax > 0, scale * unscale, scale)
+    s_ref[...] = scale
+    for i, q in enumerate(qs):
+        q_ref[:, pl.ds(i * p, p)] = q
+
+
+def _fma_call(x, ms, h_base, cfg: RotateTiling, split_in: bool, interpret: bool):
+    m, k = x.shape
+    hb = np.asarray(h_base, np.float32)
+    b, p = split_order(k, hb)
+    bm = cfg.bm or MIN_DOT
+    kernel = functools.partial(
+        _fma_kernel, plan=base_plan(hb, max(1, cfg.b_group)), b=b, p=p, has_ms=ms is not None,
+        split_in=split_in, split=cfg.split, inv_sqrt_k=1.0 / math.sqrt(k), interpret=interpret)
+    in_specs = [pl.BlockSpec((bm, k), lambda i: (i, 0))]
+    args = [x]
+    if ms is not None:
+        in_specs.append(pl.BlockSpec((1, k), lambda i: (0, 0)))
+        args.append(ms.reshape(1, k))
+    in_specs.append(pl.BlockSpec((p, p), lambda i: (0, 0)))
+    args.append(jnp.asarray(sylvester(p), jnp.bfloat16))
+    return pl.pallas_call(
+        kernel,
+        out_shape=(jax.ShapeDtypeStruct((m, k), jnp.int8),
+                   jax.ShapeDtypeStruct((m, 1), jnp.float32)),
+        grid=(m // bm,),
+        in_specs=in_specs,
+        out_specs=(pl.BlockSpec((bm, k), lambda i: (i, 0)),
+                   pl.BlockSpec((bm, 1), lambda i: (i, 0))),
+        compiler_params=triton_compiler_params(cfg.num_warps, cfg.num_stages),
+        interpret=interpret,
+    )(*args)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+@functools.partial(jax.jit, static_argnames=("h_base", "cfg", "interpret"))
+def _triton_rotate_quantize(x, signs, smooth_mult, *, h_base, cfg, interpret):
+    m, k = x.shape
+    hb = np.asarray(h_base, np.float32)
+    b, p = split_order(k, hb)
+    ms = None  # per-channel multiplier smooth_mult · signs, applied in the kernel
+    if smooth_mult is not None:
+        ms = smooth_mult.astype(jnp.float32)
+    if signs is not None:
+        ms = signs.astype(jnp.float32) if ms is None else ms * signs.astype(jnp.float32)
+    # bf16 x times ±1 is exactly bf16: the first dot then needs one exact operand, not a split
+    split_in = smooth_mult is not None or x.dtype != jnp.bfloat16
+    bm = block_rows(k, hb, cfg)
+    mp = -(-m // bm) * bm
+    xp = x if mp == m else jnp.pad(x, ((0, mp - m), (0, 0)))
+    if cfg.variant == "fma":
+        q, s = _fma_call(xp, ms, hb, cfg, split_in, interpret)
+    else:
+        q, s = _mma_call(xp.reshape(mp, b, p), None if ms is None else ms.reshape(b, p), hb, cfg,
+                         split_in, interpret)
+    return (q[:m], s[:m]) if mp != m else (q, s)
+
+
+def triton_rotate_quantize(
+    x: jax.Array,
+    h_base,
+    signs: jax.Array | None = None,
+    smooth_mult: jax.Array | None = None,
+    *,
+    cfg: RotateTiling = RotateTiling(),
+    interpret: bool = False,
+) -> tuple[jax.Array, jax.Array]:
+    """``x (M, K)`` bf16/f32 -> ``(int8 (M, K), f32 scale (M, 1))``; ``h_base`` must be concrete
+    (a compile-time constant of the kernel). Raises ``ValueError`` for unsupported shapes."""
+    hb = np.asarray(h_base, np.float32)
+    reason = supported(x.shape[-1], hb, cfg)
+    if reason:
+        raise ValueError(reason)
+    return _triton_rotate_quantize(x, signs, smooth_mult, h_base=_HashableArray(hb), cfg=cfg,
+                                   interpret=interpret)
+
+
+class _HashableArray:
+    """A read-only numpy matrix usable as a ``jax.jit`` static argument."""
+
+    def __init__(self, a: np.ndarray):
+        self.a = np.array(a, np.float32)
+        self.a.setflags(write=False)
+        self._key = (self.a.shape, self.a.tobytes())
+
+    def __array__(self, dtype=None, copy=None):
+        return self.a if dtype is None else self.a.astype(dtype)
+
+    @property
+    def shape(self):
+        return self.a.shape
+
+    def __hash__(self):
+        return hash(self._key)
+
+    def __eq__(self, other):
+        return isinstance(other, _HashableArray) and self._key == other._key
+
+
+__all__ = ["RotateTiling", "VARIANTS", "base_plan", "row_groups", "supported",
+           "triton_rotate_quantize"]

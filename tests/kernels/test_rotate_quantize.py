@@ -1,0 +1,193 @@
+"""Smoothing + randomized Hadamard + per-token int8 (pallas_kernels.ops.rotate_quantize).
+
+The reference is checked bit for bit against the project's own rotation
+(``vidq_jax.quant.hadamard.hadamard_transform`` + ``quantize_per_token_ref``); the Pallas-Triton
+variants run in interpret mode on the CPU against the reference on fresh random inputs with
+per-channel outliers. The kernels sum in another order than the float32 reference (tensor-core
+dots, split operands), so an int8 value may differ by one step where ``y / scale`` lies within a
+few ulps of a rounding boundary: ``tests.kernels.base.assert_rotated_close`` bounds those flips
+(at most 2 + 1e-4 of the values; measured 0-2 per 10^4-10^5) and the scales (1e-6 relative).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import pallas_kernels as pk
+from pallas_kernels.ops.rotate_quantize import RotateTiling, rotate_tiling, triton_rotate_quantize
+from pallas_kernels.ops.rotate_quantize.triton import (
+    base_plan,
+    effective_base,
+    pow2_scale,
+    row_groups,
+    supported,
+)
+from pallas_kernels.testing import requires_gpu
+from tests.kernels.base import assert_rotated_close
+from vidq_jax.quant.hadamard import base_hadamard, hadamard_factors, hadamard_transform
+
+
+def rotation_inputs(seed: int, m: int, k: int, dtype=jnp.bfloat16):
+    """Fresh inputs: x with per-channel magnitudes over ~3 decades and a few outlier channels
+    (never zeros), random ±1 signs, smoothing multipliers in [0.3, 3]; the base of K."""
+    ks = jax.random.split(jax.random.key(seed), 5)
+    chan = jnp.exp(jax.random.normal(ks[1], (k,)))
+    outliers = jax.random.choice(ks[2], k, (max(1, k // 64),), replace=False)
+    chan = chan.at[outliers].multiply(40.0)
+    x = (jax.random.normal(ks[0], (m, k)) * 3.0 * chan).astype(dtype)
+    signs = jnp.where(jax.random.bernoulli(ks[3], 0.5, (k,)), 1.0, -1.0)
+    smooth = jax.random.uniform(ks[4], (k,), minval=0.3, maxval=3.0)
+    return x, signs, smooth, base_hadamard(hadamard_factors(k)[0])
+
+
+# ------------------------------------------------------------------------------------ reference
+
+
+@pytest.mark.parametrize("k", [144, 1152, 4608])
+@pytest.mark.parametrize("with_smooth", [False, True])
+def test_reference_is_hadamard_transform_then_quantize(k, with_smooth):
+    x, signs, smooth, hb = rotation_inputs(k, 21, k)
+    smooth = smooth if with_smooth else None
+    q, s = pk.rotate_quantize_ref(x, hb, signs, smooth)
+    xs = x.astype(jnp.float32) if smooth is None else x * smooth  # float32, as record.balance
+    qr, sr = pk.quantize_per_token_ref(hadamard_transform(xs, signs))
+    np.testing.assert_array_equal(np.asarray(q), np.asarray(qr))
+    np.testing.assert_array_equal(np.asarray(s), np.asarray(sr))
+
+
+def test_reference_without_signs_and_zero_row():
+    x, _, _, hb = rotation_inputs(3, 5, 144)
+    x = x.at[2].set(0)
+    q, s = pk.rotate_quantize_ref(x, hb)
+    qr, sr = pk.quantize_per_token_ref(hadamard_transform(x.astype(jnp.float32)))
+    np.testing.assert_array_equal(np.asarray(q), np.asarray(qr))
+    assert float(s[2, 0]) == 1.0 and not np.any(np.asarray(q[2]))
+
+
+# ------------------------------------------------------------------------------------ kernels
+
+KERNEL_CASES = [
+    # (K, M, tiling): M is never a multiple of the program's row block
+    (144, 13, None),  # p = 4 < 16: 4 rows side by side in a tile (3-D transposes)
+    (1152, 7, None),  # stored tiling: base 36 ⊗ H_2 = 72 (64 + 16 rows, 8 masked), 4 rows/program
+    # fori_loop over rows; blocks over the zero-padded base (48 rows for 36)
+    (1152, 6, RotateTiling(w=32, bm=4, split="bf16x3", unroll=False, pad_block=True)),
+    (4608, 3, None),  # stored tiling: base 36 ⊗ H_4 = 144 (128 + 16), one row per program
+    (1152, 19, RotateTiling(variant="fma", bm=16, num_warps=4)),  # chunks: H_b by signed sums
+]
+
+
+@pytest.mark.parametrize("k,m,tiling", KERNEL_CASES,
+                         ids=[f"K{k}-M{m}-{t.variant if t else 'stored'}" for k, m, t in KERNEL_CASES])
+@pytest.mark.parametrize("with_smooth", [False, True], ids=["signs", "smooth"])
+def test_triton_kernel_interpret_matches_reference(k, m, tiling, with_smooth):
+    x, signs, smooth, hb = rotation_inputs(k + m, m, k)
+    smooth = smooth if with_smooth else None
+    x = x.at[m // 2].set(0)  # the zero-row guard: scale 1, q 0
+    cfg = tiling or rotate_tiling(k, smooth is not None)
+    assert supported(k, hb, cfg) is None
+    out = triton_rotate_quantize(x, hb, signs, smooth, cfg=cfg, interpret=True)
+    assert_rotated_close(out, pk.rotate_quantize_ref(x, hb, signs, smooth))
+    assert float(out[1][m // 2, 0]) == 1.0 and not np.any(np.asarray(out[0][m // 2]))
+
+
+@pytest.mark.parametrize("split", ["bf16x3", "f16x2"])
+def test_float32_input_is_split(split):
+    """float32 activations are not bf16-exact: the first dot splits them too."""
+    x, signs, _, hb = rotation_inputs(5, 3, 1152, jnp.float32)
+    out = triton_rotate_quantize(x, hb, signs, cfg=RotateTiling(w=32, split=split), interpret=True)
+    assert_rotated_close(out, pk.rotate_quantize_ref(x, hb, signs))
+
+
+# ------------------------------------------------------------------------------------ dispatch
+
+
+def test_dispatch_backends_and_leading_dims():
+    x, signs, smooth, hb = rotation_inputs(11, 6, 144)
+    x = x.reshape(2, 3, 144)
+    ref = pk.rotate_quantize_ref(x, hb, signs, smooth)
+    for backend in ("xla", "reference", "auto"):  # auto is the reference off GPU
+        q, s = pk.rotate_quantize(x, hb, signs, smooth, backend=backend)
+        np.testing.assert_array_equal(np.asarray(q), np.asarray(ref[0]))
+        np.testing.assert_array_equal(np.asarray(s), np.asarray(ref[1]))
+    out = pk.rotate_quantize(x, hb, signs, smooth, backend="triton")
+    assert out[0].shape == (2, 3, 144) and out[1].shape == (2, 3, 1)
+    assert_rotated_close(out, ref)
+    with pytest.raises(ValueError):
+        pk.rotate_quantize(x, hb, backend="cuda")
+
+
+def test_dispatch_falls_back_to_xla():
+    x, signs, _, hb = rotation_inputs(12, 5, 144)
+    ref = pk.rotate_quantize_ref(x, hb, signs)
+    # a tiling that cannot run K = 144 (fma needs p >= 16)
+    with pytest.warns(RuntimeWarning, match="fma needs p"):
+        q, _ = pk.rotate_quantize(x, hb, signs, backend="triton",
+                                  tiling=RotateTiling(variant="fma", bm=16))
+    np.testing.assert_array_equal(np.asarray(q), np.asarray(ref[0]))
+    # a traced base (not a compile-time constant)
+    with pytest.warns(RuntimeWarning, match="traced"):
+        q, _ = jax.jit(lambda x, h: pk.rotate_quantize(x, h, signs, backend="triton"))(
+            x, jnp.asarray(hb, jnp.float32))
+    np.testing.assert_array_equal(np.asarray(q), np.asarray(ref[0]))
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def test_row_groups_cover_the_base():
+    assert row_groups(36) == ((0, 32, 32), (32, 16, 4))
+    assert row_groups(144) == ((0, 128, 128), (128, 16, 16))
+    assert row_groups(12) == ((0, 16, 12),)
+    for b in (1, 12, 20, 36, 72, 108, 144):
+        gs = row_groups(b)
+        assert sum(v for _, _, v in gs) == b and all(s >= 16 and not s & (s - 1) for _, s, _ in gs)
+
+
+def test_effective_base_is_the_same_rotation():
+    hb = base_hadamard(36)
+    big, p = effective_base(hb, 32, grow=4)
+    assert big.shape == (144, 144) and p == 8
+    x = np.random.default_rng(0).standard_normal((3, 1152)).astype(np.float32)
+    a = np.asarray(pk.rotate_quantize_ref(x, hb)[0])
+    b = np.asarray(pk.rotate_quantize_ref(x, big)[0])
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+
+
+def test_pow2_scale_lands_in_fp16_range():
+    amax = jnp.array([1e-30, 3e-5, 0.75, 1.0, 5.0, 6e4, 3e30], jnp.float32)
+    s = pow2_scale(amax)
+    y = np.asarray(amax * s)
+    assert np.all((y >= 2.0**14) & (y < 2.0**15))
+    m, _ = np.frexp(np.asarray(s))
+    assert np.all(m == 0.5)  # exact powers of two
+    assert np.isfinite(float(pow2_scale(jnp.float32(0.0))))
+
+
+def test_base_plan_evaluates_the_matrix():
+    hb = base_hadamard(36).astype(np.float32)
+    z = np.random.default_rng(1).standard_normal((36, 5))
+    for group in (1, 2, 4):
+        y = np.zeros((36, 5))
+        for cols, classes, combos in base_plan(hb, group):
+            sums = [sum(sg * z[i] for sg, i in cl) for cl in classes]
+            for c, col in enumerate(cols):
+                y[col] = sum(sg * s for sg, s in zip(combos[c], sums))
+        np.testing.assert_allclose(y, hb.T @ z, atol=1e-9)
+
+
+# ------------------------------------------------------------------------------------ GPU
+
+
+@pytest.mark.gpu
+@requires_gpu
+@pytest.mark.parametrize("k", [1152, 4608])
+@pytest.mark.parametrize("with_smooth", [False, True])
+def test_triton_rotate_quantize_gpu(k, with_smooth):
+    x, signs, smooth, hb = rotation_inputs(k, 2048 + 5, k)
+    smooth = smooth if with_smooth else None
+    out = pk.rotate_quantize(x, hb, signs, smooth, backend="triton")
+    assert_rotated_close(out, pk.rotate_quantize_ref(x, hb, signs, smooth))

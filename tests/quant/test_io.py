@@ -1,0 +1,56 @@
+"""Quantized folders: ``save_quantized`` -> the one loader ``load_model`` -> the same records, the same outputs."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vidq_jax.checkpoint import load_model, load_quantized, save_model, save_quantized
+from vidq_jax.quant import QuantConfig, QuantizedWeight, quantize_params
+from vidq_jax.quant.io import quantization_entry, quantized_target
+
+
+@pytest.fixture(scope="module")
+def quantized():
+    from models import pixart
+
+    model = pixart.PixArt(pixart.PixArtConfig(input_size=4, hidden_size=72, depth=1, num_heads=4, caption_channels=32,
+                                              model_max_length=8, micro_condition=False))
+    rng = np.random.default_rng(0)
+    inputs = {k: jnp.asarray(rng.standard_normal(v.shape).astype(np.float32)) if k in ("x", "y") else v
+              for k, v in model.init_inputs(batch=2).items()}
+    inputs["timestep"] = jnp.asarray([10.0, 700.0])
+    shapes = jax.eval_shape(model.init, jax.random.key(0), **inputs)["params"]
+    params = jax.tree_util.tree_map(
+        lambda s: jnp.asarray(rng.standard_normal(s.shape).astype(np.float32) / np.sqrt(s.shape[0])), shapes)
+    config = QuantConfig.preset("viditq-w8a8")
+    return model, params, quantize_params(params, [inputs], model=model, config=config), config, inputs
+
+
+def test_save_quantized_round_trip(quantized, tmp_path):
+    model, params, qparams, config, inputs = quantized
+    out = save_quantized(tmp_path / "q", model, qparams, arch="pixart-alpha", config=config, preset="viditq-w8a8")
+    loaded_model, loaded, meta = load_model(out)
+    assert meta["quantization"] == quantization_entry(config, None, "viditq-w8a8")
+    assert QuantConfig.from_dict(meta["quantization"]["config"]) == config
+    assert isinstance(loaded["blocks_0"]["attn"]["qkv"]["kernel"], QuantizedWeight)
+    assert jax.tree_util.tree_structure(loaded) == jax.tree_util.tree_structure(qparams)
+    for a, b in zip(jax.tree_util.tree_leaves(loaded), jax.tree_util.tree_leaves(qparams)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    apply = jax.jit(model.apply)
+    np.testing.assert_array_equal(np.asarray(apply({"params": loaded}, **inputs)),
+                                  np.asarray(apply({"params": qparams}, **inputs)))
+    assert load_quantized(out)[2] == meta
+    target = quantized_target(loaded_model, meta)  # abstract: shapes only
+    assert jax.tree_util.tree_structure(target) == jax.tree_util.tree_structure(qparams)
+
+
+def test_load_quantized_refuses_a_float_folder(quantized, tmp_path):
+    model, params, *_ = quantized
+    out = save_model(tmp_path / "f", model, params, arch="pixart-alpha")
+    with pytest.raises(ValueError, match="not a quantized model folder"):
+        load_quantized(out)
+    with pytest.raises(ValueError, match="no 'quantization' entry"):
+        quantized_target(model, load_model(out)[2])

@@ -1,0 +1,149 @@
+"""The one backend seam: which implementation computes a quantized layer (and attention).
+
+Vocabulary (:data:`BACKENDS`), resolved in ONE place (:func:`resolve`):
+
+* ``auto`` — the best backend of the machine the layer runs on: ``pallas`` on a Hopper GPU, ``xla``
+  elsewhere. Resolved when the layer is traced, so a quantized folder saved on one machine runs with the
+  best backend of another (the backend is never part of a saved recipe).
+* ``simulate`` — fake quantization in float32 (the numerics reference).
+* ``xla`` — integer ``dot_general`` (int8 x int8 -> int32) + float32 epilogue.
+* ``pallas`` — the fused kernels of :mod:`pallas_kernels` (Mosaic GPU wgmma on Hopper, Pallas-Triton
+  elsewhere on GPU: the kernel package picks its sub-backend); formats the kernels do not take fall back to
+  ``xla`` (logged once per reason).
+
+The kernel package is imported here, normally, behind one guard (:data:`kernels` is ``None`` when it
+cannot be imported; ``pallas`` then falls back to ``xla``); the quantized layers reach the kernels only
+through this module (the int4 storage layout, ``pallas_kernels.pack_int4``, is the one other import).
+
+No environment variable is read here (the kernel package's one documented debug override,
+``$PALLAS_KERNELS_DEBUG``, is its own business).
+
+This module also installs the kernel package's attention implementations behind the models' attention
+seam (:mod:`models.attention`): the Pallas frame-attention kernel for the temporal attention of video
+models in half precision on a GPU.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from models import attention as attention_seam
+
+logger = logging.getLogger("vidq_jax.quant")
+
+BACKENDS: tuple[str, ...] = ("auto", "simulate", "xla", "pallas")
+
+try:  # the kernel package is optional at run time (e.g. an exotic jax build without Pallas)
+    import pallas_kernels as kernels
+except Exception as _e:  # noqa: BLE001 - any import failure means "no kernels here"
+    kernels = None  # type: ignore[assignment]
+    _KERNEL_IMPORT_ERROR: str | None = f"{type(_e).__name__}: {_e}"
+else:
+    _KERNEL_IMPORT_ERROR = None
+
+_LOGGED: set[str] = set()
+
+
+def log_once(reason: str) -> None:
+    """Log a fallback reason once per process."""
+    if reason not in _LOGGED:
+        _LOGGED.add(reason)
+        logger.warning("vidq_jax.quant: pallas backend falls back to xla: %s", reason)
+
+
+def check(backend: str) -> str:
+    """``backend`` if it is a known name (ValueError listing the vocabulary otherwise)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} unknown; choose one of {BACKENDS}")
+    return backend
+
+
+def is_hopper() -> bool:
+    """Whether the default device is a Hopper GPU with the kernel package importable."""
+    return kernels is not None and bool(kernels.is_hopper())
+
+
+def resolve(backend: str) -> str:
+    """The concrete backend for ``backend`` on this machine (``auto`` -> ``pallas`` on Hopper, else ``xla``)."""
+    check(backend)
+    if backend != "auto":
+        return backend
+    return "pallas" if is_hopper() else "xla"
+
+
+# ------------------------------------------------------------------------------------------------
+# pallas: the fused linear kernels
+# ------------------------------------------------------------------------------------------------
+
+
+def pallas_dense(rec: Any, x2: jax.Array, bias: jax.Array | None, out_dtype, activation: str | None = None,
+                 splits: int = 1) -> jax.Array | tuple[jax.Array, ...] | None:
+    """Run a :class:`~vidq_jax.quant.record.QuantizedWeight` with the fused kernel if its format fits;
+    ``None`` means "use xla instead".
+
+    The kernels take symmetric per-channel weights. Asymmetric per-channel weights (ViDiT-Q's
+    default) use the same kernel plus the zero-point term ``(s_x Σ_k q_x)[m] · (z_w s_w)[n]``,
+    with ``q_x, s_x`` recomputed by the same per-token formula the kernel uses (exact match).
+    ``splits > 1``: symmetric weights come back as a tuple of column blocks, one GEMM each; the
+    zero-point path returns the whole output.
+    """
+    from models.layers import activate
+    from vidq_jax.quant.quantizers import quantize
+
+    lq = rec.layer
+    if kernels is None:
+        log_once(f"cannot import pallas_kernels ({_KERNEL_IMPORT_ERROR})")
+        return None
+    if not (lq.a_bits == 8 and lq.a_granularity == "token" and lq.a_symmetric and not lq.a_static):
+        log_once(
+            "kernels need dynamic symmetric per-token int8 activations, got "
+            f"a_bits={lq.a_bits} a_granularity={lq.a_granularity} a_symmetric={lq.a_symmetric}"
+        )
+        return None
+    grouped = lq.w_granularity == "group" and lq.packed and lq.w_symmetric  # w4a8 kernel: per-group scales
+    if lq.w_granularity != "channel" and not grouped:
+        log_once(
+            "kernels take per-channel weight scales (per-group only for symmetric packed int4), got "
+            f"w_granularity={lq.w_granularity} w_symmetric={lq.w_symmetric} packed={lq.packed}"
+        )
+        return None
+    fn = kernels.w4a8_linear if lq.packed else kernels.w8a8_linear
+    xb = x2.astype(jnp.bfloat16)
+    kwargs: dict[str, Any] = {"group_size": lq.w_group_size} if grouped else {}
+    if rec.zero_point is None and activation is not None:
+        kwargs["activation"] = activation  # fused into the epilogue
+    if rec.zero_point is None and splits > 1:
+        kwargs["splits"] = splits  # one GEMM per column block, one quantized x
+    y = fn(
+        xb,
+        rec.qvalue,
+        rec.scale.astype(jnp.float32),
+        None if bias is None else bias.astype(jnp.float32),
+        out_dtype=jnp.float32 if rec.zero_point is not None else out_dtype,
+        **kwargs,
+    )
+    if rec.zero_point is None:
+        return y
+    q = quantize(xb.astype(jnp.float32), lq.act_spec())
+    row = jnp.sum(q.values.astype(jnp.int32), axis=-1).astype(jnp.float32) * q.scale  # (M,)
+    zs = rec.zero_point.astype(jnp.float32) * rec.scale.astype(jnp.float32)  # (N,)
+    return activate(activation, y.astype(jnp.float32) + row[:, None] * zs[None, :]).astype(out_dtype)
+
+
+# ------------------------------------------------------------------------------------------------
+# attention implementations behind models.attention
+# ------------------------------------------------------------------------------------------------
+
+
+if kernels is not None:
+    # temporal attention in the tokens' own layout: the kernel package's dispatch runs the Pallas kernel
+    # for half precision on a GPU (cuDNN flash attention's 64x128 tiles waste most of their work on 16
+    # frames) and its einsum reference otherwise (float32 parity)
+    attention_seam.register("temporal", kernels.frame_attention)
+
+
+__all__ = ["BACKENDS", "check", "is_hopper", "kernels", "log_once", "pallas_dense", "resolve"]
