@@ -9,7 +9,11 @@ sampler calls once per step. Quantized variants quantize every Dense inside the 
 and dynamic per-token int8 activations on the ``pallas`` backend (fused kernels; falls back to XLA
 int8 where a kernel does not apply).
 
-    python -m benchmarks.bench_e2e [--models pixart,stdit] [--variants bf16,w8a8,w4a8] [--out FILE]
+    python -m benchmarks.bench_e2e [--models pixart,stdit] [--variants bf16,w8a8,w4a8,viditq-w8a8] [--out FILE]
+
+Variants: the layer settings of ``benchmarks.xl_step.VARIANTS`` (``w8a8``, ``w4a8``: symmetric weights,
+no balancing; ``w8a8-rot``: with the online Hadamard rotation) or any quantization preset
+(``viditq-w8a8``, ``viditq-w4a8``: as ``quantize_params`` makes them, calibrated on the step's inputs).
 
 Writes ``benchmarks/results/e2e.json`` and ``e2e.md`` (rows: model × method with ``gpu``,
 ``jax_version``, ``date``, times, ``speedup_vs_bf16``, weight bytes and their ratio to bf16).
@@ -28,13 +32,26 @@ import jax.numpy as jnp
 from benchmarks.common import REPO, environment, median_time, peak_memory_bytes
 from benchmarks.xl_step import VARIANTS, build, profile_variant, step_fn, summarize
 from vidq_jax.checkpoint import params_nbytes
-from vidq_jax.quant import QuantConfig, quantize_params
+from models.families import family_of
+from vidq_jax.quant import PRESETS, QuantConfig, quantize_params
 
-def linear_weight_bytes(params) -> int:
+
+def variant_config(name: str) -> QuantConfig | None:
+    """The quantization recipe of a row: a layer setting of :data:`benchmarks.xl_step.VARIANTS` applied to
+    every Dense (embedders, t_block, final layer stay bf16), or a real preset (``viditq-w8a8``: smoothing
+    + online rotation, the preset's own asymmetric weights) on the ``pallas`` backend, calibrated on the
+    step's own inputs."""
+    if name in PRESETS:
+        return QuantConfig.preset(name, backend="pallas")
+    layer = VARIANTS[name]
+    return None if layer is None else QuantConfig(name, default=layer)
+
+def linear_weight_bytes(model, params) -> int:
     """Bytes of the Dense kernels inside transformer blocks (quantized or not), incl. scales."""
     total = 0
+    fam = family_of(model)
     for k, v in params.items():
-        if k.startswith(("blocks_", "spatial_blocks_", "temporal_blocks_")):
+        if fam.block_of(k + "/"):
             total += sum(
                 x.nbytes for path, x in jax.tree_util.tree_flatten_with_path(v)[0] if "kernel" in jax.tree_util.keystr(path)
             )
@@ -49,15 +66,15 @@ def run(model_name: str, variants: list[str], iters: int, tiny: bool = False, pr
     print(f"[{model_name}] params ready in {time.perf_counter() - t0:.1f} s", flush=True)
     step = step_fn(model)
     base_bytes = params_nbytes(params)
-    base_linear = linear_weight_bytes(params)
+    base_linear = linear_weight_bytes(model, params)
     rows, base_ms = [], None
     for name in variants:
-        layer = VARIANTS[name]
-        if layer is None:
+        config = variant_config(name)
+        if config is None:
             p = params
         else:
             t0 = time.perf_counter()
-            p = quantize_params(params, None, model=model, config=QuantConfig(name, default=layer))
+            p = quantize_params(params, [inputs], model=model, config=config)
             jax.block_until_ready(p)
             print(f"[{model_name}/{name}] quantized in {time.perf_counter() - t0:.1f} s", flush=True)
         t0 = time.perf_counter()
@@ -74,7 +91,7 @@ def run(model_name: str, variants: list[str], iters: int, tiny: bool = False, pr
             ref_out = out
         rel = float(jnp.linalg.norm((out - ref_out).astype(jnp.float32)) / jnp.linalg.norm(ref_out.astype(jnp.float32))) if base_ms else None
         nbytes = params_nbytes(p)
-        lin = linear_weight_bytes(p)
+        lin = linear_weight_bytes(model, p)
         row = {
             "model": {"pixart": "PixArt-XL/2 1024px (latent 128x128)", "stdit": "STDiT-XL/2 16x512x512 (latent 16x64x64)"}[model_name],
             "method": name,

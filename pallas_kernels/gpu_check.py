@@ -187,6 +187,27 @@ def run_checks(log, quick: bool = False) -> int:
                            f"max|dq|={d.max()} flips={flips}/{d.size} max_rel_scale={srel:.1e}")
                 except Exception as e:  # noqa: BLE001
                     report(name, False, repr(e)[:300])
+        # the rotation inside the W8A8 / W4A8 linears (ViDiT-Q's online Hadamard, fused quantizer)
+        n = 1152
+        x = rand_x(k + 1, 2048, k, zero_row=1024)
+        rot = (base, signs)
+        wq = rand_int(k + 2, (n, k), -127, 127)
+        w4 = rand_int(k + 3, (n, k), -8, 7)
+        ws = rand_scale(k + 4, (n,))
+        bias = jax.random.normal(jax.random.key(k + 5), (n,), jnp.float32)
+        from pallas_kernels.ops.rotate_quantize import rotate_ref
+
+        xrot = rotate_ref(x, base, signs)
+        for op, w, ref in (("w8a8_linear", wq, pk.w8a8_linear_ref(xrot, wq, ws, bias)),
+                           ("w4a8_linear", pk.pack_int4(w4), pk.w4a8_linear_ref(xrot, pk.pack_int4(w4), ws, bias))):
+            name = f"{op}[auto] rotation M=2048 K={k} N={n}"
+            try:
+                poison_allocator()
+                y = getattr(pk, op)(x, w, ws, bias, rotation=rot)
+                ok, rel = close(y, ref)
+                report(name, ok, f"rel={rel:.2e}")
+            except Exception as e:  # noqa: BLE001
+                report(name, False, repr(e)[:300])
     return failures
 
 

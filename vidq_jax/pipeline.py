@@ -16,8 +16,9 @@ from typing import Any, Callable, Mapping
 import jax
 import jax.numpy as jnp
 
-from models.families import Family, family_of
+from models.families import Family, family_of, find_family
 from vidq_jax import sampling
+from vidq_jax.sampling.validate import check_guidance, check_steps, is_traced
 
 _APPLY_FNS: dict[int, tuple[Any, Callable]] = {}
 
@@ -57,15 +58,29 @@ def null_condition(model, params, cond: Mapping[str, Any]) -> dict[str, Any]:
 
 def sampler_settings(model, *, sampler: str | None = None, steps: int | None = None,
                      guidance_scale: float | None = None) -> dict[str, Any]:
-    """The family's release settings (``models.families``: ``Family.sampler``) with overrides applied."""
+    """The family's release settings (``models.families``: ``Family.sampler``) with overrides applied
+    (``None`` = the release value; anything else is validated, never silently replaced: ``steps=0``
+    is a :class:`~vidq_jax.sampling.SamplingArgumentError`)."""
     d = family(model).sampler
-    name = sampler or d.name
+    name = d.name if sampler is None else sampler
     sampling.get(name)  # ValueError naming the registered samplers
+    g = check_guidance(d.guidance_scale if guidance_scale is None else guidance_scale)
     return {
         "sampler": name,
-        "steps": int(steps or d.steps),
-        "guidance_scale": float(d.guidance_scale if guidance_scale is None else guidance_scale),
+        "steps": check_steps(d.steps if steps is None else steps),
+        "guidance_scale": g if is_traced(g) else float(g),
     }
+
+
+def size_keywords(model, sampler: str, latent_shape, given: Mapping[str, Any]) -> dict[str, Any]:
+    """The keywords of the family's release sampler that its family derives from the latent's shape
+    (``SamplerDefaults.size_keywords``: e.g. STDiT3's pixel ``num_frames`` for the rectified-flow
+    shift), those not in ``given``; ``{}`` for another sampler or a model of no family."""
+    fam = find_family(model)
+    derive = fam.sampler.size_keywords if fam is not None and fam.sampler.name == sampler else None
+    if derive is None:
+        return {}
+    return {k: v for k, v in derive(tuple(latent_shape), given).items() if k not in given}
 
 
 def exported_sampler(meta: Mapping[str, Any]) -> dict[str, Any]:
@@ -121,8 +136,9 @@ def sample(
             raise ValueError(f"segment table has {len(table)} entries for {st['steps']} steps")
         apply_fn, sampler_kwargs = segment_apply_fn(model, table), {**sampler_kwargs, "step_kwarg": "step"}
     smp = sampling.get(st["sampler"])
+    sampler_kwargs = {**size_keywords(model, st["sampler"], noise.shape, sampler_kwargs), **sampler_kwargs}
     kwargs = dict(steps=st["steps"], guidance_scale=st["guidance_scale"], **smp.key_kwargs(key))
-    if uncond is None and st["guidance_scale"] != 1.0:
+    if uncond is None and (is_traced(st["guidance_scale"]) or st["guidance_scale"] != 1.0):
         uncond = null_condition(model, params, cond)
     fn = apply_fn or apply_fn_for(model)
     return smp.sample(fn, params, noise, dict(cond), uncond, **kwargs, **sampler_kwargs)

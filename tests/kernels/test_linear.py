@@ -206,3 +206,26 @@ def test_linears_gpu(backend, m, k, n):
     p = pk.pack_int4(w4)
     assert_bf16_close(pk.w4a8_linear(x, p, ws, bias, backend=backend),
                       pk.w4a8_linear_ref(x, p, ws, bias))
+
+
+@pytest.mark.parametrize("op", ["w8a8_linear", "w4a8_linear"])
+def test_rotation_inside_the_linear_equals_rotating_first(op):
+    """``rotation=(h_base, signs)``: the linear's int8 input is the rotated row quantized per token
+    (one fused pass on GPU), i.e. the linear of the rotated x; fresh random inputs, K = 36 · 4."""
+    import pallas_kernels as pk
+    from pallas_kernels.ops.rotate_quantize import rotate_ref
+
+    k, n, m = 144, 48, 37
+    rng = np.random.default_rng(3)
+    base = np.where(rng.random((36, 36)) < 0.5, -1.0, 1.0).astype(np.float32)
+    signs = jnp.asarray(np.where(rng.random(k) < 0.5, -1.0, 1.0), jnp.float32)
+    x = jnp.asarray(rng.standard_normal((m, k)) * (1 + 5 * (rng.random(k) < 0.05)), jnp.bfloat16)
+    ws = jnp.asarray(rng.uniform(0.001, 0.01, n), jnp.float32)
+    bias = jnp.asarray(rng.standard_normal(n), jnp.float32)
+    if op == "w8a8_linear":
+        w = jnp.asarray(rng.integers(-127, 128, (n, k)), jnp.int8)
+    else:
+        w = pk.pack_int4(jnp.asarray(rng.integers(-8, 8, (n, k)), jnp.int8))
+    y = getattr(pk, op)(x, w, ws, bias, rotation=(base, signs), out_dtype=jnp.float32)
+    ref = getattr(pk, f"{op}_ref")(rotate_ref(x, base, signs), w, ws, bias, out_dtype=jnp.float32)
+    np.testing.assert_allclose(np.asarray(y), np.asarray(ref), rtol=1e-5, atol=1e-5 * float(jnp.abs(ref).max()))

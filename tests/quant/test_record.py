@@ -22,7 +22,8 @@ from vidq_jax.quant import (
     static_act_params,
     weight_channel_absmax,
 )
-from pallas_kernels import unpack_int4
+from pallas_kernels import rotate_quantize_ref, unpack_int4
+from pallas_kernels.ops.rotate_quantize import rotate_ref
 from vidq_jax.quant import backends
 
 K, N = 72, 24  # 72 = 36·2 exercises the non-power-of-two Hadamard
@@ -213,10 +214,10 @@ def fake_kernels(monkeypatch):
     """A stand-in ``pallas_kernels`` module with the agreed signature (exact int semantics)."""
     calls = []
 
-    def w8a8_linear(x, qweight, w_scale, bias=None, *, out_dtype=jnp.bfloat16, backend="auto"):
+    def w8a8_linear(x, qweight, w_scale, bias=None, *, out_dtype=jnp.bfloat16, backend="auto", rotation=None):
         calls.append(("w8a8", x.dtype, qweight.dtype))
         assert x.dtype == jnp.bfloat16 and qweight.dtype == jnp.int8 and x.ndim == 2
-        xf = x.astype(jnp.float32)
+        xf = x.astype(jnp.float32) if rotation is None else rotate_ref(x, *rotation)
         s = jnp.max(jnp.abs(xf), axis=-1, keepdims=True) / 127
         s = jnp.where(s > 0, s, 1.0)
         q = jnp.clip(jnp.round(xf / s), -127, 127).astype(jnp.int8)
@@ -226,13 +227,14 @@ def fake_kernels(monkeypatch):
             y = y + bias
         return y.astype(out_dtype)
 
-    def w4a8_linear(x, qweight, w_scale, bias=None, *, out_dtype=jnp.bfloat16, backend="auto"):
+    def w4a8_linear(x, qweight, w_scale, bias=None, *, out_dtype=jnp.bfloat16, backend="auto", rotation=None):
         calls.append(("w4a8", x.dtype, qweight.dtype))
         assert qweight.dtype == jnp.uint8
-        return w8a8_linear(x, unpack_int4(qweight), w_scale, bias, out_dtype=out_dtype)
+        return w8a8_linear(x, unpack_int4(qweight), w_scale, bias, out_dtype=out_dtype, rotation=rotation)
 
     mod = types.ModuleType("pallas_kernels")
     mod.w8a8_linear, mod.w4a8_linear = w8a8_linear, w4a8_linear
+    mod.rotate_quantize = rotate_quantize_ref
     mod.is_hopper = lambda: False
     monkeypatch.setattr(backends, "kernels", mod)
     yield calls

@@ -25,7 +25,7 @@ values, floats equal up to rounding):
   the epilogue ``y[m,n] = Σ_g s_x[m,g] s_w[n,g] (acc + z_w·Σq_x + z_x·Σq_w + |g|·z_x·z_w)[g,m,n]``,
   all correction terms exact in int32.
 * ``pallas`` — :func:`vidq_jax.quant.backends.pallas_dense`: the kernel package's ``w8a8_linear`` /
-  ``w4a8_linear`` (fused quantize + int8 GEMM +
+  ``w4a8_linear`` (fused quantize — with the online rotation inside the quantizer kernel — + int8 GEMM +
   epilogue) for per-channel (or symmetric per-group packed int4) weights and dynamic symmetric
   per-token int8 activations (an asymmetric weight's zero-point term is added outside the
   kernel); anything else, or a missing kernel package, falls back to ``xla`` (logged once per
@@ -179,13 +179,15 @@ class QuantizedWeight:
         if splits < 1 or self.out_features % splits:
             raise ValueError(f"{self.out_features} output features do not split into {splits} blocks")
         lead = x.shape[:-1]
-        x2 = self.balance(x.reshape(-1, k).astype(jnp.float32))
-        if self.layer.a_bits is None:
-            y = jnp.matmul(x2, self.dequantize().T, precision=_HIGHEST)
-        elif self.backend == "pallas" and (yk := backends.pallas_dense(self, x2, bias, out_dtype, activation, splits)) is not None:
+        xr = x.reshape(-1, k)
+        if (self.layer.a_bits is not None and self.backend == "pallas"
+                and (yk := backends.pallas_dense(self, xr, bias, out_dtype, activation, splits)) is not None):
             if isinstance(yk, tuple):  # the kernels computed the column blocks separately
                 return tuple(a.reshape(lead + (a.shape[-1],)) for a in yk)
             return split_columns(yk.reshape(lead + (self.out_features,)), splits)
+        x2 = self.balance(xr.astype(jnp.float32))
+        if self.layer.a_bits is None:
+            y = jnp.matmul(x2, self.dequantize().T, precision=_HIGHEST)
         elif self.backend == "simulate":
             y = self._simulate(x2)
         else:
@@ -193,7 +195,7 @@ class QuantizedWeight:
         if bias is not None:
             y = y + bias.astype(jnp.float32)
         return split_columns(activate(activation, y).astype(out_dtype).reshape(lead + (self.out_features,)),
-                              splits)
+                             splits)
 
     def _simulate(self, x2: jax.Array) -> jax.Array:
         q, s, z = self.quantize_activation(x2)

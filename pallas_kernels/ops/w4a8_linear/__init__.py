@@ -27,6 +27,7 @@ from pallas_kernels.ops.int8_matmul import int8_gemm
 from pallas_kernels.ops.int8_matmul.reference import apply_activation
 from pallas_kernels.ops.int8_matmul.triton import TritonGemmConfig
 from pallas_kernels.ops.quantize import quantize_per_token
+from pallas_kernels.ops.rotate_quantize import rotate_quantize, rotate_ref
 from pallas_kernels.ops.w4a8_linear.packing import (
     deinterleave_k,
     pack_int4,
@@ -35,7 +36,7 @@ from pallas_kernels.ops.w4a8_linear.packing import (
 )
 from pallas_kernels.ops.w4a8_linear.reference import grouped_int8_matmul_ref, w4a8_linear_ref
 from pallas_kernels.ops.w4a8_linear.triton import fit_w4_config, triton_w4a8_gemm
-from pallas_kernels.ops.w8a8_linear import activation_quant_backend, check_linear_args, column_blocks
+from pallas_kernels.ops.w8a8_linear import check_linear_args, column_blocks, quantize_input
 
 CONFIG_FILE = Path(__file__).with_name("configs.json")
 
@@ -74,6 +75,7 @@ def w4a8_linear(
     act_quant: str = "auto",
     approx_gelu: bool = True,
     fuse_activation: bool = True,
+    rotation: tuple | None = None,
 ) -> jax.Array | tuple[jax.Array, ...]:
     """W4A8 linear ``x (M, K) -> (M, N)``, then ``activation`` (fused into the wgmma epilogue on
     the per-channel Hopper path; applied by XLA after the Triton per-group kernel).
@@ -83,6 +85,8 @@ def w4a8_linear(
     ``splits``: as in :func:`pallas_kernels.w8a8_linear` (one GEMM per column block on the
     Hopper path; other paths split one output). ``act_quant``, ``approx_gelu``,
     ``fuse_activation``: as in :func:`pallas_kernels.w8a8_linear` (the per-channel Hopper path).
+    ``rotation=(h_base, signs)``: the GEMM input is the randomized Hadamard rotation of ``x``
+    (:func:`pallas_kernels.ops.w8a8_linear.quantize_input`).
     """
     blocks = list(zip(*(column_blocks(a, splits, axis=0) for a in (qweight_packed, w_scale, bias))))
     n, kh = qweight_packed.shape
@@ -103,7 +107,7 @@ def w4a8_linear(
     m = x.shape[0]
     if be == "mosaic":
         # Per-channel: unpacking N x K nibbles is a tiny XLA fusion next to the M x N x K GEMM.
-        xq, xs = quantize_per_token(x, backend=activation_quant_backend(be, act_quant))
+        xq, xs = quantize_input(x, be, act_quant, rotation)
         outs = tuple(int8_gemm(xq, unpack_int4(w), xs, ws, b, out_dtype=out_dtype, backend="mosaic",
                                op="w4a8_linear", activation=activation, approx_gelu=approx_gelu,
                                fuse_activation=fuse_activation) for w, ws, b in blocks)
@@ -112,12 +116,14 @@ def w4a8_linear(
         cfg = TritonGemmConfig.from_dict(_config.lookup(CONFIG_FILE, "triton_w4a8", m, k, n, {}))
         cfg_fit = fit_w4_config(cfg, m, k, n, group_size)
         if cfg_fit is not None:
-            xq, xs = quantize_per_token(x)
+            xq, xs = quantize_per_token(x) if rotation is None else rotate_quantize(x, *rotation)
             y = triton_w4a8_gemm(deinterleave_k(xq), qweight_packed, xs, w_scale, bias, cfg=cfg_fit,
                                  out_dtype=jnp.float32 if activation else out_dtype, interpret=not on_gpu())
             return _split_cols(apply_activation(y, activation).astype(out_dtype), splits)
         log_once(f"w4a8:triton:{k},{n},{group_size}", f"pallas_kernels.w4a8_linear: Triton "
                  f"kernel does not support K={k}, N={n}, group={group_size}; using XLA.")
+    if rotation is not None:  # the reference quantizes the rotated row per token: the same int8 input
+        x = rotate_ref(x, *rotation)
     return _split_cols(_w4a8_xla(x, qweight_packed, w_scale, bias, out_dtype=out_dtype, activation=activation),
                        splits)
 

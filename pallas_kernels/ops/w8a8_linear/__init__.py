@@ -13,6 +13,7 @@ from pallas_kernels._compat import on_gpu
 from pallas_kernels._debug import debug_override
 from pallas_kernels.ops.int8_matmul import int8_gemm, resolve_backend
 from pallas_kernels.ops.quantize import quantize_per_token
+from pallas_kernels.ops.rotate_quantize import rotate_quantize
 from pallas_kernels.ops.w8a8_linear.reference import w8a8_linear_dequant_ref, w8a8_linear_ref
 
 
@@ -54,6 +55,7 @@ def w8a8_linear(
     act_quant: str = "auto",
     approx_gelu: bool = True,
     fuse_activation: bool = True,
+    rotation: tuple | None = None,
 ) -> jax.Array | tuple[jax.Array, ...]:
     """W8A8 linear ``x (M, K) -> (M, N)`` (then ``activation``, fused into the epilogue).
 
@@ -67,12 +69,14 @@ def w8a8_linear(
     the consumer (cuDNN attention) needs no copy of a strided slice.
     ``act_quant``: the quantizer of ``x`` (:func:`activation_quant_backend`); ``approx_gelu``,
     ``fuse_activation``: Mosaic GPU epilogue options (:func:`pallas_kernels.int8_gemm`).
+    ``rotation=(h_base, signs)``: the GEMM input is the randomized Hadamard rotation of ``x``
+    (:func:`quantize_input`; the weight rows must be rotated the same way).
     """
     if qweight.dtype != jnp.int8:
         raise TypeError(f"qweight must be int8, got {qweight.dtype}")
     check_linear_args(x, qweight, qweight.shape[1], w_scale)
     be = resolve_backend(backend, "w8a8_linear")
-    xq, xs = quantize_per_token(x, backend=activation_quant_backend(be, act_quant))
+    xq, xs = quantize_input(x, be, act_quant, rotation)
     outs = tuple(
         int8_gemm(xq, w, xs, ws, b, out_dtype=out_dtype, backend=be, op="w8a8_linear", activation=activation,
                   approx_gelu=approx_gelu, fuse_activation=fuse_activation)
@@ -82,6 +86,20 @@ def w8a8_linear(
 
 
 ACT_QUANT_CHOICES = ("auto", "xla", "triton")
+
+
+def quantize_input(x: jax.Array, gemm_backend: str, act_quant: str = "auto",
+                   rotation: tuple | None = None) -> tuple[jax.Array, jax.Array]:
+    """The int8 input ``(q (M, K), scale (M, 1))`` of a W8A8/W4A8 GEMM: ``x`` quantized per token, or,
+    with ``rotation=(h_base, signs)``, its randomized Hadamard rotation
+    ``x · diag(signs) · (H_b ⊗ H_p) / sqrt(K)`` quantized per token in one fused pass
+    (:func:`pallas_kernels.rotate_quantize`: read x once, rotate in registers, write int8 + scale).
+    The quantizer follows :func:`activation_quant_backend` (Pallas kernel next to Pallas GEMMs on GPU)."""
+    qb = activation_quant_backend(gemm_backend, act_quant)
+    if rotation is None:
+        return quantize_per_token(x, backend=qb)
+    h_base, signs = rotation
+    return rotate_quantize(x, h_base, signs, backend="auto" if qb == "triton" else "xla")
 
 
 def activation_quant_backend(gemm_backend: str, act_quant: str = "auto") -> str:
@@ -105,6 +123,7 @@ __all__ = [
     "activation_quant_backend",
     "check_linear_args",
     "column_blocks",
+    "quantize_input",
     "w8a8_linear",
     "w8a8_linear_dequant_ref",
     "w8a8_linear_ref",

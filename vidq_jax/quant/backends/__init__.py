@@ -80,10 +80,15 @@ def resolve(backend: str) -> str:
 # ------------------------------------------------------------------------------------------------
 
 
-def pallas_dense(rec: Any, x2: jax.Array, bias: jax.Array | None, out_dtype, activation: str | None = None,
+def pallas_dense(rec: Any, x: jax.Array, bias: jax.Array | None, out_dtype, activation: str | None = None,
                  splits: int = 1) -> jax.Array | tuple[jax.Array, ...] | None:
-    """Run a :class:`~vidq_jax.quant.record.QuantizedWeight` with the fused kernel if its format fits;
-    ``None`` means "use xla instead".
+    """Run a :class:`~vidq_jax.quant.record.QuantizedWeight` on ``x (M, K)`` (not yet balanced) with the
+    fused kernels if its format fits; ``None`` means "use xla instead".
+
+    Balancing: the smoothing ``x / s`` is one elementwise multiply that XLA fuses into the op producing
+    ``x`` (LayerNorm + modulate, GELU); the online Hadamard rotation happens inside the quantizer kernel
+    (:func:`pallas_kernels.rotate_quantize`: bf16 read once, rotated in registers, int8 + scale written),
+    so a rotated layer costs one activation pass like an unrotated one.
 
     The kernels take symmetric per-channel weights. Asymmetric per-channel weights (ViDiT-Q's
     default) use the same kernel plus the zero-point term ``(s_x Σ_k q_x)[m] · (z_w s_w)[n]``,
@@ -92,6 +97,7 @@ def pallas_dense(rec: Any, x2: jax.Array, bias: jax.Array | None, out_dtype, act
     zero-point path returns the whole output.
     """
     from models.layers import activate
+    from vidq_jax.quant.hadamard import base_hadamard, hadamard_factors
     from vidq_jax.quant.quantizers import quantize
 
     lq = rec.layer
@@ -112,8 +118,11 @@ def pallas_dense(rec: Any, x2: jax.Array, bias: jax.Array | None, out_dtype, act
         )
         return None
     fn = kernels.w4a8_linear if lq.packed else kernels.w8a8_linear
-    xb = x2.astype(jnp.bfloat16)
+    mult = rec.smooth_multiplier()
+    xb = (x if mult is None else x.astype(jnp.float32) * mult).astype(jnp.bfloat16)
     kwargs: dict[str, Any] = {"group_size": lq.w_group_size} if grouped else {}
+    if rec.hadamard_signs is not None:
+        kwargs["rotation"] = (base_hadamard(hadamard_factors(rec.in_features)[0]), rec.hadamard_signs)
     if rec.zero_point is None and activation is not None:
         kwargs["activation"] = activation  # fused into the epilogue
     if rec.zero_point is None and splits > 1:
@@ -128,8 +137,13 @@ def pallas_dense(rec: Any, x2: jax.Array, bias: jax.Array | None, out_dtype, act
     )
     if rec.zero_point is None:
         return y
-    q = quantize(xb.astype(jnp.float32), lq.act_spec())
-    row = jnp.sum(q.values.astype(jnp.int32), axis=-1).astype(jnp.float32) * q.scale  # (M,)
+    if "rotation" in kwargs:  # the kernel's own int8 input (rotated), recomputed for the row sums
+        qv, qs = kernels.rotate_quantize(xb, *kwargs["rotation"])
+        qv, qs = qv, qs[:, 0]
+    else:
+        q = quantize(xb.astype(jnp.float32), lq.act_spec())
+        qv, qs = q.values, q.scale
+    row = jnp.sum(qv.astype(jnp.int32), axis=-1).astype(jnp.float32) * qs  # (M,)
     zs = rec.zero_point.astype(jnp.float32) * rec.scale.astype(jnp.float32)  # (N,)
     return activate(activation, y.astype(jnp.float32) + row[:, None] * zs[None, :]).astype(out_dtype)
 
