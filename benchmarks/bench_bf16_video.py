@@ -25,12 +25,11 @@ import math
 import os
 import statistics
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
-from benchmarks.common import REPO, device_name
+from benchmarks.common import REPO, device_name, mark_toy, results_path, title
 from models.stdit import STDIT_PRESETS, STDiT
 from models.stdit3 import STDIT3_PRESETS, STDiT3
 
@@ -175,7 +174,8 @@ def main(argv=None) -> int:
     ap.add_argument("--only", choices=["stdit", "stdit3"], help="run one architecture")
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "bf16_video.json"))
+    ap.add_argument("--out", help="result JSON (default benchmarks/results/bf16_video.json, bf16_video_tiny.json "
+                    "with --tiny)")
     args = ap.parse_args(argv)
 
     results = []
@@ -189,9 +189,10 @@ def main(argv=None) -> int:
             r = dict(case=case.name, arch=case.arch, error=f"{type(e).__name__}: {str(e)[:500]}")
         print(json.dumps({k: v for k, v in r.items() if k not in ("config", "times_ms")}), flush=True)
         results.append(r)
+    mark_toy(results, args.tiny)
 
     report = dict(
-        benchmark="bf16 forward latency, random weights, CFG batch 2",
+        benchmark=title("bf16 forward latency, random weights, CFG batch 2", args.tiny),
         device=device_name(),
         platform=jax.default_backend(),
         jax_version=jax.__version__,
@@ -200,11 +201,11 @@ def main(argv=None) -> int:
         tiny=args.tiny,
         results=results,
     )
-    out = Path(args.out)
+    out = results_path(REPO / "benchmarks" / "results" / "bf16_video.json", args.out, args.tiny)
     os.makedirs(out.parent, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")
 
-    print(f"\n{report['device']}  jax {report['jax_version']}  {report['date']}")
+    print(f"\n{report['benchmark']}\n{report['device']}  jax {report['jax_version']}  {report['date']}")
     print(f"{'case':<20} {'tokens/row':>10} {'params':>8} {'compile s':>9} {'median ms':>10} {'min':>9} {'max':>9} {'TFLOP/s':>8}")
     for r in results:
         if "error" in r:

@@ -29,7 +29,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from benchmarks.common import REPO, environment, median_time, peak_memory_bytes
+from benchmarks.common import REPO, environment, median_time, peak_memory_bytes, results_path, title
 from benchmarks.xl_step import VARIANTS, build, profile_variant, step_fn, summarize
 from vidq_jax.checkpoint import params_nbytes
 from models.families import family_of
@@ -93,8 +93,10 @@ def run(model_name: str, variants: list[str], iters: int, tiny: bool = False, pr
         nbytes = params_nbytes(p)
         lin = linear_weight_bytes(model, p)
         row = {
-            "model": {"pixart": "PixArt-XL/2 1024px (latent 128x128)", "stdit": "STDiT-XL/2 16x512x512 (latent 16x64x64)"}[model_name],
+            "model": f"{model_name} [toy size]" if tiny else {"pixart": "PixArt-XL/2 1024px (latent 128x128)",
+                                                             "stdit": "STDiT-XL/2 16x512x512 (latent 16x64x64)"}[model_name],
             "method": name,
+            "tiny": tiny,
             "batch": 2,
             "compile_s": round(compile_s, 2),
             **{k: round(v, 3) for k, v in t.items()},
@@ -118,7 +120,8 @@ def run(model_name: str, variants: list[str], iters: int, tiny: bool = False, pr
 def write_md(rows: list[dict], path: Path) -> None:
     env = rows[0]
     lines = [
-        f"# One denoising step (CFG batch 2), {env['gpu']}, JAX {env['jax_version']}, {env['date']}",
+        "# " + title(f"One denoising step (CFG batch 2), {env['gpu']}, JAX {env['jax_version']}, {env['date']}",
+                     any(r.get("tiny") for r in rows)),
         "",
         "| model | method | step ms (median) | speed-up vs bf16 | weight bytes vs bf16 (whole model) | block linears vs bf16 | rel. L2 vs bf16 out | peak GPU mem GiB |",
         "|---|---|---|---|---|---|---|---|",
@@ -151,7 +154,7 @@ def main(argv=None) -> int:
     ap.add_argument("--models", default="pixart,stdit")
     ap.add_argument("--variants", default="bf16,w8a8,w4a8")
     ap.add_argument("--iters", type=int, default=10)
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "e2e.json"))
+    ap.add_argument("--out", help="result JSON (default benchmarks/results/e2e.json, e2e_tiny.json with --tiny)")
     ap.add_argument("--tiny", action="store_true", help="toy sizes (CPU smoke run of the same code)")
     ap.add_argument("--profile", type=int, default=0, metavar="STEPS",
                     help="also record the GPU kernel-time breakdown of STEPS profiled steps per row")
@@ -164,9 +167,10 @@ def main(argv=None) -> int:
         try:
             rows += run(m, variants, args.iters, args.tiny, args.profile)
         except Exception as e:  # noqa: BLE001 - record (e.g. OOM) and go on
-            rows.append({"model": m, "method": "?", "error": f"{type(e).__name__}: {str(e)[:400]}", **environment()})
+            rows.append({"model": m, "method": "?", "tiny": args.tiny, "error": f"{type(e).__name__}: {str(e)[:400]}",
+                         **environment()})
             print(rows[-1], flush=True)
-        out = Path(args.out)  # written after each model: a time limit keeps what was measured
+        out = results_path(REPO / "benchmarks" / "results" / "e2e.json", args.out, args.tiny)  # written after each model: a time limit keeps what was measured
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(rows, indent=1))
         write_md(rows, out.with_suffix(".md"))

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import pallas_kernels as pk
-from benchmarks.common import environment, median_time
+from benchmarks.common import environment, median_time, title
 from pallas_kernels._compat import on_gpu
 from pallas_kernels.ops.rotate_quantize import RotateTiling, rotate_tiling, triton_rotate_quantize
 from vidq_jax.quant.hadamard import base_hadamard, hadamard_factors, hadamard_transform
@@ -167,8 +167,8 @@ def bench_shape(m: int, k: int, batch: int, do_sweep: bool, tiny: bool, iters: i
 
 def to_markdown(rows: list[dict]) -> str:
     env = rows[0] if rows else environment()
-    lines = [f"# Online rotation + per-token int8 ({env.get('gpu')}, JAX {env.get('jax_version')}, "
-             f"{env.get('date')})", "",
+    heading = f"Online rotation + per-token int8 ({env.get('gpu')}, JAX {env.get('jax_version')}, {env.get('date')})"
+    lines = ["# " + title(heading, any(r.get("tiny") for r in rows)), "",
              "`python -m benchmarks.bench_rotate`: GPU time per call (batches of calls inside one "
              "jit). `vs_quantizer` = ratio to the unrotated Triton quantizer (target <= 1.2); "
              "`vs_floor` = ratio to (bytes read + written) / HBM bandwidth. Checks against the "

@@ -54,3 +54,28 @@ def peak_memory_bytes() -> int | None:
     except Exception:  # noqa: BLE001 - CPU backends have no memory stats
         return None
     return stats.get("peak_bytes_in_use")
+
+
+TOY = "TOY SIZES ({why}): a smoke run of the code path, not a measurement"
+
+
+def mark_toy(rows: list[dict], tiny: bool) -> list[dict]:
+    """Every result row says whether it comes from a toy-size (``--tiny``) run: ``"tiny": true/false``."""
+    for r in rows:
+        r["tiny"] = bool(tiny)
+    return rows
+
+
+def title(text: str, tiny: bool, why: str = "--tiny") -> str:
+    """A results title (markdown heading or printed table); a toy-size run (``--tiny``, fixture
+    models) says so in it."""
+    return f"{text} — {TOY.format(why=why)}" if tiny else text
+
+
+def results_path(default: str | Path, given: str | Path | None, tiny: bool) -> Path:
+    """``--out`` when given, else ``default`` — as ``<stem>_tiny<suffix>`` for a ``--tiny`` run, so toy
+    numbers never overwrite measured results."""
+    if given is not None:
+        return Path(given)
+    default = Path(default)
+    return default.with_name(f"{default.stem}_tiny{default.suffix}") if tiny else default

@@ -19,9 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from pathlib import Path
 
-from benchmarks.common import REPO, environment, median_time
+from benchmarks.common import REPO, environment, median_time, results_path, title
 from benchmarks.xl_step import MODELS, VARIANTS, build, profile_variant, step_fn, summarize
 from pallas_kernels._debug import DEBUG_ENV
 from vidq_jax.quant import QuantConfig, quantize_params
@@ -32,10 +31,11 @@ def main(argv=None) -> int:
     ap.add_argument("--models", default="pixart,stdit")
     ap.add_argument("--variants", default="bf16,w8a8")
     ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "profile_step.json"))
-    ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--out", help="result JSON (default benchmarks/results/profile_step.json, "
+                    "profile_step_tiny.json with --tiny)")
+    ap.add_argument("--tiny", action="store_true", help="toy sizes (smoke run; every row and title says so)")
     args = ap.parse_args(argv)
-    results = {"environment": environment(), "rows": []}
+    results = {"environment": {**environment(), "tiny": args.tiny}, "rows": []}
     user_debug = os.environ.get(DEBUG_ENV, "")  # other debug options of the caller stay in force
     for m in args.models.split(","):
         model, params, inputs = build(m, args.tiny)
@@ -48,16 +48,17 @@ def main(argv=None) -> int:
             step = step_fn(model)  # a fresh jit: the quantizer choice is read at trace time
             timing = median_time(step, [(p, inputs, 4.5)], iters=10, reps=5, warmup=1)
             times, debug = profile_variant(step, (p, inputs, 4.5), args.steps)
-            row = {"model": m, "shape": MODELS[m][1], "variant": name, "step_ms": round(timing["median_ms"], 3),
-                   **summarize(times), "trace_lines": debug}
+            row = {"model": m, "shape": "toy size" if args.tiny else MODELS[m][1], "variant": name, "tiny": args.tiny,
+                   "step_ms": round(timing["median_ms"], 3), **summarize(times), "trace_lines": debug}
             print(json.dumps(row, indent=1), flush=True)
             results["rows"].append(row)
             del p
-    out = Path(args.out)
+    out = results_path(REPO / "benchmarks" / "results" / "profile_step.json", args.out, args.tiny)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))
     env = results["environment"]
-    lines = [f"# GPU time of one denoising step by kernel kind ({env['gpu']}, JAX {env['jax_version']}, {env['date']})",
+    heading = f"GPU time of one denoising step by kernel kind ({env['gpu']}, JAX {env['jax_version']}, {env['date']})"
+    lines = ["# " + title(heading, args.tiny),
              "", "Sum of kernel durations on the GPU stream lines of a `jax.profiler` trace, per step (ms).", ""]
     for r in results["rows"]:
         lines += [f"## {r['model']} {r['variant']}: step {r['step_ms']:.2f} ms, {r['gpu_busy_ms']:.2f} ms GPU busy", "",

@@ -15,9 +15,11 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from conversion import pixart, stdit
 from conversion.common import to_jax
-from conversion.errors import ConversionError
+from conversion.errors import ConversionError, ConversionWarning
 from conversion.io import read_state_dict
 from models.families import ARCHS as _FAMILY_OF_ARCH
 from models.families import FAMILIES
@@ -38,6 +40,23 @@ def _converter(arch: str):
     return CONVERTERS[_FAMILY_OF_ARCH[arch].name]
 
 
+def _is_tensor(v: Any) -> bool:
+    """A numeric array (numpy numbers, bool, or ml_dtypes' bfloat16 / float8) with no empty axis."""
+    if not (hasattr(v, "shape") and hasattr(v, "dtype")) or 0 in tuple(v.shape):
+        return False
+    dt = np.dtype(v.dtype)
+    return dt.kind in "biufc" or (dt.kind == "V" and dt.names is None and dt.itemsize in (1, 2))
+
+
+def _check_tensors(state: dict, source: str) -> None:
+    """Every value is a numeric array with no empty axis (one-line error naming the first few that
+    are not): what the converters' shape inference may rely on."""
+    bad = [k for k, v in state.items() if not isinstance(k, str) or not _is_tensor(v)]
+    if bad:
+        shown = ", ".join(repr(k) for k in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise ConversionError(f"{source}: {len(bad)} entries are not numeric tensors with a non-empty shape: {shown}")
+
+
 def is_implemented(arch: str) -> bool:
     """Whether checkpoints of ``arch`` can be converted here. Archs of families still to come (e.g.
     fixture cases for ``dit`` or ``sd-vae``) are simply not implemented: ``False``, never an error."""
@@ -46,7 +65,9 @@ def is_implemented(arch: str) -> bool:
 
 def convert_state_dict(state: dict, arch: str, config: dict | None = None, source: str = "state dict"):
     """Convert an in-memory ``{key: numpy array}`` state dict; returns ``(model, numpy params)``."""
-    return _converter(arch)(state, arch, config, source)
+    convert = _converter(arch)
+    _check_tensors(state, source)
+    return convert(state, arch, config, source)
 
 
 def load_checkpoint(
@@ -61,6 +82,7 @@ def load_checkpoint(
     """
     convert = _converter(arch)
     state, file_config, weights = read_state_dict(path)
+    _check_tensors(state, str(weights))
     merged = dict(file_config or {})
     merged.update(config or {})
     model, params = convert(state, arch, merged or None, str(weights))
@@ -71,6 +93,7 @@ __all__ = [
     "ARCHS",
     "CONVERTERS",
     "ConversionError",
+    "ConversionWarning",
     "FAMILIES",
     "convert_state_dict",
     "is_implemented",

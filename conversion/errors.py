@@ -32,3 +32,15 @@ class ConversionError(ValueError):
             lines.append(f"mis-shaped keys ({len(self.mismatched)}):")
             lines += [f"  - {k}: checkpoint {tuple(got)} vs expected {tuple(want)}" for k, got, want in self.mismatched]
         super().__init__("\n".join(lines))
+
+
+class ConversionWarning(UserWarning):
+    """A conversion that succeeded on an assumption or against doubtful evidence (one line): a value
+    the checkpoint does not determine was assumed, or the checkpoint looks like another arch.
+
+    ``assumed``: ``{config name: assumed value}`` (empty for the other doubts); passing those names
+    in ``config`` removes the warning."""
+
+    def __init__(self, message: str, assumed: dict | None = None):
+        super().__init__(message)
+        self.assumed = dict(assumed or {})

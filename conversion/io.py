@@ -62,24 +62,49 @@ def read_safetensors(path: str | os.PathLike) -> StateDict:
             if n > size - 8 or n > 100_000_000:
                 raise ValueError(f"header length {n} exceeds the file size {size}")
             header = json.loads(f.read(n))
-    except (OSError, ValueError, UnicodeDecodeError) as e:
-        raise ConversionError(f"{path}: not a readable safetensors file ({e})") from None
+        if not isinstance(header, dict):
+            raise ValueError(f"the header is a JSON {type(header).__name__}, not an object")
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise ConversionError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0][:200]})") from None
     base = 8 + n
     data = np.memmap(path, dtype=np.uint8, mode="r") if size > base else np.zeros(0, np.uint8)
     out: StateDict = {}
     for key, info in header.items():
         if key == "__metadata__":
             continue
-        dt = info.get("dtype")
-        dtype = _bf16() if dt == "BF16" else _ST_DTYPES.get(dt)
-        if dtype is None:
-            raise ConversionError(f"{path}: tensor {key!r} has unsupported dtype {dt}")
-        start, end = info["data_offsets"]
+        dtype, shape, (start, end) = _tensor_entry(path, key, info)
         if base + end > size:
             raise ConversionError(f"{path}: truncated file (tensor {key!r} ends at byte {base + end}, file has {size})")
-        shape = tuple(info["shape"])
         out[key] = np.frombuffer(data[base + start : base + end], dtype=dtype).reshape(shape)
     return out
+
+
+def _tensor_entry(path: Path, key: str, info: Any) -> tuple[Any, tuple[int, ...], tuple[int, int]]:
+    """``(dtype, shape, (start, end))`` of one safetensors header entry, every field checked
+    (one-line :class:`ConversionError` naming the tensor otherwise)."""
+
+    def bad(what: str) -> ConversionError:
+        return ConversionError(f"{path}: not a readable safetensors file (tensor {key!r}: {what})")
+
+    if not isinstance(info, dict):
+        raise bad("its header entry is not an object")
+    dt = info.get("dtype")
+    dtype = _bf16() if dt == "BF16" else _ST_DTYPES.get(dt) if isinstance(dt, str) else None
+    if dtype is None:
+        raise ConversionError(f"{path}: tensor {key!r} has unsupported dtype {dt}")
+
+    def ints(v: Any) -> bool:
+        return isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v)
+
+    shape, offsets = info.get("shape"), info.get("data_offsets")
+    if not ints(shape):
+        raise bad(f"shape {shape!r} is not a list of sizes")
+    if not ints(offsets) or len(offsets) != 2 or offsets[0] > offsets[1]:
+        raise bad(f"data_offsets {offsets!r} are not [start, end]")
+    nbytes = int(np.prod(shape, dtype=object)) * np.dtype(dtype).itemsize
+    if offsets[1] - offsets[0] != nbytes:
+        raise bad(f"shape {shape} needs {nbytes} bytes, data_offsets {offsets} hold {offsets[1] - offsets[0]}")
+    return dtype, tuple(shape), (offsets[0], offsets[1])
 
 
 def _torch_to_numpy(t) -> np.ndarray:

@@ -20,15 +20,26 @@ import dataclasses
 import math
 import re
 import warnings
-from fractions import Fraction
 from typing import Any
 
 import numpy as np
 
-from conversion.common import count_blocks, param_shapes, state_to_params
-from conversion.errors import ConversionError
+from conversion.common import (
+    XL_HIDDEN,
+    assumed_note,
+    count_blocks,
+    deliver_notes,
+    emit_notes,
+    guess_num_heads,
+    param_shapes,
+    sincos_2d_grid,
+    sincos_position,
+    snap_fraction,
+    state_to_params,
+)
+from conversion.errors import ConversionError, ConversionWarning
 from conversion.io import StateDict
-from models.stdit import STDiT, STDiTConfig
+from models.stdit import STDIT_PRESETS, STDiT, STDiTConfig
 from models.stdit3 import STDiT3, STDiT3Config
 
 _IGNORABLE_STDIT = (r"pos_embed", r"pos_embed_temporal")
@@ -91,53 +102,37 @@ def _infer_common(state: StateDict, block: str) -> dict[str, Any]:
     if lin is not None and lin.ndim == 2 and "patch_size" in out:
         out_ch = lin.shape[0] // math.prod(out["patch_size"])
         out["pred_sigma"] = out_ch == 2 * out["in_channels"]
-    if hidden and hidden % 72 == 0:
-        out["num_heads"] = hidden // 72  # every released XL model uses head_dim 72
     return out
 
 
-def _snap(x: float, dtype: np.dtype) -> float:
-    """Snap a value read back from a stored table to a nearby simple fraction (2/3, 0.5, ...);
-    half-precision tables only determine it to ~1e-2."""
-    tol = 1e-4 if np.dtype(dtype).itemsize >= 4 else 1e-2
-    f = Fraction(x).limit_denominator(64)
-    return float(f) if abs(float(f) - x) <= tol * abs(x) else float(x)
-
-
-def _position_of_index_1(table: np.ndarray, sin_channel: int, omega: float) -> float | None:
-    """Position of row 1 of a sin-cos table, read from a low-frequency sin channel (invertible)."""
-    v = float(np.asarray(table[1, sin_channel], np.float64))
-    if not -1.0 < v < 1.0:
-        return None
-    p = math.asin(v) / omega
-    return p if p > 0 else None
-
-
 def _infer_stdit_tables(state: StateDict, hidden: int) -> dict[str, Any]:
-    """Input size / space_scale / time_scale from stored ``pos_embed`` / ``pos_embed_temporal``."""
+    """Token grid / frame count and ``space_scale`` / ``time_scale`` from the stored ``pos_embed`` /
+    ``pos_embed_temporal`` (the tables the constructor computed: positions ``index / scale``). A table
+    that is not a sin-cos table (e.g. zeros) gives its shape only: the frame count, or a square grid."""
     out: dict[str, Any] = {}
     pe = state.get("pos_embed")
     if pe is not None and pe.ndim == 3 and pe.shape[-1] == hidden and hidden % 4 == 0:
         table = pe[0]
-        side = int(round(math.sqrt(table.shape[0])))
+        read = sincos_2d_grid(table)
+        side = math.isqrt(table.shape[0])
+        grid = read or ((side, side) if side * side == table.shape[0] else None)
+        if grid is not None:
+            out["_spatial_grid"] = grid
         quarter = hidden // 4
-        if side > 1 and side * side == table.shape[0]:
-            out["_spatial_grid"] = (side, side)
+        if read is not None and read[1] > 1:
             # row 1 = column 1 of the first grid row; first quarter = sin of the column position
-            omega = 10000.0 ** (-(quarter - 1) / quarter)
-            p = _position_of_index_1(table, quarter - 1, omega)
+            p = sincos_position(table, 1, quarter - 1, 10000.0 ** (-(quarter - 1) / quarter))
             if p is not None:
-                out["space_scale"] = _snap(1.0 / p, pe.dtype)
+                out["space_scale"] = snap_fraction(1.0 / p, pe.dtype)
     pt = state.get("pos_embed_temporal")
     if pt is not None and pt.ndim == 3 and pt.shape[-1] == hidden and hidden % 2 == 0:
         table = pt[0]
         out["_frames"] = int(table.shape[0])
         half = hidden // 2
         if table.shape[0] > 1:
-            omega = 10000.0 ** (-(half - 1) / half)
-            p = _position_of_index_1(table, half - 1, omega)
+            p = sincos_position(table, 1, half - 1, 10000.0 ** (-(half - 1) / half))
             if p is not None:
-                out["time_scale"] = _snap(1.0 / p, pt.dtype)
+                out["time_scale"] = snap_fraction(1.0 / p, pt.dtype)
     return out
 
 
@@ -181,8 +176,20 @@ def _to_params(
 # ------------------------------------------------------------------------------------------------
 
 
-def stdit_config(state: StateDict, config: dict | None, source: str = "checkpoint") -> STDiTConfig:
-    """Resolve the STDiT configuration: XL defaults < shapes / stored tables < ``config``."""
+def _triple(given: Any, default: tuple[int, int, int]) -> tuple:
+    """A (T, H, W) value of the caller's config, or ``default`` when absent or not a triple (the
+    config dataclass then reports the bad value)."""
+    return tuple(given) if isinstance(given, (list, tuple)) and len(given) == 3 else default
+
+
+def stdit_config(state: StateDict, config: dict | None, source: str = "checkpoint",
+                 notes: list[Warning] | None = None) -> STDiTConfig:
+    """Resolve the STDiT configuration: XL defaults < shapes / stored tables < ``config``. Values
+    none of them determines are assumed with a ``UserWarning`` naming them: ``num_heads`` of a
+    non-XL width, and without stored tables the input size and positional scales (for an XL model
+    with a known input size, its release's scales: :data:`models.stdit.STDIT_PRESETS`). ``notes``:
+    collect the warnings there instead."""
+    pending: list[Warning] = []
     fields = dataclasses.asdict(STDiTConfig())
     inferred = _infer_common(state, "blocks.0")
     depth = count_blocks(state, "blocks")
@@ -191,41 +198,57 @@ def stdit_config(state: StateDict, config: dict | None, source: str = "checkpoin
     fields.update(inferred)
     tables = _infer_stdit_tables(state, fields["hidden_size"])
     user = dict(config or {})
-    p = fields["patch_size"] if "patch_size" not in user else tuple(user["patch_size"])
-    if "input_size" not in user and ("_spatial_grid" in tables or "_frames" in tables):
-        t, h, w = fields["input_size"]
-        if "_frames" in tables:
-            t = tables["_frames"] * p[0]
-        if "_spatial_grid" in tables:
-            h, w = tables["_spatial_grid"][0] * p[1], tables["_spatial_grid"][1] * p[2]
-        fields["input_size"] = (t, h, w)
+    xl = fields["hidden_size"] == XL_HIDDEN
+    assumed: dict[str, Any] = {}
+    if not xl:
+        fields["num_heads"] = guess_num_heads(fields["hidden_size"])
+        assumed["num_heads"] = fields["num_heads"]
+    p = _triple(user.get("patch_size"), fields["patch_size"])
+    t, h, w = fields["input_size"]
+    if "_frames" in tables:
+        t = tables["_frames"] * p[0]
+    if "_spatial_grid" in tables:
+        h, w = tables["_spatial_grid"][0] * p[1], tables["_spatial_grid"][1] * p[2]
+    fields["input_size"] = (t, h, w)
+    if "_frames" not in tables or "_spatial_grid" not in tables:
+        assumed["input_size"] = fields["input_size"]
+    input_size = _triple(user.get("input_size"), fields["input_size"])
+    release = next((c for c in STDIT_PRESETS.values() if c.input_size == input_size), None) if xl else None
     for name in ("space_scale", "time_scale"):
         if name in tables:
             if name in user and not math.isclose(float(user[name]), tables[name], rel_tol=1e-3):
-                warnings.warn(
+                pending.append(ConversionWarning(
                     f"{source}: config {name}={user[name]} but the stored positional table was built with "
-                    f"{name}≈{tables[name]:.6g}; using the config value",
-                    stacklevel=3,
-                )
+                    f"{name}≈{tables[name]:.6g}; using the config value"
+                ))
             fields[name] = tables[name]
+        elif release is not None:
+            fields[name] = getattr(release, name)
+        else:
+            assumed[name] = fields[name]
+    pending += assumed_note(source, {k: v for k, v in assumed.items() if k not in user},
+                            "" if xl else "not an XL release shape")
     try:
         cfg = STDiTConfig.from_original(user, **fields)
     except ValueError as e:
         raise ConversionError(
             f"{source}: invalid STDiT configuration ({e}); fix it with the config argument"
         ) from None
+    deliver_notes(pending, notes)
     return cfg
 
 
 def convert_stdit(state: StateDict, arch: str, config: dict | None, source: str) -> tuple[STDiT, dict]:
     """Open-Sora 1.0 ``STDiT`` flat state dict → ``(model, numpy params)``."""
     state = fuse_split_qkv(state)
-    cfg = stdit_config(state, config, source)
+    notes: list[Warning] = []
+    cfg = stdit_config(state, config, source, notes)
     model = STDiT(cfg)
     shapes = param_shapes(model, model.init_inputs())
     gt, gh, gw = cfg.grid
     buffers = {"pos_embed": (1, gh * gw, cfg.hidden_size), "pos_embed_temporal": (1, gt, cfg.hidden_size)}
     params = _to_params(state, shapes, buffers, _IGNORABLE_STDIT, source, "arch stdit")
+    emit_notes(notes)
     return model, params
 
 
@@ -234,8 +257,12 @@ def convert_stdit(state: StateDict, arch: str, config: dict | None, source: str)
 # ------------------------------------------------------------------------------------------------
 
 
-def stdit3_config(state: StateDict, config: dict | None, source: str = "checkpoint") -> STDiT3Config:
-    """Resolve the STDiT3 configuration: XL defaults < shapes < ``config`` (``STDiT3Config`` names)."""
+def stdit3_config(state: StateDict, config: dict | None, source: str = "checkpoint",
+                  notes: list[Warning] | None = None) -> STDiT3Config:
+    """Resolve the STDiT3 configuration: XL defaults < shapes < ``config`` (``STDiT3Config`` names).
+    ``num_heads`` comes from the per-head q-norm or ``rope.freqs``; for a non-XL width the positional
+    ``input_sq_size`` (and a head count no tensor reveals) is assumed with a ``UserWarning`` (or a
+    note in ``notes``)."""
     fields = dataclasses.asdict(STDiT3Config())
     inferred = _infer_common(state, "spatial_blocks.0")
     depth = count_blocks(state, "spatial_blocks")
@@ -252,25 +279,35 @@ def stdit3_config(state: StateDict, config: dict | None, source: str = "checkpoi
     if head_dim and hidden % head_dim == 0:
         inferred["num_heads"] = hidden // head_dim
     fields.update(inferred)
+    user = dict(config or {})
+    assumed: dict[str, Any] = {}
+    if hidden != XL_HIDDEN:  # the XL width fixes 16 heads and the release's input_sq_size 512
+        if "num_heads" not in inferred:
+            fields["num_heads"] = assumed["num_heads"] = guess_num_heads(hidden)
+        assumed["input_sq_size"] = fields["input_sq_size"]
+    pending = assumed_note(source, {k: v for k, v in assumed.items() if k not in user}, "not an XL release shape")
     try:
-        cfg = STDiT3Config.from_original(dict(config or {}), **fields)
+        cfg = STDiT3Config.from_original(user, **fields)
     except NotImplementedError as e:
         raise ConversionError(f"{source}: {e}") from None
     except ValueError as e:
         raise ConversionError(
             f"{source}: invalid STDiT3 configuration ({e}); fix it with the config argument"
         ) from None
+    deliver_notes(pending, notes)
     return cfg
 
 
 def convert_stdit3(state: StateDict, arch: str, config: dict | None, source: str) -> tuple[STDiT3, dict]:
     """Open-Sora 1.2 ``STDiT3`` state dict (HF safetensors layout) → ``(model, numpy params)``."""
     state = fuse_split_qkv(state)
-    cfg = stdit3_config(state, config, source)
+    notes: list[Warning] = []
+    cfg = stdit3_config(state, config, source, notes)
     model = STDiT3(cfg)
     shapes = param_shapes(model, model.init_inputs())
     buffers = {"rope.freqs": (cfg.hidden_size // cfg.num_heads // 2,)}
     params = _to_params(state, shapes, buffers, _IGNORABLE_STDIT3, source, "arch stdit3")
+    emit_notes(notes)
     return model, params
 
 

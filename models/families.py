@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
@@ -56,11 +56,17 @@ class Arch:
 
 @dataclasses.dataclass(frozen=True)
 class SamplerDefaults:
-    """The release's sampler (a name of :data:`vidq_jax.sampling.SAMPLERS`) and its settings."""
+    """The release's sampler (a name of :data:`vidq_jax.sampling.SAMPLERS`) and its settings.
+
+    ``size_keywords(latent_shape, given) -> dict``: keywords of that sampler which depend on the size of
+    the sample (e.g. the pixel ``num_frames`` / ``height`` / ``width`` behind a latent, which only the
+    family knows: its VAE), for a latent ``(B, ...)``; ``given`` = the keywords the caller passed (the
+    result holds only others). :func:`vidq_jax.pipeline.size_keywords` applies it."""
 
     name: str
     steps: int
     guidance_scale: float
+    size_keywords: Callable[[Sequence[int], Mapping[str, Any]], dict[str, Any]] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,6 +218,29 @@ STDIT = Family(
     description="Open-Sora 1.0 spatial-temporal DiT",
 )
 
+OPENSORA12_CHUNK = (17, 5)  # Open-Sora 1.2's video VAE: 17 pixel frames -> 5 latent frames (a remainder: 4 -> 1)
+
+
+def _opensora12_rflow_sizes(latent_shape: Sequence[int], given: Mapping[str, Any]) -> dict[str, Any]:
+    """Pixel sizes of a ``(B, T, H, W, C)`` / ``(B, H, W, C)`` latent for the rectified-flow shift.
+
+    The VAE is 8x spatially; in time every 17 pixel frames give 5 latent frames and a shorter remainder
+    of ``f`` frames gives ``ceil(f / 4)``: ``T`` latent frames stand for ``T // 5 * 17 + 4 * (T % 5)``
+    pixel frames (the longest such clip; 1 for images). The release's shift scales with
+    ``num_frames // 17 * 5``, which is 0 for clips shorter than one chunk (2..16 frames): its sampler
+    is undefined there, so such latents sample without the shift, as the bundled 8-frame model does."""
+    if given.get("use_timestep_transform") is False or given.get("ratio") is not None:
+        return {}
+    shape = tuple(int(s) for s in latent_shape)
+    (t, h, w) = (1, *shape[1:3]) if len(shape) == 4 else shape[1:4]
+    chunk, latents = OPENSORA12_CHUNK
+    frames = given.get("num_frames") or (1 if t == 1 else t // latents * chunk + 4 * (t % latents))
+    if given.get("num_frames") is None and frames != 1 and frames < chunk:
+        return {"use_timestep_transform": False}
+    derived = {"height": h * 8, "width": w * 8, "num_frames": frames}
+    return {k: v for k, v in derived.items() if given.get(k) is None}
+
+
 STDIT3 = Family(
     name="stdit3",
     module=STDiT3,
@@ -219,7 +248,7 @@ STDIT3 = Family(
     archs=(Arch("stdit3", ("safetensors", "pth", "pth-wrapped"),
                 ("x", "timestep", "y", "mask", "x_mask", "fps", "height", "width"),
                 description="Open-Sora 1.2 STDiT3"),),
-    sampler=SamplerDefaults("rflow", 30, 7.0),
+    sampler=SamplerDefaults("rflow", 30, 7.0, size_keywords=_opensora12_rflow_sizes),
     groups=_pixart_style("spatial_blocks|temporal_blocks", temporal=r"^temporal_blocks_\d+/attn/"),
     blocks=r"^(spatial_blocks|temporal_blocks)_(\d+)/",
     video=True,

@@ -193,8 +193,61 @@ class DemoModel:
         """GIF frame rate: half the clips' fps (8-frame clips loop in 2 s)."""
         return float((self.meta.get("extras") or {}).get("fps", 8.0)) / 2
 
+    def with_settings(self, *, num_frames: int | None = None, height: int | None = None, width: int | None = None,
+                      sampler: str | None = None, steps: int | None = None,
+                      guidance_scale: float | None = None) -> "DemoModel":
+        """This model sampling another sample size (frames / height / width of the array it denoises) or
+        with other sampler settings (``None``: keep); :class:`~vidq_jax.errors.VidqError` naming the
+        option when a size does not apply (frames of an image model; a model whose config fixes it)."""
+        import inspect
+
+        from vidq_jax import pipeline
+        from vidq_jax.errors import VidqError
+
+        meta = dict(self.meta)
+        sizes = {"num_frames": num_frames, "height": height, "width": width}
+        if any(v is not None for v in sizes.values()):
+            shape = list(self.sample_shape)
+            dims = ("num_frames", "height", "width") if self.is_video else ("height", "width")
+            accepted = inspect.signature(self.model.init_inputs).parameters
+            for k, v in sizes.items():
+                if v is None:
+                    continue
+                flag = "--" + k.replace("_", "-")
+                if k not in dims:
+                    raise VidqError(f"{flag}: {self.name} is an image model; {flag} applies to video models")
+                if {"num_frames": "frames"}.get(k, k) not in accepted:
+                    raise VidqError(f"{flag}: {self.name} ({type(self.model).__name__}) samples the one size its "
+                                    f"config fixes, {tuple(shape[:-1])}")
+                if int(v) < 1:
+                    raise VidqError(f"{flag} {v}: must be >= 1")
+                shape[dims.index(k)] = int(v)
+            meta["sample_shape"] = shape
+            if self.params is not None:  # the model's own size checks (e.g. multiples of the patch), traced only
+                inputs = self.model.init_inputs(
+                    batch=1, **{n: d for n, d in zip(("frames", "height", "width")[-len(dims):], shape) if n in accepted})
+                try:
+                    jax.eval_shape(lambda x: self.model.apply({"params": self.params}, **x), inputs)
+                except ValueError as e:
+                    given = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in sizes.items() if v is not None)
+                    raise VidqError(f"{given}: {self.name} cannot sample {tuple(shape[:-1])}: {e}") from None
+        if sampler is not None or steps is not None or guidance_scale is not None:
+            current = dict(self.meta.get("sampler") or {})
+            name = sampler or current.get("name") or current.get("sampler") or self.sampler["sampler"]
+            current.pop("sampler", None)
+            new = {**current, "name": name, "steps": steps or self.steps,
+                   "guidance_scale": self.sampler["guidance_scale"] if guidance_scale is None else guidance_scale}
+            pipeline.exported_sampler({"sampler": new})  # ValueError naming the samplers for an unknown name
+            meta["sampler"] = new
+        return dataclasses.replace(self, meta=meta)
+
     def describe_sampler(self) -> str:
+        """``rflow 30 steps, CFG 4 (use_timestep_transform=False)``: the settings, those the family derives
+        from the sample size included."""
+        from vidq_jax import pipeline
+
         s = self.sampler
+        s = {**s, **pipeline.size_keywords(self.model, s["sampler"], (1, *self.sample_shape), s)}
         extra = ", ".join(f"{k}={v}" for k, v in s.items() if k not in ("sampler", "steps", "guidance_scale"))
         return f"{s['sampler']} {s['steps']} steps, CFG {s['guidance_scale']:g}" + (f" ({extra})" if extra else "")
 
@@ -221,14 +274,17 @@ class DemoModel:
     def noise(self, n: int, key: jax.Array) -> jax.Array:
         return jax.random.normal(key, (n, *self.sample_shape), jnp.float32)
 
-    def sample(self, params: Any, noise: jax.Array, cond: dict, *, apply_fn=None, return_trajectory: bool = False):
+    def sample(self, params: Any, noise: jax.Array, cond: dict, *, apply_fn=None, return_trajectory: bool = False,
+               key: jax.Array | None = None):
         """Sample with the exported settings (CFG against the learned null caption). bf16 leaves of
         ``params`` (the shipped weights, the float layers of a quantized tree) are upcast to float32
-        first: the same values, and ~1.6x faster on a CPU than converting them in every call."""
+        first: the same values, and ~1.6x faster on a CPU than converting them in every call. ``key``:
+        the noise of an ancestral sampler (IDDPM; default ``PRNGKey(0)``), unused by the others."""
         from vidq_jax import pipeline
 
+        key = jax.random.PRNGKey(0) if key is None else key
         return pipeline.sample(self.model, upcast_bf16(params), noise, cond, apply_fn=apply_fn,
-                               return_trajectory=return_trajectory, **self.sampler)
+                               return_trajectory=return_trajectory, key=key, **self.sampler)
 
     def to_pixels(self, samples: Any) -> np.ndarray:
         """Samples as float32 numpy clipped to the value range (what the metrics and previews read)."""

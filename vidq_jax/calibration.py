@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vidq_jax import pipeline, sampling
+from vidq_jax.sampling.validate import SamplingArgumentError, check_int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +63,7 @@ def _rows(cond: Mapping[str, Any], start: int, stop: int) -> dict[str, Any]:
 def _num_prompts(cond: Mapping[str, Any]) -> int:
     y = cond.get("y")
     if y is None or np.ndim(y) < 1:
-        raise ValueError("prompts_cond must hold the caption features 'y' (B, L, C)")
+        raise SamplingArgumentError("prompts_cond must hold the caption features 'y' (B, L, C)")
     return int(np.shape(y)[0])
 
 
@@ -98,19 +99,19 @@ def collect(
     Use ``[b.as_pair() for b in collect(...)]`` (or just the generator: a :class:`CalibBatch` is
     accepted by :func:`calib_pairs`) as ``calib_batches`` of :func:`vidq_jax.quant.quantize_params`.
     """
-    if every_k_steps < 1:
-        raise ValueError(f"every_k_steps must be >= 1, got {every_k_steps}")
-    if prompt_batch < 1:
-        raise ValueError(f"prompt_batch must be >= 1, got {prompt_batch}")
+    check_int(every_k_steps, "every_k_steps")
+    check_int(prompt_batch, "prompt_batch")
     total = _num_prompts(prompts_cond)
-    n = total if num_prompts is None else int(num_prompts)
-    if not 1 <= n <= total:
-        raise ValueError(f"num_prompts={num_prompts} must lie in [1, {total}] (prompts available)")
+    n = total if num_prompts is None else check_int(num_prompts, "num_prompts", maximum=total)
     if latent_shape is None:
         if not hasattr(model, "init_inputs"):
-            raise ValueError("latent_shape is required for a model without init_inputs()")
+            raise SamplingArgumentError("latent_shape is required for a model without init_inputs()")
         latent_shape = tuple(model.init_inputs()["x"].shape[1:])
+    if len(tuple(latent_shape)) not in (3, 4):
+        raise SamplingArgumentError(f"latent_shape must be (H, W, C) or (T, H, W, C), got {tuple(latent_shape)}")
+    latent_shape = tuple(check_int(s, "each entry of latent_shape") for s in latent_shape)
     settings = pipeline.sampler_settings(model, sampler=sampler, steps=steps, guidance_scale=guidance_scale)
+    check_int(first_step, "first_step", minimum=0, maximum=settings["steps"] - 1)
     key = jax.random.PRNGKey(0) if noise_key is None else noise_key
     use_cfg = settings["guidance_scale"] != 1.0
     for bi, start in enumerate(range(0, n, prompt_batch)):
@@ -151,6 +152,8 @@ def trajectory_batches(
     if every_k_steps < 1:
         raise ValueError(f"every_k_steps must be >= 1, got {every_k_steps}")
     steps = int(trajectory.shape[0])
+    if model is not None:  # the keywords the family derives from the latent's size, as pipeline.sample does
+        sampler_kwargs = {**pipeline.size_keywords(model, sampler, noise.shape, sampler_kwargs), **sampler_kwargs}
     ts = sampling.get(sampler).timesteps(steps, noise.shape, **sampler_kwargs)
     model_cond = sampling.combine_cfg_inputs(cond, uncond) if uncond is not None else dict(cond)
     reps = 2 if uncond is not None else 1
@@ -169,11 +172,12 @@ def calib_pairs(batches) -> Iterator[tuple[str, dict[str, Any]]]:
         yield b.as_pair() if isinstance(b, CalibBatch) else b
 
 
-def random_conditioning(model, num_prompts: int, *, seed: int = 0) -> dict[str, Any]:
-    """Stand-in conditioning for ``num_prompts`` prompts shaped like ``model.init_inputs()``:
+def random_conditioning(model, num_prompts: int, *, seed: int = 0, **sizes: int) -> dict[str, Any]:
+    """Stand-in conditioning for ``num_prompts`` prompts shaped like ``model.init_inputs(**sizes)``
+    (``sizes``: e.g. ``frames`` / ``height`` / ``width`` of the latent, where ``init_inputs`` takes them):
     standard-normal caption features, all-valid masks, the model's own extras (sizes, fps) — for
     fixture/random models and smoke runs when no text-encoder features are at hand."""
-    ref = model.init_inputs(batch=num_prompts)
+    ref = model.init_inputs(batch=num_prompts, **sizes)
     rng = np.random.default_rng(seed)
     out: dict[str, Any] = {}
     for k, v in ref.items():

@@ -1,31 +1,114 @@
 """The ``vidq`` command line.
 
-    vidq convert --arch pixart-alpha CKPT OUT_DIR [--config JSON] [--dtype bf16] [--overwrite]
+    vidq [--debug] convert --arch pixart-alpha CKPT OUT_DIR [--config JSON] [--dtype bf16] [--overwrite]
     vidq demo [--out outputs/demo] [--t2i FOLDER] [--t2v FOLDER] [--only t2i|t2v]
     vidq sample --prompt "a cat moving left" [--model t2i|t2v|FOLDER] [--preset viditq-w8a8] [--out FILE]
-    vidq quantize MODEL_DIR OUT_DIR --preset viditq-w8a8 [--calib-prompts N] [--backend xla] [--cond NPZ] [--overwrite]
+                [--num-frames N] [--height H] [--width W] [--steps N] [--guidance G] [--sampler NAME]
+    vidq quantize MODEL_DIR OUT_DIR --preset viditq-w8a8 [--calib-prompts N] [--backend xla] [--cond NPZ]
+                  [--plan JSON] [--num-frames N] [--height H] [--width W] [--steps N] [--guidance G] [--overwrite]
 
-Each verb is a function ``cmd_<verb>(args) -> int`` registered in :func:`build_parser`.
+Each verb is a function ``cmd_<verb>(args) -> int`` registered in :func:`build_parser`. Errors are
+handled once, in :func:`main`: a user error (a bad argument, file or value: the project's own exception
+types, a ``ValueError`` raised by the project's checks, an ``OSError`` naming a file) is ONE line on
+stderr and exit status 2; anything else is a bug, reported as one line asking for ``--debug`` (or
+``VIDQ_DEBUG=1``), which prints the traceback, and exit status 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 import time
 from pathlib import Path
 
+from vidq_jax.errors import VidqError
 
-def _dtype(name: str | None):
-    if name is None:
-        return None
-    import jax.numpy as jnp
+BACKENDS = ["auto", "simulate", "xla", "pallas"]
+DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16"}
+# top-level packages whose own checks raise ValueError with a message meant for the user
+_PROJECT_PACKAGES = ("vidq_jax", "conversion", "models", "pallas_kernels", "benchmarks")
 
-    table = {"fp32": jnp.float32, "float32": jnp.float32, "bf16": jnp.bfloat16, "bfloat16": jnp.bfloat16, "fp16": jnp.float16}
-    if name not in table:
-        raise SystemExit(f"vidq: unknown dtype {name!r}; choose one of {sorted(table)}")
-    return table[name]
+
+# ---------------------------------------------------------------------------------------------- argument types
+def _int_in(lo: int, hi: int | None = None):
+    """argparse type: an integer in ``[lo, hi]``."""
+    allowed = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer {allowed}, got {text!r}") from None
+        if value < lo or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"must be an integer {allowed}, got {value}")
+        return value
+
+    return parse
+
+
+def _finite_float(lo: float):
+    """argparse type: a finite float ``>= lo``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value) or value < lo:
+            raise argparse.ArgumentTypeError(f"must be a finite number >= {lo:g}, got {text!r}")
+        return value
+
+    return parse
+
+
+# ---------------------------------------------------------------------------------------------- input checks
+def _writable_folder(path: str | Path, what: str) -> None:
+    """``path`` (a folder, existing or to be created) can be written: its nearest existing ancestor is a
+    writable folder. Checked before any work, so a bad output never costs a calibration run."""
+    p = Path(path).absolute()
+    for anc in (p, *p.parents):
+        if anc.exists():
+            if not anc.is_dir():
+                raise VidqError(f"{what} {path}: {anc} is a file, not a folder")
+            if not os.access(anc, os.W_OK | os.X_OK):
+                raise VidqError(f"{what} {path}: {anc} is not writable")
+            return
+
+
+def _writable_file(path: str | Path, what: str) -> None:
+    p = Path(path)
+    if p.is_dir():
+        raise VidqError(f"{what} {path}: is a folder; give a file name")
+    _writable_folder(p.absolute().parent, what)
+
+
+def _read_text(text: str, what: str) -> tuple[str, str]:
+    """``(text, where)`` of an option holding inline JSON or a file name."""
+    if text.lstrip().startswith(("{", "[")):
+        return text, f"{what} (inline JSON)"
+    try:
+        return Path(text).read_text(), f"{what} {text}"
+    except (OSError, UnicodeDecodeError) as e:
+        reason = getattr(e, "strerror", None) or "not a text file"
+        raise VidqError(f"{what} {text}: cannot read it ({reason}); give a JSON file or inline JSON") from None
+
+
+def _json_object(text: str, what: str) -> tuple[dict, str]:
+    body, where = _read_text(text, what)
+    try:
+        value = json.loads(body)
+    except ValueError as e:
+        raise VidqError(f"{where}: not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise VidqError(f"{where}: expected a JSON object {{...}}, got {type(value).__name__}")
+    return value, where
+
+
+def _shape(shape) -> str:
+    return "x".join(str(int(s)) for s in shape)
 
 
 def _human_bytes(n: int) -> str:
@@ -36,31 +119,23 @@ def _human_bytes(n: int) -> str:
     return f"{n} B"
 
 
+# ---------------------------------------------------------------------------------------------- verbs
 def cmd_convert(args) -> int:
-    from conversion import ConversionError, load_checkpoint
-    from vidq_jax.checkpoint import OutputFolderError, check_output, save_model
+    from conversion import load_checkpoint
+    from vidq_jax.checkpoint import check_output, save_model
 
-    try:
-        check_output(args.out_dir, overwrite=args.overwrite, source=args.checkpoint)
-    except OutputFolderError as e:
-        print(f"vidq convert: {e}", file=sys.stderr)
-        return 2
-    config = None
-    if args.config:
-        text = args.config.strip()
-        if not text.startswith("{"):
-            text = Path(text).read_text()
-        try:
-            config = json.loads(text)
-        except ValueError as e:
-            print(f"vidq convert: --config is not valid JSON ({e})", file=sys.stderr)
-            return 2
+    if not Path(args.checkpoint).exists():
+        raise VidqError(f"CHECKPOINT {args.checkpoint}: no such file or folder")
+    check_output(args.out_dir, overwrite=args.overwrite, source=args.checkpoint)
+    _writable_folder(args.out_dir, "OUT_DIR")
+    config = _json_object(args.config, "--config")[0] if args.config else None
+    dtype = None
+    if args.dtype:
+        import jax.numpy as jnp
+
+        dtype = getattr(jnp, DTYPES[args.dtype])
     t0 = time.perf_counter()
-    try:
-        model, params = load_checkpoint(args.checkpoint, args.arch, config, dtype=_dtype(args.dtype))
-    except ConversionError as e:
-        print(f"vidq convert: {e}", file=sys.stderr)
-        return 2
+    model, params = load_checkpoint(args.checkpoint, args.arch, config, dtype=dtype)
     out = save_model(args.out_dir, model, params, arch=args.arch, extra={"source": str(args.checkpoint)},
                      overwrite=args.overwrite)
     meta = json.loads((out / "model.json").read_text())
@@ -72,17 +147,13 @@ def cmd_convert(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from vidq_jax.bundled import ModelMissing
     from vidq_jax.demo import run_demo
 
+    _writable_folder(args.out, "--out")
     counts = {k: v for k, v in (("t2i", args.images), ("t2v", args.videos)) if v is not None}
-    try:
-        run_demo(Path(args.out), t2i=args.t2i, t2v=args.t2v, models_dir=args.models_dir,
-                 tasks=[args.only] if args.only else ("t2i", "t2v"), counts=counts, backend=args.backend,
-                 progress=not args.no_progress)
-    except ModelMissing as e:
-        print(f"vidq demo: {e}", file=sys.stderr)
-        return 2
+    run_demo(Path(args.out), t2i=args.t2i, t2v=args.t2v, models_dir=args.models_dir,
+             tasks=[args.only] if args.only else ("t2i", "t2v"), counts=counts, backend=args.backend,
+             progress=not args.no_progress)
     return 0
 
 
@@ -92,36 +163,35 @@ def _slug(text: str, limit: int = 40) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:limit] or "sample"
 
 
+def _with_sampling_options(dm, args):
+    """The model with the sampling options of ``args`` applied (sizes, sampler, steps, guidance)."""
+    return dm.with_settings(num_frames=args.num_frames, height=args.height, width=args.width,
+                            sampler=args.sampler, steps=args.steps, guidance_scale=args.guidance)
+
+
 def cmd_sample(args) -> int:
     """Generate from typed prompts (MiniLM caption features: the text extra) with a bundled model."""
     import jax
 
-    from vidq_jax.bundled import ModelMissing, load_demo_model
-    from vidq_jax.data.text import TextExtraMissing, encode_prompts
+    from vidq_jax.bundled import load_demo_model
+    from vidq_jax.data.text import encode_prompts
     from vidq_jax.preview import save_sample_grid
 
     t0 = time.perf_counter()
-    try:
-        dm = load_demo_model(args.model, models_dir=args.models_dir)
-    except (ModelMissing, ValueError) as e:
-        print(f"vidq sample: {e}", file=sys.stderr)
-        return 2
+    dm = _with_sampling_options(load_demo_model(args.model, models_dir=args.models_dir), args)
     suffix = ".gif" if dm.is_video else ".png"
     out = Path(args.out) if args.out else Path("outputs/sample") / f"{_slug(args.prompt[0])}_{args.preset}{suffix}"
     if out.suffix.lower() != suffix:
-        print(f"vidq sample: {dm.name} makes {'videos' if dm.is_video else 'images'}: --out must end in {suffix}, "
-              f"got {out}", file=sys.stderr)
-        return 2
-    try:
-        y, mask = encode_prompts(args.prompt)
-    except TextExtraMissing as e:
-        print(f"vidq sample: {e}", file=sys.stderr)
-        return 2
+        raise VidqError(f"--out {out}: {dm.name} makes {'videos' if dm.is_video else 'images'}; the file name must "
+                        f"end in {suffix}")
+    _writable_file(out, "--out")
+    if any(not p.strip() for p in args.prompt):
+        raise VidqError("--prompt: a prompt is empty; give some text")
+    y, mask = encode_prompts(args.prompt)
     cfg = dm.model.config
     if y.shape[1:] != (cfg.model_max_length, cfg.caption_channels):
-        print(f"vidq sample: the text encoder gives {y.shape[1:]} caption features, {dm.name} expects "
-              f"({cfg.model_max_length}, {cfg.caption_channels})", file=sys.stderr)
-        return 2
+        raise VidqError(f"--model {args.model}: the text encoder gives {y.shape[1:]} caption features, {dm.name} "
+                        f"expects ({cfg.model_max_length}, {cfg.caption_channels})")
     cond = dm.condition(y, mask)
     noise = dm.noise(len(args.prompt), jax.random.PRNGKey(args.seed))
     params = dm.params
@@ -136,64 +206,140 @@ def cmd_sample(args) -> int:
     return 0
 
 
-def _load_cond(path: str | None, model, n: int) -> tuple[dict, dict | None, str]:
-    """Calibration conditioning: an ``.npz`` (``y``, ``mask``, extras; optional ``uncond_y``) or random
-    stand-in features shaped like the model's inputs."""
+def _read_npz(path: str) -> dict:
+    import zipfile
+
+    import numpy as np
+
+    if not Path(path).is_file():
+        raise VidqError(f"--cond {path}: no such file")
+    if not zipfile.is_zipfile(path):
+        raise VidqError(f"--cond {path}: not an .npz archive (numpy.savez) of named arrays (y, mask, ...)")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: np.asarray(z[k]) for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise VidqError(f"--cond {path}: not a readable .npz archive ({' '.join(str(e).split())})") from None
+
+
+def _npz_cond(path: str, ref: dict) -> dict:
+    """The model inputs of a ``--cond`` archive, checked against ``ref`` (the model's inputs of one prompt):
+    ``y (P, L, C)``, optional ``mask (P, L)``, ``uncond_y`` (``(P, L, C)`` or ``(L, C)``) and extras."""
+    import numpy as np
+
+    data = _read_npz(path)
+    where = f"--cond {path}"
+    L, C = ref["y"].shape[1:]
+    if "y" not in data:
+        raise VidqError(f"{where}: no array 'y' (caption features (P, {L}, {C})); it holds {sorted(data) or 'nothing'}")
+    y = data["y"]
+    if y.ndim == 4 and y.shape[1] == 1:  # the original models' (P, 1, L, C)
+        y = y[:, 0]
+    if y.ndim != 3 or y.shape[1:] != (L, C) or y.shape[0] == 0:
+        raise VidqError(f"{where}: 'y' has shape {tuple(data['y'].shape)}; the model expects (P, {L}, {C}), P >= 1")
+    p = y.shape[0]
+    expected = {"y": (p, L, C), "mask": (p, L), "uncond_y": (p, L, C)}
+    expected.update({k: (p, *np.shape(v)[1:]) for k, v in ref.items() if k not in ("x", "timestep", "y", "mask")})
+    unknown = sorted(set(data) - set(expected))
+    if unknown:
+        raise VidqError(f"{where}: unknown array(s) {unknown}; allowed: {sorted(expected)}")
+    out = {"y": y}
+    for k, v in data.items():
+        if k == "y":
+            continue
+        if k == "uncond_y" and v.shape == (L, C):
+            v = np.broadcast_to(v, (p, L, C))
+        if v.shape != expected[k]:
+            raise VidqError(f"{where}: '{k}' has shape {tuple(v.shape)}, expected {expected[k]} (P = {p} prompts)")
+        out[k] = v
+    for k, v in out.items():
+        if not (np.issubdtype(v.dtype, np.number) or v.dtype == bool):
+            raise VidqError(f"{where}: '{k}' holds {v.dtype} values, expected numbers")
+        if not np.all(np.isfinite(v)):
+            raise VidqError(f"{where}: '{k}' holds NaN or infinite values")
+    if "mask" in out and not np.isin(out["mask"], (0, 1)).all():
+        raise VidqError(f"{where}: 'mask' must hold 0/1 (1 = valid token)")
+    if "mask" in out and not out["mask"].any(axis=1).all():
+        raise VidqError(f"{where}: 'mask' has a prompt without any valid token")
+    return out
+
+
+def _calibration_cond(dm, path: str | None, n: int | None) -> tuple[dict, dict | None, str, int]:
+    """Calibration conditioning ``(cond, uncond, description, prompts)``: an ``.npz`` (``y``, ``mask``,
+    extras; optional ``uncond_y``) or ``n`` random stand-in caption features, the extras the model needs
+    (its own defaults for the sample size; the folder's ``extras``) filled in."""
+    import inspect
+
     import numpy as np
 
     from models.families import family_of
     from vidq_jax.calibration import random_conditioning
 
-    if path is None:
-        cond = random_conditioning(model, n)
+    names = ("frames", "height", "width") if dm.is_video else ("height", "width")
+    accepted = inspect.signature(dm.model.init_inputs).parameters
+    sizes = {k: v for k, v in zip(names, dm.sample_shape) if k in accepted}
+    given = None if path is None else _npz_cond(path, dm.model.init_inputs(batch=1, **sizes))
+    available = None if given is None else len(given["y"])
+    if n is None:
+        n = available or 4
+    elif available is not None and n > available:
+        raise VidqError(f"--calib-prompts {n}: --cond {path} holds {available} prompt(s)")
+    cond = random_conditioning(dm.model, available or n, **sizes)
+    cond.update({k: v for k, v in dm.condition(cond["y"], cond["mask"]).items() if k not in ("y", "mask")})
+    if given is None:
         source = f"{n} random caption embeddings (pass --cond NPZ for real text-encoder features)"
     else:
-        with np.load(path) as z:
-            cond = {k: z[k] for k in z.files}
+        cond.update(given)
         source = str(path)
     uncond = None
     if "uncond_y" in cond:
         uncond = {"y": cond.pop("uncond_y")}
-    elif family_of(model).null_caption_of(model) != "learned":
+    elif family_of(dm.model).null_caption_of(dm.model) != "learned":
         uncond = {"y": np.zeros_like(np.asarray(cond["y"]))}
         source += "; null caption = zeros (give uncond_y = T5('') features in the npz)"
-    return cond, uncond, source
+    return cond, uncond, source, n
+
+
+def _plan(text: str, steps: int):
+    from vidq_jax.quant.plan import MixedPrecisionPlan
+
+    if text == "opensora1-w4a8":
+        try:
+            return MixedPrecisionPlan.opensora_v1_w4a8(num_steps=steps)
+        except ValueError as e:
+            raise VidqError(f"--plan opensora1-w4a8 with {steps} sampling steps (--steps): {e}") from None
+    d, where = _json_object(text, "--plan")
+    try:
+        return MixedPrecisionPlan.from_dict(d)
+    except (KeyError, TypeError, ValueError) as e:
+        detail = f"missing key {e}" if isinstance(e, KeyError) else " ".join(str(e).split())
+        raise VidqError(f"{where}: not a mixed-precision plan ({detail}); see MixedPrecisionPlan.to_json()") from None
 
 
 def cmd_quantize(args) -> int:
     import warnings
 
+    from vidq_jax.bundled import DemoModel
     from vidq_jax.calibration import collect
-    from vidq_jax.checkpoint import (OutputFolderError, check_output, disk_bytes, load_model, params_nbytes,
-                                     save_quantized)
+    from vidq_jax.checkpoint import check_output, disk_bytes, load_model, params_nbytes, save_quantized
     from vidq_jax.quant import QuantConfig, quantization_summary, quantize_params
-    from vidq_jax.quant.plan import MixedPrecisionPlan
 
     t0 = time.perf_counter()
-    try:
-        check_output(args.out_dir, overwrite=args.overwrite, source=args.model_dir)
-        model, params, meta = load_model(args.model_dir)
-    except (OutputFolderError, FileNotFoundError, ValueError) as e:
-        print(f"vidq quantize: {e}", file=sys.stderr)
-        return 2
+    check_output(args.out_dir, overwrite=args.overwrite, source=args.model_dir)
+    _writable_folder(args.out_dir, "OUT_DIR")
+    if not (Path(args.model_dir) / "model.json").is_file():
+        raise VidqError(f"MODEL_DIR {args.model_dir}: not a model folder (no model.json); convert a checkpoint "
+                        "with `vidq convert` first")
+    model, params, meta = load_model(args.model_dir)
     if meta.get("quantization"):
-        print(f"vidq quantize: {args.model_dir} is already quantized", file=sys.stderr)
-        return 2
-    try:
-        config = QuantConfig.preset(args.preset, backend=None if args.preset == "fp" else args.backend)
-        plan = None
-        if args.plan:
-            text = args.plan
-            if text == "opensora1-w4a8":
-                plan = MixedPrecisionPlan.opensora_v1_w4a8(num_steps=args.steps or 20)
-            else:
-                plan = MixedPrecisionPlan.from_json(Path(text).read_text() if not text.strip().startswith("{") else text)
-    except (ValueError, OSError) as e:
-        print(f"vidq quantize: {e}", file=sys.stderr)
-        return 2
-    cond, uncond, source = _load_cond(args.cond, model, args.calib_prompts)
-    calib = list(collect(model, params, cond, num_prompts=min(args.calib_prompts, len(cond["y"])),
-                         every_k_steps=args.every_k, steps=args.steps, uncond=uncond))
+        raise VidqError(f"MODEL_DIR {args.model_dir}: already quantized; give a float model folder")
+    dm = _with_sampling_options(DemoModel(Path(args.model_dir), model, params, meta), args)
+    sized = "sample_shape" in meta or any(v is not None for v in (args.num_frames, args.height, args.width))
+    config = QuantConfig.preset(args.preset, backend=None if args.preset == "fp" else args.backend)
+    plan = _plan(args.plan, dm.steps) if args.plan else None
+    cond, uncond, source, n = _calibration_cond(dm, args.cond, args.calib_prompts)
+    calib = list(collect(model, params, cond, num_prompts=n, every_k_steps=args.every_k, latent_shape=dm.sample_shape,
+                         uncond=uncond, **dm.sampler))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         qparams = quantize_params(params, calib, model=model, config=config, plan=plan)
@@ -207,7 +353,8 @@ def cmd_quantize(args) -> int:
     fb, qb = disk_bytes(Path(args.model_dir) / "params"), disk_bytes(out / "params")
     print(
         f"quantized {args.model_dir} with {args.preset}{' + ' + plan.name if plan else ''} ({nq}/{len(summary)} Dense "
-        f"layers, {len(calib)} calibration batches) -> {out}\n"
+        f"layers, {len(calib)} calibration batches of {dm.describe_sampler()} runs on {_shape(dm.sample_shape)} "
+        f"samples{'' if sized else ' (the model default; --num-frames/--height/--width set the size)'}) -> {out}\n"
         f"  params {_human_bytes(params_nbytes(qparams))} (float {_human_bytes(params_nbytes(params))}); on disk "
         f"{_human_bytes(qb)} (float {_human_bytes(fb)}, {fb / max(qb, 1):.2f}x smaller) [{time.perf_counter() - t0:.1f} s]"
     )
@@ -221,8 +368,8 @@ def cmd_bench(args) -> int:
     repo = Path(__file__).resolve().parent.parent
     bench_dir = repo / "benchmarks"
     if not bench_dir.is_dir():
-        print(f"vidq bench: {bench_dir} not found (run from a repository checkout)", file=sys.stderr)
-        return 2
+        raise VidqError(f"{bench_dir} not found: `vidq bench` runs from a repository checkout")
+    _writable_folder(args.out, "--out")
     if str(repo) not in sys.path:  # the benchmarks package lives at the checkout's root
         sys.path.insert(0, str(repo))
     out = Path(args.out)
@@ -242,65 +389,94 @@ def cmd_bench(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- parser
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage block): ``vidq quantize: argument --steps: ...``."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {' '.join(message.split())} (see `{self.prog} --help`)\n")
+
+
+def _sampling_options(p: argparse.ArgumentParser, what: str) -> None:
+    from vidq_jax.sampling import SAMPLERS
+
+    size = "the sampled array (latent units for a converted checkpoint, pixels for the bundled models)"
+    p.add_argument("--num-frames", type=_int_in(1, 4096), help=f"frames of {size}; video models (default: the model's)")
+    p.add_argument("--height", type=_int_in(1, 4096), help=f"height of {size} (default: the model's)")
+    p.add_argument("--width", type=_int_in(1, 4096), help=f"width of {size} (default: the model's)")
+    p.add_argument("--steps", type=_int_in(1, 1000), help=f"sampling steps of the {what} (default: the model's)")
+    p.add_argument("--guidance", type=_finite_float(0.0), help="classifier-free guidance scale (default: the model's)")
+    p.add_argument("--sampler", choices=sorted(SAMPLERS), help="sampler (default: the model's release sampler)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from conversion import ARCHS
+    from vidq_jax.quant.config import PRESETS
 
-    p = argparse.ArgumentParser(prog="vidq", description="ViDiT-Q quantization of diffusion transformers in JAX")
+    debug = _Parser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="print the traceback of an error (also: VIDQ_DEBUG=1)")
+    p = _Parser(prog="vidq", description="ViDiT-Q quantization of diffusion transformers in JAX")
     p.add_argument("--version", action="version", version=f"vidq {_version()}")
+    p.add_argument("--debug", action="store_true", help="print the traceback of an error (also: VIDQ_DEBUG=1)")
     sub = p.add_subparsers(dest="verb", required=True)
 
-    c = sub.add_parser("convert", help="PyTorch checkpoint -> orbax params + model.json")
+    c = sub.add_parser("convert", parents=[debug], help="PyTorch checkpoint -> orbax params + model.json")
     c.add_argument("--arch", required=True, choices=ARCHS)
     c.add_argument("checkpoint", help=".pth / .safetensors file, or a diffusers / Hugging Face folder")
     c.add_argument("out_dir")
     c.add_argument("--config", help="JSON (inline or a file) completing/overriding the model config")
-    c.add_argument("--dtype", help="cast params: fp32 | bf16 | fp16 (default: as stored)")
+    c.add_argument("--dtype", choices=list(DTYPES), help="cast params (default: as stored)")
     c.add_argument("--overwrite", action="store_true", help="replace the model in OUT_DIR (its other files stay)")
     c.set_defaults(func=cmd_convert)
 
-    b = sub.add_parser("bench", help="GPU benchmarks: fused linear and one denoising step vs XLA bf16")
+    b = sub.add_parser("bench", parents=[debug], help="GPU benchmarks: fused linear and one denoising step vs XLA bf16")
     b.add_argument("--only", choices=["linear", "e2e"], help="run one of the two")
     b.add_argument("--tiny", action="store_true", help="toy sizes for the step benchmark (CPU smoke run)")
     b.add_argument("--out", default="outputs/bench", help="where the JSON/markdown tables go (default outputs/bench)")
     b.set_defaults(func=cmd_bench)
 
-    from vidq_jax.quant.config import PRESETS
-
-    d = sub.add_parser("demo", help="quantize the bundled trained models and compare with FP (writes outputs/demo/)")
+    d = sub.add_parser("demo", parents=[debug],
+                       help="quantize the bundled trained models and compare with FP (writes outputs/demo/)")
     d.add_argument("--out", default="outputs/demo")
     d.add_argument("--t2i", help="text-to-image model folder (default: assets/models/pixart-emoji-32)")
     d.add_argument("--t2v", help="text-to-video model folder (default: assets/models/stdit3-sprites-8x32)")
     d.add_argument("--models-dir", help="folder holding the bundled models (default: assets/models)")
     d.add_argument("--only", choices=["t2i", "t2v"], help="run one of the two models")
-    d.add_argument("--images", type=int, help="image prompts (default 4)")
-    d.add_argument("--videos", type=int, help="video prompts (default 2)")
-    d.add_argument("--backend", default="auto", choices=["auto", "simulate", "xla", "pallas"])
+    d.add_argument("--images", type=_int_in(1), help="image prompts (default 4)")
+    d.add_argument("--videos", type=_int_in(1), help="video prompts (default 2)")
+    d.add_argument("--backend", default="auto", choices=BACKENDS)
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
     d.set_defaults(func=cmd_demo)
 
-    s = sub.add_parser("sample", help="generate from typed prompts with a bundled model (needs the text extra)")
+    s = sub.add_parser("sample", parents=[debug],
+                       help="generate from typed prompts with a bundled model (needs the text extra)")
     s.add_argument("--prompt", action="append", required=True, help="the prompt (repeat for several)")
     s.add_argument("--model", default="t2i", help="t2i | t2v | a model folder (default t2i)")
     s.add_argument("--models-dir", help="folder holding the bundled models (default: assets/models)")
     s.add_argument("--preset", default="fp", choices=list(PRESETS),
                    help="fp, or a quantization preset (calibrated on the prompts' own float run)")
-    s.add_argument("--backend", default="auto", choices=["auto", "simulate", "xla", "pallas"])
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--scale", type=int, default=8, help="nearest-neighbour upscaling of the 32-px output (default 8)")
+    s.add_argument("--backend", default="auto", choices=BACKENDS)
+    s.add_argument("--seed", type=_int_in(0, 2**32 - 1), default=0)
+    s.add_argument("--scale", type=_int_in(1, 64), default=8,
+                   help="nearest-neighbour upscaling of the output, 1..64 (default 8)")
     s.add_argument("--out", help="output .png (images) / .gif (videos); default outputs/sample/<prompt>_<preset>.*")
+    _sampling_options(s, "run")
     s.set_defaults(func=cmd_sample)
 
-    q = sub.add_parser("quantize", help="calibrate + quantize a converted model folder (orbax, int8 on disk)")
+    q = sub.add_parser("quantize", parents=[debug],
+                       help="calibrate + quantize a converted model folder (orbax, int8 on disk)")
     q.add_argument("model_dir", help="a float vidq-jax model folder (vidq convert output)")
     q.add_argument("out_dir")
     q.add_argument("--preset", default="viditq-w8a8", choices=list(PRESETS))
-    q.add_argument("--backend", default="auto", choices=["auto", "simulate", "xla", "pallas"])
-    q.add_argument("--calib-prompts", type=int, default=4, help="prompts sampled for calibration (default 4)")
-    q.add_argument("--every-k", type=int, default=2, help="record every k-th sampling step (default 2)")
-    q.add_argument("--steps", type=int, help="sampling steps of the calibration runs (default: the release's)")
+    q.add_argument("--backend", default="auto", choices=BACKENDS)
+    q.add_argument("--calib-prompts", type=_int_in(1, 4096),
+                   help="prompts sampled for calibration (default: all of --cond, else 4)")
+    q.add_argument("--every-k", type=_int_in(1), default=2, help="record every k-th sampling step (default 2)")
     q.add_argument("--cond", help=".npz with y (P, L, C), mask, extras (optional uncond_y); default random")
     q.add_argument("--plan", help="timestep-segment mixed-precision plan: JSON (inline/file) or 'opensora1-w4a8'")
     q.add_argument("--overwrite", action="store_true", help="replace the model in OUT_DIR (its other files stay)")
+    _sampling_options(q, "calibration runs")
     q.set_defaults(func=cmd_quantize)
     return p
 
@@ -314,13 +490,56 @@ def _version() -> str:
         return "(not installed)"
 
 
+# ---------------------------------------------------------------------------------------------- errors
+def _user_error_types() -> tuple[type, ...]:
+    from conversion import ConversionError
+    from vidq_jax.bundled import ModelMissing
+    from vidq_jax.checkpoint import OutputFolderError
+    from vidq_jax.data.text import TextExtraMissing
+
+    return VidqError, ConversionError, OutputFolderError, ModelMissing, TextExtraMissing, OSError
+
+
+def _raised_by_project(e: BaseException) -> bool:
+    """True when the innermost frame that raised ``e`` is the project's own code (a deliberate check)."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    module = tb.tb_frame.f_globals.get("__name__", "") if tb is not None else ""
+    return module.split(".")[0] in _PROJECT_PACKAGES
+
+
+def _message(e: BaseException) -> str:
+    """The error as one line: an OSError as ``file: reason``, anything else its text, whitespace folded."""
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        text = f"{e.filename}: {e.strerror}"
+    elif isinstance(e, KeyError) and len(e.args) == 1:
+        text = str(e.args[0])
+    else:
+        text = str(e)
+    return " ".join(text.split()) or type(e).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("VIDQ_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+    prog = f"vidq {args.verb}"
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("vidq: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - the one place errors become messages
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        if isinstance(e, _user_error_types()) or (isinstance(e, ValueError) and _raised_by_project(e)):
+            print(f"{prog}: {_message(e)}", file=sys.stderr)
+            return 2
+        print(f"{prog}: internal error, a bug ({type(e).__name__}: {_message(e)}); rerun with --debug (or "
+              "VIDQ_DEBUG=1) for the traceback and please report it", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

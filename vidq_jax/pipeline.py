@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from models.families import Family, family_of, find_family
 from vidq_jax import sampling
-from vidq_jax.sampling.validate import check_guidance, check_steps, is_traced
+from vidq_jax.sampling.validate import SamplingArgumentError, check_guidance, check_steps, is_traced
 
 _APPLY_FNS: dict[int, tuple[Any, Callable]] = {}
 
@@ -44,6 +44,8 @@ def family(model) -> Family:
 def null_condition(model, params, cond: Mapping[str, Any]) -> dict[str, Any]:
     """The unconditional half for CFG: the learned null caption, everything else (mask, sizes, fps)
     reused from ``cond`` as the releases do."""
+    if cond.get("y") is None or jnp.ndim(cond["y"]) != 3:
+        raise SamplingArgumentError("cond must hold the caption features 'y' (B, L, C) to build the null caption")
     y = jnp.asarray(cond["y"])
     if family(model).null_caption_of(model) != "learned":
         raise ValueError(

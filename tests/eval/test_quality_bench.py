@@ -23,5 +23,7 @@ def test_quality_tiny(standin_models, tmp_path):
     assert mp["incoherence"]["layers"] and mp["incoherence"]["mean_after"] < mp["incoherence"]["mean_before"]
     assert not fp["incoherence"]["layers"]  # nothing balanced in float
     assert data["environment"]["tiny"] and data["models"]["pixart-emoji-32"]["samples"] == 4
+    assert all(r["tiny"] for r in rows)  # a toy run says so in every row and in the title
     md = out.with_suffix(".md").read_text()
+    assert "TOY SIZES" in md.splitlines()[0]
     assert "| `viditq-w4a8-mp` |" in md and "Per-layer incoherence" in md and "motion" in md

@@ -39,6 +39,12 @@ Conventions (see ``DESIGN.md``, "Sampler convention" and "Model call convention"
 * ``step_kwarg="step"`` adds ``step=i`` (int32 scalar, ``i = 0..steps-1`` in sampling order) to every
   model call (for per-timestep-segment weights).
 
+* Arguments are validated at this boundary (:mod:`.validate`, which lists the allowed ranges):
+  ``steps`` >= 1, a finite ``guidance_scale`` (negative allowed), a finite rank-4/5 ``noise``,
+  conditions whose rows match the noise batch; a violation is a one-line
+  :class:`SamplingArgumentError` (a ``ValueError``) naming the argument. Values are checked on
+  concrete arrays only; traced inputs (under ``jax.jit``) are checked by shape.
+
 * The sampler state runs in float32 (a lower-precision ``noise`` is upcast); the model output is
   cast to it.
 
@@ -90,11 +96,13 @@ from vidq_jax.sampling.rflow import (
     timestep_transform,
 )
 from vidq_jax.sampling.sampler import Sampler
+from vidq_jax.sampling.validate import SamplingArgumentError
 from vidq_jax.sampling.vp import BETA_END, BETA_START, NUM_TRAIN_TIMESTEPS, diffusers_alphas_cumprod, linear_betas
 
 __all__ = [
     "SAMPLERS",
     "Sampler",
+    "SamplingArgumentError",
     "get",
     "ApplyFn",
     "NUM_TRAIN_TIMESTEPS",

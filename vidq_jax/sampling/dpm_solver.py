@@ -14,6 +14,7 @@ import numpy as np
 from vidq_jax.sampling.cfg import ApplyFn, Cond
 from vidq_jax.sampling.loop import ModelFn, Tables, run_sampler
 from vidq_jax.sampling.sampler import Sampler
+from vidq_jax.sampling.validate import SamplingArgumentError, check_steps
 from vidq_jax.sampling.vp import BETA_END, BETA_START, NUM_TRAIN_TIMESTEPS, diffusers_alphas_cumprod, linear_betas, \
     torch_linspace_f32
 
@@ -128,8 +129,10 @@ def dpm_solver_schedule(
     ``x`` at t_0, sigma ~ 0.01). Orders: first step 1, then 2; with ``steps < 10`` the last step is
     first order (``lower_order_final``). Model time input (t - 1/N)*1000 (float).
     """
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    if discretization not in ("diffusers", "time_uniform"):
+        raise SamplingArgumentError(f"discretization must be 'diffusers' or 'time_uniform', got {discretization!r}")
+    # the "diffusers" grid repeats a timestep beyond N - 1 steps (a zero step size: NaN coefficients)
+    steps = check_steps(steps, maximum=num_train_timesteps - (discretization == "diffusers"))
     if discretization == "diffusers":
         abar = diffusers_alphas_cumprod(num_train_timesteps, beta_start, beta_end)
         sig_table = np.sqrt((np.float32(1.0) - abar) / abar).astype(np.float32)
@@ -141,7 +144,7 @@ def dpm_solver_schedule(
         orders[0] = 1
         orders[-1] = 1
         model_timesteps = timesteps
-    elif discretization == "time_uniform":
+    else:  # "time_uniform"
         t_cont, model_timesteps = time_uniform_timesteps(steps, num_train_timesteps)
         betas = linear_betas(num_train_timesteps, beta_start, beta_end)
         log_alpha_table = _discrete_log_alpha(betas).astype(np.float32).astype(np.float64)
@@ -154,8 +157,6 @@ def dpm_solver_schedule(
         orders[0] = 1
         if steps < 10:
             orders[-1] = 1
-    else:
-        raise ValueError(f"unknown discretization {discretization!r}")
     coef_x, coef_x0, coef_d = _multistep_coefficients(alpha, sigma, orders)
     return DPMSolverSchedule(model_timesteps, alpha, sigma, orders, coef_x, coef_x0, coef_d)
 

@@ -5,6 +5,7 @@ improved-DDPM ancestral sampling with learned-range variance (:func:`sample_iddp
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -15,6 +16,7 @@ import numpy as np
 from vidq_jax.sampling.cfg import ApplyFn, Cond
 from vidq_jax.sampling.loop import ModelFn, Tables, run_sampler, step_noise
 from vidq_jax.sampling.sampler import Sampler
+from vidq_jax.sampling.validate import SamplingArgumentError, check_steps
 from vidq_jax.sampling.vp import BETA_END, BETA_START, NUM_TRAIN_TIMESTEPS, linear_betas
 
 __all__ = ["DDIM", "GaussianDiffusionSchedule", "IDDPM", "gaussian_diffusion_schedule", "iddpm_schedule",
@@ -127,6 +129,7 @@ def gaussian_diffusion_schedule(
 def iddpm_schedule(steps: int = 100, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> GaussianDiffusionSchedule:
     """Open-Sora 1.0 ``IDDPM(num_sampling_steps=steps)``: linear betas (1e-4 -> 0.02 for 1000 steps,
     both ends scaled by 1000/N as improved-diffusion does) respaced with ``space_timesteps(N, str(steps))``."""
+    steps = check_steps(steps, maximum=num_train_timesteps)
     scale = 1000.0 / num_train_timesteps
     betas = linear_betas(num_train_timesteps, scale * BETA_START, scale * BETA_END)
     return gaussian_diffusion_schedule(betas, space_timesteps(num_train_timesteps, str(steps)))
@@ -246,8 +249,10 @@ def sample_ddim(
     ``sigma = eta sqrt((1-abar_prev)/(1-abar)) sqrt(1 - abar/abar_prev)`` (no noise at the last step).
     ``eta = 0`` (default) is deterministic and needs no ``key``.
     """
+    if isinstance(eta, bool) or not (isinstance(eta, (int, float, np.number)) and 0.0 <= float(eta) < math.inf):
+        raise SamplingArgumentError(f"eta must be a finite number >= 0, got {eta!r}")
     if eta != 0.0 and key is None:
-        raise ValueError("sample_ddim with eta > 0 needs a PRNG key")
+        raise SamplingArgumentError("sample_ddim with eta > 0 needs a PRNG key")
     sched = iddpm_schedule(steps)
     order, tables = _gaussian_tables(sched, clip_denoised)
     abar, abar_prev = sched.alphas_cumprod[order], sched.alphas_cumprod_prev[order]

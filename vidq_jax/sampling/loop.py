@@ -7,12 +7,12 @@ import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from vidq_jax.sampling.cfg import ApplyFn, Cond, ModelSpec, combine_cfg_inputs, guided_output, split_static
+from vidq_jax.sampling.validate import SamplingArgumentError, check_conditions, check_guidance, check_noise, is_traced
 
 __all__ = ["ModelFn", "Tables", "run_sampler", "sample_loop", "step_noise"]
 
@@ -74,15 +74,21 @@ def run_sampler(
     with_aux: bool,
     return_trajectory: bool,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
-    """Shared front end of every sampler: validate the inputs, merge the CFG batch, split params /
-    conditions into traced and static parts, build the loop inputs (tables cast to the latent dtype)
-    and run the jitted loop."""
-    chex.assert_rank(noise, {4, 5})
+    """Shared front end of every sampler: validate the inputs (:mod:`.validate`: one-line
+    :class:`~.validate.SamplingArgumentError` naming the argument; values of concrete arrays only),
+    merge the CFG batch, split params / conditions into traced and static parts, build the loop
+    inputs (tables cast to the latent dtype) and run the jitted loop."""
+    check_noise(noise)
+    guidance_scale = check_guidance(guidance_scale)
     cond = dict(cond or {})
-    use_cfg = uncond is not None and float(guidance_scale) != 1.0
+    check_conditions(cond, uncond, int(np.shape(noise)[0]))
+    # a traced guidance scale cannot be compared with 1: run CFG whenever an uncond is given
+    use_cfg = uncond is not None and (is_traced(guidance_scale) or guidance_scale != 1.0)
     model_cond = combine_cfg_inputs(cond, uncond) if use_cfg else cond
-    if cfg_channels is not None and not 0 < cfg_channels <= noise.shape[-1]:
-        raise ValueError(f"cfg_channels must be in [1, {noise.shape[-1]}], got {cfg_channels}")
+    c = np.shape(noise)[-1]
+    if cfg_channels is not None and (isinstance(cfg_channels, bool) or not isinstance(cfg_channels, (int, np.integer))
+                                     or not 0 < cfg_channels <= c):
+        raise SamplingArgumentError(f"cfg_channels must be an integer in [1, {c}], got {cfg_channels!r}")
     params_dyn, params_spec = split_static(params)
     cond_dyn, cond_spec = split_static(model_cond)
     spec = ModelSpec(apply_fn, params_spec, cond_spec, use_cfg, cfg_channels, step_kwarg)

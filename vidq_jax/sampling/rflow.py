@@ -15,6 +15,7 @@ import numpy as np
 from vidq_jax.sampling.cfg import ApplyFn, Cond
 from vidq_jax.sampling.loop import ModelFn, Tables, run_sampler
 from vidq_jax.sampling.sampler import Sampler
+from vidq_jax.sampling.validate import SamplingArgumentError, check_positive, check_steps
 from vidq_jax.sampling.vp import NUM_TRAIN_TIMESTEPS
 
 __all__ = ["RFlowSchedule", "SAMPLER", "num_frames_equivalent", "rflow_schedule", "rflow_size_from_latent",
@@ -30,12 +31,16 @@ def num_frames_equivalent(num_frames: int) -> int:
 def rflow_time_ratio(height: float, width: float, num_frames: int = 1, *, base_resolution: float = 512 * 512,
                      base_num_frames: float = 1.0, scale: float = 1.0) -> float:
     """``ratio = sqrt(H*W / 512^2) * sqrt(num_frames_eq / 1) * scale`` (H, W in pixels)."""
+    for name, v in (("height", height), ("width", width), ("scale", scale)):
+        check_positive(v, name)
+    check_positive(num_frames, "num_frames", integer=True)
+    if num_frames_equivalent(num_frames) <= 0:
+        raise SamplingArgumentError(
+            f"num_frames must be 1 (an image) or >= 17 pixel frames for the timestep transform, got {num_frames}"
+        )
     ratio_space = math.sqrt(height * width / base_resolution)
     ratio_time = math.sqrt(num_frames_equivalent(num_frames) / base_num_frames)
-    ratio = ratio_space * ratio_time * scale
-    if ratio <= 0:
-        raise ValueError(f"timestep-transform ratio must be > 0, got {ratio} (num_frames={num_frames})")
-    return ratio
+    return ratio_space * ratio_time * scale
 
 
 def rflow_size_from_latent(latent_shape: Sequence[int], *, spatial_factor: int = 8) -> tuple[int, int, int]:
@@ -56,9 +61,9 @@ def rflow_size_from_latent(latent_shape: Sequence[int], *, spatial_factor: int =
         elif t % 5 == 0:
             frames = t // 5 * 17
         else:
-            raise ValueError(f"cannot infer the pixel frame count of {t} latent frames; pass num_frames")
+            raise SamplingArgumentError(f"cannot infer the pixel frame count of {t} latent frames; pass num_frames")
         return int(latent_shape[2]) * spatial_factor, int(latent_shape[3]) * spatial_factor, frames
-    raise ValueError(f"expected a (B,H,W,C) or (B,T,H,W,C) latent shape, got {tuple(latent_shape)}")
+    raise SamplingArgumentError(f"noise must be a (B, H, W, C) or (B, T, H, W, C) latent, got shape {tuple(latent_shape)}")
 
 
 def timestep_transform(
@@ -74,6 +79,7 @@ def rflow_timesteps(
 ) -> np.ndarray:
     """Rectified-flow model timesteps ``t_i = (1 - i/steps) * N`` (``i = 0..steps-1``), transformed by
     :func:`timestep_transform` when ``ratio`` is given (``use_timestep_transform=True``); float64."""
+    steps = check_steps(steps)
     t = np.array([(1.0 - i / steps) * num_train_timesteps for i in range(steps)], dtype=np.float64)
     return t if ratio is None else timestep_transform(t, ratio, num_train_timesteps)
 
@@ -113,6 +119,10 @@ def _transform_ratio(noise_shape: Sequence[int], *, use_timestep_transform: bool
     else :func:`rflow_time_ratio` of the pixel sizes, missing ones from the latent shape."""
     if not use_timestep_transform:
         return None
+    check_positive(height, "height")
+    check_positive(width, "width")
+    check_positive(num_frames, "num_frames", integer=True)
+    check_positive(ratio, "ratio")
     if ratio is None:
         if num_frames is None:
             num_frames = rflow_size_from_latent(noise_shape)[2]

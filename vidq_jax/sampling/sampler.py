@@ -78,4 +78,4 @@ class Sampler:
             raise TypeError(f"the {self.name} sampler takes no keyword(s) {unknown}")
         args = {k: kw[k] if k in kw else sample_params[k].default
                 for k in inspect.signature(self.model_timesteps).parameters if k not in _SCHEDULE_ARGS}
-        return np.asarray(self.model_timesteps(int(steps), tuple(noise_shape), **args))
+        return np.asarray(self.model_timesteps(steps, tuple(noise_shape), **args))
