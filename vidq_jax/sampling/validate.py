@@ -51,7 +51,16 @@ class SamplingArgumentError(VidqError):
 
 def is_traced(x: Any) -> bool:
     """True for a JAX tracer (inside ``jax.jit`` / ``vmap`` / ``grad``): its values are unknown."""
-    return isinstance(x, jax.core.Tracer)
+    return isinstance(x, jax.Array) and not isinstance(x, np.ndarray) and not _is_concrete(x)
+
+
+def _is_concrete(x: jax.Array) -> bool:
+    """Whether a jax array holds values (a committed device array), not a tracer's abstract value."""
+    try:
+        x.addressable_shards  # noqa: B018 - tracers have no shards (works on JAX 0.10 and 0.11)
+    except Exception:  # noqa: BLE001 - AttributeError / ConcretizationTypeError on tracers
+        return False
+    return True
 
 
 def check_int(value: Any, name: str, *, minimum: int = 1, maximum: int | None = None) -> int:
