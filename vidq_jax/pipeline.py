@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping
 import jax
 import jax.numpy as jnp
 
-from models.families import Family, family_of, find_family
+from models.families import family_of, find_family
 from vidq_jax import sampling
 from vidq_jax.sampling.validate import SamplingArgumentError, check_guidance, check_steps, is_traced
 
@@ -36,18 +36,13 @@ def apply_fn_for(model) -> Callable:
     return entry[1]
 
 
-def family(model) -> Family:
-    """The model's family (:mod:`models.families`): release sampler, null-caption policy, layer groups."""
-    return family_of(model)
-
-
 def null_condition(model, params, cond: Mapping[str, Any]) -> dict[str, Any]:
     """The unconditional half for CFG: the learned null caption, everything else (mask, sizes, fps)
     reused from ``cond`` as the releases do."""
     if cond.get("y") is None or jnp.ndim(cond["y"]) != 3:
         raise SamplingArgumentError("cond must hold the caption features 'y' (B, L, C) to build the null caption")
     y = jnp.asarray(cond["y"])
-    if family(model).null_caption_of(model) != "learned":
+    if family_of(model).null_caption_of(model) != "learned":
         raise ValueError(
             f"{type(model).__name__} ({getattr(model.config, 'family', '')}) uses the text encoder's embedding of the "
             "empty prompt as its null caption; pass uncond={'y': ..., 'mask': ...} explicitly"
@@ -63,7 +58,7 @@ def sampler_settings(model, *, sampler: str | None = None, steps: int | None = N
     """The family's release settings (``models.families``: ``Family.sampler``) with overrides applied
     (``None`` = the release value; anything else is validated, never silently replaced: ``steps=0``
     is a :class:`~vidq_jax.sampling.SamplingArgumentError`)."""
-    d = family(model).sampler
+    d = family_of(model).sampler
     name = d.name if sampler is None else sampler
     sampling.get(name)  # ValueError naming the registered samplers
     g = check_guidance(d.guidance_scale if guidance_scale is None else guidance_scale)

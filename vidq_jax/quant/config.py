@@ -44,7 +44,7 @@ import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from models.families import FAMILIES, Family, family_of
+from models.families import DERIVED_GROUPS, FAMILIES, GROUPS, Family, family_of
 from vidq_jax.quant.backends import check as check_backend
 from vidq_jax.quant.quantizers import QuantSpec, check_bits
 
@@ -246,8 +246,6 @@ def check_pattern(pattern: str) -> None:
     """A valid layer pattern: ``group:<known group>`` or a compilable regex (ValueError otherwise)."""
     if pattern.startswith(GROUP_PREFIX):
         name = pattern[len(GROUP_PREFIX):]
-        from models.families import DERIVED_GROUPS, GROUPS
-
         if name not in GROUPS + DERIVED_GROUPS:
             raise ValueError(f"unknown layer group {pattern!r}; known: "
                              f"{', '.join(GROUP_PREFIX + g for g in GROUPS + DERIVED_GROUPS)}")

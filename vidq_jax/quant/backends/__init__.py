@@ -139,7 +139,7 @@ def pallas_dense(rec: Any, x: jax.Array, bias: jax.Array | None, out_dtype, acti
         return y
     if "rotation" in kwargs:  # the kernel's own int8 input (rotated), recomputed for the row sums
         qv, qs = kernels.rotate_quantize(xb, *kwargs["rotation"])
-        qv, qs = qv, qs[:, 0]
+        qs = qs[:, 0]
     else:
         q = quantize(xb.astype(jnp.float32), lq.act_spec())
         qv, qs = q.values, q.scale
