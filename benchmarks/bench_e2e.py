@@ -13,7 +13,13 @@ int8 where a kernel does not apply).
 
 Variants: the layer settings of ``benchmarks.xl_step.VARIANTS`` (``w8a8``, ``w4a8``: symmetric weights,
 no balancing; ``w8a8-rot``: with the online Hadamard rotation) or any quantization preset
-(``viditq-w8a8``, ``viditq-w4a8``: as ``quantize_params`` makes them, calibrated on the step's inputs).
+(``viditq-w8a8``, ``viditq-w4a8``: as ``quantize_params`` makes them, calibrated on the step's inputs;
+their asymmetric weights take the zero point inside the GEMM epilogue; FP8 e4m3 W8A8: ``dynamic-fp8``
+(plain) and ``viditq-fp8`` (smoothing + online rotation), the rows whose ``method`` contains ``fp8``).
+The block's gated residual adds (attn/proj, cross_attn/proj, mlp/fc2) run in the quantized GEMMs'
+epilogues through the Dense seam.
+
+    python -m benchmarks.bench_e2e --variants bf16,w8a8,viditq-w8a8,viditq-w4a8,dynamic-fp8,viditq-fp8 --profile 2
 
 Writes ``benchmarks/results/e2e.json`` and ``e2e.md`` (rows: model × method with ``gpu``,
 ``jax_version``, ``date``, times, ``speedup_vs_bf16``, weight bytes and their ratio to bf16).
@@ -94,7 +100,8 @@ def run(model_name: str, variants: list[str], iters: int, tiny: bool = False, pr
         lin = linear_weight_bytes(model, p)
         row = {
             "model": f"{model_name} [toy size]" if tiny else {"pixart": "PixArt-XL/2 1024px (latent 128x128)",
-                                                             "stdit": "STDiT-XL/2 16x512x512 (latent 16x64x64)"}[model_name],
+                                                             "stdit": "STDiT-XL/2 16x512x512 (latent 16x64x64)",
+                                                             "dit": "DiT-XL/2 256px (latent 32x32)"}[model_name],
             "method": name,
             "tiny": tiny,
             "batch": 2,

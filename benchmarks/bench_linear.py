@@ -5,6 +5,14 @@ Usage (GPU machine, repo root)::
     python -m benchmarks.bench_linear --json benchmarks/results/linear.json \
         --md benchmarks/results/linear.md
     python -m benchmarks.bench_linear --sweep   # tile sweep of the Mosaic GPU kernels
+    python -m benchmarks.bench_linear --only pallas_fp8 xla_fp8 pallas_w8a8 --ms 8192   # some rows
+
+Rows (``method``): ``xla_bf16`` (the baseline: XLA's bf16 GEMM + bias), the int8 W8A8 / W4A8 linears
+(``pallas_*`` = Mosaic GPU on Hopper, ``*_triton``, ``xla_*``), ViDiT-Q's real layer formats
+(``*_zp``: asymmetric weights, zero point in the epilogue; ``*_rot``: online Hadamard rotation in the
+quantizer), the DiT block's gated residual in the epilogue (``*_res_gate`` vs ``xla_bf16_res_gate``),
+and FP8 e4m3 W8A8 (``pallas_fp8`` Mosaic GPU wgmma, ``xla_fp8`` = XLA's own FP8
+dot with the XLA quantizer: the FP8 baseline; ``*_fp8_gemm``: from pre-quantized e4m3 activations).
 
 Timing: each method is jitted, warmed up, then called ``iters`` times back-to-back on a rotation
 of input sets (so activations are not served from L2 every call) ending with
@@ -18,6 +26,7 @@ import datetime
 import itertools
 import json
 import math
+from pathlib import Path
 from typing import Any, Callable
 
 import jax
@@ -52,10 +61,27 @@ def make_inputs(m: int, k: int, n: int, seed: int = 0) -> dict[str, Any]:
     w4 = jnp.clip(jnp.round(w_f / w4_scale[:, None]), -8, 7).astype(jnp.int8)
     bias = jax.random.normal(keys[5], (n,), jnp.float32) * 0.1
     xq = [quantize_per_token(x) for x in xs]
+    # asymmetric min-max weights (ViDiT-Q's): w ≈ (q + z) · s
+    lo, hi = jnp.minimum(w_f.min(1), 0.0), jnp.maximum(w_f.max(1), 0.0)
+    wa_scale = (hi - lo) / 255.0
+    w_zero = (jnp.round(lo / wa_scale) + 128).astype(jnp.int32)
+    wq_asym = jnp.clip(jnp.round(w_f / wa_scale[:, None]) - w_zero[:, None], -128, 127).astype(jnp.int8)
+    w_fp8, w_fp8_scale = pk.quantize_fp8_weight_ref(w_f)
     return dict(
         xs=xs, w_bf16=w_f.T.astype(jnp.bfloat16), b_bf16=bias.astype(jnp.bfloat16), wq=wq,
         w_scale=w_scale, bias=bias, w4p=pk.pack_int4(w4), w4_scale=w4_scale, xq=xq,
+        wq_asym=wq_asym, wa_scale=wa_scale, w_zero=w_zero, w_fp8=w_fp8, w_fp8_scale=w_fp8_scale,
+        xq8=[pk.quantize_per_token(x, dtype=pk.FP8) for x in xs],
+        residual=jax.random.normal(keys[6], (m, n), jnp.float32).astype(jnp.bfloat16),
+        gate=(jax.random.normal(keys[7], (2, n), jnp.float32) * 0.1).astype(jnp.bfloat16),
     )
+
+
+def rotation(k: int) -> tuple:
+    """ViDiT-Q's online rotation of a K-wide input: (base Hadamard, random signs)."""
+    from vidq_jax.quant.hadamard import base_hadamard, hadamard_factors, random_signs
+
+    return base_hadamard(hadamard_factors(k)[0]), random_signs(jax.random.key(k), k)
 
 
 def methods(inp: dict[str, Any]) -> dict[str, tuple[Callable, list[tuple]]]:
@@ -73,8 +99,34 @@ def methods(inp: dict[str, Any]) -> dict[str, tuple[Callable, list[tuple]]]:
         y = layernorm_noaffine(x.reshape(2, -1, k)) * (1 + scale) + shift
         return y.astype(jnp.bfloat16)
 
+    wqa, was, zw = inp["wq_asym"], inp["wa_scale"], inp["w_zero"]
+    w8, w8s = inp["w_fp8"], inp["w_fp8_scale"]
+    xq8s = [(q, s) for q, s in inp["xq8"]]
+    res, gate = inp["residual"], inp["gate"]
+    rot = rotation(k)
+
+    def bf16_res_gate(x):  # the bf16 block: x + gate * proj(h), XLA fuses the add into the GEMM's consumer
+        y = jnp.dot(x, w_bf16) + b_bf16
+        return (res.reshape(2, -1, y.shape[-1]) + gate[:, None] * y.reshape(2, -1, y.shape[-1])).reshape(y.shape)
+
     return {
         "xla_bf16": (lambda x: jnp.dot(x, w_bf16) + b_bf16, xs),
+        "xla_bf16_res_gate": (bf16_res_gate, xs),
+        # ViDiT-Q's layer formats: asymmetric weights (zero point in the epilogue), online rotation
+        "pallas_w8a8_zp": (lambda x: pk.w8a8_linear(x, wqa, was, b, backend="mosaic", w_zero_point=zw), xs),
+        "pallas_w8a8_rot": (lambda x: pk.w8a8_linear(x, wq, ws, b, backend="mosaic", rotation=rot), xs),
+        "pallas_w8a8_rot_zp": (lambda x: pk.w8a8_linear(x, wqa, was, b, backend="mosaic", rotation=rot,
+                                                        w_zero_point=zw), xs),
+        "pallas_w8a8_res_gate": (lambda x: pk.w8a8_linear(x, wq, ws, b, backend="mosaic", residual=res,
+                                                          gate=gate), xs),
+        # FP8 e4m3 W8A8: Pallas Mosaic GPU wgmma vs XLA's own FP8 dot (Pallas-Triton FP8 is inaccurate on
+        # a GPU and refused there: pallas_kernels.int8_matmul)
+        "pallas_fp8": (lambda x: pk.fp8_linear(x, w8, w8s, b, backend="mosaic"), xs),
+        "xla_fp8": (lambda x: pk.fp8_linear(x, w8, w8s, b, backend="xla"), xs),
+        "pallas_fp8_rot": (lambda x: pk.fp8_linear(x, w8, w8s, b, backend="mosaic", rotation=rot), xs),
+        "pallas_fp8_gemm": (lambda q, s: pk.fp8_gemm(q, w8, s, w8s, b, out_dtype=jnp.bfloat16, backend="mosaic"),
+                            xq8s),
+        "xla_fp8_gemm": (lambda q, s: pk.fp8_gemm(q, w8, s, w8s, b, out_dtype=jnp.bfloat16, backend="xla"), xq8s),
         "xla_bf16_nobias": (lambda x: jnp.dot(x, w_bf16), xs),
         "xla_w8a8": (lambda x: pk.w8a8_linear(x, wq, ws, b, backend="xla"), xs),
         "pallas_w8a8": (lambda x: pk.w8a8_linear(x, wq, ws, b, backend="mosaic"), xs),
@@ -104,6 +156,13 @@ def methods(inp: dict[str, Any]) -> dict[str, tuple[Callable, list[tuple]]]:
 def check_outputs(inp: dict[str, Any]) -> None:
     """Assert the timed Pallas paths agree with their references on this shape's inputs."""
     x, wq, ws, b = inp["xs"][0], inp["wq"], inp["w_scale"], inp["bias"]
+    for y, r in ((pk.w8a8_linear(x, inp["wq_asym"], inp["wa_scale"], b, backend="mosaic", w_zero_point=inp["w_zero"]),
+                  pk.w8a8_linear_ref(x, inp["wq_asym"], inp["wa_scale"], b, w_zero_point=inp["w_zero"])),
+                 (pk.fp8_linear(x, inp["w_fp8"], inp["w_fp8_scale"], b, backend="mosaic"),
+                  pk.fp8_linear_ref(x, inp["w_fp8"], inp["w_fp8_scale"], b))):
+        y, r = y.astype(jnp.float32), r.astype(jnp.float32)
+        rel = float(jnp.linalg.norm(y - r) / jnp.linalg.norm(r))
+        assert rel < 5e-3, rel
     q, s = quantize_per_token(x, backend="triton")
     qr, sr = pk.quantize_per_token_ref(x)
     assert int(jnp.max(jnp.abs(q.astype(jnp.int32) - qr.astype(jnp.int32)))) <= 1

@@ -1,6 +1,7 @@
 """The XL denoising step that ``bench_e2e`` times and ``profile_step`` profiles.
 
-* :data:`MODELS` / :data:`VARIANTS` — PixArt-XL/2 at 1024 px and STDiT-XL/2 at 16×512×512 (shapes
+* :data:`MODELS` / :data:`VARIANTS` — PixArt-XL/2 at 1024 px, STDiT-XL/2 at 16×512×512 and DiT-XL/2 at
+  256 px (class labels) (shapes
   from ``../shared/fixtures/xl_keys``, random weights drawn on the device); bf16 and the quantized
   layer settings of the block Dense layers;
 * :func:`build` / :func:`step_fn` — the model, its params and inputs; one jitted CFG-batch-2 step
@@ -38,6 +39,7 @@ MODELS = {
     # name: (xl_keys arch, latent shape without batch, caption length, extra conditions)
     "pixart": ("pixart-alpha", (128, 128, 4), 120),
     "stdit": ("stdit", (16, 64, 64, 4), 120),
+    "dit": ("dit", (32, 32, 4), 0),  # DiT-XL/2 256 px, class labels (no caption)
 }
 
 
@@ -46,13 +48,15 @@ def build(model_name: str, tiny: bool = False):
     listing = load_xl_keys(arch)
     model, _ = convert_state_dict(synthesize_state_dict(listing), arch, listing["config"])
     cls, config = type(model), model.config
+    labels = model_name == "dit"  # class-conditional: y = labels [class; null class]
     if tiny:  # CPU smoke run: same code path, toy sizes
-        small = dict(hidden_size=96, depth=2, num_heads=4, caption_channels=32)
+        small = dict(hidden_size=96, depth=2, num_heads=4) | ({} if labels else dict(caption_channels=32))
         if model_name == "stdit":
             small["input_size"] = (2, 8, 8)
             latent = (2, 8, 8, 4)
         else:
             latent = (8, 8, 4)
+            small |= dict(input_size=8) if labels else {}
         config, length = dataclasses.replace(config, **small), 8
     model = cls(config, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
     b = 2  # CFG: [cond; uncond]
@@ -61,9 +65,12 @@ def build(model_name: str, tiny: bool = False):
     inputs = {
         "x": jax.random.normal(ks[0], (b, *latent), jnp.bfloat16),
         "timestep": jnp.full((b,), 500.0, jnp.float32),
-        "y": jax.random.normal(ks[1], (b, length, model.config.caption_channels), jnp.bfloat16),
-        "mask": jnp.ones((b, length), jnp.int32).at[:, (length * 5) // 6 :].set(0),
     }
+    if labels:
+        inputs["y"] = jnp.array([207, config.num_classes], jnp.int32)
+    else:
+        inputs["y"] = jax.random.normal(ks[1], (b, length, model.config.caption_channels), jnp.bfloat16)
+        inputs["mask"] = jnp.ones((b, length), jnp.int32).at[:, (length * 5) // 6 :].set(0)
     if getattr(model.config, "micro_condition", False):
         inputs["img_hw"] = jnp.full((b, 2), 1024.0)
         inputs["aspect_ratio"] = jnp.ones((b, 1))

@@ -17,27 +17,35 @@ from typing import Any
 
 import numpy as np
 
-from conversion import pixart, stdit
+from conversion import dit, pixart, stdit
+from conversion import t5
+from conversion import vae
 from conversion.common import to_jax
 from conversion.errors import ConversionError, ConversionWarning
 from conversion.io import read_state_dict
 from models.families import ARCHS as _FAMILY_OF_ARCH
-from models.families import FAMILIES
+from models.families import COMPONENT_ARCHS as _COMPONENT_OF_ARCH
+from models.families import COMPONENTS, FAMILIES
 
-# family name -> its converter (one per family; every family of models.families has one, tested)
+# family / component name -> its converter (one each; every family and component of models.families has one, tested)
 CONVERTERS: dict[str, Callable[..., tuple[Any, dict]]] = {
     "pixart": pixart.convert,
     "stdit": stdit.convert_stdit,
     "stdit3": stdit.convert_stdit3,
+    "dit": dit.convert,
+    "t5": t5.convert,
+    "sd-vae": vae.convert_sd_vae,
+    "opensora-vae": vae.convert_opensora_vae,
 }
 
-ARCHS: tuple[str, ...] = tuple(a for a, fam in _FAMILY_OF_ARCH.items() if fam.name in CONVERTERS)
+_OWNER_OF_ARCH = {**_FAMILY_OF_ARCH, **_COMPONENT_OF_ARCH}
+ARCHS: tuple[str, ...] = tuple(a for a, owner in _OWNER_OF_ARCH.items() if owner.name in CONVERTERS)
 
 
 def _converter(arch: str):
     if arch not in ARCHS:
         raise ConversionError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
-    return CONVERTERS[_FAMILY_OF_ARCH[arch].name]
+    return CONVERTERS[_OWNER_OF_ARCH[arch].name]
 
 
 def _is_tensor(v: Any) -> bool:
@@ -91,6 +99,7 @@ def load_checkpoint(
 
 __all__ = [
     "ARCHS",
+    "COMPONENTS",
     "CONVERTERS",
     "ConversionError",
     "ConversionWarning",

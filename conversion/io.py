@@ -3,7 +3,7 @@
 Formats: ``.pth``/``.pt``/``.bin`` (torch pickle; plain state dict or wrapped in ``state_dict`` /
 ``ema`` / ``model`` / ``module``; needs torch, imported lazily), ``.safetensors`` (read with a small
 built-in reader: no torch, no safetensors package, bf16 kept as ``ml_dtypes.bfloat16``), sharded
-safetensors (``*.safetensors.index.json``), and folders (diffusers ``save_pretrained`` /
+checkpoints (``*.safetensors.index.json``, ``*.bin.index.json``), and folders (diffusers ``save_pretrained`` /
 Hugging Face model folders with ``config.json``; a diffusers pipeline root with ``transformer/``).
 """
 
@@ -40,6 +40,8 @@ _WEIGHT_FILES = (
     "model.safetensors.index.json",
     "diffusion_pytorch_model.bin",
     "pytorch_model.bin",
+    "diffusion_pytorch_model.bin.index.json",
+    "pytorch_model.bin.index.json",
 )
 
 
@@ -157,6 +159,26 @@ def read_torch(path: str | os.PathLike) -> StateDict:
     return out
 
 
+def _read_shards(index_path: Path) -> StateDict:
+    """The state dict of a sharded checkpoint: its ``*.index.json`` ``weight_map`` names the shards
+    (``.safetensors`` or torch ``.bin``), read next to it; a missing shard is one error naming it."""
+    try:
+        index = json.loads(index_path.read_text())["weight_map"]
+        if not isinstance(index, dict) or not all(isinstance(v, str) for v in index.values()):
+            raise ValueError("weight_map is not an object of shard file names")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConversionError(f"{index_path}: not a sharded-checkpoint index ({e})") from None
+    shards = sorted(set(index.values()))
+    missing = [s for s in shards if not (index_path.parent / s).is_file()]
+    if missing:
+        raise ConversionError(f"{index_path}: shard file(s) missing next to the index: {', '.join(missing)}")
+    state: StateDict = {}
+    for shard in shards:
+        path = index_path.parent / shard
+        state.update(read_safetensors(path) if path.suffix == ".safetensors" else read_torch(path))
+    return state
+
+
 def read_state_dict(path: str | os.PathLike) -> tuple[StateDict, dict | None, Path]:
     """Read any supported checkpoint. Returns ``(state_dict, config_json_or_None, weights_path)``."""
     path = Path(path)
@@ -188,13 +210,7 @@ def read_state_dict(path: str | os.PathLike) -> tuple[StateDict, dict | None, Pa
                 raise ConversionError(f"{sibling}: not valid JSON ({e})") from None
     name = weights.name
     if name.endswith(".index.json"):
-        try:
-            index = json.loads(weights.read_text())["weight_map"]
-        except (OSError, ValueError, KeyError) as e:
-            raise ConversionError(f"{weights}: not a safetensors index ({e})") from None
-        state: StateDict = {}
-        for shard in sorted(set(index.values())):
-            state.update(read_safetensors(weights.parent / shard))
+        state = _read_shards(weights)
     elif weights.suffix == ".safetensors":
         state = read_safetensors(weights)
     elif weights.suffix in (".pth", ".pt", ".bin", ".ckpt"):

@@ -28,14 +28,10 @@ def as_tuples(v: Any) -> Any:
     return tuple(as_tuples(x) for x in v) if isinstance(v, (list, tuple)) else v
 
 
-class ModelConfig:
-    """Mixin for frozen config dataclasses with ``in_channels`` and ``pred_sigma`` fields."""
+class ConfigMixin:
+    """Mixin for frozen config dataclasses: JSON round trip and construction from original kwargs."""
 
     NOOP_KEYS: ClassVar[frozenset] = COMMON_NOOP_KEYS
-
-    @property
-    def out_channels(self) -> int:
-        return self.in_channels * 2 if self.pred_sigma else self.in_channels  # type: ignore[attr-defined]
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
@@ -64,3 +60,11 @@ class ModelConfig:
         if unknown:
             warnings.warn(f"{cls.__name__} keys not understood and ignored: {sorted(unknown)}", stacklevel=2)
         return cls(**fields)
+
+
+class ModelConfig(ConfigMixin):
+    """Mixin for the denoisers' frozen config dataclasses (``in_channels`` and ``pred_sigma`` fields)."""
+
+    @property
+    def out_channels(self) -> int:
+        return self.in_channels * 2 if self.pred_sigma else self.in_channels  # type: ignore[attr-defined]

@@ -26,9 +26,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
+from models.dit import DiT, DiTConfig
 from models.pixart import PixArt, PixArtConfig
 from models.stdit import STDiT, STDiTConfig
 from models.stdit3 import STDiT3, STDiT3Config
+from models.t5 import T5Config, T5Encoder
+from models.opensora_vae import OpenSoraVAE, OpenSoraVAEConfig
+from models.vae import AutoencoderKL, AutoencoderKLConfig
 
 # Groups every family may declare (a family leaves out those it does not have, e.g. temporal_attn for images).
 GROUPS: tuple[str, ...] = ("self_attn", "cross_attn", "cross_kv", "temporal_attn", "ffn", "adaln", "embedders",
@@ -52,6 +56,10 @@ class Arch:
     forward_args: tuple[str, ...]
     config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     description: str = ""
+    # Methods of the ORIGINAL class other than forward that fixture cases call (``"decode"``, a dotted path
+    # such as ``"temporal_vae.encode"``) -> the name of the Flax module method computing the same value that
+    # the case's ``returns`` selects (``"encode"`` of a VAE returns ``latent_dist.mean``). ``""`` = forward.
+    methods: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +88,9 @@ class Family:
     # regex matching the prefix of a transformer block: group 1 = the stack name, group 2 = the index;
     # execution order = by index, then by stack name (STDiT3 runs spatial block i before temporal block i)
     blocks: str
-    null_caption: str = "learned"  # "learned" (params["y_embedder"]["y_embedding"]) or "empty-prompt" (T5(""))
+    # "learned" (params["y_embedder"]["y_embedding"]), "empty-prompt" (T5("")) or "null-class" (class-label
+    # models: the label index config.num_classes)
+    null_caption: str = "learned"
     video: bool = False
     description: str = ""
 
@@ -255,8 +265,113 @@ STDIT3 = Family(
     description="Open-Sora 1.2 STDiT3 (rectified flow)",
 )
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (PIXART, STDIT, STDIT3)}
+# facebookresearch/DiT: class labels instead of captions (y = (B,) ints; the label num_classes is the null
+# class of CFG), one adaLN-Zero modulation per block (group adaln: conditioning, not a block layer of the
+# metric-decoupled groups, so the block pattern leaves it out), release sampling = sample.py's IDDPM
+# respaced to 250 steps with cfg 4.0 (guidance on eps channels 0..2, DiT's own quirk).
+DIT = Family(
+    name="dit",
+    module=DiT,
+    config=DiTConfig,
+    archs=(Arch("dit", ("pth",), ("x", "timestep", "y"),
+                description="facebookresearch/DiT class-conditional DiT (DiT-XL-2-256x256.pt / -512x512.pt)"),),
+    sampler=SamplerDefaults("iddpm", 250, 4.0),
+    groups={
+        "self_attn": r"^blocks_\d+/attn/",
+        "ffn": r"^blocks_\d+/mlp/",
+        "adaln": r"^blocks_\d+/adaLN_modulation/",
+        "embedders": r"^[A-Za-z0-9]*_?embedder(/|$)",
+        "final": r"^final_layer(/|$)",
+    },
+    blocks=r"^(blocks)_(\d+)/(?!adaLN_modulation/)",
+    null_caption="null-class",
+    description="DiT-XL/2 class-conditional image DiT (adaLN-Zero)",
+)
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (PIXART, STDIT, STDIT3, DIT)}
 ARCHS: dict[str, Family] = {a.name: f for f in FAMILIES.values() for a in f.archs}
+
+
+# ---------------------------------------------------------------------------------------------- components
+ROLES: tuple[str, ...] = ("autoencoder", "text-encoder")
+
+
+@dataclasses.dataclass(frozen=True)
+class Component:
+    """A model of a release that is not the denoiser: an autoencoder (latents <-> pixels) or a text encoder.
+
+    Declared once like a :class:`Family` (module, config, archs with their checkpoint formats), without the
+    denoiser-only parts (sampler, layer groups, blocks). Its converter is ``conversion.CONVERTERS[name]``.
+    Fixture cases call its methods through :attr:`Arch.methods`."""
+
+    name: str
+    role: str
+    module: type
+    config: type
+    archs: tuple[Arch, ...]
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"component {self.name!r}: unknown role {self.role!r}; known: {ROLES}")
+
+    def arch(self, name: str) -> Arch:
+        for a in self.archs:
+            if a.name == name:
+                return a
+        raise KeyError(name)
+
+    def build(self, config: Mapping[str, Any] | Any, **module_kwargs: Any):
+        """The module from a config dict (as written by ``config.to_dict()``) or a config object."""
+        cfg = config if isinstance(config, self.config) else self.config.from_dict(dict(config))
+        return self.module(cfg, **module_kwargs)
+
+
+T5_ENCODER = Component(
+    name="t5",
+    role="text-encoder",
+    module=T5Encoder,
+    config=T5Config,
+    archs=(Arch("t5-encoder", ("transformers",), ("input_ids", "attention_mask"), methods=MappingProxyType({"": ""}),
+                description="transformers T5EncoderModel folder (T5 v1.1: DeepFloyd / google t5-v1_1-xxl)"),),
+    description="T5 v1.1 text encoder of PixArt-α/Σ and Open-Sora",
+)
+
+# The autoencoders (models/vae.py, models/opensora_vae.py): fixture cases call decode and the encoders' means.
+SD_VAE = Component(
+    name="sd-vae",
+    role="autoencoder",
+    module=AutoencoderKL,
+    config=AutoencoderKLConfig,
+    archs=(Arch("sd-vae", ("diffusers",), ("sample",),
+                methods=MappingProxyType({"decode": "decode", "encode": "encode_mean"}),
+                description="diffusers AutoencoderKL vae/ folder (sd-vae-ft-ema / -mse, SDXL VAE)"),),
+    description="Stable Diffusion KL autoencoder of DiT, PixArt-α/Σ and Open-Sora 1.0",
+)
+
+OPENSORA_VAE = Component(
+    name="opensora-vae",
+    role="autoencoder",
+    module=OpenSoraVAE,
+    config=OpenSoraVAEConfig,
+    archs=(Arch("opensora-vae-v1.2", ("safetensors",), ("x",),
+                methods=MappingProxyType({"decode": "decode", "temporal_vae.encode": "encode_temporal_mean",
+                                          "spatial_vae.module.encode": "encode_spatial_mean"}),
+                description="Open-Sora 1.2 VideoAutoencoderPipeline (hpcai-tech/OpenSora-VAE-v1.2)"),),
+    description="Open-Sora 1.2 video autoencoder (per-frame SDXL VAE + causal temporal VAE)",
+)
+
+# Each component entry is declared above this line and named here.
+COMPONENTS: dict[str, Component] = {c.name: c for c in (T5_ENCODER, SD_VAE, OPENSORA_VAE)}
+COMPONENT_ARCHS: dict[str, Component] = {a.name: c for c in COMPONENTS.values() for a in c.archs}
+
+
+def owner_of_arch(arch: str) -> Family | Component:
+    """The family or component converting checkpoints of ``arch`` (``ValueError`` naming the known archs)."""
+    owner = ARCHS.get(arch) or COMPONENT_ARCHS.get(arch)
+    if owner is None:
+        raise ValueError(f"unknown arch {arch!r}; known: {', '.join([*ARCHS, *COMPONENT_ARCHS])}")
+    return owner
 
 
 def family_of(model: Any) -> Family:
@@ -301,6 +416,9 @@ __all__ = [
     "ARCHS",
     "Arch",
     "BLOCK_GROUPS",
+    "COMPONENTS",
+    "COMPONENT_ARCHS",
+    "Component",
     "DERIVED_GROUPS",
     "FAMILIES",
     "Family",
@@ -311,4 +429,6 @@ __all__ = [
     "find_family",
     "family_of_arch",
     "group_of_path",
+    "owner_of_arch",
+    "ROLES",
 ]

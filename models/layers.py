@@ -61,10 +61,16 @@ class Dense(nn.Module):
     """``y = x @ kernel + bias`` with ``kernel`` stored ``(in, out)`` (Flax convention).
 
     If the ``kernel`` leaf of the params tree is a quantized record (an object with a
-    ``quantized_dense(x, bias, dtype[, activation][, splits])`` method, e.g. ``vidq_jax.quant.QuantizedWeight``),
-    the record computes the layer instead; the module definition is shared by the float and quantized
-    twins. Records that accept ``activation`` get its name (and may fuse it into their kernel);
-    records that accept ``splits`` return the output as a tuple of column blocks.
+    ``quantized_dense(x, bias, dtype[, activation][, splits][, residual, gate])`` method, e.g.
+    ``vidq_jax.quant.QuantizedWeight``), the record computes the layer instead; the module definition is
+    shared by the float and quantized twins. Records that accept ``activation`` get its name (and may
+    fuse it into their kernel); records that accept ``splits`` return the output as a tuple of column
+    blocks; records that accept ``residual`` get the call's ``residual=`` / ``gate=`` (and may fuse the
+    gated residual add into their GEMM epilogue).
+
+    ``residual`` / ``gate`` (call arguments): the output is :func:`add_residual` ``(y, residual, gate)``
+    = ``residual + gate * y`` — a DiT block's ``x + gate_msa * attn(x)`` handed to the layer that
+    produces ``attn(x)``; the float path computes exactly that expression in XLA.
     """
 
     features: int
@@ -80,22 +86,26 @@ class Dense(nn.Module):
     splits: int = 1
 
     @nn.compact
-    def __call__(self, x: Array) -> Array | tuple[Array, ...]:
+    def __call__(self, x: Array, *, residual: Array | None = None,
+                 gate: Array | None = None) -> Array | tuple[Array, ...]:
         if self.features % self.splits:
             raise ValueError(f"{self.features} features do not split into {self.splits} blocks")
+        if self.splits > 1 and (residual is not None or gate is not None):
+            raise ValueError("Dense: residual/gate apply to one output, not to splits > 1 column blocks")
         if self.has_variable("params", "kernel"):
             record = self.get_variable("params", "kernel")
             if hasattr(record, "quantized_dense"):  # read before self.param: its shape check expects (K, N)
-                return self._quantized(record, x)
+                return self._quantized(record, x, residual, gate)
         kernel = self.param("kernel", _torch_linear_init, (x.shape[-1], self.features), self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype) if self.use_bias else None
         dtype = self.dtype or jnp.result_type(x.dtype, kernel.dtype)
         y = jnp.dot(x.astype(dtype), kernel.astype(dtype))
         if bias is not None:
             y = y + bias.astype(dtype)
-        return split_columns(activate(self.activation, y), self.splits)
+        return add_residual(split_columns(activate(self.activation, y), self.splits), residual, gate)
 
-    def _quantized(self, record, x: Array) -> Array | tuple[Array, ...]:
+    def _quantized(self, record, x: Array, residual: Array | None = None,
+                   gate: Array | None = None) -> Array | tuple[Array, ...]:
         bias = self.get_variable("params", "bias") if self.use_bias else None
         kw = {}
         fuse_act = self.activation is not None and _record_accepts(type(record), "activation")
@@ -104,10 +114,22 @@ class Dense(nn.Module):
         split_by_record = self.splits > 1 and _record_accepts(type(record), "splits")
         if split_by_record:
             kw["splits"] = self.splits
+        fuse_res = (residual is not None or gate is not None) and _record_accepts(type(record), "residual")
+        if fuse_res:
+            kw["residual"], kw["gate"] = residual, gate
         y = record.quantized_dense(x, bias, self.dtype or x.dtype, **kw)
         if self.activation is not None and not fuse_act:
             y = jax.tree_util.tree_map(lambda a: activate(self.activation, a), y)
-        return tuple(y) if split_by_record else split_columns(y, self.splits)
+        y = tuple(y) if split_by_record else split_columns(y, self.splits)
+        return y if fuse_res else add_residual(y, residual, gate)
+
+
+def add_residual(y: Array, residual: Array | None = None, gate: Array | None = None) -> Array:
+    """``residual + gate * y`` (either term optional; ``y`` itself without both): THE gated residual
+    add of the Dense seam, the expression the DiT blocks wrote after the layer."""
+    if gate is not None:
+        y = gate * y
+    return y if residual is None else residual + y
 
 
 def split_columns(y: Array, splits: int) -> Array | tuple[Array, ...]:
@@ -272,10 +294,12 @@ class Mlp(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, *, residual: Array | None = None, gate: Array | None = None) -> Array:
+        """``residual`` / ``gate``: ``residual + gate * fc2(...)`` (:func:`add_residual`, by ``fc2``)."""
         x = Dense(self.hidden_features, dtype=self.dtype, param_dtype=self.param_dtype, activation="gelu_tanh",
                   name="fc1")(x)
-        return Dense(self.out_features, dtype=self.dtype, param_dtype=self.param_dtype, name="fc2")(x)
+        return Dense(self.out_features, dtype=self.dtype, param_dtype=self.param_dtype, name="fc2")(
+            x, residual=residual, gate=gate)
 
 
 class SelfAttention(nn.Module):
@@ -299,7 +323,9 @@ class SelfAttention(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, num_frames: int = 1) -> Array:
+    def __call__(self, x: Array, num_frames: int = 1, *, residual: Array | None = None,
+                 gate: Array | None = None) -> Array:
+        """``residual`` / ``gate``: ``residual + gate * proj(...)`` (:func:`add_residual`, by ``proj``)."""
         b, n, c = x.shape
         h, d = self.num_heads, c // self.num_heads
         if n % num_frames:
@@ -321,7 +347,7 @@ class SelfAttention(nn.Module):
             q, k = apply_rope(q, pos), apply_rope(k, pos)
         out = attend(q, k, v, kind="temporal" if self.temporal else "self", record=_attention_record(self))
         out = out.reshape(b, n, c)
-        return Dense(c, dtype=self.dtype, param_dtype=self.param_dtype, name="proj")(out)
+        return Dense(c, dtype=self.dtype, param_dtype=self.param_dtype, name="proj")(out, residual=residual, gate=gate)
 
 
 def _attention_record(module: nn.Module) -> Any:
@@ -341,7 +367,9 @@ class CrossAttention(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, y: Array, key_mask: Array | None) -> Array:
+    def __call__(self, x: Array, y: Array, key_mask: Array | None, *, residual: Array | None = None,
+                 gate: Array | None = None) -> Array:
+        """``residual`` / ``gate``: ``residual + gate * proj(...)`` (:func:`add_residual`, by ``proj``)."""
         b, n, c = x.shape
         h, d = self.num_heads, c // self.num_heads
         q = Dense(c, dtype=self.dtype, param_dtype=self.param_dtype, name="q_linear")(x)
@@ -350,7 +378,7 @@ class CrossAttention(nn.Module):
         k = k.reshape(b, y.shape[1], h, d)
         v = v.reshape(b, y.shape[1], h, d)
         out = attend(q, k, v, key_mask, kind="cross", record=_attention_record(self)).reshape(b, n, c)
-        return Dense(c, dtype=self.dtype, param_dtype=self.param_dtype, name="proj")(out)
+        return Dense(c, dtype=self.dtype, param_dtype=self.param_dtype, name="proj")(out, residual=residual, gate=gate)
 
 
 class TimestepEmbedder(nn.Module):
@@ -583,11 +611,14 @@ class PixArtBlock(nn.Module):
             unview = lambda a: a.reshape(b, n, c)  # noqa: E731
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods
 
+        # the gated residual adds go through the Dense seam (attn/proj, cross_attn/proj, mlp/fc2: a
+        # quantized record fuses them into its GEMM epilogue); per-frame gates (x_mask) stay outside
         h = unview(modulate(view(layer_norm(x)), shift_msa, scale_msa))
-        h = SelfAttention(self.num_heads, qk_norm=self.qk_norm, rope=self.rope, temporal=self.temporal,
-                          name="attn", **kw)(h, num_frames)
-        x = x + unview(gate_msa * view(h))
-        x = x + CrossAttention(self.num_heads, name="cross_attn", **kw)(x, y, key_mask)
+        attn = SelfAttention(self.num_heads, qk_norm=self.qk_norm, rope=self.rope, temporal=self.temporal,
+                             name="attn", **kw)
+        x = attn(h, num_frames, residual=x, gate=gate_msa) if x_mask is None else \
+            x + unview(gate_msa * view(attn(h, num_frames)))
+        x = CrossAttention(self.num_heads, name="cross_attn", **kw)(x, y, key_mask, residual=x)
         h = unview(modulate(view(layer_norm(x)), shift_mlp, scale_mlp))
-        h = Mlp(int(c * self.mlp_ratio), c, name="mlp", **kw)(h)
-        return x + unview(gate_mlp * view(h))
+        mlp = Mlp(int(c * self.mlp_ratio), c, name="mlp", **kw)
+        return mlp(h, residual=x, gate=gate_mlp) if x_mask is None else x + unview(gate_mlp * view(mlp(h)))

@@ -131,18 +131,18 @@ class STDiTBlock(nn.Module):
         table = self.param("scale_shift_table", scale_shift_init(6), (6, c), self.param_dtype)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = block_modulation(table, t0, x.dtype)
 
-        h = SelfAttention(self.num_heads, name="attn", **kw)(modulate(layer_norm(x), shift_msa, scale_msa), nt)
-        x = x + gate_msa * h
+        # gated residual adds through the Dense seam (x + gate * proj(...), fused by quantized records)
+        x = SelfAttention(self.num_heads, name="attn", **kw)(modulate(layer_norm(x), shift_msa, scale_msa), nt,
+                                                             residual=x, gate=gate_msa)
 
         h = x  # raw residual stream
         if temporal_pos is not None:  # (T, C) added to every position of each frame
             h = (h.reshape(b, nt, -1, c) + temporal_pos[None, :, None].astype(h.dtype)).reshape(h.shape)
-        h = SelfAttention(self.num_heads, temporal=True, name="attn_temp", **kw)(h, nt)
-        x = x + gate_msa * h
+        x = SelfAttention(self.num_heads, temporal=True, name="attn_temp", **kw)(h, nt, residual=x, gate=gate_msa)
 
-        x = x + CrossAttention(self.num_heads, name="cross_attn", **kw)(x, y, key_mask)
-        h = Mlp(int(c * self.mlp_ratio), c, name="mlp", **kw)(modulate(layer_norm(x), shift_mlp, scale_mlp))
-        return x + gate_mlp * h
+        x = CrossAttention(self.num_heads, name="cross_attn", **kw)(x, y, key_mask, residual=x)
+        return Mlp(int(c * self.mlp_ratio), c, name="mlp", **kw)(modulate(layer_norm(x), shift_mlp, scale_mlp),
+                                                                 residual=x, gate=gate_mlp)
 
 
 class STDiT(nn.Module):

@@ -4,6 +4,8 @@ Public API:
 
 * :func:`w8a8_linear` — per-token int8 activations x per-channel int8 weights ``(N, K)``.
 * :func:`w4a8_linear` — per-token int8 activations x packed int4 weights ``(N, K//2)``.
+* :func:`fp8_linear` / :func:`fp8_gemm` — FP8 (e4m3) W8A8: per-token e4m3 activations x per-channel
+  e4m3 weights, the same GEMM kernels and epilogue as int8 with float32 accumulation.
 * :func:`int8_matmul` — bare ``s8 x s8 -> s32`` GEMM (exactly ``lax.dot_general``).
 * :func:`quantize_per_token` — dynamic per-token symmetric int8 quantization.
 * :func:`rotate_quantize` — smoothing + randomized Hadamard rotation (caller's base ``H_b``) +
@@ -12,6 +14,8 @@ Public API:
 * :func:`fused_quantize_producer` — LayerNorm/adaLN modulate/smoothing/Hadamard hook + quantize.
 * :func:`frame_attention` — attention across the frames of frame-major video tokens (STDiT's
   temporal attention) without transposes.
+* :func:`quant_attention` — SageAttention-style quantized attention: INT8 ``Q·Kᵀ`` after K
+  smoothing, float32 online softmax, FP8 e4m3 (or bf16) ``P·V`` (``ops/quant_attention``).
 * :data:`EPILOGUE_ACTIVATIONS` — THE list of activations the GEMM epilogues can fuse
   (name -> reference function); :func:`column_blocks` — THE column split of a linear.
 
@@ -42,15 +46,19 @@ process (see ``pallas_kernels._debug``); no other environment variable is read.
 """
 
 from pallas_kernels._compat import is_hopper
+from pallas_kernels.ops.fp8_linear import FP8, fp8_gemm, fp8_linear, fp8_linear_ref, quantize_fp8_weight_ref
 from pallas_kernels.ops.frame_attention import frame_attention, frame_attention_ref
 from pallas_kernels.ops.int8_matmul import (
     EPILOGUE_ACTIVATIONS,
     int8_gemm,
     int8_matmul,
     int8_matmul_ref,
+    residual_gate_ref,
     scaled_epilogue_ref,
+    zero_point_ref,
 )
 from pallas_kernels.ops.producer import fused_quantize_producer, fused_quantize_producer_ref
+from pallas_kernels.ops.quant_attention import quant_attention, quant_attention_ref
 from pallas_kernels.ops.quantize import (
     dequantize_per_token_ref,
     quantize_per_token,
@@ -62,8 +70,12 @@ from pallas_kernels.ops.w8a8_linear import column_blocks, w8a8_linear, w8a8_line
 
 __all__ = [
     "EPILOGUE_ACTIVATIONS",
+    "FP8",
     "column_blocks",
     "dequantize_per_token_ref",
+    "fp8_gemm",
+    "fp8_linear",
+    "fp8_linear_ref",
     "frame_attention",
     "frame_attention_ref",
     "fused_quantize_producer",
@@ -73,9 +85,13 @@ __all__ = [
     "int8_matmul",
     "int8_matmul_ref",
     "pack_int4",
+    "quant_attention",
+    "quant_attention_ref",
+    "quantize_fp8_weight_ref",
     "quantize_per_token",
     "quantize_per_token_ref",
     "rotate_quantize",
+    "residual_gate_ref",
     "rotate_quantize_ref",
     "scaled_epilogue_ref",
     "unpack_int4",
@@ -84,4 +100,5 @@ __all__ = [
     "w8a8_linear",
     "w8a8_linear_dequant_ref",
     "w8a8_linear_ref",
+    "zero_point_ref",
 ]

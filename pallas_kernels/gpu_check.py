@@ -3,6 +3,7 @@
 Usage (on the GPU machine, repo root)::
 
     python -m pallas_kernels.gpu_check --log benchmarks/results/kernel_check_gpu.log
+    python -m pallas_kernels.gpu_check --only zp,epilogue,fp8 --log ...   # some groups (CHECK_GROUPS)
 
 Each case draws fresh random inputs (never zeros; one zero row of x is planted to check the
 zero-scale guard) and runs after the allocator was filled with NaN ("poisoned"), so output
@@ -53,7 +54,235 @@ def close(y: jax.Array, ref: jax.Array) -> tuple[bool, float]:
     return ok, rel
 
 
-def run_checks(log, quick: bool = False) -> int:
+# quantized attention at the model shapes: (B, Nq, Nk, H, D, key mask)
+QUANT_ATTENTION_SHAPES = [
+    (2, 4096, 4096, 16, 72, False),  # PixArt-XL 1024 px self-attention (CFG batch)
+    (2, 4096, 120, 16, 72, True),  # PixArt cross-attention to 120 caption tokens, padding masked
+    (32, 1024, 1024, 16, 72, False),  # STDiT-XL 16x512 spatial attention (B·T = 32)
+    (2, 3600, 3600, 16, 72, False),  # STDiT3 720p spatial length (not a multiple of the tiles)
+    (2, 1024, 1024, 8, 64, False),
+    (2, 1024, 1024, 8, 128, False),
+]
+CHECK_GROUPS = ("zp", "epilogue", "fp8", "quant_attention", "others")  # --only: these groups ("others": the rest)
+
+
+def check_splits(report, op: str, tag: str, args: tuple, **kw) -> None:
+    """``op(*args, splits=3)`` (q, k, v as three GEMMs on one quantized x) on the kernel backends vs the
+    column blocks of the reference."""
+    ref = getattr(pk, f"{op}_ref")(*args, **kw)
+    for be in ("mosaic",) if op.startswith("fp8") else ("mosaic", "triton"):  # Triton FP8: refused on a GPU
+        name = f"{op}[{be}] {tag}"
+        try:
+            poison_allocator()
+            parts = getattr(pk, op)(*args, backend=be, splits=3, **kw)
+            ok, rel = close(jnp.concatenate(parts, -1), ref)
+            report(name, ok, f"rel={rel:.2e}")
+        except Exception as e:  # noqa: BLE001
+            report(name, False, repr(e)[:300])
+
+
+def check_zero_points(report, quick: bool = False) -> None:
+    """Asymmetric weights: the quantizers' int32 code sums (exactly those of their own codes) and the
+    GEMM epilogue's zero-point term (int32, exact), then the linears with ``w_zero_point`` (rotation on
+    and off, activation, splits, float32 output, W4A8 per channel) against their references."""
+    base = np.where(np.random.default_rng(7).random((36, 36)) < 0.5, -1.0, 1.0)
+    for k in (1152, 4608):
+        signs = jnp.where(jax.random.bernoulli(jax.random.key(k + 7), 0.5, (k,)), 1.0, -1.0)
+        for m in ((130,) if quick else (7, 130, 2048)):
+            x = rand_x(k + m + 7, m, k, zero_row=m // 2)
+            for name, fn in (("quantize_per_token[triton]", lambda: pk.quantize_per_token(x, backend="triton", row_sum=True)),
+                             ("rotate_quantize[triton]", lambda: pk.rotate_quantize(x, base, signs, backend="triton", row_sum=True))):
+                name = f"{name} row_sum M={m} K={k}"
+                try:
+                    poison_allocator()
+                    q, _, rs = fn()
+                    ok = rs.dtype == jnp.int32 and bool(jnp.array_equal(rs, jnp.sum(q.astype(jnp.int32), -1, keepdims=True)))
+                    report(name, ok, "exact" if ok else "MISMATCH")
+                except Exception as e:  # noqa: BLE001
+                    report(name, False, repr(e)[:300])
+    for k, n in ((1152, 1152), (4608, 1152)) if quick else ((1152, 3456), (1152, 1152), (4608, 1152)):
+        for m in ((600,) if quick else (7, 2048)):
+            seed = 5000 + k + n + m
+            x, wq, ws, bias, _ = rand_case(seed, m, k, n)
+            wq = rand_int(seed + 9, (n, k), -128, 127)
+            zw = rand_int(seed + 10, (n,), -127, 127).astype(jnp.int32)
+            xq, xs, rs = pk.quantize_per_token(x, row_sum=True)
+            exact = pk.zero_point_ref(pk.int8_matmul_ref(xq, wq), zw, rs).astype(jnp.float32)
+            for be in ("mosaic", "triton"):
+                name = f"int8_gemm[{be}] zero-point term M={m} K={k} N={n}"
+                try:
+                    poison_allocator()
+                    y = pk.int8_gemm(xq, wq, jnp.ones((m, 1)), jnp.ones((n,)), out_dtype=jnp.float32, backend=be,
+                                     w_zero=zw, x_row_sum=rs)
+                    ok = bool(jnp.array_equal(y, exact))
+                    report(name, ok, "exact" if ok else f"max|d|={float(jnp.max(jnp.abs(y - exact)))}")
+                except Exception as e:  # noqa: BLE001
+                    report(name, False, repr(e)[:300])
+            w4 = pk.pack_int4(rand_int(seed + 11, (n, k), -8, 7))
+            z4 = rand_int(seed + 12, (n,), -7, 8).astype(jnp.int32)
+            sign_k = jnp.where(jax.random.bernoulli(jax.random.key(seed), 0.5, (k,)), 1.0, -1.0)
+            from pallas_kernels.ops.rotate_quantize import rotate_ref
+
+            xrot = rotate_ref(x, base, sign_k)
+            cases = [
+                ("w8a8_linear", "", wq, zw, {}, x),
+                ("w8a8_linear", "gelu_tanh", wq, zw, {"activation": "gelu_tanh"}, x),
+                ("w8a8_linear", "f32-out", wq, zw, {"out_dtype": jnp.float32}, x),
+                ("w8a8_linear", "rotation", wq, zw, {"rotation": (base, sign_k)}, xrot),
+                ("w4a8_linear", "", w4, z4, {}, x),
+                ("w4a8_linear", "rotation", w4, z4, {"rotation": (base, sign_k)}, xrot),
+            ]
+            for op, tag, w, z, kw, xref in cases:
+                ref_kw = {key: v for key, v in kw.items() if key != "rotation"}
+                ref = getattr(pk, f"{op}_ref")(xref, w, ws, bias, w_zero_point=z, **ref_kw)
+                for be in ("mosaic", "triton", "xla"):
+                    name = f"{op}[{be}] w_zero_point {tag} M={m} K={k} N={n}"
+                    try:
+                        poison_allocator()
+                        y = getattr(pk, op)(x, w, ws, bias, backend=be, w_zero_point=z, **kw)
+                        ok, rel = close(y, ref)
+                        report(name, ok and y.dtype == ref.dtype, f"rel={rel:.2e}")
+                    except Exception as e:  # noqa: BLE001
+                        report(name, False, repr(e)[:300])
+            if n % 3 == 0:
+                check_splits(report, "w8a8_linear", f"w_zero_point splits=3 M={m} K={k} N={n}",
+                             (x, wq, ws, bias), w_zero_point=zw)
+
+
+def check_fp8(report, quick: bool = False) -> None:
+    """FP8 (e4m3) W8A8: the e4m3 quantizers (plain: exact; rotated: rare neighbour flips), the GEMM on
+    e4m3 operands (Mosaic GPU wgmma, Pallas-Triton) against XLA's FP8 dot, and the linear with its fused
+    epilogue (activation, rotation, splits, gated residual, float32 output) against its reference."""
+    from pallas_kernels.ops.int8_matmul.reference import gemm_ref
+    from pallas_kernels.ops.rotate_quantize import rotate_ref
+
+    base = np.where(np.random.default_rng(8).random((36, 36)) < 0.5, -1.0, 1.0)
+    for k in (1152, 4608):
+        signs = jnp.where(jax.random.bernoulli(jax.random.key(k + 8), 0.5, (k,)), 1.0, -1.0)
+        for m in ((2048,) if quick else (7, 2048)):
+            x = rand_x(k + m + 8, m, k, zero_row=m // 2)
+            for name, fn, ref_fn, exact in (
+                ("quantize_per_token[triton]", lambda: pk.quantize_per_token(x, backend="triton", dtype=pk.FP8),
+                 lambda: pk.quantize_per_token_ref(x, dtype=pk.FP8), True),
+                ("rotate_quantize[triton]", lambda: pk.rotate_quantize(x, base, signs, backend="triton", dtype=pk.FP8),
+                 lambda: pk.rotate_quantize_ref(x, base, signs, dtype=pk.FP8), False)):
+                name = f"{name} e4m3 M={m} K={k}"
+                try:
+                    poison_allocator()
+                    (q, sc), (qr, sr) = fn(), ref_fn()
+                    a, b = np.asarray(q, np.float32), np.asarray(qr, np.float32)
+                    d = np.abs(a - b)
+                    flips = int((d > 0).sum())
+                    step_ok = bool(np.all(d <= np.maximum(np.abs(a), np.abs(b)) * 2.0**-3 + 2.0**-9))
+                    srel = float(np.max(np.abs(np.asarray(sc) / np.asarray(sr) - 1)))
+                    ok = q.dtype == pk.FP8 and step_ok and srel < 1e-6 and (
+                        flips == 0 if exact else flips <= 2 + 1e-4 * d.size)
+                    report(name, ok, f"flips={flips}/{d.size} max_rel_scale={srel:.1e}")
+                except Exception as e:  # noqa: BLE001
+                    report(name, False, repr(e)[:300])
+    for k, n in ((1152, 1152), (4608, 1152)) if quick else ((1152, 3456), (1152, 1152), (4608, 1152)):
+        for m in ((2048,) if quick else (7, 8192)):
+            seed = 9000 + k + n + m
+            x, _, _, bias, _ = rand_case(seed, m, k, n)
+            wq, ws = pk.quantize_fp8_weight_ref(jax.random.normal(jax.random.key(seed), (n, k)) * 0.05)
+            xq, xs = pk.quantize_per_token_ref(x, dtype=pk.FP8)
+            acc_ref = gemm_ref(xq, wq)
+            for be in ("mosaic",):  # FP8 on Pallas-Triton is refused on a GPU (inaccurate: int8_matmul dispatch)
+                name = f"fp8_gemm[{be}] M={m} K={k} N={n}"
+                try:
+                    poison_allocator()
+                    acc = pk.fp8_gemm(xq, wq, backend=be)
+                    ok, rel = close(acc, acc_ref)
+                    report(name, ok and acc.dtype == jnp.float32, f"rel={rel:.2e}")
+                except Exception as e:  # noqa: BLE001
+                    report(name, False, repr(e)[:300])
+            sign_k = jnp.where(jax.random.bernoulli(jax.random.key(seed + 1), 0.5, (k,)), 1.0, -1.0)
+            groups = 2 if m % 2 == 0 else 1
+            extras = {"residual": rand_x(seed + 2, m, n),
+                      "gate": jax.random.normal(jax.random.key(seed + 3), (groups, n), jnp.float32)}
+            cases = [("", {}, x), ("gelu_tanh", {"activation": "gelu_tanh"}, x),
+                     ("f32-out", {"out_dtype": jnp.float32}, x),
+                     ("rotation", {"rotation": (base, sign_k)}, rotate_ref(x, base, sign_k)),
+                     ("residual+gate", extras, x)]
+            for tag, kw, xref in cases:
+                ref = pk.fp8_linear_ref(xref, wq, ws, bias, **{a: v for a, v in kw.items() if a != "rotation"})
+                for be in ("mosaic", "xla"):  # (Pallas-Triton FP8 is refused on a GPU: see int8_matmul)
+                    name = f"fp8_linear[{be}] {tag} M={m} K={k} N={n}"
+                    try:
+                        poison_allocator()
+                        y = pk.fp8_linear(x, wq, ws, bias, backend=be, **kw)
+                        ok, rel = close(y, ref)
+                        # the zero row (scale 1, codes 0) gives exactly the bias, never NaN
+                        zero_ok = m <= 3 or tag not in ("", "f32-out") or bool(
+                            jnp.all(y[m // 2] == bias.astype(y.dtype)))
+                        report(name, ok and zero_ok and y.dtype == ref.dtype, f"rel={rel:.2e} zero_row_ok={zero_ok}")
+                    except Exception as e:  # noqa: BLE001
+                        report(name, False, repr(e)[:300])
+            if n % 3 == 0:
+                check_splits(report, "fp8_linear", f"splits=3 M={m} K={k} N={n}", (x, wq, ws, bias))
+
+
+def check_epilogue(report, quick: bool = False) -> None:
+    """``residual + gate · y`` in the GEMM epilogue (proj / fc2 of the DiT blocks): gate rows of whole
+    tiles (fused) and of partial tiles (applied after the kernel), with and without zero points."""
+    for k, n in ((1152, 1152),) if quick else ((1152, 1152), (4608, 1152)):
+        for m, groups in ((2048, 2), (600, 2)) if quick else ((2048, 2), (8192, 2), (600, 2), (1024, 1)):
+            seed = 7000 + k + m + groups
+            x, wq, ws, bias, _ = rand_case(seed, m, k, n)
+            zw = rand_int(seed + 9, (n,), -127, 127).astype(jnp.int32)
+            res = rand_x(seed + 10, m, n)
+            gate = jax.random.normal(jax.random.key(seed + 11), (groups, n), jnp.float32).astype(jnp.bfloat16)
+            w4 = pk.pack_int4(rand_int(seed + 12, (n, k), -8, 7))
+            for op, w, z in (("w8a8_linear", wq, None), ("w8a8_linear", wq, zw), ("w4a8_linear", w4, None)):
+                for extras in ({"residual": res, "gate": gate}, {"residual": res}):
+                    ref = getattr(pk, f"{op}_ref")(x, w, ws, bias, w_zero_point=z, **extras)
+                    for be in ("mosaic", "triton"):
+                        name = (f"{op}[{be}] {'+'.join(extras)} zp={z is not None} G={groups if 'gate' in extras else '-'} "
+                                f"M={m} K={k} N={n}")
+                        try:
+                            poison_allocator()
+                            y = getattr(pk, op)(x, w, ws, bias, backend=be, w_zero_point=z, **extras)
+                            ok, rel = close(y, ref)
+                            report(name, ok, f"rel={rel:.2e}")
+                        except Exception as e:  # noqa: BLE001
+                            report(name, False, repr(e)[:300])
+
+
+def check_quant_attention(report, quick: bool = False) -> None:
+    """``quant_attention`` (Pallas-Triton) vs its reference (``kv_block`` = the kernel's ``block_n``) on fresh
+    random inputs (K with a per-channel offset); the layout / tiling variants at the PixArt shape."""
+    from pallas_kernels.ops.quant_attention import QuantAttentionConfig, attention_config, float_attention
+
+    ref_fn = jax.jit(pk.quant_attention_ref, static_argnames=("pv", "q_block", "k_block", "kv_block"))
+    variants = [None, QuantAttentionConfig(head_split="pad", fuse_q=False), QuantAttentionConfig(v_layout="nd"),
+                QuantAttentionConfig(block_m=64), QuantAttentionConfig(block_n=128, num_warps=8)]
+    shapes = QUANT_ATTENTION_SHAPES[:3:2] if quick else QUANT_ATTENTION_SHAPES
+    for i, (b, nq, nk, h, d, masked) in enumerate(shapes):
+        rng = np.random.default_rng(2000 + i)
+        q = jnp.asarray(rng.standard_normal((b, nq, h, d)).astype(np.float32), jnp.bfloat16)
+        k = jnp.asarray((rng.standard_normal((b, nk, h, d)) + 2 * rng.standard_normal((1, 1, h, d))).astype(np.float32),
+                        jnp.bfloat16)
+        v = jnp.asarray(rng.standard_normal((b, nk, h, d)).astype(np.float32), jnp.bfloat16)
+        mask = jnp.asarray(np.arange(nk)[None, :] < np.array([[nk // 2], [nk - 7]])[:b]) if masked else None
+        exact = None
+        for pv in ("fp8", "bf16"):
+            for cfg in (variants if i == 0 and not quick else variants[:1]):
+                tiling = cfg or attention_config(nq, d, nk)
+                name = f"quant_attention[triton,{pv}] (B,Nq,Nk,H,D)={(b, nq, nk, h, d)} mask={masked} {tiling}"
+                try:
+                    poison_allocator()
+                    y = pk.quant_attention(q, k, v, mask, pv=pv, config=cfg, backend="triton")
+                    ok, rel = close(y, ref_fn(q, k, v, mask, pv=pv, kv_block=tiling.block_n))
+                    if exact is None:
+                        exact = np.asarray(float_attention(q, k, v, mask), np.float64).ravel()
+                    yf = np.asarray(y, np.float64).ravel()
+                    cos = float(yf @ exact / (np.linalg.norm(yf) * np.linalg.norm(exact)))
+                    report(name, ok and y.shape == q.shape, f"rel={rel:.2e} cos_vs_float={cos:.6f}")
+                except Exception as e:  # noqa: BLE001
+                    report(name, False, repr(e)[:300])
+
+
+def run_checks(log, quick: bool = False, only: tuple[str, ...] | None = None) -> int:
     failures = 0
     shapes_kn = SHAPES_KN[::3] if quick else SHAPES_KN
     ms = MS[1::2] if quick else MS
@@ -64,6 +293,16 @@ def run_checks(log, quick: bool = False) -> int:
         failures += not ok
         print(f"{'PASS' if ok else 'FAIL'} {name} {detail}", file=log, flush=True)
 
+    if only is None or "zp" in only:
+        check_zero_points(report, quick)
+    if only is None or "epilogue" in only:
+        check_epilogue(report, quick)
+    if only is None or "fp8" in only:
+        check_fp8(report, quick)
+    if only is None or "quant_attention" in only:
+        check_quant_attention(report, quick)
+    if only is not None and "others" not in only:
+        return failures
     for k, n in shapes_kn:
         for m in ms:
             seed += 1
@@ -215,13 +454,17 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--log", default="kernel_check_gpu.log")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", default=None, help=f"comma-separated check groups of {CHECK_GROUPS} (default: all)")
     args = ap.parse_args(argv)
+    only = None if args.only is None else tuple(args.only.split(","))
+    if only is not None and set(only) - set(CHECK_GROUPS):
+        ap.error(f"--only {args.only}: unknown group(s); choose from {CHECK_GROUPS}")
     with open(args.log, "w") as log:
         header = (f"# pallas_kernels GPU check\n# gpu: {gpu_name()}\n# jax: {jax.__version__}\n"
                   f"# date: {datetime.datetime.now(datetime.timezone.utc).isoformat()}\n")
         log.write(header)
         try:
-            failures = run_checks(log, quick=args.quick)
+            failures = run_checks(log, quick=args.quick, only=only)
         except Exception:  # noqa: BLE001
             traceback.print_exc(file=log)
             failures = -1

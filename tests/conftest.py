@@ -1,7 +1,14 @@
-"""Shared pytest set-up: float32 matmuls at full precision (parity tolerances assume it), GPU marker."""
+"""Shared pytest set-up: float32 matmuls at full precision (parity tolerances assume it), GPU marker,
+8 simulated CPU devices for the sharding tests (``-k shard``; set before JAX starts its backends; every
+other test runs on the first device as before)."""
 
-import jax
-import pytest
+import os
+
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
 

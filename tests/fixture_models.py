@@ -37,3 +37,25 @@ def fixture_model(name: str, n: int = 2):
     cond, shape = sampling_inputs(case, n)
     return model, params, cond, shape
 
+
+
+def random_pixart(*, input_size: int = 4, hidden_size: int = 72, num_heads: int = 4, seed: int = 0):
+    """``(model, params, inputs)``: a one-block PixArt with random float32 weights (``N(0, 1/C_in)``) and a
+    batch of two model inputs at timesteps 10 and 700 (all drawn from ``numpy`` ``default_rng(seed)``)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from models import pixart
+
+    model = pixart.PixArt(pixart.PixArtConfig(input_size=input_size, hidden_size=hidden_size, depth=1,
+                                              num_heads=num_heads, caption_channels=32, model_max_length=8,
+                                              micro_condition=False))
+    rng = np.random.default_rng(seed)
+    inputs = {k: jnp.asarray(rng.standard_normal(v.shape).astype(np.float32)) if k in ("x", "y") else v
+              for k, v in model.init_inputs(batch=2).items()}
+    inputs["timestep"] = jnp.asarray([10.0, 700.0])
+    shapes = jax.eval_shape(model.init, jax.random.key(0), **inputs)["params"]
+    params = jax.tree_util.tree_map(
+        lambda s: jnp.asarray(rng.standard_normal(s.shape).astype(np.float32) / np.sqrt(s.shape[0])), shapes)
+    return model, params, inputs

@@ -9,6 +9,7 @@ The public quantization API is importable from the top level; the names are reso
   :class:`QuantizedWeight` — :mod:`vidq_jax.quant`;
 * :class:`MixedPrecisionPlan`, :class:`BitsRule` — :mod:`vidq_jax.quant.plan`;
 * :func:`collect_calibration` (= :func:`vidq_jax.calibration.collect`);
+* :func:`distill` (= :func:`vidq_jax.quant.distill.distill`: Q-VDiT's learned quantization);
 * :func:`load` (= :func:`vidq_jax.checkpoint.load_model`: ``(model, params, meta)`` of a float or
   quantized model folder), :func:`load_quantized`, :func:`save_quantized` — :mod:`vidq_jax.checkpoint`.
 """
@@ -30,6 +31,7 @@ _LAZY = {
     "load": ("vidq_jax.checkpoint", "load_model"),
     "load_quantized": ("vidq_jax.checkpoint", "load_quantized"),
     "save_quantized": ("vidq_jax.checkpoint", "save_quantized"),
+    "distill": ("vidq_jax.quant.distill", "distill"),  # Q-VDiT distillation
 }
 
 __all__ = sorted(_LAZY)

@@ -35,7 +35,7 @@ from vidq_jax.data.text import ASSETS_DIR
 MODELS_DIR = ASSETS_DIR / "models"
 BUNDLED: dict[str, str] = {"t2i": "pixart-emoji-32", "t2v": "stdit3-sprites-8x32"}
 PROMPT_BANK: dict[str, str] = {"t2i": "t2i_prompts", "t2v": "t2v_prompts"}
-FEATURE_NET: dict[str, str] = {"t2i": "emoji", "t2v": "video"}
+FEATURE_NET: dict[str, str] = {"t2i": "emoji", "t2v": "video", "c2i": "emoji"}  # c2i: emoji categories
 CALIB_TIMESTEPS = 5  # calibration batches per float run: every (steps // 5)-th step
 
 __all__ = ["BUNDLED", "MODELS_DIR", "DemoModel", "ModelMissing", "Prompts", "load_demo_model", "load_prompts",
@@ -148,7 +148,36 @@ class DemoModel:
     # -- description --------------------------------------------------------------------------
     @property
     def task(self) -> str:
-        return self.meta.get("task") or ("t2v" if self.is_video else "t2i")
+        return self.meta.get("task") or ("t2v" if self.is_video else "c2i" if self.is_class_conditional else "t2i")
+
+    @property
+    def is_class_conditional(self) -> bool:
+        """Conditioned on class labels (DiT: ``y`` = ``(B,)`` ints, the null class ``num_classes``), not captions."""
+        from models.families import family_of
+
+        return family_of(self.model).null_caption_of(self.model) == "null-class"
+
+    @property
+    def class_names(self) -> list[str]:
+        """The class names of a class-conditional model (``model.json``'s ``classes``; else the indices)."""
+        n = int(self.model.config.num_classes)
+        names = [str(c) for c in self.meta.get("classes") or ()]
+        return names if len(names) == n else [str(i) for i in range(n)]
+
+    def class_labels(self, specs: Sequence[str]) -> np.ndarray:
+        """``(B,)`` int32 labels of class names (case-insensitive) or indices ``0..num_classes-1``;
+        :class:`~vidq_jax.errors.VidqError` naming the allowed values otherwise."""
+        from vidq_jax.errors import VidqError
+
+        names = self.class_names
+        lookup = {n.lower(): i for i, n in enumerate(names)} | {str(i): i for i in range(len(names))}
+        bad = [s for s in specs if str(s).strip().lower() not in lookup]
+        if bad or not specs:
+            shown = ", ".join(f"{i} {n!r}" if n != str(i) else n for i, n in enumerate(names[:12]))
+            more = f" ... {len(names) - 1}" if len(names) > 12 else ""
+            what = f"--class {bad[0]!r}: not a class of {self.name}" if bad else f"--class: {self.name} is class-conditional"
+            raise VidqError(f"{what}; give a class name or index, repeat for several ({shown}{more})")
+        return np.asarray([lookup[str(s).strip().lower()] for s in specs], np.int32)
 
     @property
     def name(self) -> str:
@@ -263,10 +292,15 @@ class DemoModel:
         return bank.take(spread(len(bank), n) if self.is_video else range(n))
 
     # -- sampling -----------------------------------------------------------------------------
-    def condition(self, y: Any, mask: Any) -> dict[str, jax.Array]:
-        """Model keyword inputs of ``y (B, L, C)`` / ``mask (B, L)`` plus the constant extras."""
-        y = jnp.asarray(y, jnp.float32)
-        cond = {"y": y, "mask": jnp.asarray(mask, jnp.int32)}
+    def condition(self, y: Any, mask: Any = None) -> dict[str, jax.Array]:
+        """Model keyword inputs of ``y (B, L, C)`` / ``mask (B, L)`` (class-conditional: ``y`` = ``(B,)``
+        labels, no mask) plus the constant extras."""
+        if self.is_class_conditional:
+            y = jnp.asarray(y, jnp.int32)
+            cond = {"y": y}
+        else:
+            y = jnp.asarray(y, jnp.float32)
+            cond = {"y": y, "mask": jnp.asarray(mask, jnp.int32)}
         for k, v in (self.meta.get("extras") or {}).items():
             cond[k] = jnp.full((y.shape[0],), float(v), jnp.float32)
         return cond
@@ -275,16 +309,18 @@ class DemoModel:
         return jax.random.normal(key, (n, *self.sample_shape), jnp.float32)
 
     def sample(self, params: Any, noise: jax.Array, cond: dict, *, apply_fn=None, return_trajectory: bool = False,
-               key: jax.Array | None = None):
+               key: jax.Array | None = None, **mesh_kw: Any):
         """Sample with the exported settings (CFG against the learned null caption). bf16 leaves of
         ``params`` (the shipped weights, the float layers of a quantized tree) are upcast to float32
         first: the same values, and ~1.6x faster on a CPU than converting them in every call. ``key``:
-        the noise of an ancestral sampler (IDDPM; default ``PRNGKey(0)``), unused by the others."""
+        the noise of an ancestral sampler (IDDPM; default ``PRNGKey(0)``), unused by the others.
+        ``mesh_kw``: ``mesh=`` / ``seq_strategy=`` / ``param_placement=`` of :func:`vidq_jax.pipeline.sample`
+        (several devices)."""
         from vidq_jax import pipeline
 
         key = jax.random.PRNGKey(0) if key is None else key
         return pipeline.sample(self.model, upcast_bf16(params), noise, cond, apply_fn=apply_fn,
-                               return_trajectory=return_trajectory, key=key, **self.sampler)
+                               return_trajectory=return_trajectory, key=key, **self.sampler, **mesh_kw)
 
     def to_pixels(self, samples: Any) -> np.ndarray:
         """Samples as float32 numpy clipped to the value range (what the metrics and previews read)."""

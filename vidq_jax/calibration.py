@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vidq_jax import pipeline, sampling
+from vidq_jax import pipeline, sampling, sharding
 from vidq_jax.sampling.validate import SamplingArgumentError, check_int
 
 
@@ -63,7 +63,7 @@ def _rows(cond: Mapping[str, Any], start: int, stop: int) -> dict[str, Any]:
 def _num_prompts(cond: Mapping[str, Any]) -> int:
     y = cond.get("y")
     if y is None or np.ndim(y) < 1:
-        raise SamplingArgumentError("prompts_cond must hold the caption features 'y' (B, L, C)")
+        raise SamplingArgumentError("prompts_cond must hold 'y': caption features (B, L, C) or class labels (B,)")
     return int(np.shape(y)[0])
 
 
@@ -82,6 +82,9 @@ def collect(
     steps: int | None = None,
     guidance_scale: float | None = None,
     first_step: int = 0,
+    mesh: Any = None,
+    seq_strategy: str = "ulysses",
+    param_placement: str = "replicate",
     **sampler_kwargs: Any,
 ) -> Iterator[CalibBatch]:
     """Yield calibration batches recorded along FP sampling trajectories (lazily, prompt batch by
@@ -95,6 +98,11 @@ def collect(
     ``first_step, first_step + k, ...`` are recorded. ``uncond`` defaults to the learned null caption
     (:func:`vidq_jax.pipeline.null_condition`); other ``sampler_kwargs`` go to the sampler (e.g.
     ``num_frames`` for STDiT3's rectified-flow shift).
+
+    ``mesh`` (a mesh, a device count or ``"data=2,seq=4"``; :mod:`vidq_jax.sharding`): the sampling
+    runs on several devices (``seq_strategy`` / ``param_placement``: see there) and the batches stay there, so the
+    statistics pass of :func:`vidq_jax.quant.quantize_params` runs there too (inside
+    ``vidq_jax.sharding.activate(mesh)`` with the sequence-parallel attention).
 
     Use ``[b.as_pair() for b in collect(...)]`` (or just the generator: a :class:`CalibBatch` is
     accepted by :func:`calib_pairs`) as ``calib_batches`` of :func:`vidq_jax.quant.quantize_params`.
@@ -114,6 +122,8 @@ def collect(
     check_int(first_step, "first_step", minimum=0, maximum=settings["steps"] - 1)
     key = jax.random.PRNGKey(0) if noise_key is None else noise_key
     use_cfg = settings["guidance_scale"] != 1.0
+    if mesh is not None:  # one mesh for every prompt batch; the noise there too (the step-0 batches)
+        mesh = sharding.as_mesh(mesh, rows=2 * prompt_batch if use_cfg else prompt_batch)
     for bi, start in enumerate(range(0, n, prompt_batch)):
         stop = min(start + prompt_batch, n)
         cond = _rows(prompts_cond, start, stop)
@@ -123,11 +133,17 @@ def collect(
         k_noise, k_sampler = jax.random.split(jax.random.fold_in(key, bi))
         shape = (stop - start, *latent_shape)
         noise = jax.random.normal(k_noise, shape, jnp.float32)
+        if mesh is not None:
+            noise = sharding.place(noise, mesh, shape[0])
         _, traj = pipeline.sample(model, params, noise, cond, unc, sampler=settings["sampler"], steps=settings["steps"],
                                   guidance_scale=settings["guidance_scale"], key=k_sampler, return_trajectory=True,
+                                  mesh=mesh, seq_strategy=seq_strategy, param_placement=param_placement,
                                   **sampler_kwargs)
-        yield from trajectory_batches(noise, traj, cond, unc, sampler=settings["sampler"], every_k_steps=every_k_steps,
-                                      first_step=first_step, prompt_start=start, model=model, **sampler_kwargs)
+        batches = trajectory_batches(noise, traj, cond, unc, sampler=settings["sampler"], every_k_steps=every_k_steps,
+                                     first_step=first_step, prompt_start=start, model=model, **sampler_kwargs)
+        for b in batches:  # on a mesh: every batch laid out alike (rows on data), one compiled statistics pass
+            rows = int(b.batch["x"].shape[0])
+            yield b if mesh is None else dataclasses.replace(b, batch=sharding.place(b.batch, mesh, rows))
 
 
 def trajectory_batches(
@@ -175,7 +191,8 @@ def calib_pairs(batches) -> Iterator[tuple[str, dict[str, Any]]]:
 def random_conditioning(model, num_prompts: int, *, seed: int = 0, **sizes: int) -> dict[str, Any]:
     """Stand-in conditioning for ``num_prompts`` prompts shaped like ``model.init_inputs(**sizes)``
     (``sizes``: e.g. ``frames`` / ``height`` / ``width`` of the latent, where ``init_inputs`` takes them):
-    standard-normal caption features, all-valid masks, the model's own extras (sizes, fps) — for
+    standard-normal caption features (class-label models: random classes), all-valid masks, the model's
+    own extras (sizes, fps) — for
     fixture/random models and smoke runs when no text-encoder features are at hand."""
     ref = model.init_inputs(batch=num_prompts, **sizes)
     rng = np.random.default_rng(seed)
@@ -183,7 +200,9 @@ def random_conditioning(model, num_prompts: int, *, seed: int = 0, **sizes: int)
     for k, v in ref.items():
         if k in ("x", "timestep"):
             continue
-        if k == "y":
+        if k == "y" and jnp.issubdtype(v.dtype, jnp.integer):  # class labels (DiT): random classes
+            out[k] = jnp.asarray(rng.integers(0, model.config.num_classes, v.shape), jnp.int32)
+        elif k == "y":
             out[k] = jnp.asarray(rng.standard_normal(v.shape).astype(np.float32))
         elif k == "mask":
             out[k] = jnp.ones(v.shape, jnp.int32)

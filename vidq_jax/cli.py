@@ -3,9 +3,16 @@
     vidq [--debug] convert --arch pixart-alpha CKPT OUT_DIR [--config JSON] [--dtype bf16] [--overwrite]
     vidq demo [--out outputs/demo] [--t2i FOLDER] [--t2v FOLDER] [--only t2i|t2v]
     vidq sample --prompt "a cat moving left" [--model t2i|t2v|FOLDER] [--preset viditq-w8a8] [--out FILE]
+    vidq sample --class NAME|INDEX --model FOLDER [...]             (class-conditional models: DiT)
                 [--num-frames N] [--height H] [--width W] [--steps N] [--guidance G] [--sampler NAME]
     vidq quantize MODEL_DIR OUT_DIR --preset viditq-w8a8 [--calib-prompts N] [--backend xla] [--cond NPZ]
                   [--plan JSON] [--num-frames N] [--height H] [--width W] [--steps N] [--guidance G] [--overwrite]
+    vidq search-groups MODEL_DIR --out PLAN.json [--preset qdit-w4a8] [--population 50] [--generations 10]
+                  [--top-k 10] [--samples 32] [--seed 0] [--resume]
+    vidq generate [RELEASE] --prompt TEXT [--prompts FILE] [--out DIR] [--transformer PATH --arch ARCH] [--vae PATH]
+                  [--text-encoder PATH] [--tokenizer PATH] [--preset NAME] [--text-encoder-quant w8-only] [--seed S]
+                  [--height H] [--width W] [--num-frames N] [--steps N] [--guidance G] [--batch-size N]
+    vidq distill MODEL_DIR --preset qvdit-w4a6 --out OUT_DIR [--steps 1000] [--lr 1e-5] [--resume] [--time-limit S]
 
 Each verb is a function ``cmd_<verb>(args) -> int`` registered in :func:`build_parser`. Errors are
 handled once, in :func:`main`: a user error (a bad argument, file or value: the project's own exception
@@ -176,34 +183,59 @@ def cmd_sample(args) -> int:
     from vidq_jax.bundled import load_demo_model
     from vidq_jax.data.text import encode_prompts
     from vidq_jax.preview import save_sample_grid
+    from vidq_jax.sharding import cli as sharding_cli
 
     t0 = time.perf_counter()
+    mo = sharding_cli.from_args(args, rows=2)  # --devices/--mesh (first: --distributed initialises JAX)
     dm = _with_sampling_options(load_demo_model(args.model, models_dir=args.models_dir), args)
+    dm.params = mo.place(dm.params)
+    labels = _class_labels(dm, args)
+    texts = args.prompt if labels is None else [dm.class_names[i] for i in labels]
     suffix = ".gif" if dm.is_video else ".png"
-    out = Path(args.out) if args.out else Path("outputs/sample") / f"{_slug(args.prompt[0])}_{args.preset}{suffix}"
+    out = Path(args.out) if args.out else Path("outputs/sample") / f"{_slug(texts[0])}_{args.preset}{suffix}"
     if out.suffix.lower() != suffix:
         raise VidqError(f"--out {out}: {dm.name} makes {'videos' if dm.is_video else 'images'}; the file name must "
                         f"end in {suffix}")
     _writable_file(out, "--out")
-    if any(not p.strip() for p in args.prompt):
-        raise VidqError("--prompt: a prompt is empty; give some text")
-    y, mask = encode_prompts(args.prompt)
-    cfg = dm.model.config
-    if y.shape[1:] != (cfg.model_max_length, cfg.caption_channels):
-        raise VidqError(f"--model {args.model}: the text encoder gives {y.shape[1:]} caption features, {dm.name} "
-                        f"expects ({cfg.model_max_length}, {cfg.caption_channels})")
-    cond = dm.condition(y, mask)
-    noise = dm.noise(len(args.prompt), jax.random.PRNGKey(args.seed))
+    if labels is not None:
+        cond = dm.condition(labels)
+    else:
+        if any(not p.strip() for p in args.prompt):
+            raise VidqError("--prompt: a prompt is empty; give some text")
+        y, mask = encode_prompts(args.prompt)
+        cfg = dm.model.config
+        if y.shape[1:] != (cfg.model_max_length, cfg.caption_channels):
+            raise VidqError(f"--model {args.model}: the text encoder gives {y.shape[1:]} caption features, {dm.name} "
+                            f"expects ({cfg.model_max_length}, {cfg.caption_channels})")
+        cond = dm.condition(y, mask)
+    noise = dm.noise(len(texts), jax.random.PRNGKey(args.seed))
     params = dm.params
     if args.preset != "fp":  # calibrate on the float run of these prompts, then quantize
-        _, traj = dm.sample(dm.params, noise, cond, return_trajectory=True)
-        params = dm.quantize(args.preset, dm.trajectory_calibration(noise, traj, cond), backend=args.backend)
-    x = dm.to_pixels(dm.sample(params, noise, cond))
-    save_sample_grid({f"{dm.name} {args.preset}": x}, args.prompt, out, value_range=dm.value_range, scale=args.scale,
+        _, traj = dm.sample(dm.params, noise, cond, return_trajectory=True, **mo.kwargs)
+        with mo.activated():
+            params = dm.quantize(args.preset, dm.trajectory_calibration(noise, traj, cond), backend=args.backend)
+    x = dm.to_pixels(mo.host(dm.sample(params, noise, cond, **mo.kwargs)))
+    if not mo.writer:
+        return 0
+    save_sample_grid({f"{dm.name} {args.preset}": x}, texts, out, value_range=dm.value_range, scale=args.scale,
                      fps=dm.preview_fps)
-    print(f"sampled {len(args.prompt)} prompt(s) with {dm.name} ({args.preset}, {dm.describe_sampler()}) -> {out} "
+    print(f"sampled {len(texts)} {'class(es)' if labels is not None else 'prompt(s)'} with {dm.name} ({args.preset}, {dm.describe_sampler()}{mo.describe()}) -> {out} "
           f"[{time.perf_counter() - t0:.1f} s]")
     return 0
+
+
+def _class_labels(dm, args):
+    """The ``--class`` labels of a class-conditional model (DiT), ``None`` for a text-conditional one;
+    a one-line error when the other option (or neither) is given."""
+    if not dm.is_class_conditional:
+        if args.classes:
+            raise VidqError(f"--class: {dm.name} is conditioned on text; give --prompt TEXT instead")
+        if not args.prompt:
+            raise VidqError("--prompt: give the prompt to sample (repeat for several)")
+        return None
+    if args.prompt:
+        raise VidqError(f"--prompt: {dm.name} is conditioned on class labels; give --class NAME|INDEX instead")
+    return dm.class_labels(args.classes or [])
 
 
 def _read_npz(path: str) -> dict:
@@ -229,6 +261,13 @@ def _npz_cond(path: str, ref: dict) -> dict:
 
     data = _read_npz(path)
     where = f"--cond {path}"
+    if ref["y"].ndim == 1:  # class labels (class-conditional models: DiT); their range is checked by sampling
+        y = data.get("y")
+        if set(data) != {"y"} or y.ndim != 1 or not y.size or not np.issubdtype(y.dtype, np.integer):
+            held = ", ".join(f"'{k}' {v.dtype} {tuple(v.shape)}" for k, v in data.items()) or "nothing"
+            raise VidqError(f"{where}: a class-conditional model takes one array 'y' of (P,) integer class labels; "
+                            f"it holds {held}")
+        return {"y": y.astype(np.int32)}
     L, C = ref["y"].shape[1:]
     if "y" not in data:
         raise VidqError(f"{where}: no array 'y' (caption features (P, {L}, {C})); it holds {sorted(data) or 'nothing'}")
@@ -285,8 +324,10 @@ def _calibration_cond(dm, path: str | None, n: int | None) -> tuple[dict, dict |
     elif available is not None and n > available:
         raise VidqError(f"--calib-prompts {n}: --cond {path} holds {available} prompt(s)")
     cond = random_conditioning(dm.model, available or n, **sizes)
-    cond.update({k: v for k, v in dm.condition(cond["y"], cond["mask"]).items() if k not in ("y", "mask")})
-    if given is None:
+    cond.update({k: v for k, v in dm.condition(cond["y"], cond.get("mask")).items() if k not in ("y", "mask")})
+    if given is None and dm.is_class_conditional:
+        source = f"{n} random class labels (pass --cond NPZ with y = (P,) labels to choose them)"
+    elif given is None:
         source = f"{n} random caption embeddings (pass --cond NPZ for real text-encoder features)"
     else:
         cond.update(given)
@@ -294,7 +335,7 @@ def _calibration_cond(dm, path: str | None, n: int | None) -> tuple[dict, dict |
     uncond = None
     if "uncond_y" in cond:
         uncond = {"y": cond.pop("uncond_y")}
-    elif family_of(dm.model).null_caption_of(dm.model) != "learned":
+    elif family_of(dm.model).null_caption_of(dm.model) == "empty-prompt":
         uncond = {"y": np.zeros_like(np.asarray(cond["y"]))}
         source += "; null caption = zeros (give uncond_y = T5('') features in the npz)"
     return cond, uncond, source, n
@@ -323,8 +364,10 @@ def cmd_quantize(args) -> int:
     from vidq_jax.calibration import collect
     from vidq_jax.checkpoint import check_output, disk_bytes, load_model, params_nbytes, save_quantized
     from vidq_jax.quant import QuantConfig, quantization_summary, quantize_params
+    from vidq_jax.sharding import cli as sharding_cli
 
     t0 = time.perf_counter()
+    mo = sharding_cli.from_args(args, rows=2)  # --devices/--mesh (first: --distributed initialises JAX)
     check_output(args.out_dir, overwrite=args.overwrite, source=args.model_dir)
     _writable_folder(args.out_dir, "OUT_DIR")
     if not (Path(args.model_dir) / "model.json").is_file():
@@ -333,19 +376,22 @@ def cmd_quantize(args) -> int:
     model, params, meta = load_model(args.model_dir)
     if meta.get("quantization"):
         raise VidqError(f"MODEL_DIR {args.model_dir}: already quantized; give a float model folder")
+    params = mo.place(params)
     dm = _with_sampling_options(DemoModel(Path(args.model_dir), model, params, meta), args)
     sized = "sample_shape" in meta or any(v is not None for v in (args.num_frames, args.height, args.width))
     config = QuantConfig.preset(args.preset, backend=None if args.preset == "fp" else args.backend)
     plan = _plan(args.plan, dm.steps) if args.plan else None
     cond, uncond, source, n = _calibration_cond(dm, args.cond, args.calib_prompts)
     calib = list(collect(model, params, cond, num_prompts=n, every_k_steps=args.every_k, latent_shape=dm.sample_shape,
-                         uncond=uncond, **dm.sampler))
-    with warnings.catch_warnings(record=True) as caught:
+                         uncond=uncond, **dm.sampler, **mo.kwargs))
+    with warnings.catch_warnings(record=True) as caught, mo.activated():
         warnings.simplefilter("always")
         qparams = quantize_params(params, calib, model=model, config=config, plan=plan)
     for w in caught:
         print(f"vidq quantize: warning: {w.message}", file=sys.stderr)
-    out = save_quantized(args.out_dir, model, qparams, arch=meta["arch"], config=config, plan=plan, preset=args.preset,
+    if not mo.writer:
+        return 0
+    out = save_quantized(args.out_dir, model, mo.host(qparams), arch=meta["arch"], config=config, plan=plan, preset=args.preset,
                          extra={"source": str(Path(args.model_dir).resolve()), "calibration": source},
                          overwrite=args.overwrite)
     summary = quantization_summary(qparams)
@@ -359,6 +405,27 @@ def cmd_quantize(args) -> int:
         f"{_human_bytes(qb)} (float {_human_bytes(fb)}, {fb / max(qb, 1):.2f}x smaller) [{time.perf_counter() - t0:.1f} s]"
     )
     return 0
+
+
+def cmd_search_groups(args) -> int:
+    """Q-DiT's evolutionary group-size search (body: :mod:`vidq_jax.search_groups`)."""
+    from vidq_jax.search_groups import run
+
+    return run(args)
+
+
+def cmd_generate(args) -> int:
+    """Prompts -> images / videos from a release's own parts (body: :mod:`vidq_jax.generate`)."""
+    from vidq_jax.generate import run
+
+    return run(args)
+
+
+def cmd_distill(args) -> int:
+    """Q-VDiT distillation into a quantized folder (body: :mod:`vidq_jax.qvdit`)."""
+    from vidq_jax.qvdit import run
+
+    return run(args, _calibration_cond)
 
 
 def cmd_bench(args) -> int:
@@ -409,9 +476,19 @@ def _sampling_options(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--sampler", choices=sorted(SAMPLERS), help="sampler (default: the model's release sampler)")
 
 
+def _sharding_options(p: argparse.ArgumentParser) -> None:
+    from vidq_jax.sharding import cli as sharding_cli
+
+    sharding_cli.add_arguments(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from conversion import ARCHS
+    from models.families import ARCHS as DENOISER_ARCHS
+    from models.families import COMPONENT_ARCHS
     from vidq_jax.quant.config import PRESETS
+
+    autoencoder_archs = [a for a, c in COMPONENT_ARCHS.items() if c.role == "autoencoder"]
 
     debug = _Parser(add_help=False)
     debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
@@ -450,8 +527,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("sample", parents=[debug],
-                       help="generate from typed prompts with a bundled model (needs the text extra)")
-    s.add_argument("--prompt", action="append", required=True, help="the prompt (repeat for several)")
+                       help="generate from typed prompts (needs the text extra) or class labels with a bundled model")
+    s.add_argument("--prompt", action="append", help="the prompt (repeat for several)")
+    s.add_argument("--class", dest="classes", action="append", metavar="NAME|INDEX",
+                   help="a class of a class-conditional model such as DiT, instead of --prompt (repeat for several)")
     s.add_argument("--model", default="t2i", help="t2i | t2v | a model folder (default t2i)")
     s.add_argument("--models-dir", help="folder holding the bundled models (default: assets/models)")
     s.add_argument("--preset", default="fp", choices=list(PRESETS),
@@ -462,6 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="nearest-neighbour upscaling of the output, 1..64 (default 8)")
     s.add_argument("--out", help="output .png (images) / .gif (videos); default outputs/sample/<prompt>_<preset>.*")
     _sampling_options(s, "run")
+    _sharding_options(s)
     s.set_defaults(func=cmd_sample)
 
     q = sub.add_parser("quantize", parents=[debug],
@@ -473,11 +553,99 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--calib-prompts", type=_int_in(1, 4096),
                    help="prompts sampled for calibration (default: all of --cond, else 4)")
     q.add_argument("--every-k", type=_int_in(1), default=2, help="record every k-th sampling step (default 2)")
-    q.add_argument("--cond", help=".npz with y (P, L, C), mask, extras (optional uncond_y); default random")
+    q.add_argument("--cond", help=".npz with y (P, L, C), mask, extras (optional uncond_y), or y (P,) class labels of a "
+                   "class-conditional model; default random")
     q.add_argument("--plan", help="timestep-segment mixed-precision plan: JSON (inline/file) or 'opensora1-w4a8'")
     q.add_argument("--overwrite", action="store_true", help="replace the model in OUT_DIR (its other files stay)")
     _sampling_options(q, "calibration runs")
+    _sharding_options(q)
     q.set_defaults(func=cmd_quantize)
+
+    g = sub.add_parser("search-groups", parents=[debug],
+                       help="Q-DiT evolutionary search of one group size per layer (writes a plan for quantize --plan)")
+    g.add_argument("model_dir", help="t2i | t2v (bundled) or a float model folder with a feature network (vidq_jax.train)")
+    g.add_argument("--out", required=True, help="the plan (.json); PLAN.state.json / PLAN.log.json go next to it")
+    g.add_argument("--preset", default="qdit-w4a8", choices=[p for p in PRESETS if p != "fp"])
+    g.add_argument("--population", type=_int_in(1), default=50)
+    g.add_argument("--generations", type=_int_in(1), default=10)
+    g.add_argument("--top-k", type=_int_in(1), default=10)
+    g.add_argument("--min-mean-group", type=_finite_float(1.0), default=128.0,
+                   help="constraint: mean group size over the searched layers (default 128)")
+    g.add_argument("--samples", type=_int_in(2), default=32, help="samples per candidate for the FD (default 32)")
+    g.add_argument("--batch", type=_int_in(1), default=32, help="samples per sampler call (default 32)")
+    g.add_argument("--seed", type=_int_in(0, 2**32 - 1), default=0)
+    g.add_argument("--reference", help="feature-network folder with real_stats.npz (default: the task's shipped one)")
+    g.add_argument("--resume", action="store_true", help="continue the search of PLAN.state.json")
+    g.add_argument("--overwrite", action="store_true", help="start over, replacing an earlier search's files")
+    g.add_argument("--backend", default="auto", choices=BACKENDS)
+    g.add_argument("--models-dir", help="folder holding the bundled models (default: assets/models)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _sampling_options(g, "search's sampling runs")
+    g.set_defaults(func=cmd_search_groups)
+
+    gen = sub.add_parser("generate", parents=[debug],
+                         help="prompts -> PNG / GIF / MP4 from a release folder (transformer, vae, text_encoder, tokenizer)")
+    gen.add_argument("release", nargs="?", help="a release in the diffusers layout (transformer/ vae/ text_encoder/ "
+                     "tokenizer/); the flags below name parts elsewhere (Open-Sora) or override them")
+    gen.add_argument("--prompt", action="append", help="a prompt (repeat for several)")
+    gen.add_argument("--prompts", help="a text file of prompts, one per line ('#' comments)")
+    gen.add_argument("--out", default="outputs/generate", help="output folder (default outputs/generate)")
+    gen.add_argument("--transformer", help="transformer checkpoint (file/folder) or a vidq model folder (float or "
+                     "quantized)")
+    gen.add_argument("--arch", choices=list(DENOISER_ARCHS), help="arch of --transformer (default: pixart-diffusers for a diffusers "
+                     "transformer/ folder)")
+    gen.add_argument("--vae", help="VAE folder (default RELEASE/vae)")
+    gen.add_argument("--vae-arch", choices=autoencoder_archs, help="default: opensora-vae-v1.2 for STDiT3, else sd-vae")
+    gen.add_argument("--text-encoder", help="T5 encoder folder (default RELEASE/text_encoder)")
+    gen.add_argument("--tokenizer", help="tokenizer folder or file (default RELEASE/tokenizer)")
+    gen.add_argument("--preset", choices=list(PRESETS), help="quantize the transformer (calibrated on the prompts' "
+                     "float runs when the preset needs statistics)")
+    gen.add_argument("--backend", default="auto", choices=BACKENDS)
+    gen.add_argument("--calib-prompts", type=_int_in(1, 4096), default=2, help="prompts of the calibration runs")
+    gen.add_argument("--text-encoder-quant", choices=["w8-only"], help="int8 weight-only T5 encoder (XXL: ~4.9 GB)")
+    gen.add_argument("--max-length", type=_int_in(1, 4096), help="caption tokens (default: the transformer's, "
+                     "120 PixArt-α / Open-Sora 1.0, 300 PixArt-Σ / Open-Sora 1.2)")
+    gen.add_argument("--negative-prompt", help="the guidance's null prompt (default: the family's null caption)")
+    gen.add_argument("--keep-case", action="store_true", help="do not lower-case prompts (diffusers does)")
+    gen.add_argument("--height", type=_int_in(8, 8192), help="pixels, a multiple of 8 (default: the model's)")
+    gen.add_argument("--width", type=_int_in(8, 8192), help="pixels, a multiple of 8 (default: the model's)")
+    gen.add_argument("--num-frames", type=_int_in(1, 4096), help="video frames (default: the model's)")
+    gen.add_argument("--fps", type=_finite_float(1.0), default=24.0, help="video frame rate (condition and file)")
+    gen.add_argument("--steps", type=_int_in(1, 1000), help="sampling steps (default: the release's)")
+    gen.add_argument("--guidance", type=_finite_float(0.0), help="classifier-free guidance scale (default: the release's)")
+    gen.add_argument("--sampler", help="sampler (default: the release sampler of the family)")
+    gen.add_argument("--seed", type=_int_in(0, 2**31 - 1), default=0, help="prompt i uses seed + i (default 0)")
+    gen.add_argument("--batch-size", type=_int_in(1, 4096), default=1, help="prompts per sampling call (default 1)")
+    gen.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"], help="auto: bf16 on a GPU")
+    gen.add_argument("--video-format", default="gif", choices=["gif", "mp4"], help="mp4 needs the generate extra")
+    gen.add_argument("--tile", action="store_true", help="tiled VAE decoding (bounded memory for large sizes)")
+    gen.add_argument("--no-progress", action="store_true", help="no progress bar")
+    gen.set_defaults(func=cmd_generate)
+
+    qv = sub.add_parser("distill", parents=[debug],
+                        help="Q-VDiT: distill LoRA, step sizes and the TQE branch against the float model, save quantized")
+    qv.add_argument("model_dir", help="a float vidq-jax model folder (vidq convert output, or a bundled model folder)")
+    qv.add_argument("--out", required=True, help="the quantized model folder to write")
+    qv.add_argument("--preset", default="qvdit-w4a6", choices=[p for p in PRESETS if p.startswith("qvdit-")])
+    qv.add_argument("--steps", type=_int_in(1), default=1000,
+                    help="distillation steps (default 1000; the released code: 10000 W4A6, 15000 W3A8)")
+    qv.add_argument("--lr", type=_finite_float(0.0), default=1e-5, help="peak LR of LoRA / TQE branch (default 1e-5)")
+    qv.add_argument("--scale-lr", type=_finite_float(0.0), help="peak LR of the weight step sizes (default lr / 10)")
+    qv.add_argument("--rank", type=_int_in(1), default=32, help="LoRA rank (default 32)")
+    qv.add_argument("--gamma", type=_finite_float(0.0), default=100.0, help="weight of the frame-relation KL (100)")
+    qv.add_argument("--frame-init", default="ones", choices=["ones", "saliency"],
+                    help="per-frame scales: ones (the released code) or the paper's saliency rule")
+    qv.add_argument("--calib-prompts", type=_int_in(1, 4096), help="prompts sampled for calibration (default 4)")
+    qv.add_argument("--every-k", type=_int_in(1), default=2, help="record every k-th sampling step (default 2)")
+    qv.add_argument("--cond", help=".npz with y (P, L, C), mask, extras (optional uncond_y); default: the model's demo "
+                    "prompts (bundled models) or random")
+    qv.add_argument("--ckpt-dir", help="training state for --resume (default OUT.ckpt)")
+    qv.add_argument("--resume", action="store_true", help="continue the distillation checkpointed in --ckpt-dir")
+    qv.add_argument("--time-limit", type=_finite_float(0.0), help="stop (checkpointed) after this many seconds")
+    qv.add_argument("--backend", default="auto", choices=BACKENDS)
+    qv.add_argument("--overwrite", action="store_true", help="replace the model in OUT (its other files stay)")
+    qv.add_argument("--no-progress", action="store_true", help="no progress bar")
+    qv.set_defaults(func=cmd_distill)
     return p
 
 

@@ -2,8 +2,10 @@
 
 Each family declares its release sampler, its settings and its null-caption policy once
 (:mod:`models.families`): PixArt DPM-Solver++(2M) 20 steps CFG 4.5, STDiT IDDPM 100 steps CFG 7.0
-(ViDiT-Q also uses 20), STDiT3 rectified flow 30 steps CFG 7.0; the learned ``y_embedding`` is the null
-caption except for PixArt-Σ / diffusers, whose T5("") embedding the caller supplies.
+(ViDiT-Q also uses 20), STDiT3 rectified flow 30 steps CFG 7.0, DiT IDDPM 250 steps CFG 4.0; the learned
+``y_embedding`` is the null caption except for PixArt-Σ / diffusers, whose T5("") embedding the caller
+supplies, and the class-label models (DiT: ``y`` = ``(B,)`` labels), whose null class is the label
+``num_classes``.
 
 ``sample(model, params, noise, cond, ...)`` runs the family's sampler with a cached ``apply_fn``
 (the samplers cache their compiled loop on its identity), so repeated calls never retrace.
@@ -15,9 +17,10 @@ from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from models.families import family_of, find_family
-from vidq_jax import sampling
+from vidq_jax import sampling, sharding
 from vidq_jax.sampling.validate import SamplingArgumentError, check_guidance, check_steps, is_traced
 
 _APPLY_FNS: dict[int, tuple[Any, Callable]] = {}
@@ -36,9 +39,32 @@ def apply_fn_for(model) -> Callable:
     return entry[1]
 
 
+def class_labels(model, y: Any, name: str = "cond['y']") -> jax.Array:
+    """``y`` as the ``(B,)`` int32 labels of a class-conditional model (null policy ``"null-class"``, e.g.
+    DiT): integers in ``[0, num_classes]``, where ``num_classes`` is the null class (unconditional);
+    anything else is a one-line :class:`~vidq_jax.sampling.SamplingArgumentError` (values are checked on
+    concrete arrays only)."""
+    n = int(model.config.num_classes)
+    top = n if getattr(model.config, "use_cfg_embedding", True) else n - 1  # no null-class row: no CFG
+    allowed = f"(B,) integer class labels in [0, {top}]" + (f" ({n} = the null class)" if top == n else "")
+    if y is None or np.ndim(y) != 1 or not jnp.issubdtype(jnp.result_type(y), jnp.integer):
+        got = "nothing" if y is None else f"{jnp.result_type(y)} {tuple(np.shape(y))}"
+        raise SamplingArgumentError(f"{name} must be {allowed} for {type(model).__name__}, got {got}")
+    if not is_traced(y) and np.size(y) and not (0 <= int(np.min(y)) and int(np.max(y)) <= top):
+        bad = sorted({int(v) for v in np.asarray(y).ravel() if not 0 <= v <= top})
+        raise SamplingArgumentError(f"{name} must be {allowed}, got {bad[:5]}")
+    return jnp.asarray(y, jnp.int32)
+
+
 def null_condition(model, params, cond: Mapping[str, Any]) -> dict[str, Any]:
-    """The unconditional half for CFG: the learned null caption, everything else (mask, sizes, fps)
-    reused from ``cond`` as the releases do."""
+    """The unconditional half for CFG: the learned null caption (class-label models: the null class
+    ``num_classes``), everything else (mask, sizes, fps) reused from ``cond`` as the releases do."""
+    if family_of(model).null_caption_of(model) == "null-class":
+        y = class_labels(model, cond.get("y"))
+        if not getattr(model.config, "use_cfg_embedding", True):
+            raise SamplingArgumentError(f"{type(model).__name__} was trained without label dropout: it has no null "
+                                        "class for classifier-free guidance; sample with guidance_scale=1")
+        return {"y": jnp.full_like(y, model.config.num_classes)}
     if cond.get("y") is None or jnp.ndim(cond["y"]) != 3:
         raise SamplingArgumentError("cond must hold the caption features 'y' (B, L, C) to build the null caption")
     y = jnp.asarray(cond["y"])
@@ -113,6 +139,9 @@ def sample(
     key: jax.Array | None = None,
     apply_fn: Callable | None = None,
     plan: Any = None,
+    mesh: Any = None,
+    seq_strategy: str = "ulysses",
+    param_placement: str = "replicate",
     **sampler_kwargs: Any,
 ):
     """Sample with the family's release sampler (overridable). ``uncond`` defaults to
@@ -121,8 +150,14 @@ def sample(
     the compiled loop is cached on its identity). ``plan``: the
     :class:`~vidq_jax.quant.plan.MixedPrecisionPlan` of segment-planned params (its step table
     stretched to ``steps``) or an explicit per-step segment table: each step runs its segment's
-    weights (:func:`vidq_jax.quant.segmented.segment_apply_fn`, ``step_kwarg="step"``)."""
+    weights (:func:`vidq_jax.quant.segmented.segment_apply_fn`, ``step_kwarg="step"``). ``mesh``: run
+    on several devices (a :class:`jax.sharding.Mesh` with axes ``data``/``seq``, a device count or
+    ``"data=2,seq=4"``; :mod:`vidq_jax.sharding`) with the ``seq_strategy`` of its attention
+    (``"ulysses"`` / ``"ring"``) and params ``param_placement`` (``"replicate"`` / ``"shard"`` along N);
+    the result is a global array on the mesh (``vidq_jax.sharding.to_host`` fetches it)."""
     st = sampler_settings(model, sampler=sampler, steps=steps, guidance_scale=guidance_scale)
+    if family_of(model).null_caption_of(model) == "null-class":
+        cond = {**cond, "y": class_labels(model, cond.get("y"))}
     if plan is not None:
         from vidq_jax.quant.segmented import segment_apply_fn
 
@@ -138,4 +173,9 @@ def sample(
     if uncond is None and (is_traced(st["guidance_scale"]) or st["guidance_scale"] != 1.0):
         uncond = null_condition(model, params, cond)
     fn = apply_fn or apply_fn_for(model)
+    if mesh is not None:
+        guided = uncond is not None and (is_traced(st["guidance_scale"]) or st["guidance_scale"] != 1.0)
+        fn, params, noise, cond, uncond = sharding.prepare_sampling(
+            model, fn, params, noise, cond, uncond, mesh=mesh, guided=guided, strategy=seq_strategy,
+            placement=param_placement)
     return smp.sample(fn, params, noise, dict(cond), uncond, **kwargs, **sampler_kwargs)

@@ -163,6 +163,13 @@ def _w4a8_group_inputs(seed: int):
     return (x, packed, rand_scale(seed + 5, (packed.shape[0], 2 * packed.shape[1] // 64)), bias), {}
 
 
+def _fp8_linear_inputs(seed: int):
+    x, _, _, bias = _linear_inputs(seed)
+    w = jax.random.normal(jax.random.key(seed + 7), (128, 256)) * 0.05
+    wq, ws = pk.quantize_fp8_weight_ref(w)
+    return (x, wq, ws, bias), {}
+
+
 def _quantize_inputs(seed: int):
     return (rand_x(seed, 37, 1152),), {}
 
@@ -193,6 +200,31 @@ def _rotate_inputs(seed: int):
     return (rand_x(seed, 9, 1152), base, signs, smooth), {}
 
 
+# quantized attention: the first case of test_quant_attention.py (same shapes and tiling: one interpret compile)
+_QATTN_CFG = pk.ops.quant_attention.QuantAttentionConfig(block_m=16, block_n=16)
+_qattn_ref = jax.jit(pk.quant_attention_ref, static_argnames=("pv", "q_block", "k_block", "kv_block"))
+
+
+def _quant_attention_inputs(seed: int):
+    rng = np.random.default_rng(seed)
+    q, k, v = (jnp.asarray(rng.standard_normal(s).astype(np.float32), jnp.bfloat16)
+               for s in ((1, 40, 2, 72), (1, 37, 2, 72), (1, 37, 2, 72)))
+    mask = rng.random((1, 37)) < 0.6
+    mask[:, 0] = True
+    return (q, k, v, jnp.asarray(mask)), {"pv": "fp8", "k_block": 16, "config": _QATTN_CFG}
+
+
+def _quant_attention_ref(q, k, v, mask, *, pv, k_block, config):
+    return _qattn_ref(q, k, v, mask, pv=pv, k_block=k_block, kv_block=config.block_n)
+
+
+def _assert_quant_attention_close(out, ref, args=None) -> None:
+    """Same integers as the reference; float32 sums in another order (bf16 output)."""
+    assert out.shape == ref.shape and out.dtype == ref.dtype
+    o, r = np.asarray(out, np.float32), np.asarray(ref, np.float32)
+    assert np.linalg.norm(o - r) <= 2e-3 * np.linalg.norm(r)
+
+
 def _dispatch(fn: Callable) -> Callable:
     return lambda backend, *args, **kwargs: fn(*args, backend=backend, **kwargs)
 
@@ -205,6 +237,8 @@ OPS: dict[str, OpCase] = {
     "w8a8_linear": OpCase(("xla", "triton", "mosaic", "auto"),
                           lambda seed: (_linear_inputs(seed), {}),
                           _dispatch(pk.w8a8_linear), pk.w8a8_linear_ref, assert_bf16_close_args),
+    "fp8_linear": OpCase(("xla", "triton", "mosaic", "auto"), _fp8_linear_inputs,
+                         _dispatch(pk.fp8_linear), pk.fp8_linear_ref, assert_bf16_close_args),
     "w4a8_linear": OpCase(("xla", "triton", "mosaic", "auto"), _w4a8_inputs,
                           _dispatch(pk.w4a8_linear), pk.w4a8_linear_ref, assert_bf16_close_args),
     "w4a8_linear_group": OpCase(("xla", "triton", "mosaic", "auto"), _w4a8_group_inputs,
@@ -220,4 +254,6 @@ OPS: dict[str, OpCase] = {
                               assert_rotated_close),
     "frame_attention": OpCase(("reference", "triton", "auto"), _frame_attention_inputs,
                               _dispatch(pk.frame_attention), pk.frame_attention_ref, assert_attention_close),
+    "quant_attention": OpCase(("reference", "triton", "auto"), _quant_attention_inputs,
+                              _dispatch(pk.quant_attention), _quant_attention_ref, _assert_quant_attention_close),
 }

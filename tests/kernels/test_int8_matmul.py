@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 import pallas_kernels as pk
 from pallas_kernels.ops.int8_matmul import mosaic
-from pallas_kernels.testing import rand_int, rand_scale, requires_gpu
+from pallas_kernels._compat import plgpu
+from pallas_kernels.testing import assert_bf16_close, rand_int, rand_scale, requires_gpu
 from tests.kernels.base import backend_params
 
 
@@ -100,3 +101,71 @@ def test_mosaic_configs_are_fitted_to_shared_memory():
     assert mosaic.smem_bytes(fitted, 4) + 1024 <= mosaic.SMEM_LIMIT
     huge = mosaic.MosaicGemmConfig(tm=256, tn=256, tk=128, stages=2, ws=True)
     assert mosaic.fit_smem(huge, 96, 4) is None  # N = 96 cannot take a narrower tile: no fit
+
+
+# ------------------------------------------------------------------ the fused epilogue's extras
+
+
+def _epilogue_case(seed, m=64, k=128, n=64, groups=2):
+    xq = rand_int(seed, (m, k), -127, 127)
+    wq = rand_int(seed + 1, (n, k), -128, 127)  # asymmetric codes use the full int8 range
+    zw = rand_int(seed + 2, (n,), -127, 127).astype(jnp.int32)
+    rs = jnp.sum(xq.astype(jnp.int32), axis=-1, keepdims=True)
+    extras = dict(
+        residual=jax.random.normal(jax.random.key(seed + 3), (m, n)).astype(jnp.bfloat16),
+        gate=jax.random.normal(jax.random.key(seed + 4), (groups, n)),
+    )
+    return xq, wq, zw, rs, extras
+
+
+@pytest.mark.parametrize("backend", backend_params("int8_gemm_epilogue", ("triton", "mosaic")))
+def test_zero_point_term_is_exact(backend):
+    """``acc + x_row_sum · w_zero`` in int32: with unit scales and K = 128 every value is an integer
+    below 2^24, so the float32 output shows the int32 result exactly."""
+    xq, wq, zw, rs, _ = _epilogue_case(11)
+    m, n = xq.shape[0], wq.shape[0]
+    y = pk.int8_gemm(xq, wq, jnp.ones((m, 1)), jnp.ones((n,)), out_dtype=jnp.float32, backend=backend,
+                     w_zero=zw, x_row_sum=rs)
+    exact = pk.zero_point_ref(_ref(xq, wq), zw, rs)
+    assert int(jnp.max(jnp.abs(exact))) < 2**24
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(exact, np.float32))
+    # = the GEMM with the dequantized weight (q + z)
+    np.testing.assert_array_equal(np.asarray(exact), np.asarray(_ref(xq.astype(jnp.int32), wq.astype(jnp.int32) + zw[:, None])))
+
+
+def test_gate_spans_that_do_not_hold_whole_tiles_are_applied_after_the_kernel():
+    """5 rows per gate row: no kernel row tile fits, the dispatch applies the gate after the GEMM."""
+    xq, wq, zw, rs, extras = _epilogue_case(31, m=15, groups=3)
+    xs, ws = rand_scale(32, (15, 1)), rand_scale(33, (wq.shape[0],))
+    y = pk.int8_gemm(xq, wq, xs, ws, None, out_dtype=jnp.float32, backend="triton", w_zero=zw, x_row_sum=rs,
+                     **extras)
+    ref = pk.scaled_epilogue_ref(_ref(xq, wq), xs, ws, None, jnp.float32, w_zero=zw, x_row_sum=rs, **extras)
+    np.testing.assert_allclose(np.asarray(y), np.asarray(ref), rtol=1e-6, atol=1e-5)
+    with pytest.raises(ValueError, match="go together"):
+        pk.int8_gemm(xq, wq, xs, ws, w_zero=zw)
+    with pytest.raises(ValueError, match="G dividing"):
+        pk.int8_gemm(xq, wq, xs, ws, gate=extras["gate"][:2])
+
+
+@pytest.mark.skipif(plgpu is None, reason="Mosaic GPU not importable in this JAX")
+def test_mosaic_epilogue_lowers_for_cuda():
+    """The Mosaic GPU kernels with every epilogue operand lower to a CUDA custom call on this host
+    (no GPU needed: catches layout/lowering errors before the GPU run)."""
+    S = jax.ShapeDtypeStruct
+    m, k, n = 512, 256, 256
+    cfg = mosaic.MosaicGemmConfig(tm=128, tn=128, tk=128, stages=2, ws=True, delay_release=0, chain=True)
+
+    def f(xq, wq, xs, ws, b, zw, rs, res, gate):
+        return mosaic.mosaic_int8_gemm(xq, wq, xs, ws, b, cfg=cfg, out_dtype=jnp.bfloat16, activation="gelu_tanh",
+                                       w_zero=zw, x_row_sum=rs, residual=res, gate=gate)
+
+    args = (S((m, k), jnp.int8), S((n, k), jnp.int8), S((m, 1), jnp.float32), S((n,), jnp.float32),
+            S((n,), jnp.float32), S((n,), jnp.int32), S((m, 1), jnp.int32), S((m, n), jnp.bfloat16),
+            S((2, n), jnp.float32))
+    orig = mosaic._num_sms
+    mosaic._num_sms = lambda: 132
+    try:
+        text = jax.jit(f).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+    finally:
+        mosaic._num_sms = orig
+    assert "mosaic_gpu" in text

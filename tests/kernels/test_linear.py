@@ -82,6 +82,27 @@ def test_splits_return_the_column_blocks_of_one_output(backend):
         pk.w8a8_linear(x, wq, ws, bias, backend=backend, splits=5)
 
 
+def test_asymmetric_weights_and_gated_residual_in_the_epilogue():
+    """``w_zero_point``: the quantizer's code sums meet the zero points in the GEMM epilogue (Triton,
+    interpret); GELU and ``residual``/``gate`` (one gate row per 16-token slab) fused too; W4A8 per
+    channel."""
+    m = 32
+    x, wq, ws, bias = _case(80, m, lo=-128, hi=127)
+    zw = rand_int(81, (N,), -127, 127).astype(jnp.int32)
+    extras = dict(residual=rand_x(82, m, N), gate=jax.random.normal(jax.random.key(83), (2, N)),
+                  activation="gelu_tanh")
+    y = pk.w8a8_linear(x, wq, ws * 10, bias, backend="triton", w_zero_point=zw, **extras)
+    assert_bf16_close(y, pk.w8a8_linear_ref(x, wq, ws * 10, bias, w_zero_point=zw, **extras))
+    w4 = pk.pack_int4(rand_int(84, (N, K), -8, 7))
+    z4 = rand_int(85, (N,), -7, 8).astype(jnp.int32)
+    y4 = pk.w4a8_linear(x, w4, ws, bias, backend="triton", w_zero_point=z4)
+    assert_bf16_close(y4, pk.w4a8_linear_ref(x, w4, ws, bias, w_zero_point=z4))
+    with pytest.raises(ValueError, match="w_zero_point must be"):
+        pk.w8a8_linear(x, wq, ws, bias, w_zero_point=zw[:-1])
+    with pytest.raises(ValueError, match="not with splits"):
+        pk.w8a8_linear(x, wq, ws, bias, splits=2, residual=extras["residual"])
+
+
 def test_w8a8_no_bias_f32_out_and_f32_input():
     x, wq, ws, _ = _case(11, 240)
     x = x.astype(jnp.float32)

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pallas_kernels as pk
-from pallas_kernels.ops.quantize import triton_quantize_per_token
+from pallas_kernels.ops.quantize import QuantizeTiling, triton_quantize_per_token
 from pallas_kernels.testing import rand_x, requires_gpu
 
 
@@ -39,11 +39,23 @@ def test_round_half_to_even():
 @pytest.mark.parametrize("m,k", [(1, 128), (7, 1152), (130, 256), (240, 64)])
 def test_triton_kernel_interpret_matches_reference(m, k):
     x = rand_x(m + k, m, k, zero_row=m // 2)
-    q, s = pk.quantize_per_token(x, backend="triton")
-    qr, sr = pk.quantize_per_token_ref(x)
-    assert q.shape == (m, k) and s.shape == (m, 1)
+    q, s, rs = pk.quantize_per_token(x, backend="triton", row_sum=True)
+    qr, sr, rsr = pk.quantize_per_token_ref(x, row_sum=True)
+    assert q.shape == (m, k) and s.shape == (m, 1) and rs.shape == (m, 1) and rs.dtype == jnp.int32
     np.testing.assert_array_equal(np.asarray(q), np.asarray(qr))
     np.testing.assert_array_equal(np.asarray(s), np.asarray(sr))
+    np.testing.assert_array_equal(np.asarray(rs), np.asarray(rsr))  # the code sums, exactly
+    np.testing.assert_array_equal(np.asarray(rsr), np.asarray(qr, np.int32).sum(-1, keepdims=True))
+
+
+def test_looped_kernel_row_sums():
+    """The fori_loop variant (``unroll=False``) reduces the code sums across its K chunks."""
+    x = rand_x(5, 9, 256, zero_row=2)
+    q, s, rs = triton_quantize_per_token(x, cfg=QuantizeTiling(unroll=False, chunk=64), interpret=True,
+                                         row_sum=True)
+    qr, sr, rsr = pk.quantize_per_token_ref(x, row_sum=True)
+    np.testing.assert_array_equal(np.asarray(q), np.asarray(qr))
+    np.testing.assert_array_equal(np.asarray(rs), np.asarray(rsr))
 
 
 @settings(max_examples=6, deadline=None)

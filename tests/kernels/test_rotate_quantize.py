@@ -89,9 +89,12 @@ def test_triton_kernel_interpret_matches_reference(k, m, tiling, with_smooth):
     x = x.at[m // 2].set(0)  # the zero-row guard: scale 1, q 0
     cfg = tiling or rotate_tiling(k, smooth is not None)
     assert supported(k, hb, cfg) is None
-    out = triton_rotate_quantize(x, hb, signs, smooth, cfg=cfg, interpret=True)
+    *out, rs = triton_rotate_quantize(x, hb, signs, smooth, cfg=cfg, interpret=True, row_sum=True)
     assert_rotated_close(out, pk.rotate_quantize_ref(x, hb, signs, smooth))
     assert float(out[1][m // 2, 0]) == 1.0 and not np.any(np.asarray(out[0][m // 2]))
+    # the code sums (zero-point epilogues) are those of the kernel's own codes, exactly
+    assert rs.dtype == jnp.int32 and rs.shape == (m, 1)
+    np.testing.assert_array_equal(np.asarray(rs), np.asarray(out[0], np.int32).sum(-1, keepdims=True))
 
 
 @pytest.mark.parametrize("split", ["bf16x3", "f16x2"])
@@ -113,9 +116,11 @@ def test_dispatch_backends_and_leading_dims():
         q, s = pk.rotate_quantize(x, hb, signs, smooth, backend=backend)
         np.testing.assert_array_equal(np.asarray(q), np.asarray(ref[0]))
         np.testing.assert_array_equal(np.asarray(s), np.asarray(ref[1]))
-    out = pk.rotate_quantize(x, hb, signs, smooth, backend="triton")
-    assert out[0].shape == (2, 3, 144) and out[1].shape == (2, 3, 1)
+    *out, rs = pk.rotate_quantize(x, hb, signs, smooth, backend="triton", row_sum=True)
+    assert out[0].shape == (2, 3, 144) and out[1].shape == (2, 3, 1) and rs.shape == (2, 3, 1)
     assert_rotated_close(out, ref)
+    np.testing.assert_array_equal(np.asarray(pk.rotate_quantize_ref(x, hb, signs, smooth, row_sum=True)[2]),
+                                  np.asarray(ref[0], np.int32).sum(-1, keepdims=True))
     with pytest.raises(ValueError):
         pk.rotate_quantize(x, hb, backend="cuda")
 

@@ -11,7 +11,18 @@ import pytest
 import conversion
 from conversion.fixtures import find_cases
 from models import build_model
-from models.families import ARCHS, BLOCK_GROUPS, FAMILIES, GROUPS, family_named, family_of, group_of_path
+from models.families import (
+    ARCHS,
+    BLOCK_GROUPS,
+    COMPONENT_ARCHS,
+    COMPONENTS,
+    FAMILIES,
+    GROUPS,
+    family_named,
+    family_of,
+    group_of_path,
+    owner_of_arch,
+)
 from vidq_jax.quant.tree import dense_paths
 
 
@@ -31,20 +42,22 @@ def family_paths():
     return out
 
 
-def test_every_family_has_a_converter_and_every_arch_converts():
-    assert set(conversion.CONVERTERS) == set(FAMILIES)
-    assert set(conversion.ARCHS) == set(ARCHS)
-    for arch in ARCHS:
+def test_every_family_and_component_has_a_converter_and_every_arch_converts():
+    assert set(conversion.CONVERTERS) == set(FAMILIES) | set(COMPONENTS)
+    assert set(conversion.ARCHS) == set(ARCHS) | set(COMPONENT_ARCHS)
+    for arch in conversion.ARCHS:
         assert conversion.is_implemented(arch)
+        assert owner_of_arch(arch).arch(arch).name == arch
 
 
-def test_fixture_archs_of_families_to_come_are_not_implemented():
-    for arch in ("dit", "sd-vae", "t5-encoder", "opensora-vae-v1.2", "no-such-arch"):
-        assert conversion.is_implemented(arch) is False
+def test_archs_nobody_declares_are_not_implemented():
+    assert conversion.is_implemented("no-such-arch") is False
     for case in find_cases():
-        assert conversion.is_implemented(case.arch) == (case.arch in ARCHS)
-    with pytest.raises(conversion.ConversionError, match="unknown arch 'dit'"):
-        conversion.convert_state_dict({}, "dit")
+        assert conversion.is_implemented(case.arch) == (case.arch in conversion.ARCHS)
+    with pytest.raises(conversion.ConversionError, match="unknown arch 'no-such-arch'"):
+        conversion.convert_state_dict({}, "no-such-arch")
+    with pytest.raises(ValueError, match="unknown arch 'no-such-arch'"):
+        owner_of_arch("no-such-arch")
 
 
 def test_build_model_by_family_or_class_name():

@@ -14,17 +14,9 @@ from vidq_jax.quant.io import quantization_entry, quantized_target
 
 @pytest.fixture(scope="module")
 def quantized():
-    from models import pixart
+    from tests.fixture_models import random_pixart
 
-    model = pixart.PixArt(pixart.PixArtConfig(input_size=4, hidden_size=72, depth=1, num_heads=4, caption_channels=32,
-                                              model_max_length=8, micro_condition=False))
-    rng = np.random.default_rng(0)
-    inputs = {k: jnp.asarray(rng.standard_normal(v.shape).astype(np.float32)) if k in ("x", "y") else v
-              for k, v in model.init_inputs(batch=2).items()}
-    inputs["timestep"] = jnp.asarray([10.0, 700.0])
-    shapes = jax.eval_shape(model.init, jax.random.key(0), **inputs)["params"]
-    params = jax.tree_util.tree_map(
-        lambda s: jnp.asarray(rng.standard_normal(s.shape).astype(np.float32) / np.sqrt(s.shape[0])), shapes)
+    model, params, inputs = random_pixart()
     config = QuantConfig.preset("viditq-w8a8")
     return model, params, quantize_params(params, [inputs], model=model, config=config), config, inputs
 
@@ -54,3 +46,22 @@ def test_load_quantized_refuses_a_float_folder(quantized, tmp_path):
         load_quantized(out)
     with pytest.raises(ValueError, match="no 'quantization' entry"):
         quantized_target(model, load_model(out)[2])
+
+
+def test_fp8_folder_round_trip(quantized, tmp_path):
+    """``dynamic-fp8`` (e4m3 records): saved and loaded like the int8 presets, e4m3 payloads stay e4m3
+    on disk, the loaded model computes the same outputs."""
+    model, params, _, _, inputs = quantized
+    config = QuantConfig.preset("dynamic-fp8")
+    qparams = quantize_params(params, [inputs], model=model, config=config)
+    rec = qparams["blocks_0"]["attn"]["qkv"]["kernel"]
+    assert rec.layer.fp8 and rec.qvalue.dtype == jnp.float8_e4m3fn
+    out = save_quantized(tmp_path / "q8", model, qparams, arch="pixart-alpha", config=config, preset="dynamic-fp8")
+    _, loaded, meta = load_model(out)
+    assert QuantConfig.from_dict(meta["quantization"]["config"]) == config
+    for a, b in zip(jax.tree_util.tree_leaves(loaded), jax.tree_util.tree_leaves(qparams)):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+    apply = jax.jit(model.apply)
+    np.testing.assert_array_equal(np.asarray(apply({"params": loaded}, **inputs)),
+                                  np.asarray(apply({"params": qparams}, **inputs)))

@@ -214,7 +214,8 @@ def fake_kernels(monkeypatch):
     """A stand-in ``pallas_kernels`` module with the agreed signature (exact int semantics)."""
     calls = []
 
-    def w8a8_linear(x, qweight, w_scale, bias=None, *, out_dtype=jnp.bfloat16, backend="auto", rotation=None):
+    def w8a8_linear(x, qweight, w_scale, bias=None, *, out_dtype=jnp.bfloat16, backend="auto", rotation=None,
+                    w_zero_point=None, activation=None, splits=1, residual=None, gate=None):
         calls.append(("w8a8", x.dtype, qweight.dtype))
         assert x.dtype == jnp.bfloat16 and qweight.dtype == jnp.int8 and x.ndim == 2
         xf = x.astype(jnp.float32) if rotation is None else rotate_ref(x, *rotation)
@@ -222,15 +223,22 @@ def fake_kernels(monkeypatch):
         s = jnp.where(s > 0, s, 1.0)
         q = jnp.clip(jnp.round(xf / s), -127, 127).astype(jnp.int8)
         acc = jax.lax.dot_general(q, qweight, (((1,), (1,)), ((), ())), preferred_element_type=jnp.int32)
+        if w_zero_point is not None:  # the zero-point term, exact in int32 (the epilogue's contract)
+            acc = acc + jnp.sum(q.astype(jnp.int32), -1, keepdims=True) * w_zero_point[None, :]
         y = acc.astype(jnp.float32) * s * w_scale[None, :]
         if bias is not None:
             y = y + bias
-        return y.astype(out_dtype)
+        y = y if activation is None else jax.nn.gelu(y, approximate=True)
+        if gate is not None:
+            y = y * jnp.repeat(gate, y.shape[0] // gate.shape[0], axis=0)
+        y = (y if residual is None else residual + y).astype(out_dtype)
+        return tuple(jnp.split(y, splits, axis=-1)) if splits > 1 else y
 
-    def w4a8_linear(x, qweight, w_scale, bias=None, *, out_dtype=jnp.bfloat16, backend="auto", rotation=None):
+    def w4a8_linear(x, qweight, w_scale, bias=None, *, out_dtype=jnp.bfloat16, backend="auto", rotation=None,
+                    **kw):
         calls.append(("w4a8", x.dtype, qweight.dtype))
         assert qweight.dtype == jnp.uint8
-        return w8a8_linear(x, unpack_int4(qweight), w_scale, bias, out_dtype=out_dtype, rotation=rotation)
+        return w8a8_linear(x, unpack_int4(qweight), w_scale, bias, out_dtype=out_dtype, rotation=rotation, **kw)
 
     mod = types.ModuleType("pallas_kernels")
     mod.w8a8_linear, mod.w4a8_linear = w8a8_linear, w4a8_linear
@@ -358,3 +366,43 @@ def test_splits_are_the_column_blocks_of_the_whole_output(w_symmetric):
     parts = rec.quantized_dense(jnp.asarray(x), jnp.asarray(b), jnp.float32, splits=3)
     assert isinstance(parts, tuple) and [p.shape for p in parts] == [full.shape[:-1] + (32,)] * 3
     np.testing.assert_allclose(np.concatenate(parts, -1), np.asarray(full), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["simulate", "xla", "pallas"])
+def test_residual_gate_equal_the_expression_after_the_layer(fake_kernels, backend):
+    """``Dense(...)(x, residual=r, gate=g)`` == ``r + g * Dense(...)(x)`` for the float kernel and a
+    quantized record on every backend (pallas: fused into the epilogue for a ``(B, 1, N)`` gate; a
+    per-token gate is applied after the kernel); the fake kernels see the ``(G, N)`` gate form."""
+    from models.layers import Dense
+
+    w, x, b = _data(k=72, n=24, m=(2, 5), seed=9)
+    rng = np.random.default_rng(3)
+    res = jnp.asarray(rng.standard_normal((2, 5, 24)), jnp.float32)
+    rec = _record(LayerQuant(backend=backend), w, x)  # asymmetric weights: zero point in the epilogue
+    dense = Dense(24, dtype=jnp.float32)
+    for gate_shape in ((2, 1, 24), (2, 5, 24)):
+        gate = jnp.asarray(rng.standard_normal(gate_shape), jnp.float32)
+        for kernel in (jnp.asarray(w), rec):
+            params = {"params": {"kernel": kernel, "bias": jnp.asarray(b)}}
+            f = jax.jit(lambda p, v, r, g: (dense.apply(p, v, residual=r, gate=g), r + g * dense.apply(p, v)))
+            fused, unfused = f(params, jnp.asarray(x), res, gate)
+            np.testing.assert_allclose(np.asarray(fused), np.asarray(unfused), rtol=1e-5, atol=1e-5)
+    assert backend != "pallas" or {c[0] for c in fake_kernels} == {"w8a8"}
+
+
+@pytest.mark.parametrize("rotate", [False, True])
+def test_fp8_record_backends_agree(rotate):
+    """``LayerQuant(fp8=True)``: e4m3 codes per channel; simulate (dequantized float32 matmul) and xla
+    (XLA's e4m3 dot) agree to float rounding, the pallas path (the kernel package's ``fp8_linear``, its
+    XLA fallback on CPU: bf16 input) to bf16 input rounding; all near the float layer."""
+    w, x, b = _data(seed=11)
+    rec = _record(LayerQuant(w_symmetric=True, fp8=True, rotate=rotate), w, x)
+    assert rec.qvalue.dtype == jnp.float8_e4m3fn and rec.zero_point is None and rec.scale.shape == (N,)
+    ys, yx = (np.asarray(y) for y in _sim_xla(rec, jnp.asarray(x), jnp.asarray(b)))
+    np.testing.assert_allclose(yx, ys, rtol=1e-5, atol=1e-5 * np.abs(ys).max())
+    yp = np.asarray(_dense(rec.with_backend("pallas"), jnp.asarray(x), jnp.asarray(b)))
+    yf = x @ w + b
+    for y, tol in ((ys, 0.06), (yp, 0.06)):
+        assert np.linalg.norm(y - yf) / np.linalg.norm(yf) < tol
+    with pytest.raises(ValueError, match="fp8=True"):
+        LayerQuant(fp8=True)  # asymmetric weights: e4m3 has no zero point

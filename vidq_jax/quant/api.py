@@ -11,6 +11,9 @@ Pipeline (ViDiT-Q "new" code, quantize-once variant)::
     kernel  -> WEIGHT_METHODS[layer.w_method].quantize(kernel, layer, smooth=s, hadamard_signs=h,
                                                        stats=stats[path], act_scale=...)
 
+A sequential weight method (GPTQ) makes the last step run stage by stage in execution order, each
+stage's statistics re-collected with the earlier stages already quantized (:mod:`vidq_jax.quant.sequential`).
+
 Calibration runs only if some selected layer needs it (smoothing, static activation scales, or a
 weight method's statistics). The result is the same params tree with selected ``kernel`` leaves
 replaced by records (:class:`~vidq_jax.quant.record.QuantizedWeight` for round-to-nearest);
@@ -33,12 +36,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from models.families import find_family
+from vidq_jax.quant.attention import QuantizedAttention, attention_records, set_attention_records
 from vidq_jax.quant.balance import balance_for_layer, layer_key
 from vidq_jax.quant.config import LayerQuant, QuantConfig, check_rules
 from vidq_jax.quant.methods import layer_statistics, weight_method
 from vidq_jax.quant.plan import MixedPrecisionPlan
 from vidq_jax.quant.record import QuantizedWeight, static_act_params
 from vidq_jax.quant.segmented import FloatKernel, segment_record
+from vidq_jax.quant.sequential import sequential_records
 from vidq_jax.quant.stats import LayerStats, collect_stats
 from vidq_jax.quant.tree import dense_kernels, dense_paths, get_kernel, rewrap_params, set_kernel, unwrap_params
 
@@ -55,6 +60,11 @@ def _segment_configs(config: QuantConfig, plan: MixedPrecisionPlan | None) -> li
     return [config] if plan is None else [plan.config_for_segment(config, s) for s in range(plan.num_segments)]
 
 
+def _fitted(lq: LayerQuant | None, kernel: Any) -> LayerQuant | None:
+    """``lq`` fitted to the layer's ``C_in`` (:meth:`LayerQuant.fitted`; ``None`` stays float)."""
+    return None if lq is None else lq.fitted(int(kernel.shape[0]))
+
+
 def _layer_settings(
     inner: Mapping[str, Any], config: QuantConfig, plan: MixedPrecisionPlan | None, paths: list[str],
     model_name: str | None = None,
@@ -65,7 +75,8 @@ def _layer_settings(
         plan.check(paths)
     check_rules(config, paths, model=model_name)
     cfgs = _segment_configs(config, plan)
-    settings: dict[str, list[LayerQuant | None]] = {p: [c.resolve(p) for c in cfgs] for p in paths}
+    settings: dict[str, list[LayerQuant | None]] = {p: [_fitted(c.resolve(p), get_kernel(inner, p)) for c in cfgs]
+                                                    for p in paths}
     for p, lqs in settings.items():
         if any(lq is not None for lq in lqs) and hasattr(get_kernel(inner, p), "quantized_dense"):
             raise ValueError(f"layer {p!r} is already quantized")
@@ -156,18 +167,21 @@ def build_records(
     balance = _shared_balance(inner, items, stats, config)
     post = {p: balance[(p, lq)] for p, lq in items if lq.a_static and any(v is not None for v in balance[(p, lq)])}
     post_stats = collect_stats(model, inner, batches, paths=list(post), transforms=post) if post else {}
-    out: dict[tuple[str, LayerQuant], Any] = {}
-    for p, lq in items:
+
+    def quantize_item(p: str, lq: LayerQuant, layer_stats: LayerStats | None) -> Any:
         smooth, signs = balance[(p, lq)]
         a_scale = a_zp = None
         if lq.a_static:
             st = post_stats.get(p, stats.get(p))
             a_scale, a_zp = static_act_params(st.amax if lq.a_symmetric else (st.min, st.max), lq)
-        out[(p, lq)] = weight_method(lq.w_method, p).quantize(
-            get_kernel(inner, p), lq, smooth=smooth, hadamard_signs=signs, stats=stats.get(p), act_scale=a_scale,
+        return weight_method(lq.w_method, p).quantize(
+            get_kernel(inner, p), lq, smooth=smooth, hadamard_signs=signs, stats=layer_stats, act_scale=a_scale,
             act_zero_point=a_zp, name=p,
         )
-    return out
+
+    if any(weight_method(lq.w_method, p).sequential for p, lq in items):  # e.g. GPTQ: stage by stage
+        return sequential_records(inner, items, quantize_item, model=model, stats=stats, batches=batches)
+    return {(p, lq): quantize_item(p, lq, stats.get(p)) for p, lq in items}
 
 
 def model_of(calib_batches: Sequence[Any]) -> nn.Module | None:
@@ -242,6 +256,7 @@ def quantize_params(
         kernel = get_kernel(inner, p)
         new = set_kernel(new, p, segment_record(
             lqs, lambda lq: records[(p, lq)] if lq is not None else FloatKernel(jnp.asarray(kernel))))
+    new = set_attention_records(new, attention_records(inner, config))  # attn_bits rules (quant/attention.py)
     out = rewrap_params(new, wrapped)
     return (out, stats) if return_stats else out
 
@@ -258,22 +273,24 @@ def quantized_params_template(params: Mapping[str, Any], config: QuantConfig,
     cfgs = _segment_configs(config, plan)
     new = inner
     for p in dense_paths(inner):
-        lqs = [c.resolve(p) for c in cfgs]
+        lqs = [_fitted(c.resolve(p), get_kernel(inner, p)) for c in cfgs]
         if lqs == [None] * len(lqs):
             continue
         shape = tuple(get_kernel(inner, p).shape)
         new = set_kernel(new, p, segment_record(
             lqs, lambda lq: weight_method(lq.w_method, p).template(shape, lq, p) if lq is not None
             else FloatKernel(jax.ShapeDtypeStruct(shape, jnp.float32)), abstract=True))
+    new = set_attention_records(new, attention_records(inner, config))  # static records: no arrays
     return rewrap_params(new, wrapped)
 
 
 def set_backend(params: Any, backend: str) -> Any:
-    """Every :class:`QuantizedWeight` in ``params`` switched to ``backend`` (same integers)."""
+    """Every :class:`QuantizedWeight` (and quantized attention) in ``params`` switched to ``backend`` (same integers)."""
+    kinds = (QuantizedWeight, QuantizedAttention)
     return jax.tree_util.tree_map(
-        lambda v: v.with_backend(backend) if isinstance(v, QuantizedWeight) else v,
+        lambda v: v.with_backend(backend) if isinstance(v, kinds) else v,
         params,
-        is_leaf=lambda v: isinstance(v, QuantizedWeight),
+        is_leaf=lambda v: isinstance(v, kinds),
     )
 
 
@@ -290,6 +307,8 @@ def quantization_summary(params: Mapping[str, Any]) -> dict[str, str]:
 
 
 def _record_summary(k: Any) -> str:
+    if isinstance(getattr(k, "base", None), QuantizedWeight):  # a record wrapping one (Q-VDiT's TQEWeight)
+        return _record_summary(k.base) + f" +{type(k).__name__}"
     if not isinstance(k, QuantizedWeight):
         return "float"
     lq = k.layer

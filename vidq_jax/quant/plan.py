@@ -31,12 +31,15 @@ from vidq_jax.quant.tree import dense_kernels
 @dataclasses.dataclass(frozen=True)
 class BitsRule:
     """Layers matching ``pattern`` (``re.search``) get weight bits ``w_bits`` (``None`` = float) in
-    the listed ``segments`` (empty = every segment). ``a_bits`` (optional) overrides activation bits."""
+    the listed ``segments`` (empty = every segment). ``a_bits`` (optional) overrides activation bits;
+    ``group_size`` (optional) sets group quantization along ``C_in`` with that group size for the weight
+    and the input activation alike (Q-DiT; what ``vidq search-groups`` writes)."""
 
     pattern: str
     w_bits: int | None
     segments: tuple[int, ...] = ()
     a_bits: int | None = None
+    group_size: int | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -47,6 +50,9 @@ class BitsRule:
             check_bits(self.w_bits, "w_bits")
         if self.a_bits is not None:
             check_bits(self.a_bits, "a_bits")
+        if self.group_size is not None and (isinstance(self.group_size, bool) or not isinstance(self.group_size, int)
+                                            or self.group_size < 1):
+            raise ValueError(f"rule {self.pattern!r}: group_size={self.group_size!r} must be a positive integer")
         object.__setattr__(self, "segments", tuple(int(s) for s in self.segments))
 
     def applies_to(self, segment: int) -> bool:
@@ -58,6 +64,9 @@ class BitsRule:
         settings: dict[str, Any] = {"w_bits": self.w_bits}
         if self.a_bits is not None:
             settings["a_bits"] = self.a_bits
+        if self.group_size is not None:
+            settings.update(w_granularity="group", w_group_size=self.group_size, a_granularity="group",
+                            a_group_size=self.group_size)
         return LayerRule(self.pattern, settings)
 
 

@@ -27,9 +27,9 @@ values, floats equal up to rounding):
 * ``pallas`` — :func:`vidq_jax.quant.backends.pallas_dense`: the kernel package's ``w8a8_linear`` /
   ``w4a8_linear`` (fused quantize — with the online rotation inside the quantizer kernel — + int8 GEMM +
   epilogue) for per-channel (or symmetric per-group packed int4) weights and dynamic symmetric
-  per-token int8 activations (an asymmetric weight's zero-point term is added outside the
-  kernel); anything else, or a missing kernel package, falls back to ``xla`` (logged once per
-  reason).
+  per-token int8 activations; an asymmetric weight's zero-point term ``z_w·Σq_x`` is added in int32
+  inside the GEMM epilogue from the code sums the quantizer kernel writes; anything else, or a missing
+  kernel package, falls back to ``xla`` (logged once per reason).
 
 Weight-only layers (``a_bits=None``) dequantize the weight and run a float matmul on any backend.
 """
@@ -42,12 +42,14 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from models.layers import activate, split_columns
-from pallas_kernels import pack_int4, unpack_int4  # the int4 storage layout is the kernels' (one packer)
+from models.layers import activate, add_residual, split_columns
+# the int4 storage layout and the e4m3 quantizer are the kernels' (one packer, one FP8 rule)
+from pallas_kernels import FP8, pack_int4, quantize_fp8_weight_ref, quantize_per_token_ref, unpack_int4
 from vidq_jax.quant import backends
 from vidq_jax.quant.config import LayerQuant
 from vidq_jax.quant.hadamard import hadamard_transform
 from vidq_jax.quant.quantizers import (
+    QTensor,
     QuantSpec,
     compute_qparams,
     dequantize,
@@ -64,7 +66,8 @@ class QuantizedWeight:
 
     Array fields (pytree leaves):
 
-    * ``qvalue`` — int8 ``(N, K)``, or uint8 ``(N, K // 2)`` packed int4 when ``layer.packed``;
+    * ``qvalue`` — int8 ``(N, K)``, or uint8 ``(N, K // 2)`` packed int4 when ``layer.packed``, or
+      ``float8_e4m3fn`` ``(N, K)`` when ``layer.fp8``;
     * ``scale`` — float32 weight scale: ``()`` per tensor, ``(N,)`` per channel, ``(N, K//g)`` per group;
     * ``zero_point`` — int32, same shape as ``scale`` (``None`` for symmetric weights);
     * ``smooth`` — float32 ``(K,)``, ``x' = x / smooth`` (``None`` = no smoothing);
@@ -114,13 +117,17 @@ class QuantizedWeight:
 
     # ------------------------------------------------------------------ weight views
     def int_weight(self) -> jax.Array:
-        """Integer weight values, int8 ``(N, K)`` (unpacked)."""
+        """Integer weight values, int8 ``(N, K)`` (unpacked); the e4m3 codes of an ``fp8`` layer."""
+        if self.layer.fp8:
+            return self.qvalue
         if self.layer.packed:
             return unpack_int4(self.qvalue.astype(jnp.uint8))
         return self.qvalue.astype(jnp.int8)
 
     def dequantize(self) -> jax.Array:
         """``W_hat`` float32 ``(N, K)`` in the balanced (smoothed + rotated) domain."""
+        if self.layer.fp8:
+            return self.qvalue.astype(jnp.float32) * self.scale.astype(jnp.float32)[:, None]
         return dequantize(self.int_weight(), self.scale, self.zero_point, self.layer.weight_spec())
 
     def effective_kernel(self) -> jax.Array:
@@ -155,9 +162,13 @@ class QuantizedWeight:
         return jax.tree_util.Partial(hadamard_transform, signs=self.hadamard_signs)
 
     def quantize_activation(self, x2: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array | None]:
-        """``(q int8 (M, K), scale, zero_point)`` of the balanced activation (dynamic or static)."""
+        """``(q int8 (M, K), scale, zero_point)`` of the balanced activation (dynamic or static); an
+        ``fp8`` layer: ``(q e4m3 (M, K), scale (M,), None)``, the kernels' per-token e4m3 rule."""
         spec = self.layer.act_spec()
         assert spec is not None
+        if self.layer.fp8:
+            q, s = quantize_per_token_ref(x2, dtype=FP8)
+            return q, s[..., 0], None
         if self.layer.a_static:
             q = quantize_with_params(x2, self.act_scale, self.act_zero_point, spec)
             return q, self.act_scale, self.act_zero_point
@@ -166,11 +177,15 @@ class QuantizedWeight:
 
     # ------------------------------------------------------------------ the seam
     def quantized_dense(self, x: jax.Array, bias: jax.Array | None = None, dtype: Any = None,
-                        activation: str | None = None, splits: int = 1) -> jax.Array | tuple[jax.Array, ...]:
+                        activation: str | None = None, splits: int = 1, residual: jax.Array | None = None,
+                        gate: jax.Array | None = None) -> jax.Array | tuple[jax.Array, ...]:
         """``y = act(x · W + b)`` for ``x (..., K)`` → ``(..., N)`` in ``dtype`` (default ``x.dtype``);
         ``activation`` names a ``models.layers.ACTIVATIONS`` entry (fused into the Pallas epilogue).
         ``splits > 1``: a tuple of ``splits`` column blocks ``(..., N / splits)`` (the Pallas kernels
-        compute them as separate GEMMs on one quantized ``x``; other backends split one output)."""
+        compute them as separate GEMMs on one quantized ``x``; other backends split one output).
+        ``residual`` / ``gate``: ``residual + gate · y`` (``models.layers.add_residual``); the Pallas
+        epilogue fuses it when ``residual`` is ``(..., N)`` and ``gate`` varies at most along the first
+        axis (a DiT block's ``(B, 1, N)`` adaLN gate), the other backends apply it after the cast."""
         x = jnp.asarray(x)
         out_dtype = jnp.dtype(dtype) if dtype is not None else x.dtype
         k = self.in_features
@@ -180,11 +195,19 @@ class QuantizedWeight:
             raise ValueError(f"{self.out_features} output features do not split into {splits} blocks")
         lead = x.shape[:-1]
         xr = x.reshape(-1, k)
+        n = self.out_features
+        fused = {}
+        if residual is not None or gate is not None:
+            row_gate = None if gate is None else _row_gate(gate, lead, n)
+            if (splits == 1 and (gate is None or row_gate is not None)
+                    and (residual is None or tuple(residual.shape) == lead + (n,))):
+                fused = {"residual": None if residual is None else residual.reshape(-1, n), "gate": row_gate}
         if (self.layer.a_bits is not None and self.backend == "pallas"
-                and (yk := backends.pallas_dense(self, xr, bias, out_dtype, activation, splits)) is not None):
+                and (yk := backends.pallas_dense(self, xr, bias, out_dtype, activation, splits, **fused)) is not None):
             if isinstance(yk, tuple):  # the kernels computed the column blocks separately
                 return tuple(a.reshape(lead + (a.shape[-1],)) for a in yk)
-            return split_columns(yk.reshape(lead + (self.out_features,)), splits)
+            y = split_columns(yk.reshape(lead + (n,)), splits)
+            return y if fused else add_residual(y, residual, gate)
         x2 = self.balance(xr.astype(jnp.float32))
         if self.layer.a_bits is None:
             y = jnp.matmul(x2, self.dequantize().T, precision=_HIGHEST)
@@ -194,19 +217,38 @@ class QuantizedWeight:
             y = self._xla(x2)
         if bias is not None:
             y = y + bias.astype(jnp.float32)
-        return split_columns(activate(activation, y).astype(out_dtype).reshape(lead + (self.out_features,)),
-                             splits)
+        y = split_columns(activate(activation, y).astype(out_dtype).reshape(lead + (n,)), splits)
+        return add_residual(y, residual, gate)
 
     def _simulate(self, x2: jax.Array) -> jax.Array:
         q, s, z = self.quantize_activation(x2)
-        x_hat = dequantize(q, s, z, self.layer.act_spec())
+        if self.layer.fp8:
+            x_hat = q.astype(jnp.float32) * s[:, None]
+        else:
+            x_hat = dequantize(q, s, z, self.layer.act_spec())
         return jnp.matmul(x_hat, self.dequantize().T, precision=_HIGHEST)
 
     def _xla(self, x2: jax.Array) -> jax.Array:
         q, s, z = self.quantize_activation(x2)
+        if self.layer.fp8:  # XLA's own FP8 GEMM (cuBLASLt e4m3 on Hopper), float32 accumulation
+            acc = jax.lax.dot_general(q, self.qvalue, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+            return acc * s[:, None] * self.scale.astype(jnp.float32)[None, :]
         return integer_linear(
             q, s, z, self.layer.act_spec(), self.int_weight(), self.scale, self.zero_point, self.layer.weight_spec()
         )
+
+
+def _row_gate(gate: jax.Array, lead: tuple[int, ...], n: int) -> jax.Array | None:
+    """A gate broadcastable to ``lead + (N,)`` that varies only along the first axis (and the last) as
+    the kernels' ``(G, N)`` form (row ``g`` for the ``g``-th slab of the flattened rows); ``None`` if
+    it varies along other axes (e.g. per-frame gates)."""
+    g = jnp.asarray(gate)
+    if not lead or g.ndim > len(lead) + 1:
+        return None
+    g = g.reshape((1,) * (len(lead) + 1 - g.ndim) + g.shape)
+    if g.shape[-1] not in (1, n) or g.shape[0] not in (1, lead[0]) or any(d != 1 for d in g.shape[1:-1]):
+        return None
+    return jnp.broadcast_to(g.reshape(g.shape[0], g.shape[-1]), (g.shape[0], n))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -337,7 +379,10 @@ def quantize_weight(
             raise ValueError(f"layer {name or '?'}: asymmetric static activations need act_zero_point")
     smooth = None if smooth is None else jnp.asarray(smooth, jnp.float32)
     hadamard_signs = None if hadamard_signs is None else jnp.asarray(hadamard_signs, jnp.float32)
-    qt = quantize(balanced_weight(kernel, smooth, hadamard_signs), layer.weight_spec())
+    if layer.fp8:  # e4m3 codes, one scale per output channel (the kernel package's rule)
+        qt = QTensor(*quantize_fp8_weight_ref(balanced_weight(kernel, smooth, hadamard_signs)), None)
+    else:
+        qt = quantize(balanced_weight(kernel, smooth, hadamard_signs), layer.weight_spec())
     qvalue = pack_int4(qt.values) if layer.packed else qt.values
     return QuantizedWeight(
         qvalue=qvalue,

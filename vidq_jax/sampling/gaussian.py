@@ -1,6 +1,15 @@
 """Gaussian diffusion on the respaced linear schedule, as Open-Sora 1.0's ``IDDPM`` scheduler:
 improved-DDPM ancestral sampling with learned-range variance (:func:`sample_iddpm`) and DDIM
-(:func:`sample_ddim`), both with the release's classifier-free-guidance channel quirk."""
+(:func:`sample_ddim`), both with the release's classifier-free-guidance channel quirk.
+
+Open-Sora 1.0 copied this diffusion code from facebookresearch/DiT, so the same two functions are also
+DiT's release sampling: ``sample.py`` runs ``create_diffusion("250")`` (linear betas 1e-4 → 0.02 over 1000
+steps, learned range, even respacing) with ``p_sample_loop`` and ``forward_with_cfg`` at cfg 4.0, and the
+DDIM variants (50 / 100 steps, as Q-DiT calibrates and evaluates) respace the same way. DiT's
+``forward_with_cfg`` is where the channel quirk comes from: it guides only ``eps[:, :3]`` of the 4 latent
+channels "for exact reproducibility", takes ``eps[:, 3]`` and the variance channels from each half, and
+evaluates both halves on the conditional half's latent, so only the conditional trajectory matters
+(what is tracked here)."""
 
 from __future__ import annotations
 

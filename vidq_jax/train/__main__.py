@@ -1,9 +1,10 @@
-"""``python -m vidq_jax.train {t2i,t2v,features,prompts} ...``
+"""``python -m vidq_jax.train {t2i,t2v,c2i,features,prompts} ...``
 
 Examples::
 
     python -m vidq_jax.train t2i --out runs/t2i                    # GPU defaults (20k steps, batch 128)
     python -m vidq_jax.train t2v --out runs/t2v                    # GPU defaults (20k steps, batch 32)
+    python -m vidq_jax.train c2i --out runs/c2i                    # DiT on emoji categories (20k steps, batch 128)
     python -m vidq_jax.train t2i --tiny --out /tmp/t2i             # CPU smoke run (3 steps)
     python -m vidq_jax.train features --data emoji --out assets/feature_nets/emoji
     python -m vidq_jax.train prompts                               # re-encode the shipped prompt banks
@@ -36,7 +37,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    help="with --time-limit: measure steps/s, then shorten the LR schedule so it completes in time")
     p.add_argument("--time-reserve", type=float, help="seconds of --time-limit kept for export/preview (default 20)")
     p.add_argument("--encoder", choices=["minilm", "hash"], default="minilm",
-                   help="caption features: MiniLM (needs the text extra) or a torch-free hash stand-in (smoke tests)")
+                   help="caption features: MiniLM (needs the text extra) or a torch-free hash stand-in (smoke tests); "
+                        "c2i has no captions")
     p.add_argument("--no-resume", action="store_true", help="start from scratch even if OUT/ckpt exists")
     p.add_argument("--no-preview", action="store_true")
 
@@ -45,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m vidq_jax.train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name, hlp in (("t2i", "PixArt on emoji (DPM / epsilon)"), ("t2v", "STDiT3 on sprite clips (rectified flow)")):
+    for name, hlp in (("t2i", "PixArt on emoji (DPM / epsilon)"), ("t2v", "STDiT3 on sprite clips (rectified flow)"),
+                      ("c2i", "DiT on emoji categories (class-conditional, DDIM / epsilon)")):
         _train_args(sub.add_parser(name, help=hlp))
     pf = sub.add_parser("features", help="train a feature network of the quality metrics")
     pf.add_argument("--data", choices=["emoji", "video"], required=True)
@@ -65,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     pp.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
 
-    if args.cmd in ("t2i", "t2v"):
+    if args.cmd in ("t2i", "t2v", "c2i"):
         from vidq_jax.train.configs import default_train_config
         from vidq_jax.train.loop import train
 

@@ -1,15 +1,18 @@
-"""Model and training configurations of the two demo models (GPU defaults and a ``tiny`` smoke mode)."""
+"""Model and training configurations of the demo models (GPU defaults and a ``tiny`` smoke mode)."""
 
 from __future__ import annotations
 
 import dataclasses
 
+from models.dit import DiTConfig
 from models.pixart import PixArtConfig
 from models.stdit3 import STDiT3Config
 from vidq_jax.data.text import CAPTION_CHANNELS, MAX_LENGTH
 
-__all__ = ["TrainConfig", "t2i_model_config", "t2v_model_config", "default_train_config",
-           "T2I_DEMO_PROMPTS", "VIDEO_FPS"]
+__all__ = ["TrainConfig", "c2i_model_config", "t2i_model_config", "t2v_model_config", "default_train_config",
+           "T2I_DEMO_PROMPTS", "TASKS", "VIDEO_FPS"]
+
+TASKS: tuple[str, ...] = ("t2i", "t2v", "c2i")
 
 VIDEO_FPS = 8.0
 
@@ -68,11 +71,33 @@ def t2v_model_config(tiny: bool = False) -> STDiT3Config:
     )
 
 
+def c2i_model_config(tiny: bool = False) -> DiTConfig:
+    """DiT (the DiT-XL/2 module, small) in pixel space: 32×32 RGB, patch 2 (256 tokens), conditioned on the
+    10 emoji categories (+ the null class of CFG), ε only (``pred_sigma=False``: sampled with DDIM).
+
+    Full: hidden 256, depth 5, 4 heads (6.2 M params, 12 MB in bf16). The labels are the indices of
+    ``EMOJI_CATEGORIES`` (those of the emoji feature network); "Other" holds no emoji and stays untrained."""
+    from vidq_jax.data.emoji import EMOJI_CATEGORIES
+
+    return DiTConfig(
+        input_size=32,
+        patch_size=2,
+        in_channels=3,
+        hidden_size=32 if tiny else 256,
+        depth=1 if tiny else 5,
+        num_heads=2 if tiny else 4,
+        mlp_ratio=4.0,
+        num_classes=len(EMOJI_CATEGORIES),
+        use_cfg_embedding=True,
+        pred_sigma=False,
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Optimisation settings (AdamW, warmup + cosine decay to 10 %, grad clipping, EMA)."""
 
-    task: str = "t2i"  # t2i | t2v
+    task: str = "t2i"  # t2i | t2v | c2i
     steps: int = 20000
     batch_size: int = 128
     lr: float = 3e-4
@@ -80,7 +105,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     ema_decay: float = 0.9995
-    caption_dropout: float = 0.1
+    caption_dropout: float = 0.1  # c2i: label dropout to the null class
     seed: int = 0
     dtype: str = "auto"  # auto (bf16 on GPU, float32 on CPU) | bfloat16 | float32
     steps_per_call: int = 0  # train steps fused in one jitted scan; 0 = auto (10 on GPU, 1 on CPU)
@@ -100,11 +125,13 @@ class TrainConfig:
 
 def default_train_config(task: str, tiny: bool = False, **overrides) -> TrainConfig:
     """GPU defaults per task; ``tiny`` = a CPU smoke run (3 steps, batch 4)."""
-    if task not in ("t2i", "t2v"):
-        raise ValueError(f"unknown task {task!r} (t2i | t2v)")
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r} ({' | '.join(TASKS)})")
     base: dict = dict(task=task)
     if task == "t2i":
         base.update(steps=20000, batch_size=128, guidance_scale=4.5, sample_steps=20)
+    elif task == "c2i":
+        base.update(steps=20000, batch_size=128, guidance_scale=4.0, sample_steps=50)
     else:
         base.update(steps=20000, batch_size=32, guidance_scale=4.0, sample_steps=30)
     if tiny:

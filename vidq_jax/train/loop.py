@@ -41,17 +41,19 @@ def resolve_dtype(name: str):
     return {"bfloat16": jnp.bfloat16, "bf16": jnp.bfloat16, "float32": jnp.float32, "fp32": jnp.float32}[name]
 
 
-def dit_init(model: Any, params: Any) -> Any:
+def dit_init(model: Any, params: Any, zero_groups: tuple[str, ...] = ()) -> Any:
     """PixArt / DiT training initialisation on top of the module's Xavier init: zero the final
     projection and every cross-attention output projection (the model starts as "predict 0"). The
-    layers are the family's ``final`` group and the ``proj`` of its ``cross_attn`` group."""
+    layers are the family's ``final`` group and the ``proj`` of its ``cross_attn`` group, plus every
+    layer of ``zero_groups`` (DiT's adaLN-Zero: ``("adaln",)``)."""
     fam = family_of(model)
     final, cross = fam.group_pattern("final"), fam.group_pattern("cross_attn")
+    zero = [fam.group_pattern(g) for g in zero_groups]
 
     def fix(path, x):
         names = [str(getattr(k, "key", k)) for k in path]
         layer = "/".join(names[:-1])  # the Dense holding this kernel/bias
-        if names[-1] in ("kernel", "bias") and (re.search(final, layer) or
+        if names[-1] in ("kernel", "bias") and (re.search(final, layer) or any(re.search(z, layer) for z in zero) or
                                                 (re.search(cross, layer) and names[-2] == "proj")):
             return jnp.zeros_like(x)
         return x
@@ -170,7 +172,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, encoder: str = "minilm", res
 
     def init_state():
         model = task.model_cls(task.model_config)
-        params = dit_init(model, jax.jit(model.init)(k_init, **task.init_inputs)["params"])
+        params = dit_init(model, jax.jit(model.init)(k_init, **task.init_inputs)["params"], task.zero_groups)
         return {"params": params, "ema": params, "opt": tx.init(params), "step": jnp.zeros((), jnp.int32)}
 
     abstract = jax.eval_shape(init_state)

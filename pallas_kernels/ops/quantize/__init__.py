@@ -5,11 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 
 from pallas_kernels import _config
 from pallas_kernels._compat import check_backend, on_gpu, pltriton
 from pallas_kernels.ops.quantize.reference import (
+    FP8,
+    FP8_MAX,
     QMAX,
+    code_max,
+    code_row_sum,
     dequantize_per_token_ref,
     quantize_per_token_ref,
     quantize_with_scale,
@@ -17,7 +22,7 @@ from pallas_kernels.ops.quantize.reference import (
 )
 from pallas_kernels.ops.quantize.triton import QuantizeTiling, fit_chunk, triton_quantize_per_token
 
-_xla_quantize = jax.jit(quantize_per_token_ref)
+_xla_quantize = jax.jit(quantize_per_token_ref, static_argnames=("row_sum", "dtype"))
 CONFIG_FILE = Path(__file__).with_name("configs.json")
 
 
@@ -28,8 +33,11 @@ def quantize_tiling(k: int) -> QuantizeTiling:
     return QuantizeTiling(**{f: d[f] for f in fields if f in d})
 
 
-def quantize_per_token(x: jax.Array, *, backend: str = "auto") -> tuple[jax.Array, jax.Array]:
-    """``x (..., K)`` -> ``(int8 (..., K), float32 scale (..., 1))`` (see ``reference.py``).
+def quantize_per_token(x: jax.Array, *, backend: str = "auto", row_sum: bool = False,
+                       dtype=jnp.int8) -> tuple[jax.Array, ...]:
+    """``x (..., K)`` -> ``(int8 (..., K), float32 scale (..., 1))`` (see ``reference.py``), plus
+    the int32 code sums ``(..., 1)`` with ``row_sum=True`` (the zero-point term of a GEMM epilogue);
+    ``dtype=FP8`` (``jnp.float8_e4m3fn``): e4m3 codes with ``scale = max|x| / 448``.
 
     ``auto``: the XLA fusion (see ``benchmarks/results/linear.md`` for the measured comparison);
     ``triton``: the one-row-block-per-program Pallas kernel (interpret mode off GPU).
@@ -38,15 +46,19 @@ def quantize_per_token(x: jax.Array, *, backend: str = "auto") -> tuple[jax.Arra
     if backend == "triton" and pltriton is not None and fit_chunk(x.shape[-1], 1024):
         lead = x.shape[:-1]
         cfg = quantize_tiling(x.shape[-1])
-        q, s = triton_quantize_per_token(x.reshape(-1, x.shape[-1]), cfg=cfg,
-                                         interpret=not on_gpu())
-        return q.reshape(*lead, x.shape[-1]), s.reshape(*lead, 1)
-    return _xla_quantize(x)
+        outs = triton_quantize_per_token(x.reshape(-1, x.shape[-1]), cfg=cfg,
+                                         interpret=not on_gpu(), row_sum=row_sum, dtype=jnp.dtype(dtype))
+        return (outs[0].reshape(*lead, x.shape[-1]),) + tuple(o.reshape(*lead, 1) for o in outs[1:])
+    return _xla_quantize(x, row_sum=row_sum, dtype=jnp.dtype(dtype))
 
 
 __all__ = [
+    "FP8",
+    "FP8_MAX",
     "QMAX",
+    "code_max",
     "QuantizeTiling",
+    "code_row_sum",
     "triton_quantize_per_token",
     "dequantize_per_token_ref",
     "quantize_per_token",

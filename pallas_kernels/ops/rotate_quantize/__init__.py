@@ -11,6 +11,7 @@ import dataclasses
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from pallas_kernels import _config
@@ -27,7 +28,7 @@ from pallas_kernels.ops.rotate_quantize.triton import (
     triton_rotate_quantize,
 )
 
-_xla_rotate_quantize = jax.jit(rotate_quantize_ref)
+_xla_rotate_quantize = jax.jit(rotate_quantize_ref, static_argnames=("row_sum", "dtype"))
 CONFIG_FILE = Path(__file__).with_name("configs.json")
 
 
@@ -48,8 +49,12 @@ def rotate_quantize(
     *,
     backend: str = "auto",
     tiling: RotateTiling | None = None,
-) -> tuple[jax.Array, jax.Array]:
-    """``x (..., K)`` bf16/f32 -> ``(int8 (..., K), float32 scale (..., 1))`` of the rotated row.
+    row_sum: bool = False,
+    dtype=jnp.int8,
+) -> tuple[jax.Array, ...]:
+    """``x (..., K)`` bf16/f32 -> ``(int8 (..., K), float32 scale (..., 1))`` of the rotated row,
+    plus the int32 code sums ``(..., 1)`` with ``row_sum=True`` (reduced in the kernel); ``dtype=FP8``
+    (``jnp.float8_e4m3fn``): e4m3 codes (``scale = max|y| / 448``).
 
     ``h_base (b, b)`` ±1 with ``K = b · 2^k``; ``signs``/``smooth_mult`` ``(K,)`` or ``None``.
     ``auto`` (and ``mosaic``, which has no kernel here): the Pallas-Triton kernel on a GPU, the
@@ -74,10 +79,10 @@ def rotate_quantize(
             log_once(f"rotate_quantize:{k}:{cfg}", f"rotate_quantize: {reason}; using the XLA path")
         if hb is not None and not reason:
             lead = x.shape[:-1]
-            q, s = triton_rotate_quantize(x.reshape(-1, k), hb, signs, smooth_mult, cfg=cfg,
-                                          interpret=not on_gpu())
-            return q.reshape(*lead, k), s.reshape(*lead, 1)
-    return _xla_rotate_quantize(x, h_base, signs, smooth_mult)
+            q, *rest = triton_rotate_quantize(x.reshape(-1, k), hb, signs, smooth_mult, cfg=cfg,
+                                              interpret=not on_gpu(), row_sum=row_sum, dtype=dtype)
+            return (q.reshape(*lead, k), *(a.reshape(*lead, 1) for a in rest))
+    return _xla_rotate_quantize(x, h_base, signs, smooth_mult, row_sum=row_sum, dtype=jnp.dtype(dtype))
 
 
 __all__ = [

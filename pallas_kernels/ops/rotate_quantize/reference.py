@@ -87,15 +87,18 @@ def rotate_ref(
 
 
 def rotate_quantize_ref(
-    x: jax.Array, h_base, signs: jax.Array | None = None, smooth_mult: jax.Array | None = None
-) -> tuple[jax.Array, jax.Array]:
-    """``x (..., K)`` -> ``(int8 (..., K), float32 scale (..., 1))`` of the rotated activation.
+    x: jax.Array, h_base, signs: jax.Array | None = None, smooth_mult: jax.Array | None = None,
+    row_sum: bool = False, dtype=jnp.int8,
+) -> tuple[jax.Array, ...]:
+    """``x (..., K)`` -> ``(int8 (..., K), float32 scale (..., 1))`` of the rotated activation
+    (``row_sum=True``: plus the int32 code sums ``(..., 1)``; ``dtype``: int8 or FP8 e4m3 codes; as
+    :func:`quantize_per_token_ref`).
 
     ``h_base (b, b)`` ±1 (any array-like, e.g. ``vidq_jax.quant.hadamard.base_hadamard(36)``),
     ``signs (K,)`` ±1 and ``smooth_mult (K,)`` optional (``None`` = all ones). The scale has the
     trailing unit axis of :func:`pallas_kernels.quantize_per_token_ref` (drop-in replacement).
     """
-    return quantize_per_token_ref(rotate_ref(x, h_base, signs, smooth_mult))
+    return quantize_per_token_ref(rotate_ref(x, h_base, signs, smooth_mult), row_sum=row_sum, dtype=dtype)
 
 
 __all__ = ["fwht", "rotate_quantize_ref", "rotate_ref", "split_order", "sylvester"]

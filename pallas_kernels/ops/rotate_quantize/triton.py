@@ -55,7 +55,7 @@ import numpy as np
 from jax import lax
 
 from pallas_kernels._compat import pl, pltriton, triton_compiler_params
-from pallas_kernels.ops.quantize.reference import QMAX
+from pallas_kernels.ops.quantize.reference import FP8, check_row_sum, code_max
 from pallas_kernels.ops.rotate_quantize.reference import split_order, sylvester
 
 VARIANTS = ("mma", "fma")
@@ -216,16 +216,32 @@ def round_to_int32(v: jax.Array, *, interpret: bool = False) -> jax.Array:
     return r
 
 
-def _quantize(ys, amax, inv_sqrt_k: float, interpret: bool):
+def _quantize(ys, amax, inv_sqrt_k: float, interpret: bool, dtype=jnp.int8):
     """Per-token scale and int8 values of row-aligned float32 tiles given their absmax
     (broadcastable against each tile). ``|y| <= amax`` makes ``|y · (127 / amax)| <= 127·(1 + 2⁻²³)``,
     which rounds into [-127, 127]: no clip, and the int32 -> int8 step is a plain truncation
-    (a float -> int8 conversion would clamp to [-128, 127] again, 4 extra ops per element)."""
-    scale = amax * jnp.float32(inv_sqrt_k) / QMAX
+    (a float -> int8 conversion would clamp to [-128, 127] again, 4 extra ops per element).
+    The values come back as int32 (the callers sum them for the code row sums, then truncate).
+    FP8 codes (``dtype``): ``e4m3(y · (448 / amax))`` (RTNE; ``cvt.rn.satfinite`` keeps the
+    ``448·(1 + 2⁻²³)`` edge at 448, as XLA's conversion does)."""
+    qmax = code_max(dtype)
+    scale = amax * jnp.float32(inv_sqrt_k) / qmax
     scale = jnp.where(amax > 0, scale, jnp.float32(1.0))
-    mult = jnp.where(amax > 0, QMAX / amax, jnp.float32(0.0))
-    qs = [round_to_int32(y * mult, interpret=interpret).astype(jnp.int8) for y in ys]
+    mult = jnp.where(amax > 0, qmax / amax, jnp.float32(0.0))
+    if jnp.dtype(dtype) == FP8:
+        return scale, [(y * mult).astype(FP8) for y in ys]
+    qs = [round_to_int32(y * mult, interpret=interpret) for y in ys]
     return scale, qs
+
+
+def _tile_sums(tiles, axes: int):
+    """Σ of int32 tiles over their ``axes`` trailing axes, summed over the list."""
+    total = None
+    for t in tiles:
+        for _ in range(axes):
+            t = jnp.sum(t, axis=-1)
+        total = t if total is None else total + t
+    return total
 
 
 def _butterflies(tiles: list) -> list:
@@ -247,7 +263,10 @@ def _butterflies(tiles: list) -> list:
 
 
 def _mma_kernel(*refs, groups, w, rb, nh, has_ms, split_in, split, inv_sqrt_k, unroll,
-                pad_block, interpret):
+                pad_block, interpret, row_sum=False, dtype=jnp.int8):
+    rs_ref = None
+    if row_sum:
+        *refs, rs_ref = refs
     if has_ms:
         x_ref, ms_ref, hbt_ref, hw_ref, q_ref, s_ref = refs
     else:
@@ -348,19 +367,23 @@ def _mma_kernel(*refs, groups, w, rb, nh, has_ms, split_in, split, inv_sqrt_k, u
         # per-row absmax over every tile (zero-padded rows of H_b give exact zeros)
         amax = _row_absmax(flat)  # rb == 1: a scalar; else (rb,)
         if rb == 1:
-            scale, qs = _quantize(flat, amax, inv_sqrt_k, interpret)
+            scale, qs = _quantize(flat, amax, inv_sqrt_k, interpret, dtype)
             if unscale is not None:
                 scale = jnp.where(amax > 0, scale * unscale, scale)
             pltriton.store(s_ref.at[pl.ds(r0, 1), :], jnp.broadcast_to(scale, (1, 1)))
+            if rs_ref is not None:  # padded base rows hold exact zeros: summing them is harmless
+                pltriton.store(rs_ref.at[pl.ds(r0, 1), :], jnp.broadcast_to(_tile_sums(qs, 2), (1, 1)))
         else:
-            scale, qs = _quantize(flat, amax[:, None, None], inv_sqrt_k, interpret)
+            scale, qs = _quantize(flat, amax[:, None, None], inv_sqrt_k, interpret, dtype)
             pltriton.store(s_ref.at[pl.ds(r0, rb), :], scale.reshape(rb, 1))
+            if rs_ref is not None:
+                pltriton.store(rs_ref.at[pl.ds(r0, rb), :], _tile_sums(qs, 2).reshape(rb, 1))
         i = 0
         for h in range(nh):
             for j in range(len(groups)):
                 # pltriton.store, not `ref[...] =`: jax 0.10's plain-store lowering cannot take
                 # the dynamic row index
-                pltriton.store(window(q_ref, r0, j, h), qs[i], mask=mask(j, *win_shape(j)))
+                pltriton.store(window(q_ref, r0, j, h), qs[i].astype(q_ref.dtype), mask=mask(j, *win_shape(j)))
                 i += 1
         return carry
 
@@ -372,7 +395,18 @@ def _mma_kernel(*refs, groups, w, rb, nh, has_ms, split_in, split, inv_sqrt_k, u
         lax.fori_loop(0, n_tiles, row_tile, 0)
 
 
-def _mma_call(x3, ms, h_base, cfg: RotateTiling, split_in: bool, interpret: bool):
+def _out_specs(m: int, bm: int, q_shape: tuple, q_spec, row_sum: bool, dtype=jnp.int8):
+    """Output shapes and block specs: int8 (or FP8) codes, float32 scales (and int32 code sums)."""
+    shapes = [jax.ShapeDtypeStruct(q_shape, dtype), jax.ShapeDtypeStruct((m, 1), jnp.float32)]
+    specs = [q_spec, pl.BlockSpec((bm, 1), lambda i: (i, 0))]
+    if row_sum:
+        shapes.append(jax.ShapeDtypeStruct((m, 1), jnp.int32))
+        specs.append(pl.BlockSpec((bm, 1), lambda i: (i, 0)))
+    return tuple(shapes), tuple(specs)
+
+
+def _mma_call(x3, ms, h_base, cfg: RotateTiling, split_in: bool, interpret: bool, row_sum: bool = False,
+              dtype=jnp.int8):
     m, b, p = x3.shape
     hb, p2 = effective_base(np.asarray(h_base), p, cfg.grow)
     if hb.shape[0] != b:
@@ -388,7 +422,7 @@ def _mma_call(x3, ms, h_base, cfg: RotateTiling, split_in: bool, interpret: bool
     kernel = functools.partial(
         _mma_kernel, groups=groups, w=w, rb=rb, nh=p // w, has_ms=ms is not None,
         split_in=split_in, split=cfg.split, inv_sqrt_k=1.0 / math.sqrt(b * p),
-        unroll=cfg.unroll, pad_block=cfg.pad_block, interpret=interpret)
+        unroll=cfg.unroll, pad_block=cfg.pad_block, interpret=interpret, row_sum=row_sum, dtype=dtype)
     full = lambda shape: pl.BlockSpec(shape, lambda i: (0,) * len(shape))  # noqa: E731
     # blocks span the padded base order: the rows past b are masked in every load and store
     bb = bpad if cfg.pad_block else b
@@ -399,18 +433,18 @@ def _mma_call(x3, ms, h_base, cfg: RotateTiling, split_in: bool, interpret: bool
         args.append(ms if split_in else ms.astype(jnp.bfloat16))  # ±1 only: exact in bf16
     in_specs += [full((bpad, bpad)), full(hw.shape)]
     args += [jnp.asarray(hbt, jnp.bfloat16), jnp.asarray(hw, jnp.bfloat16)]
-    q, s = pl.pallas_call(
+    out_shape, out_specs = _out_specs(m, bm, (m, b, p), pl.BlockSpec((bm, bb, p), lambda i: (i, 0, 0)),
+                                      row_sum, dtype)
+    q, *rest = pl.pallas_call(
         kernel,
-        out_shape=(jax.ShapeDtypeStruct((m, b, p), jnp.int8),
-                   jax.ShapeDtypeStruct((m, 1), jnp.float32)),
+        out_shape=out_shape,
         grid=(m // bm,),
         in_specs=in_specs,
-        out_specs=(pl.BlockSpec((bm, bb, p), lambda i: (i, 0, 0)),
-                   pl.BlockSpec((bm, 1), lambda i: (i, 0))),
+        out_specs=out_specs,
         compiler_params=triton_compiler_params(cfg.num_warps, cfg.num_stages),
         interpret=interpret,
     )(*args)
-    return q.reshape(m, b * p), s
+    return (q.reshape(m, b * p), *rest)
 
 
 # --------------------------------------------------------------------------------------------
@@ -453,7 +487,11 @@ def base_plan(hb: np.ndarray, group: int):
     return plan
 
 
-def _fma_kernel(*refs, plan, b, p, has_ms, split_in, split, inv_sqrt_k, interpret):
+def _fma_kernel(*refs, plan, b, p, has_ms, split_in, split, inv_sqrt_k, interpret, row_sum=False,
+                dtype=jnp.int8):
+    rs_ref = None
+    if row_sum:
+        *refs, rs_ref = refs
     if has_ms:
         x_ref, ms_ref, hp_ref, q_ref, s_ref = refs
     else:
@@ -485,22 +523,26 @@ def _fma_kernel(*refs, plan, b, p, has_ms, split_in, split, inv_sqrt_k, interpre
     for y in ys:
         a = jnp.max(jnp.abs(y), axis=1, keepdims=True)
         amax = a if amax is None else jnp.maximum(amax, a)
-    scale, qs = _quantize(ys, amax, inv_sqrt_k, interpret)
+    scale, qs = _quantize(ys, amax, inv_sqrt_k, interpret, dtype)
     if unscale is not None:
         scale = jnp.where(amax > 0, scale * unscale, scale)
     s_ref[...] = scale
     for i, q in enumerate(qs):
-        q_ref[:, pl.ds(i * p, p)] = q
+        q_ref[:, pl.ds(i * p, p)] = q.astype(q_ref.dtype)
+    if rs_ref is not None:
+        rs_ref[...] = _tile_sums(qs, 1)[:, None]
 
 
-def _fma_call(x, ms, h_base, cfg: RotateTiling, split_in: bool, interpret: bool):
+def _fma_call(x, ms, h_base, cfg: RotateTiling, split_in: bool, interpret: bool, row_sum: bool = False,
+              dtype=jnp.int8):
     m, k = x.shape
     hb = np.asarray(h_base, np.float32)
     b, p = split_order(k, hb)
     bm = cfg.bm or MIN_DOT
     kernel = functools.partial(
         _fma_kernel, plan=base_plan(hb, max(1, cfg.b_group)), b=b, p=p, has_ms=ms is not None,
-        split_in=split_in, split=cfg.split, inv_sqrt_k=1.0 / math.sqrt(k), interpret=interpret)
+        split_in=split_in, split=cfg.split, inv_sqrt_k=1.0 / math.sqrt(k), interpret=interpret,
+        row_sum=row_sum, dtype=dtype)
     in_specs = [pl.BlockSpec((bm, k), lambda i: (i, 0))]
     args = [x]
     if ms is not None:
@@ -508,14 +550,13 @@ def _fma_call(x, ms, h_base, cfg: RotateTiling, split_in: bool, interpret: bool)
         args.append(ms.reshape(1, k))
     in_specs.append(pl.BlockSpec((p, p), lambda i: (0, 0)))
     args.append(jnp.asarray(sylvester(p), jnp.bfloat16))
+    out_shape, out_specs = _out_specs(m, bm, (m, k), pl.BlockSpec((bm, k), lambda i: (i, 0)), row_sum, dtype)
     return pl.pallas_call(
         kernel,
-        out_shape=(jax.ShapeDtypeStruct((m, k), jnp.int8),
-                   jax.ShapeDtypeStruct((m, 1), jnp.float32)),
+        out_shape=out_shape,
         grid=(m // bm,),
         in_specs=in_specs,
-        out_specs=(pl.BlockSpec((bm, k), lambda i: (i, 0)),
-                   pl.BlockSpec((bm, 1), lambda i: (i, 0))),
+        out_specs=out_specs,
         compiler_params=triton_compiler_params(cfg.num_warps, cfg.num_stages),
         interpret=interpret,
     )(*args)
@@ -524,8 +565,8 @@ def _fma_call(x, ms, h_base, cfg: RotateTiling, split_in: bool, interpret: bool)
 # --------------------------------------------------------------------------------------------
 
 
-@functools.partial(jax.jit, static_argnames=("h_base", "cfg", "interpret"))
-def _triton_rotate_quantize(x, signs, smooth_mult, *, h_base, cfg, interpret):
+@functools.partial(jax.jit, static_argnames=("h_base", "cfg", "interpret", "row_sum", "dtype"))
+def _triton_rotate_quantize(x, signs, smooth_mult, *, h_base, cfg, interpret, row_sum=False, dtype=jnp.int8):
     m, k = x.shape
     hb = np.asarray(h_base, np.float32)
     b, p = split_order(k, hb)
@@ -540,11 +581,11 @@ def _triton_rotate_quantize(x, signs, smooth_mult, *, h_base, cfg, interpret):
     mp = -(-m // bm) * bm
     xp = x if mp == m else jnp.pad(x, ((0, mp - m), (0, 0)))
     if cfg.variant == "fma":
-        q, s = _fma_call(xp, ms, hb, cfg, split_in, interpret)
+        outs = _fma_call(xp, ms, hb, cfg, split_in, interpret, row_sum, dtype)
     else:
-        q, s = _mma_call(xp.reshape(mp, b, p), None if ms is None else ms.reshape(b, p), hb, cfg,
-                         split_in, interpret)
-    return (q[:m], s[:m]) if mp != m else (q, s)
+        outs = _mma_call(xp.reshape(mp, b, p), None if ms is None else ms.reshape(b, p), hb, cfg,
+                         split_in, interpret, row_sum, dtype)
+    return tuple(o[:m] for o in outs) if mp != m else tuple(outs)
 
 
 def triton_rotate_quantize(
@@ -555,15 +596,19 @@ def triton_rotate_quantize(
     *,
     cfg: RotateTiling = RotateTiling(),
     interpret: bool = False,
-) -> tuple[jax.Array, jax.Array]:
-    """``x (M, K)`` bf16/f32 -> ``(int8 (M, K), f32 scale (M, 1))``; ``h_base`` must be concrete
-    (a compile-time constant of the kernel). Raises ``ValueError`` for unsupported shapes."""
+    row_sum: bool = False,
+    dtype=jnp.int8,
+) -> tuple[jax.Array, ...]:
+    """``x (M, K)`` bf16/f32 -> ``(codes (M, K), f32 scale (M, 1))`` (int8, or FP8 e4m3 with
+    ``dtype``), plus the int32 code sums ``(M, 1)`` with ``row_sum``; ``h_base`` must be concrete (a
+    compile-time constant of the kernel). Raises ``ValueError`` for unsupported shapes."""
+    check_row_sum(row_sum, dtype)
     hb = np.asarray(h_base, np.float32)
     reason = supported(x.shape[-1], hb, cfg)
     if reason:
         raise ValueError(reason)
     return _triton_rotate_quantize(x, signs, smooth_mult, h_base=_HashableArray(hb), cfg=cfg,
-                                   interpret=interpret)
+                                   interpret=interpret, row_sum=row_sum, dtype=jnp.dtype(dtype))
 
 
 class _HashableArray:

@@ -34,13 +34,22 @@ def w4a8_linear_ref(
     *,
     out_dtype: jnp.dtype = jnp.bfloat16,
     activation: str | None = None,
+    w_zero_point: jax.Array | None = None,
+    residual: jax.Array | None = None,
+    gate: jax.Array | None = None,
 ) -> jax.Array:
     """W4A8 reference; ``w_scale`` ``(N,)`` per channel or ``(N, K // group_size)`` per group;
-    ``activation`` applied after the bias (see ``int8_matmul.reference.apply_activation``)."""
-    xq, xs = quantize_per_token_ref(x)
+    ``activation`` applied after the bias, then ``residual + gate · y`` (see
+    ``int8_matmul.reference.scaled_epilogue_ref``); ``w_zero_point (N,)`` int32 (per channel only):
+    asymmetric weights ``(q + z) · s``."""
+    xq, xs, rs = quantize_per_token_ref(x, row_sum=True)
     wq = unpack_int4(qweight_packed)
+    extras = dict(residual=residual, gate=gate)
     if w_scale.ndim == 1:
-        return scaled_epilogue_ref(int8_matmul_ref(xq, wq), xs, w_scale, bias, out_dtype, activation)
+        return scaled_epilogue_ref(int8_matmul_ref(xq, wq), xs, w_scale, bias, out_dtype, activation,
+                                   w_zero=w_zero_point, x_row_sum=None if w_zero_point is None else rs, **extras)
+    if w_zero_point is not None:
+        raise ValueError("w4a8 zero points are per output channel (w_scale (N,)), not per group")
     y = grouped_int8_matmul_ref(xq, wq, w_scale)
     ones = jnp.ones((wq.shape[0],), jnp.float32)
-    return scaled_epilogue_ref(y, xs, ones, bias, out_dtype, activation)
+    return scaled_epilogue_ref(y, xs, ones, bias, out_dtype, activation, **extras)

@@ -40,8 +40,10 @@ def fit_w4_config(
 
 
 def _kernel(x_ref, w_ref, xs_ref, ws_ref, *rest, k: int, bkp: int, n_groups: int,
-            has_bias: bool):
-    b_ref, o_ref = (rest if has_bias else (None, rest[0]))
+            has_bias: bool, has_zp: bool = False):
+    o_ref, rest = rest[-1], list(rest[:-1])
+    b_ref = rest.pop(0) if has_bias else None
+    zw_ref, rs_ref = rest if has_zp else (None, None)
     bm, bn = o_ref.shape
     half = k // 2
     tiles_per_group = half // n_groups // bkp
@@ -57,7 +59,7 @@ def _kernel(x_ref, w_ref, xs_ref, ws_ref, *rest, k: int, bkp: int, n_groups: int
     zeros = jnp.zeros((bm, bn), jnp.int32)
     if n_groups == 1:
         acc = lax.fori_loop(0, tiles_per_group, tile, zeros)
-        epilogue(acc.astype(jnp.float32), xs_ref, ws_ref[...], b_ref, o_ref)
+        epilogue(acc, xs_ref, ws_ref[...], b_ref, o_ref, zw=None if zw_ref is None else zw_ref[...], rs_ref=rs_ref)
         return
 
     def group(g, accf):
@@ -80,9 +82,12 @@ def triton_w4a8_gemm(
     cfg: TritonGemmConfig,
     out_dtype: jnp.dtype = jnp.bfloat16,
     interpret: bool = False,
+    w_zero: jax.Array | None = None,
+    x_row_sum: jax.Array | None = None,
 ) -> jax.Array:
     """``xq_deint (M, K)`` int8 (K de-interleaved), ``w_packed (N, K//2)`` uint8/int8,
-    ``w_scale (N,)`` or ``(N, G)`` -> ``(M, N)`` out_dtype."""
+    ``w_scale (N,)`` or ``(N, G)`` -> ``(M, N)`` out_dtype; per-channel scales may come with zero
+    points ``w_zero (N,)`` and the code sums ``x_row_sum (M,)`` (int32 term in the epilogue)."""
     m, k = xq_deint.shape
     n = w_packed.shape[0]
     bm, bn, bkp = cfg.bm, cfg.bn, cfg.bk // 2
@@ -102,8 +107,16 @@ def triton_w4a8_gemm(
     if bias is not None:
         args.append(jnp.reshape(bias, (1, -1)).astype(jnp.float32))
         in_specs.append(pl.BlockSpec((1, bn), lambda i, j: (0, j)))
+    has_zp = w_zero is not None
+    if has_zp:
+        if grouped or x_row_sum is None:
+            raise ValueError("W4A8 zero points: per-channel scales only, with the code sums x_row_sum")
+        args += [jnp.reshape(w_zero, (1, -1)).astype(jnp.int32),
+                 pad_rows(jnp.reshape(x_row_sum, (-1, 1)).astype(jnp.int32), bm)]
+        in_specs += [pl.BlockSpec((1, bn), lambda i, j: (0, j)), pl.BlockSpec((bm, 1), lambda i, j: (i, 0))]
     out = pl.pallas_call(
-        functools.partial(_kernel, k=k, bkp=bkp, n_groups=n_groups, has_bias=bias is not None),
+        functools.partial(_kernel, k=k, bkp=bkp, n_groups=n_groups, has_bias=bias is not None,
+                          has_zp=has_zp),
         out_shape=jax.ShapeDtypeStruct((mp, n), jnp.dtype(out_dtype)),
         grid=(mp // bm, n // bn),
         in_specs=in_specs,

@@ -11,7 +11,8 @@ import jax.numpy as jnp
 
 from pallas_kernels._compat import on_gpu
 from pallas_kernels._debug import debug_override
-from pallas_kernels.ops.int8_matmul import int8_gemm, resolve_backend
+from pallas_kernels.ops.int8_matmul import resolve_backend, scaled_gemm
+from pallas_kernels.ops.quantize.reference import CODE_DTYPES
 from pallas_kernels.ops.quantize import quantize_per_token
 from pallas_kernels.ops.rotate_quantize import rotate_quantize
 from pallas_kernels.ops.w8a8_linear.reference import w8a8_linear_dequant_ref, w8a8_linear_ref
@@ -56,12 +57,16 @@ def w8a8_linear(
     approx_gelu: bool = True,
     fuse_activation: bool = True,
     rotation: tuple | None = None,
+    w_zero_point: jax.Array | None = None,
+    residual: jax.Array | None = None,
+    gate: jax.Array | None = None,
 ) -> jax.Array | tuple[jax.Array, ...]:
     """W8A8 linear ``x (M, K) -> (M, N)`` (then ``activation``, fused into the epilogue).
 
-    ``x`` bf16/f32 is quantized per token (``pallas_kernels.ops.quantize``), multiplied with
-    ``qweight (N, K) int8`` in an int8 GEMM whose epilogue applies
-    ``scale_t[:, None] * w_scale[None, :] + bias`` and casts to ``out_dtype``.
+    ``x`` bf16/f32 is quantized per token (``pallas_kernels.ops.quantize``) into the codes of the
+    weight — int8, or FP8 e4m3 for a ``float8_e4m3fn`` ``qweight`` (:func:`pallas_kernels.fp8_linear`) —
+    multiplied with ``qweight (N, K)`` in the quantized GEMM (int32 / float32 accumulation) whose
+    epilogue applies ``scale_t[:, None] * w_scale[None, :] + bias`` and casts to ``out_dtype``.
     ``backend``: ``auto`` (Mosaic GPU on Hopper, else XLA), ``mosaic``, ``triton``
     (interpret mode off GPU), ``xla``/``reference``.
     ``splits > 1``: a tuple of ``splits`` outputs ``(M, N / splits)`` (column blocks, e.g. q, k, v of a
@@ -71,35 +76,54 @@ def w8a8_linear(
     ``fuse_activation``: Mosaic GPU epilogue options (:func:`pallas_kernels.int8_gemm`).
     ``rotation=(h_base, signs)``: the GEMM input is the randomized Hadamard rotation of ``x``
     (:func:`quantize_input`; the weight rows must be rotated the same way).
+    ``w_zero_point (N,)`` int32: asymmetric weights ``w = (q + z) · s``; the quantizer also emits the
+    per-token code sums and the epilogue adds ``z[n] · Σ_k q_x[m, k]`` in int32 (no float32 output,
+    no second quantization pass). ``residual (M, N)`` / ``gate (G, N)``: the output is
+    ``residual + gate · y`` (``gate`` row ``g`` for rows ``[g·M/G, (g+1)·M/G)``), fused into the
+    epilogue (see :func:`pallas_kernels.int8_gemm`); not with ``splits > 1``.
     """
-    if qweight.dtype != jnp.int8:
-        raise TypeError(f"qweight must be int8, got {qweight.dtype}")
+    if qweight.dtype not in CODE_DTYPES:
+        raise TypeError(f"qweight must be int8 or float8_e4m3fn, got {qweight.dtype}")
     check_linear_args(x, qweight, qweight.shape[1], w_scale)
-    be = resolve_backend(backend, "w8a8_linear")
-    xq, xs = quantize_input(x, be, act_quant, rotation)
+    check_epilogue_args(splits, w_zero_point, qweight.shape[0], residual, gate)
+    op = "w8a8_linear" if qweight.dtype == jnp.int8 else "fp8_linear"
+    be = resolve_backend(backend, op)
+    xq, xs, *rs = quantize_input(x, be, act_quant, rotation, row_sum=w_zero_point is not None, dtype=qweight.dtype)
     outs = tuple(
-        int8_gemm(xq, w, xs, ws, b, out_dtype=out_dtype, backend=be, op="w8a8_linear", activation=activation,
-                  approx_gelu=approx_gelu, fuse_activation=fuse_activation)
-        for w, ws, b in zip(*(column_blocks(a, splits, axis=0) for a in (qweight, w_scale, bias)))
+        scaled_gemm(xq, w, xs, ws, b, out_dtype=out_dtype, backend=be, op=op, activation=activation,
+                    approx_gelu=approx_gelu, fuse_activation=fuse_activation, w_zero=z,
+                    x_row_sum=rs[0] if rs else None, residual=residual, gate=gate)
+        for w, ws, b, z in zip(*(column_blocks(a, splits, axis=0) for a in (qweight, w_scale, bias, w_zero_point)))
     )
     return outs if splits > 1 else outs[0]
+
+
+def check_epilogue_args(splits: int, w_zero_point: jax.Array | None, n: int, residual=None, gate=None) -> None:
+    """Shapes of the epilogue extras of a linear (one-line ValueErrors)."""
+    if w_zero_point is not None and jnp.shape(w_zero_point) != (n,):
+        raise ValueError(f"w_zero_point must be (N,) = ({n},) (per output channel), got {jnp.shape(w_zero_point)}")
+    if splits > 1 and (residual is not None or gate is not None):
+        raise ValueError("residual/gate apply to a whole output: not with splits > 1")
 
 
 ACT_QUANT_CHOICES = ("auto", "xla", "triton")
 
 
 def quantize_input(x: jax.Array, gemm_backend: str, act_quant: str = "auto",
-                   rotation: tuple | None = None) -> tuple[jax.Array, jax.Array]:
+                   rotation: tuple | None = None, row_sum: bool = False, dtype=jnp.int8) -> tuple[jax.Array, ...]:
     """The int8 input ``(q (M, K), scale (M, 1))`` of a W8A8/W4A8 GEMM: ``x`` quantized per token, or,
     with ``rotation=(h_base, signs)``, its randomized Hadamard rotation
     ``x · diag(signs) · (H_b ⊗ H_p) / sqrt(K)`` quantized per token in one fused pass
-    (:func:`pallas_kernels.rotate_quantize`: read x once, rotate in registers, write int8 + scale).
+    (:func:`pallas_kernels.rotate_quantize`: read x once, rotate in registers, write int8 + scale);
+    ``row_sum=True`` adds the int32 code sums ``(M, 1)`` (reduced by the same kernel); ``dtype``: int8
+    or FP8 e4m3 codes.
     The quantizer follows :func:`activation_quant_backend` (Pallas kernel next to Pallas GEMMs on GPU)."""
     qb = activation_quant_backend(gemm_backend, act_quant)
     if rotation is None:
-        return quantize_per_token(x, backend=qb)
+        return quantize_per_token(x, backend=qb, row_sum=row_sum, dtype=dtype)
     h_base, signs = rotation
-    return rotate_quantize(x, h_base, signs, backend="auto" if qb == "triton" else "xla")
+    return rotate_quantize(x, h_base, signs, backend="auto" if qb == "triton" else "xla", row_sum=row_sum,
+                           dtype=dtype)
 
 
 def activation_quant_backend(gemm_backend: str, act_quant: str = "auto") -> str:
@@ -121,6 +145,7 @@ def activation_quant_backend(gemm_backend: str, act_quant: str = "auto") -> str:
 __all__ = [
     "ACT_QUANT_CHOICES",
     "activation_quant_backend",
+    "check_epilogue_args",
     "check_linear_args",
     "column_blocks",
     "quantize_input",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels.ops.int8_matmul.reference import int8_matmul_ref, scaled_epilogue_ref
+from pallas_kernels.ops.int8_matmul.reference import gemm_ref, scaled_epilogue_ref
 from pallas_kernels.ops.quantize.reference import quantize_per_token_ref
 
 
@@ -17,10 +17,18 @@ def w8a8_linear_ref(
     *,
     out_dtype: jnp.dtype = jnp.bfloat16,
     activation: str | None = None,
+    w_zero_point: jax.Array | None = None,
+    residual: jax.Array | None = None,
+    gate: jax.Array | None = None,
 ) -> jax.Array:
-    """``out = act((q(x) @ qweight^T) * scale_t[:, None] * w_scale[None, :] + bias)`` -> out_dtype."""
-    xq, xs = quantize_per_token_ref(x)
-    return scaled_epilogue_ref(int8_matmul_ref(xq, qweight), xs, w_scale, bias, out_dtype, activation)
+    """``out = act((q(x) @ (qweight + w_zero_point)^T) * scale_t[:, None] * w_scale[None, :] + bias)``,
+    then ``residual + gate · out`` (``int8_matmul.reference.scaled_epilogue_ref``) -> out_dtype.
+    ``q(x)``: per-token codes of ``qweight``'s dtype (int8, or FP8 e4m3: ``fp8_linear_ref``)."""
+    zp = w_zero_point is not None
+    xq, xs, *rs = quantize_per_token_ref(x, row_sum=zp, dtype=qweight.dtype)
+    return scaled_epilogue_ref(gemm_ref(xq, qweight), xs, w_scale, bias, out_dtype, activation,
+                               w_zero=w_zero_point, x_row_sum=rs[0] if zp else None,
+                               residual=residual, gate=gate)
 
 
 def w8a8_linear_dequant_ref(

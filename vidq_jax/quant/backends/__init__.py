@@ -81,24 +81,26 @@ def resolve(backend: str) -> str:
 
 
 def pallas_dense(rec: Any, x: jax.Array, bias: jax.Array | None, out_dtype, activation: str | None = None,
-                 splits: int = 1) -> jax.Array | tuple[jax.Array, ...] | None:
+                 splits: int = 1, *, residual: jax.Array | None = None,
+                 gate: jax.Array | None = None) -> jax.Array | tuple[jax.Array, ...] | None:
     """Run a :class:`~vidq_jax.quant.record.QuantizedWeight` on ``x (M, K)`` (not yet balanced) with the
-    fused kernels if its format fits; ``None`` means "use xla instead".
+    fused kernels if its format fits (int8 W8A8 / W4A8, or FP8 e4m3 W8A8 for ``layer.fp8``); ``None`` means
+    "use xla instead".
 
     Balancing: the smoothing ``x / s`` is one elementwise multiply that XLA fuses into the op producing
     ``x`` (LayerNorm + modulate, GELU); the online Hadamard rotation happens inside the quantizer kernel
     (:func:`pallas_kernels.rotate_quantize`: bf16 read once, rotated in registers, int8 + scale written),
     so a rotated layer costs one activation pass like an unrotated one.
 
-    The kernels take symmetric per-channel weights. Asymmetric per-channel weights (ViDiT-Q's
-    default) use the same kernel plus the zero-point term ``(s_x Σ_k q_x)[m] · (z_w s_w)[n]``,
-    with ``q_x, s_x`` recomputed by the same per-token formula the kernel uses (exact match).
-    ``splits > 1``: symmetric weights come back as a tuple of column blocks, one GEMM each; the
-    zero-point path returns the whole output.
+    Per-channel weights, symmetric or asymmetric (ViDiT-Q's default): an asymmetric weight's zero-point
+    term ``z_w[n] · Σ_k q_x[m, k]`` is added in int32 inside the GEMM epilogue from the code sums the
+    activation quantizer writes next to its scales (no float32 output, no second quantization pass);
+    symmetric per-group packed int4 weights run the W4A8 per-group kernel. The activation, the column
+    split (``splits > 1``: a tuple of column blocks, one GEMM each on one quantized ``x``) and the gated
+    residual ``residual (M, N) + gate (G, N) · y`` (gate row ``g`` for rows ``[g·M/G, (g+1)·M/G)``)
+    are fused into the epilogue.
     """
-    from models.layers import activate
     from vidq_jax.quant.hadamard import base_hadamard, hadamard_factors
-    from vidq_jax.quant.quantizers import quantize
 
     lq = rec.layer
     if kernels is None:
@@ -110,42 +112,56 @@ def pallas_dense(rec: Any, x: jax.Array, bias: jax.Array | None, out_dtype, acti
             f"a_bits={lq.a_bits} a_granularity={lq.a_granularity} a_symmetric={lq.a_symmetric}"
         )
         return None
-    grouped = lq.w_granularity == "group" and lq.packed and lq.w_symmetric  # w4a8 kernel: per-group scales
+    # w4a8 kernel: per-group scales
+    grouped = not lq.fp8 and lq.w_granularity == "group" and lq.packed and lq.w_symmetric
     if lq.w_granularity != "channel" and not grouped:
         log_once(
             "kernels take per-channel weight scales (per-group only for symmetric packed int4), got "
             f"w_granularity={lq.w_granularity} w_symmetric={lq.w_symmetric} packed={lq.packed}"
         )
         return None
-    fn = kernels.w4a8_linear if lq.packed else kernels.w8a8_linear
+    # e4m3 W8A8: the FP8 linear (the same quantizer kernels, GEMMs and epilogue on e4m3 codes)
+    fn = kernels.fp8_linear if lq.fp8 else kernels.w4a8_linear if lq.packed else kernels.w8a8_linear
     mult = rec.smooth_multiplier()
     xb = (x if mult is None else x.astype(jnp.float32) * mult).astype(jnp.bfloat16)
     kwargs: dict[str, Any] = {"group_size": lq.w_group_size} if grouped else {}
     if rec.hadamard_signs is not None:
         kwargs["rotation"] = (base_hadamard(hadamard_factors(rec.in_features)[0]), rec.hadamard_signs)
-    if rec.zero_point is None and activation is not None:
+    if rec.zero_point is not None:
+        kwargs["w_zero_point"] = rec.zero_point.astype(jnp.int32)
+    if activation is not None:
         kwargs["activation"] = activation  # fused into the epilogue
-    if rec.zero_point is None and splits > 1:
+    if splits > 1:
         kwargs["splits"] = splits  # one GEMM per column block, one quantized x
-    y = fn(
+    if residual is not None:
+        kwargs["residual"] = residual
+    if gate is not None:
+        kwargs["gate"] = gate
+    return fn(
         xb,
         rec.qvalue,
         rec.scale.astype(jnp.float32),
         None if bias is None else bias.astype(jnp.float32),
-        out_dtype=jnp.float32 if rec.zero_point is not None else out_dtype,
+        out_dtype=out_dtype,
         **kwargs,
     )
-    if rec.zero_point is None:
-        return y
-    if "rotation" in kwargs:  # the kernel's own int8 input (rotated), recomputed for the row sums
-        qv, qs = kernels.rotate_quantize(xb, *kwargs["rotation"])
-        qs = qs[:, 0]
-    else:
-        q = quantize(xb.astype(jnp.float32), lq.act_spec())
-        qv, qs = q.values, q.scale
-    row = jnp.sum(qv.astype(jnp.int32), axis=-1).astype(jnp.float32) * qs  # (M,)
-    zs = rec.zero_point.astype(jnp.float32) * rec.scale.astype(jnp.float32)  # (N,)
-    return activate(activation, y.astype(jnp.float32) + row[:, None] * zs[None, :]).astype(out_dtype)
+
+
+def kernel_activation(rec: Any, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(q int8 (M, K), scale (M,))``: the dynamic per-token int8 activation the fused kernels compute
+    from ``x (M, K)`` (not yet balanced) for the record ``rec`` — smoothing multiply, bf16 cast, rotation
+    inside :func:`pallas_kernels.rotate_quantize` — recomputed in XLA with the same formula (exact match),
+    for epilogue terms the kernels do not take yet (a rank-1 branch)."""
+    from vidq_jax.quant.hadamard import base_hadamard, hadamard_factors
+    from vidq_jax.quant.quantizers import quantize
+
+    mult = rec.smooth_multiplier()
+    xb = (x if mult is None else x.astype(jnp.float32) * mult).astype(jnp.bfloat16)
+    if rec.hadamard_signs is not None:
+        qv, qs = kernels.rotate_quantize(xb, base_hadamard(hadamard_factors(rec.in_features)[0]), rec.hadamard_signs)
+        return qv, qs[:, 0]
+    q = quantize(xb.astype(jnp.float32), rec.layer.act_spec())
+    return q.values, q.scale
 
 
 # ------------------------------------------------------------------------------------------------
@@ -160,4 +176,4 @@ if kernels is not None:
     attention_seam.register("temporal", kernels.frame_attention)
 
 
-__all__ = ["BACKENDS", "check", "is_hopper", "kernels", "log_once", "pallas_dense", "resolve"]
+__all__ = ["BACKENDS", "check", "is_hopper", "kernel_activation", "kernels", "log_once", "pallas_dense", "resolve"]

@@ -14,7 +14,9 @@
 * ``template(kernel_shape, layer, where) -> record`` gives the record's abstract structure
   (``jax.ShapeDtypeStruct`` leaves): the restore target of saved quantized params;
 * ``statistics``: the calibration statistics the method needs beyond the balancing's
-  (names in :data:`vidq_jax.quant.stats.STATISTICS`, e.g. ``("hessian",)`` for GPTQ).
+  (names in :data:`vidq_jax.quant.stats.STATISTICS`, e.g. ``("hessian",)`` for GPTQ);
+* ``sequential``: the statistics must be taken with the layers that run before this one already
+  quantized (GPTQ); :mod:`vidq_jax.quant.sequential` then quantizes the model stage by stage.
 
 A new method (Q-DiT's GPTQ, a distilled Q-VDiT method) is one module here plus one entry in
 :data:`WEIGHT_METHODS`.
@@ -33,7 +35,8 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from vidq_jax.quant.methods import rtn
+from vidq_jax.quant.methods import gptq, mse, rtn
+from vidq_jax.quant.methods import qvdit  # Q-VDiT (after rtn/mse, which it reuses)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,10 +47,15 @@ class WeightMethod:
     quantize: Callable[..., Any]
     template: Callable[..., Any]
     statistics: tuple[str, ...] = ()
+    sequential: bool = False
 
 
 WEIGHT_METHODS: dict[str, WeightMethod] = {
     "rtn": WeightMethod("rtn", rtn.quantize, rtn.record_template),
+    "rtn-mse": WeightMethod("rtn-mse", mse.quantize, rtn.record_template),
+    "gptq": WeightMethod("gptq", gptq.quantize, rtn.record_template, ("hessian",), sequential=True),
+    # Q-VDiT: clip-searched weight + rank-1 TQE branch (zero until vidq_jax.quant.distill trains it)
+    "qvdit": WeightMethod("qvdit", qvdit.quantize, qvdit.record_template),
 }
 """Weight quantization methods by name (``LayerQuant.w_method``)."""
 

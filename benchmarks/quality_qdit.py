@@ -1,0 +1,230 @@
+"""Q-DiT's ablation on the bundled trained models (issue 15): what each ingredient buys at W4A8.
+
+    python -m benchmarks.quality_qdit --backend simulate --images 16 --videos 2   # the committed CPU table
+    python -m benchmarks.quality_qdit --images 64 --videos 16 --population 50 --generations 10   # GPU
+    python -m benchmarks.quality_qdit --tiny --models t2i                         # smoke run
+
+Rows (Q-DiT paper's ablation, then ViDiT-Q on the same model), every one sampled from the same prompts and
+noise as the float model (:mod:`benchmarks.quality`: FD and class accuracy from the shipped feature network,
+PSNR / SSIM vs FP; calibration on demo prompts' float trajectories, :func:`benchmarks.quality.prepare`):
+
+1. ``fp``;
+2. ``rtn-w4a8`` — the baseline: round-to-nearest per-output-channel W4, static per-tensor A8 (calibrated);
+3. ``+ group 128`` — W4 in groups of 128 input channels (the largest divisor of C_in below 128 where 128 does
+   not divide it); activations still static per tensor (this package has no static per-group activation
+   scales; Q-DiT's row groups both sides);
+4. ``+ dynamic act`` = ``qdit-w4a8``: weights and activations in groups of 128, activations asymmetric and
+   recomputed per token per group at every call;
+5. ``+ search`` — ``qdit-w4a8`` with the group sizes of the evolutionary search
+   (:func:`vidq_jax.quant.search.search_groups`; fitness: FD of ``--search-samples`` samples of other captions
+   of the bank from other noise, :func:`vidq_jax.search_groups.feature_fitness`);
+6. ``+ GPTQ`` — row 5 with GPTQ weights (``w_method="gptq"``, Hessians from the calibration batches, block by
+   block with the earlier blocks quantized);
+7. ``qdit-w6a8`` (with the searched group sizes: none of the 6-bit layers is searched separately);
+8. ``viditq-w4a8`` — ViDiT-Q's W4A8 (per-channel weights, per-token activations, smoothing + rotation).
+
+The bundled models' widths (256 / 1024 for PixArt, 192 / 768 for STDiT3) leave the search {32, 64, 128}
+(+192 on STDiT3): Q-DiT's constraint "mean group >= 128" would allow only all-128, so the search here runs
+under ``--min-mean-group`` (default 96). Writes ``benchmarks/results/quality_qdit.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import time
+from typing import Any
+
+import jax
+
+from benchmarks.common import REPO, environment, mark_toy, results_path, title
+from benchmarks.quality import add_model_args, evaluate, prepare, setup_info
+from benchmarks.quant_report import _bits_label, _fmt
+from vidq_jax.bundled import ModelMissing, weight_bytes
+from vidq_jax.quant import LayerQuant, QuantConfig, quantize_params
+from vidq_jax.quant.search import SearchSettings, mean_group, search_groups
+from vidq_jax.search_groups import feature_fitness
+
+TINY_SEARCH = {"population": 2, "generations": 1, "top_k": 1, "samples": 2}
+SEARCH_SAMPLES = {"t2i": 8, "t2v": 2}
+
+
+def rtn_w4a8(group: int | None = None) -> QuantConfig:
+    """The baseline: RTN per-channel W4 (or groups of ``group``), static per-tensor A8."""
+    lq = LayerQuant(w_bits=4, a_bits=8, a_granularity="tensor", a_static=True)
+    if group is None:
+        return QuantConfig("rtn-w4a8", default=lq)
+    return QuantConfig(f"rtn-w4a8-g{group}", default=lq.replace(w_granularity="group", w_group_size=group,
+                                                                 fit_group_size=True))
+
+
+def with_method(cfg: QuantConfig, method: str) -> QuantConfig:
+    return cfg.replace(name=f"{cfg.name}+{method}", default=cfg.default.replace(w_method=method))
+
+
+def run(spec: str, args: argparse.Namespace) -> tuple[list[dict], dict]:
+    setup = prepare(spec, counts={"t2i": args.images, "t2v": args.videos}, tiny=args.tiny, models_dir=args.models_dir)
+    dm, calib, stats = setup.dm, setup.calib, setup.stats
+    backend = args.backend
+    qdit = QuantConfig.preset("qdit-w4a8", backend=backend)
+
+    # the search (its own samples: other captions of the bank, other noise)
+    search = dict(TINY_SEARCH) if args.tiny else {"population": args.population, "generations": args.generations,
+                                                  "top_k": args.top_k,
+                                                  "samples": args.search_samples or SEARCH_SAMPLES[dm.task]}
+    t0 = time.perf_counter()
+    fitness, fit_info = feature_fitness(dm, samples=search["samples"], seed=args.search_seed)
+    res = search_groups(dm.params, fitness, model=dm.model, config=qdit, settings=SearchSettings(
+        population=search["population"], generations=search["generations"], top_k=search["top_k"],
+        min_mean_group=args.min_mean_group, seed=args.search_seed), progress=False,
+        log=lambda s: print("    search " + s, flush=True))
+    plan = res.plan()
+    search_info = {**search, **fit_info, "min_mean_group": args.min_mean_group, "best_fd": res.best_fitness,
+                   "best_mean_group": mean_group(res.best), "layers": len(res.genes), "evaluated": len(res.evaluated),
+                   "seconds": time.perf_counter() - t0, "history": [
+                       {k: h[k] for k in ("generation", "population_best", "population_mean")} for h in res.history],
+                   "group_sizes": {g.path: int(b) for g, b in zip(res.genes, res.best)}}
+    seed = ",".join(str(g.seed) for g in res.genes)
+    search_info["seed_fd"] = res.evaluated.get(seed)
+    print(f"  search: best FD {res.best_fitness:.4g} (all-128 seed {search_info['seed_fd']}), mean group "
+          f"{mean_group(res.best):.1f}, {len(res.evaluated)} candidates [{search_info['seconds']:.0f} s]", flush=True)
+
+    variants: list[tuple[str, str, QuantConfig | None, Any]] = [
+        ("fp", "float", None, None),
+        ("rtn-w4a8", "RTN, per-channel W4, static per-tensor A8", rtn_w4a8(), None),
+        ("+ group 128", "W4 groups of 128, static per-tensor A8", rtn_w4a8(128), None),
+        ("+ dynamic act (qdit-w4a8)", "W4/A8 groups of 128, dynamic per-token-per-group A8", qdit, None),
+        ("+ search (Q-DiT)", "qdit-w4a8 with the searched group sizes", qdit, plan),
+        ("+ GPTQ", "searched group sizes, GPTQ weights", with_method(qdit, "gptq"), plan),
+        ("qdit-w6a8 (searched groups)", "W6A8, searched group sizes",
+         QuantConfig.preset("qdit-w6a8", backend=backend), plan),
+        ("viditq-w4a8", "ViDiT-Q W4A8", QuantConfig.preset("viditq-w4a8", backend=backend), None),
+    ]
+    fp_samples, rows = None, []
+    for name, what, cfg, p in variants:
+        t0 = time.perf_counter()
+        if cfg is None:
+            q = dm.params
+        else:
+            cfg = cfg if cfg.default.backend == backend else cfg.replace(default=cfg.default.replace(backend=backend))
+            if p is not None:  # the plan's rules carry the searched config's W4: a W6 config keeps its own bits
+                p = dataclasses.replace(p, rules=tuple(dataclasses.replace(r, w_bits=cfg.default.w_bits)
+                                                       for r in p.rules))
+            q = jax.block_until_ready(quantize_params(dm.params, calib, model=dm.model, config=cfg, plan=p,
+                                                      stats=stats))
+        quantize_s = time.perf_counter() - t0
+        x, metrics = evaluate(setup, q, fp_samples)
+        fp_samples = x if fp_samples is None else fp_samples
+        metrics.pop("feature_dim")
+        row = {"model": dm.name, "task": dm.task, "row": name, "what": what,
+               "bits": "FP" if cfg is None else _bits_label(cfg, dm.params), "bytes": weight_bytes(q),
+               **metrics, "quantize_s": quantize_s}
+        rows.append(row)
+        print(f"  {dm.name:22s} {name:28s} FD {row['fd']:8.3f} acc {row['cond_acc']:.3f} PSNR {row['psnr']:6.2f} "
+              f"[{quantize_s + row['sample_s']:.0f} s]", flush=True)
+    return rows, {dm.name: {**setup_info(setup), "search": search_info}}
+
+
+def to_markdown(rows: list[dict], models: dict, env: dict, total_s: float) -> str:
+    tiny = bool(env.get("tiny"))
+    size = ", ".join(f"{info['samples']} {'videos' if 't2v' in info['eval_bank'] else 'images'}"
+                     for info in models.values())
+    where = "GPU" if env["platform"] == "gpu" else "CPU"
+    lines = [
+        "# " + title(f"Q-DiT ablation on the bundled trained models ({where}, {size} per row)", tiny),
+        "",
+        f"{env['date']}, JAX {env['jax_version']} on {env['platform']} ({env['gpu']}, {env['cpu_count']} CPU cores), "
+        f"`{env['backend']}` backend; generated by `benchmarks/quality_qdit.py` in {total_s / 60:.1f} min. "
+        "Rows as in Q-DiT's ablation (module docstring of the script); FD / acc. from the shipped feature "
+        "network (lower FD is better; few samples bias FD upward, compare rows of one model), PSNR / SSIM vs the FP "
+        "samples from the same noise.",
+        "",
+    ]
+    for name, info in models.items():
+        mrows = [r for r in rows if r["model"] == name]
+        video = mrows[0]["task"] == "t2v"
+        s, sr = info["sampler"], info["search"]
+        lines += [
+            f"## {name} ({'text-to-video' if video else 'text-to-image'})",
+            "",
+            f"- {info['samples']} samples of `assets/{info['eval_bank']}.npz`, noise seed {info['eval_noise_seed']}; "
+            f"sampler {s['sampler']} {s['steps']} steps, CFG {s['guidance_scale']:g}; calibration "
+            f"{info['calibration']['batches']} batches",
+            f"- search: population {sr['population']}, {sr['generations']} generation(s), top-k {sr['top_k']}, "
+            f"{sr['samples']} samples of `{sr['bank']}` per candidate (seed {sr['seed']}), mean group >= "
+            f"{sr['min_mean_group']:g}; {sr['evaluated']} candidates over {sr['layers']} layers in "
+            f"{sr['seconds']:.0f} s; best search FD {sr['best_fd']:.3f} (all-128 seed {_fmt(sr['seed_fd'], 3)}), "
+            f"mean group {sr['best_mean_group']:.1f}",
+            "",
+        ]
+        head = ["row", "bits", "bytes", "FD", "acc.", "PSNR dB", "SSIM"] + (["motion", "temporal"] if video else [])
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in mrows:
+            cells = [r["row"], r["bits"], str(r["bytes"]), f"{r['fd']:.3f}", f"{r['cond_acc']:.3f}", f"{r['psnr']:.2f}",
+                     f"{r['ssim']:.4f}"]
+            if video:
+                cells += [_fmt(r.get("motion_acc"), 3), _fmt(r.get("temporal_consistency"), 4)]
+            lines.append("| " + " | ".join(cells) + " |")
+        fp_fd = next(r["fd"] for r in mrows if r["row"] == "fp")
+        if fp_fd > min(r["fd"] for r in mrows):
+            lines += ["", f"FP is not the lowest FD here: with {info['samples']} samples FD differences between rows are "
+                      "within the estimate's noise; PSNR / SSIM vs FP (same noise) separate the rows."]
+        sizes: dict[int, int] = {}
+        for g in sr["group_sizes"].values():
+            sizes[g] = sizes.get(g, 0) + 1
+        lines += ["", "Searched group sizes: " + ", ".join(f"{n} layers at {g}" for g, n in sorted(sizes.items())), ""]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_model_args(ap)
+    ap.add_argument("--images", type=int, help="text-to-image samples (default as benchmarks/quality.py)")
+    ap.add_argument("--videos", type=int, help="text-to-video samples (default as benchmarks/quality.py)")
+    ap.add_argument("--population", type=int, default=6)
+    ap.add_argument("--generations", type=int, default=2)
+    ap.add_argument("--top-k", type=int, default=3)
+    ap.add_argument("--search-samples", type=int, help=f"samples per search candidate (default {SEARCH_SAMPLES})")
+    ap.add_argument("--search-seed", type=int, default=1)
+    ap.add_argument("--min-mean-group", type=float, default=96.0)
+    ap.add_argument("--tiny", action="store_true", help="a handful of samples, a two-candidate search")
+    ap.add_argument("--backend", default="xla", choices=["simulate", "xla", "pallas"])
+    ap.add_argument("--out", help="output stem (.json/.md; default benchmarks/results/quality_qdit)")
+    ap.add_argument("--refresh", action="store_true", help="rebuild the markdown from the JSON only")
+    args = ap.parse_args(argv)
+    if args.refresh:
+        out = results_path(REPO / "benchmarks" / "results" / "quality_qdit", args.out, args.tiny)
+        d = json.loads(out.with_suffix(".json").read_text())
+        out.with_suffix(".md").write_text(to_markdown(d["rows"], d["models"], d["environment"], d["total_s"]))
+        print(f"wrote {out.with_suffix('.md')}")
+        return 0
+    t0 = time.perf_counter()
+    rows: list[dict] = []
+    models: dict = {}
+    for spec in args.models:
+        print(spec, flush=True)
+        try:
+            r, info = run(spec, args)
+        except ModelMissing as e:
+            print(f"quality_qdit.py: {e}")
+            return 2
+        rows += r
+        models.update(info)
+    mark_toy(rows, args.tiny)
+    total = time.perf_counter() - t0
+    env = {**environment(), "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+           "backend": args.backend, "tiny": args.tiny}
+    out = results_path(REPO / "benchmarks" / "results" / "quality_qdit", args.out, args.tiny)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"environment": env, "models": models, "rows": rows, "total_s": total},
+                                                   indent=1, default=float))
+    out.with_suffix(".md").write_text(to_markdown(rows, models, env, total))
+    print(f"wrote {out.with_suffix('.md')} and .json ({total:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,21 @@
+"""bench_peers on CPU at toy size: the diffusers row is measured, a missing peer library is a row, not a crash."""
+
+import json
+
+import pytest
+
+pytest.importorskip("diffusers")
+
+from benchmarks import bench_peers  # noqa: E402
+
+
+def test_peers_tiny_rows(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench_peers, "project_bf16_ms", lambda iters, tiny: 2.0)
+    monkeypatch.setitem(__import__("sys").modules, "torchao", None)  # as on a machine without torchao
+    out = tmp_path / "peers.json"
+    rows = bench_peers.run(["eager_bf16", "compile_int8dq"], iters=1, budget_s=600, tiny=True, out=out)
+    eager, int8 = rows
+    assert eager["median_ms"] > 0 and eager["ratio_vs_project_bf16"] == pytest.approx(2.0 / eager["median_ms"], abs=1e-3)
+    assert "torchao" in int8["not_measured"] and eager["tiny"] is True
+    assert json.loads(out.read_text())[0]["method"] == "eager_bf16"
+    assert "TOY SIZES" in out.with_suffix(".md").read_text()

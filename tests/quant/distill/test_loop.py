@@ -1,0 +1,78 @@
+"""The Q-VDiT distillation loop on the fixture STDiT3 (one spatial + one temporal block of its weights):
+the loss falls, an interrupted run resumes to the uninterrupted result, the temporal layers get their
+per-frame scale, and the distilled params save and load as a quantized folder."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests.fixture_models import fixture_model
+
+from vidq_jax.checkpoint import load_model, save_quantized
+from vidq_jax.errors import VidqError
+from vidq_jax.quant import LayerRule, QuantConfig
+from vidq_jax.quant.distill import distill
+from vidq_jax.quant.tqe import TQEWeight
+
+FRAMES = 4
+# the temporal attention (W4A6, per-frame scale) and one MLP layer (W8A8, GELU) as in the preset, the rest
+# float: a small graph to compile on the CI CPU
+CONFIG = QuantConfig("qvdit-test", default=None, rules=(
+    LayerRule("group:temporal_attn", w_bits=4, a_bits=6, w_method="qvdit"),
+    LayerRule("^temporal_blocks_0/mlp/fc1$", w_bits=8, a_bits=8, w_method="qvdit"),
+))
+KW = dict(config=CONFIG, steps=6, lr=1e-3, scale_lr=1e-6, rank=4, checkpoint_every=2, log_every=1, progress=False, evaluate=False)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    from models.stdit3 import STDiT3
+
+    model, params, cond, _ = fixture_model("opensora_v1_2_stdit3")
+    model = STDiT3(dataclasses.replace(model.config, depth=1))
+    params = {k: v for k, v in params.items() if not k.endswith("_1")}
+    rng = np.random.default_rng(0)
+    batch = {"x": jnp.asarray(rng.standard_normal((2, FRAMES, 4, 4, model.config.in_channels)), jnp.float32),
+             "timestep": jnp.asarray([700.0, 300.0]), **{k: jnp.asarray(v) for k, v in cond.items()}}
+    return model, params, batch
+
+
+def test_distill_falls_resumes_saves_and_loads(setup, tmp_path):
+    model, params, batch = setup
+    ckpt = tmp_path / "ckpt"
+    first = distill(model, params, [batch], checkpoint_dir=ckpt, time_limit=0.0, **KW)  # stopped after 1 step
+    assert not first.complete and first.steps == 1 and (ckpt / "distill.json").is_file()
+    resumed = distill(model, params, [batch], checkpoint_dir=ckpt, **KW)
+    assert resumed.complete and resumed.steps == 6 and [h["step"] for h in resumed.history] == list(range(1, 7))
+    losses = [h["loss"] for h in resumed.history]
+    assert losses[-1] < 0.9 * losses[0], losses  # one batch: the loss of the same batch falls
+    straight = distill(model, params, [batch], **KW)
+    for a, b in zip(jax.tree_util.tree_leaves(resumed.params), jax.tree_util.tree_leaves(straight.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+    # the temporal layers got M over the 4 latent frames (a rule in the saved recipe); the MLPs did not
+    qp = resumed.params
+    temporal, mlp = qp["temporal_blocks_0"]["attn"]["qkv"]["kernel"], qp["temporal_blocks_0"]["mlp"]["fc1"]["kernel"]
+    assert isinstance(temporal, TQEWeight) and temporal.frame_scale.shape == (FRAMES,)
+    assert isinstance(mlp, TQEWeight) and mlp.frame_scale is None and np.any(np.asarray(mlp.beta))
+    assert resumed.config.resolve("temporal_blocks_0/attn/proj").tqe_frames == FRAMES
+    assert not hasattr(qp["spatial_blocks_0"]["attn"]["qkv"]["kernel"], "quantized_dense")  # float
+
+    out = save_quantized(tmp_path / "q", model, qp, arch="stdit3", config=resumed.config,
+                         extra={"distillation": resumed.record()})
+    _, loaded, meta = load_model(out)  # restored through the qvdit template (tqe_frames from the recipe)
+    assert meta["distillation"]["steps_done"] == 6
+    assert jax.tree_util.tree_structure(loaded) == jax.tree_util.tree_structure(qp)
+    for a, b in zip(jax.tree_util.tree_leaves(qp), jax.tree_util.tree_leaves(loaded)):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+    with pytest.raises(VidqError, match=r"other settings \(steps"):
+        distill(model, params, [batch], checkpoint_dir=ckpt, **{**KW, "steps": 7})
+    with pytest.raises(VidqError, match="no layer with w_method='qvdit'"):
+        distill(model, params, [batch], **{**KW, "config": "viditq-w8a8"})
