@@ -1,7 +1,7 @@
-"""Sample quality of every quantization preset on the two bundled trained models (issue 6).
+"""Sample quality of every quantization preset on the bundled trained models (issues 6, 15).
 
-    python -m benchmarks.quality                                  # both bundled models, every preset (CPU ~20 min)
-    python -m benchmarks.quality --images 64 --videos 32          # the larger sample sets (GPU)
+    python -m benchmarks.quality                                  # the bundled models, every preset (CPU ~30 min)
+    python -m benchmarks.quality --images 64 --videos 32 --per-class 8   # the larger sample sets (GPU)
     python -m benchmarks.quality --models /tmp/t2i/model --tiny --presets fp viditq-w8a8 --out /tmp/q
 
 Per model (:mod:`vidq_jax.bundled`; sampler settings from its ``model.json``):
@@ -10,10 +10,11 @@ Per model (:mod:`vidq_jax.bundled`; sampler settings from its ``model.json``):
   ``steps // 5``-th step, both CFG halves), activation statistics collected once for all presets;
 * evaluation set: ``--images`` captions of ``assets/t2i_eval.npz`` (emoji names with their category)
   or ``--videos`` captions of ``assets/t2v_prompts.npz`` (animal × direction), evenly spread over
-  the bank, sampled from the same noise by the float model and by every preset;
+  the bank; for a class-conditional model (``c2i``: the emoji DiT) ``--per-class`` samples of every
+  class label it was trained on; sampled from the same noise by the float model and by every preset;
 * metrics: PSNR / SSIM vs the float samples; Fréchet distance to the real data's feature statistics
   (``assets/feature_nets/<net>/real_stats.npz``) and conditional accuracy from the shipped feature
-  network; temporal consistency and motion accuracy for video; weight bytes (vs the bf16 export);
+  network (the DiT's class labels are the emoji feature network's categories); temporal consistency and motion accuracy for video; weight bytes (vs the bf16 export);
   per-layer incoherence (per-token ``max|x| / mean|x|`` of each balanced layer's input on the
   calibration batches, 3 of their timesteps) before and after the preset's balancing
   (:mod:`vidq_jax.eval.fidelity`).
@@ -38,17 +39,17 @@ import numpy as np
 from benchmarks.common import REPO, environment, mark_toy, results_path, title
 
 from benchmarks.quant_report import _bits_label, _fmt
-from vidq_jax.bundled import load_demo_model, load_prompts, spread, upcast_bf16, weight_bytes
+from vidq_jax.bundled import TASK_TITLE, load_demo_model, load_prompts, spread, upcast_bf16, weight_bytes
 from vidq_jax.eval.fidelity import incoherence_by_timestep
 from vidq_jax.eval.quality import feature_metrics, fidelity_metrics
 from vidq_jax.quant import PRESETS, collect_stats
 
-EVAL_BANK = {"t2i": "t2i_eval", "t2v": "t2v_prompts"}
-COUNTS = {"t2i": 32, "t2v": 4}  # fits ~20 min on a 2-core CPU with every preset
-TINY_COUNTS = {"t2i": 4, "t2v": 2}
+EVAL_BANK = {"t2i": "t2i_eval", "t2v": "t2v_prompts", "c2i": None}  # c2i: the model's trained class labels
+COUNTS = {"t2i": 32, "t2v": 4, "c2i": 1}  # c2i: samples per class; t2i + t2v fit ~20 min on a 2-core CPU
+TINY_COUNTS = {"t2i": 4, "t2v": 2, "c2i": 1}
 # samples per sampler call (one compile per preset); small batches are fastest per sample on a CPU
-CHUNK = {"cpu": {"t2i": 4, "t2v": 1}, "gpu": {"t2i": 64, "t2v": 8}}
-CALIB_PROMPTS = {"t2i": 4, "t2v": 2}
+CHUNK = {"cpu": {"t2i": 4, "t2v": 1, "c2i": 9}, "gpu": {"t2i": 64, "t2v": 8, "c2i": 72}}
+CALIB_PROMPTS = {"t2i": 4, "t2v": 2, "c2i": 3}
 INCOHERENCE_TIMESTEPS = 3  # of the calibration timesteps
 EVAL_SEED, CALIB_SEED = 0, 7
 
@@ -131,8 +132,11 @@ def prepare(spec: str, *, counts: dict[str, int | None], tiny: bool = False, mod
     task = dm.task
     n = counts.get(task) or (TINY_COUNTS if tiny else COUNTS)[task]
     chunk = CHUNK["cpu" if jax.default_backend() == "cpu" else "gpu"][task]
-    bank = load_prompts(EVAL_BANK[task])
-    prompts = bank.take(spread(len(bank), n))
+    if dm.is_class_conditional:  # n samples of every trained class label
+        prompts = dm.class_prompts(np.repeat(dm.trained_classes, n))
+    else:
+        bank = load_prompts(EVAL_BANK[task])
+        prompts = bank.take(spread(len(bank), n))
     cond = dm.condition(prompts.y, prompts.mask)
     noise = dm.noise(len(prompts), jax.random.PRNGKey(eval_seed))
     extractor, real_stats = dm.reference()
@@ -222,6 +226,7 @@ def setup_info(setup: EvalSetup) -> dict[str, Any]:
         "folder": str(dm.folder), "model": type(dm.model).__name__,
         "config": dm.model.config.to_dict(), "sampler": dm.sampler,
         "samples": len(setup.prompts), "eval_bank": EVAL_BANK[dm.task], "prompts": setup.prompts.texts,
+        "task": dm.task,
         "calibration": {"prompts": setup.calib_prompts.texts, "every_k_steps": dm.calib_every_k,
                         "batches": len(setup.calib), "seconds": setup.calib_s, "noise_seed": CALIB_SEED},
         "eval_noise_seed": setup.eval_seed,
@@ -252,6 +257,15 @@ def _ranking(rows: list[dict]) -> list[str]:
     return out
 
 
+def describe_eval_set(info: dict) -> str:
+    """Where a model's evaluation samples come from (markdown)."""
+    if info.get("eval_bank") is None:  # class-conditional
+        names = list(dict.fromkeys(info["prompts"]))
+        return (f"{info['samples']} samples: {info['samples'] // max(len(names), 1)} per class label of the "
+                f"{len(names)} trained classes ({', '.join(names)})")
+    return f"{info['samples']} samples: captions of `assets/{info['eval_bank']}.npz` spread over the bank"
+
+
 def to_markdown(rows: list[dict], models: dict, env: dict, total_s: float) -> str:
     lines = [
         "# " + title("Quality of every quantization preset on the bundled trained models", bool(env.get("tiny"))),
@@ -264,7 +278,7 @@ def to_markdown(rows: list[dict], models: dict, env: dict, total_s: float) -> st
         "feature-network features of the samples and of the real data (lower is better); with fewer samples than "
         "feature dimensions the covariance estimate is rank-deficient and FD is biased upward, so compare FD across "
         "rows of one model (same N), not with other benchmarks. Acc.: the feature network's class = the caption's "
-        "(emoji category / animal); motion: the predicted direction = the caption's. Bytes: all weights "
+        "(emoji category / animal) or the class label's (DiT); motion: the predicted direction = the caption's. Bytes: all weights "
         "(quantized records: int payload + scales), × smaller vs the bf16 export. Incoherence: per-token "
         "max|x| / mean|x| of each balanced layer's input on the calibration batches, mean over layers, before → "
         "after the preset's smoothing / rotation (ViDiT-Q: 40.75 → 5.02 on its example layer).",
@@ -276,14 +290,13 @@ def to_markdown(rows: list[dict], models: dict, env: dict, total_s: float) -> st
         s = info["sampler"]
         tr = info["train_record"]
         lines += [
-            f"## {name} ({'text-to-video' if video else 'text-to-image'})",
+            f"## {name} ({TASK_TITLE[mrows[0]['task']]})",
             "",
             f"- {info['model']} (hidden {info['config']['hidden_size']}, depth {info['config']['depth']}), "
             f"{info['float_bytes'] / 2**20:.2f} MiB bf16; trained {tr.get('steps')} steps (final loss "
             f"{_fmt(tr.get('final_loss'))}) on {tr.get('device')}; sampler {s['sampler']} {s['steps']} steps, CFG "
             f"{s['guidance_scale']:g}",
-            f"- {info['samples']} samples: captions of `assets/{info['eval_bank']}.npz` spread over the bank, noise "
-            f"seed {info['eval_noise_seed']}; feature dim {info['feature_dim']}",
+            f"- {describe_eval_set(info)}, noise seed {info['eval_noise_seed']}; feature dim {info['feature_dim']}",
             f"- calibration: {len(info['calibration']['prompts'])} demo prompts, own noise (seed "
             f"{info['calibration']['noise_seed']}), every {info['calibration']['every_k_steps']}-th step: "
             f"{info['calibration']['batches']} batches ({info['calibration']['seconds']:.0f} s); incoherence at "
@@ -329,9 +342,14 @@ def to_markdown(rows: list[dict], models: dict, env: dict, total_s: float) -> st
 
 def add_model_args(ap: argparse.ArgumentParser) -> None:
     """``--models`` / ``--models-dir``: which trained models a quality script scores."""
-    ap.add_argument("--models", nargs="+", default=["t2i", "t2v"],
-                    help="t2i / t2v (bundled) or model folders written by vidq_jax.train (default: t2i t2v)")
+    ap.add_argument("--models", nargs="+", default=["t2i", "t2v", "c2i"],
+                    help="t2i / t2v / c2i (bundled) or model folders written by vidq_jax.train (default: all three)")
     ap.add_argument("--models-dir", help="folder holding the bundled models (default assets/models)")
+
+
+def add_per_class_arg(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--per-class", type=int, help="class-conditional (c2i) samples per trained class label "
+                    f"(default {COUNTS['c2i']})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -340,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
     ap.add_argument("--images", type=int, help=f"text-to-image samples (default {COUNTS['t2i']}, tiny {TINY_COUNTS['t2i']})")
     ap.add_argument("--videos", type=int, help=f"text-to-video samples (default {COUNTS['t2v']}, tiny {TINY_COUNTS['t2v']})")
+    add_per_class_arg(ap)
     ap.add_argument("--tiny", action="store_true", help="a handful of samples (smoke run on stand-in models)")
     ap.add_argument("--backend", default="xla", choices=["simulate", "xla", "pallas"])
     ap.add_argument("--out", help="output stem (.json/.md; default benchmarks/results/quality, quality_tiny with --tiny)")
@@ -348,16 +367,24 @@ def main(argv: list[str] | None = None) -> int:
     from vidq_jax.bundled import ModelMissing
 
     t0 = time.perf_counter()
+    counts = {"t2i": args.images, "t2v": args.videos, "c2i": args.per_class}
+    return run_and_write(
+        args, lambda spec: run_model(spec, presets=presets, counts=counts, tiny=args.tiny, backend=args.backend,
+                                     models_dir=args.models_dir), "quality", to_markdown, t0)
+
+
+def run_and_write(args, run_one, name: str, to_md, t0: float) -> int:
+    """Run ``run_one(spec) -> (rows, models)`` for every ``args.models`` spec, then write
+    ``benchmarks/results/<name>.{json,md}`` (``--out``; ``_tiny`` for toy runs) with the environment.
+    Returns the exit status (2 when a bundled model is missing)."""
     rows: list[dict] = []
     models: dict = {}
-    counts = {"t2i": args.images, "t2v": args.videos}
     for spec in args.models:
         print(spec, flush=True)
         try:
-            r, info = run_model(spec, presets=presets, counts=counts, tiny=args.tiny, backend=args.backend,
-                                models_dir=args.models_dir)
+            r, info = run_one(spec)
         except ModelMissing as e:
-            print(f"quality.py: {e}")
+            print(f"{name}.py: {e}")
             return 2
         rows += r
         models.update(info)
@@ -365,11 +392,11 @@ def main(argv: list[str] | None = None) -> int:
     total = time.perf_counter() - t0
     env = {**environment(), "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
            "backend": args.backend, "tiny": args.tiny}
-    out = results_path(REPO / "benchmarks" / "results" / "quality", args.out, args.tiny)
+    out = results_path(REPO / "benchmarks" / "results" / name, args.out, args.tiny)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"environment": env, "models": models, "rows": rows, "total_s": total},
                                                    indent=1, default=float))
-    out.with_suffix(".md").write_text(to_markdown(rows, models, env, total))
+    out.with_suffix(".md").write_text(to_md(rows, models, env, total))
     print(f"wrote {out.with_suffix('.md')} and .json ({total:.0f} s)")
     return 0
 

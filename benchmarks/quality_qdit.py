@@ -3,6 +3,8 @@
     python -m benchmarks.quality_qdit --backend simulate --images 16 --videos 2   # the committed CPU table
     python -m benchmarks.quality_qdit --images 64 --videos 16 --population 50 --generations 10   # GPU
     python -m benchmarks.quality_qdit --tiny --models t2i                         # smoke run
+    python -m benchmarks.quality_qdit --models c2i --backend simulate --per-class 1 --population 3 \
+        --generations 1 --top-k 2 --search-samples 4 --out benchmarks/results/quality_qdit_dit   # the DiT (CPU)
 
 Rows (Q-DiT paper's ablation, then ViDiT-Q on the same model), every one sampled from the same prompts and
 noise as the float model (:mod:`benchmarks.quality`: FD and class accuracy from the shipped feature network,
@@ -25,7 +27,8 @@ PSNR / SSIM vs FP; calibration on demo prompts' float trajectories, :func:`bench
 
 The bundled models' widths (256 / 1024 for PixArt, 192 / 768 for STDiT3) leave the search {32, 64, 128}
 (+192 on STDiT3): Q-DiT's constraint "mean group >= 128" would allow only all-128, so the search here runs
-under ``--min-mean-group`` (default 96). Writes ``benchmarks/results/quality_qdit.{json,md}``.
+under ``--min-mean-group`` (default 96); the emoji DiT (``c2i``: hidden 256, MLP 1024) has the same choice.
+Writes ``benchmarks/results/quality_qdit.{json,md}``.
 """
 
 from __future__ import annotations
@@ -33,23 +36,22 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import platform
 import time
 from typing import Any
 
 import jax
 
-from benchmarks.common import REPO, environment, mark_toy, results_path, title
-from benchmarks.quality import add_model_args, evaluate, prepare, setup_info
+from benchmarks.common import REPO, results_path, title
+from benchmarks.quality import (TASK_TITLE, add_model_args, add_per_class_arg, describe_eval_set, evaluate, prepare,
+                                run_and_write, setup_info)
 from benchmarks.quant_report import _bits_label, _fmt
-from vidq_jax.bundled import ModelMissing, weight_bytes
+from vidq_jax.bundled import weight_bytes
 from vidq_jax.quant import LayerQuant, QuantConfig, quantize_params
 from vidq_jax.quant.search import SearchSettings, mean_group, search_groups
 from vidq_jax.search_groups import feature_fitness
 
 TINY_SEARCH = {"population": 2, "generations": 1, "top_k": 1, "samples": 2}
-SEARCH_SAMPLES = {"t2i": 8, "t2v": 2}
+SEARCH_SAMPLES = {"t2i": 8, "t2v": 2, "c2i": 9}
 
 
 def rtn_w4a8(group: int | None = None) -> QuantConfig:
@@ -66,7 +68,8 @@ def with_method(cfg: QuantConfig, method: str) -> QuantConfig:
 
 
 def run(spec: str, args: argparse.Namespace) -> tuple[list[dict], dict]:
-    setup = prepare(spec, counts={"t2i": args.images, "t2v": args.videos}, tiny=args.tiny, models_dir=args.models_dir)
+    setup = prepare(spec, counts={"t2i": args.images, "t2v": args.videos, "c2i": args.per_class}, tiny=args.tiny,
+                    models_dir=args.models_dir)
     dm, calib, stats = setup.dm, setup.calib, setup.stats
     backend = args.backend
     qdit = QuantConfig.preset("qdit-w4a8", backend=backend)
@@ -130,8 +133,14 @@ def run(spec: str, args: argparse.Namespace) -> tuple[list[dict], dict]:
 
 def to_markdown(rows: list[dict], models: dict, env: dict, total_s: float) -> str:
     tiny = bool(env.get("tiny"))
-    size = ", ".join(f"{info['samples']} {'videos' if 't2v' in info['eval_bank'] else 'images'}"
-                     for info in models.values())
+    def size_of(info: dict) -> str:
+        if info.get("task") == "c2i":
+            classes = len(set(info["prompts"]))
+            k = info["samples"] // classes
+            return f"{k} image{'s' if k != 1 else ''} per class × {classes} classes"
+        return f"{info['samples']} {'videos' if 't2v' in (info.get('task') or info.get('eval_bank') or '') else 'images'}"
+
+    size = ", ".join(size_of(info) for info in models.values())
     where = "GPU" if env["platform"] == "gpu" else "CPU"
     lines = [
         "# " + title(f"Q-DiT ablation on the bundled trained models ({where}, {size} per row)", tiny),
@@ -148,9 +157,9 @@ def to_markdown(rows: list[dict], models: dict, env: dict, total_s: float) -> st
         video = mrows[0]["task"] == "t2v"
         s, sr = info["sampler"], info["search"]
         lines += [
-            f"## {name} ({'text-to-video' if video else 'text-to-image'})",
+            f"## {name} ({TASK_TITLE[mrows[0]['task']]})",
             "",
-            f"- {info['samples']} samples of `assets/{info['eval_bank']}.npz`, noise seed {info['eval_noise_seed']}; "
+            f"- {describe_eval_set(info)}, noise seed {info['eval_noise_seed']}; "
             f"sampler {s['sampler']} {s['steps']} steps, CFG {s['guidance_scale']:g}; calibration "
             f"{info['calibration']['batches']} batches",
             f"- search: population {sr['population']}, {sr['generations']} generation(s), top-k {sr['top_k']}, "
@@ -184,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     add_model_args(ap)
     ap.add_argument("--images", type=int, help="text-to-image samples (default as benchmarks/quality.py)")
     ap.add_argument("--videos", type=int, help="text-to-video samples (default as benchmarks/quality.py)")
+    add_per_class_arg(ap)
     ap.add_argument("--population", type=int, default=6)
     ap.add_argument("--generations", type=int, default=2)
     ap.add_argument("--top-k", type=int, default=3)
@@ -202,28 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {out.with_suffix('.md')}")
         return 0
     t0 = time.perf_counter()
-    rows: list[dict] = []
-    models: dict = {}
-    for spec in args.models:
-        print(spec, flush=True)
-        try:
-            r, info = run(spec, args)
-        except ModelMissing as e:
-            print(f"quality_qdit.py: {e}")
-            return 2
-        rows += r
-        models.update(info)
-    mark_toy(rows, args.tiny)
-    total = time.perf_counter() - t0
-    env = {**environment(), "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-           "backend": args.backend, "tiny": args.tiny}
-    out = results_path(REPO / "benchmarks" / "results" / "quality_qdit", args.out, args.tiny)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"environment": env, "models": models, "rows": rows, "total_s": total},
-                                                   indent=1, default=float))
-    out.with_suffix(".md").write_text(to_markdown(rows, models, env, total))
-    print(f"wrote {out.with_suffix('.md')} and .json ({total:.0f} s)")
-    return 0
+    return run_and_write(args, lambda spec: run(spec, args), "quality_qdit", to_markdown, t0)
 
 
 if __name__ == "__main__":

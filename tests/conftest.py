@@ -3,11 +3,13 @@
 other test runs on the first device as before)."""
 
 import os
+from pathlib import Path
 
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
@@ -49,4 +51,30 @@ def standin_models(tmp_path_factory):
     for task in ("t2i", "t2v"):
         train(default_train_config(task, tiny=True), root / task, encoder="hash", preview=False, log=lambda s: None)
         out[task] = root / task / "model"
+    return out
+
+
+@pytest.fixture(scope="session")
+def standin_c2i(tmp_path_factory):
+    """A tiny stand-in of the bundled class-conditional DiT: the tiny c2i config with random (not adaLN-zero)
+    weights, exported with the bundled model's metadata (classes, per-class training counts) but a 5-step
+    sampler. Its model folder."""
+    import json
+
+    import numpy as np
+
+    from models.dit import DiT
+    from vidq_jax.checkpoint import save_model
+    from vidq_jax.train.configs import c2i_model_config
+
+    meta = json.loads((Path(__file__).parents[1] / "assets/models/dit-emoji-32/model.json").read_text())
+    model = DiT(c2i_model_config(tiny=True))
+    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), jnp.zeros((1,)), y=jnp.zeros((1,), jnp.int32))
+    rng = np.random.default_rng(0)  # every leaf random: adaLN-zero init would make every variant identical
+    params = jax.tree.map(lambda a: jnp.asarray(rng.normal(0, 0.05, a.shape), jnp.bfloat16), params["params"])
+    extra = {k: meta[k] for k in ("task", "sampler", "sample_shape", "value_range", "conditioning", "classes",
+                                  "train_record")}
+    extra["sampler"] = {**extra["sampler"], "steps": 5}
+    out = tmp_path_factory.mktemp("standin_c2i") / "model"
+    save_model(out, model, params, arch=meta["arch"], extra=extra)
     return out

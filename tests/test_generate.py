@@ -144,3 +144,18 @@ def test_output_checks_come_first(tmp_path, monkeypatch):
     (tmp_path / "file").write_text("x")
     with pytest.raises(VidqError, match="is not a writable folder"):
         _check_output(Settings(out_dir=tmp_path / "file" / "out"))
+
+
+def test_generate_sharded_over_simulated_devices_matches_one_device(release, cli_run, tmp_path):
+    """`vidq generate --devices 2` (CFG pair on the data axis): the same pictures as one device."""
+    from vidq_jax.cli import main
+
+    if len(jax.devices()) < 2:
+        pytest.skip("needs 2 devices (tests/conftest.py simulates 8 CPU devices)")
+    out, ref = cli_run
+    argv = ["generate", str(release), "--out", str(tmp_path), "--steps", "2", "--max-length", "8", "--dtype", "fp32",
+            "--no-progress", "--devices", "2", "--prompt", PROMPTS[0]]
+    assert main(argv) == 0
+    record = json.loads((tmp_path / "generate.json").read_text())
+    diff = np.abs(_pixels(tmp_path, record)[0].astype(int) - _pixels(out, ref)[0].astype(int))
+    assert diff.max() <= 1  # float tolerance: a last-bit difference may flip one rounding of a pixel

@@ -33,13 +33,14 @@ import numpy as np
 from vidq_jax.data.text import ASSETS_DIR
 
 MODELS_DIR = ASSETS_DIR / "models"
-BUNDLED: dict[str, str] = {"t2i": "pixart-emoji-32", "t2v": "stdit3-sprites-8x32"}
+BUNDLED: dict[str, str] = {"t2i": "pixart-emoji-32", "t2v": "stdit3-sprites-8x32", "c2i": "dit-emoji-32"}
 PROMPT_BANK: dict[str, str] = {"t2i": "t2i_prompts", "t2v": "t2v_prompts"}
 FEATURE_NET: dict[str, str] = {"t2i": "emoji", "t2v": "video", "c2i": "emoji"}  # c2i: emoji categories
+TASK_TITLE: dict[str, str] = {"t2i": "text-to-image", "t2v": "text-to-video", "c2i": "class-conditional image"}
 CALIB_TIMESTEPS = 5  # calibration batches per float run: every (steps // 5)-th step
 
 __all__ = ["BUNDLED", "MODELS_DIR", "DemoModel", "ModelMissing", "Prompts", "load_demo_model", "load_prompts",
-           "model_folder", "spread", "upcast_bf16", "weight_bytes"]
+           "TASK_TITLE", "model_folder", "spread", "upcast_bf16", "weight_bytes"]
 
 
 class ModelMissing(FileNotFoundError):
@@ -180,6 +181,20 @@ class DemoModel:
         return np.asarray([lookup[str(s).strip().lower()] for s in specs], np.int32)
 
     @property
+    def trained_classes(self) -> list[int]:
+        """Class labels the model saw in training (``train_record.data.per_class`` > 0; else all):
+        the emoji DiT's "Other" holds no emoji."""
+        per = (self.meta.get("train_record") or {}).get("data", {}).get("per_class")
+        n = int(self.model.config.num_classes)
+        return [i for i in range(n) if per[i] > 0] if per and len(per) == n and any(per) else list(range(n))
+
+    def class_prompts(self, labels: Sequence[int]) -> Prompts:
+        """Class labels as a :class:`Prompts` (texts = class names, ``y`` = ``labels = (B,)`` ints, a dummy
+        mask), so class-conditional models go through the same code as the caption banks."""
+        labels = np.asarray(labels, np.int32).reshape(-1)
+        return Prompts([self.class_names[i] for i in labels], labels, np.ones((len(labels), 1), np.int32), labels)
+
+    @property
     def name(self) -> str:
         return self.meta.get("arch") or self.folder.name
 
@@ -281,15 +296,19 @@ class DemoModel:
         return f"{s['sampler']} {s['steps']} steps, CFG {s['guidance_scale']:g}" + (f" ({extra})" if extra else "")
 
     def default_prompts(self) -> Prompts:
+        """The demo prompt bank; class-conditional: every trained class once."""
+        if self.is_class_conditional:
+            return self.class_prompts(self.trained_classes)
         return load_prompts(PROMPT_BANK[self.task])
 
     def demo_prompts(self, n: int) -> Prompts:
         """``n`` demo prompts: the first ``n`` emoji names of ``t2i_prompts``; for video ``n`` captions
-        spread over ``t2v_prompts`` (different animals and directions)."""
+        spread over ``t2v_prompts`` (different animals and directions); class-conditional: ``n`` trained classes
+        spread over them."""
         bank = self.default_prompts()
         if not 1 <= n <= len(bank):
             raise ValueError(f"{self.name}: {n} prompts requested, the demo bank has {len(bank)}")
-        return bank.take(spread(len(bank), n) if self.is_video else range(n))
+        return bank.take(spread(len(bank), n) if self.is_video or self.is_class_conditional else range(n))
 
     # -- sampling -----------------------------------------------------------------------------
     def condition(self, y: Any, mask: Any = None) -> dict[str, jax.Array]:

@@ -1,7 +1,7 @@
 """The ``vidq`` command line.
 
     vidq [--debug] convert --arch pixart-alpha CKPT OUT_DIR [--config JSON] [--dtype bf16] [--overwrite]
-    vidq demo [--out outputs/demo] [--t2i FOLDER] [--t2v FOLDER] [--only t2i|t2v]
+    vidq demo [--out outputs/demo] [--t2i FOLDER] [--t2v FOLDER] [--c2i FOLDER] [--only t2i|t2v|c2i]
     vidq sample --prompt "a cat moving left" [--model t2i|t2v|FOLDER] [--preset viditq-w8a8] [--out FILE]
     vidq sample --class NAME|INDEX --model FOLDER [...]             (class-conditional models: DiT)
                 [--num-frames N] [--height H] [--width W] [--steps N] [--guidance G] [--sampler NAME]
@@ -157,9 +157,9 @@ def cmd_demo(args) -> int:
     from vidq_jax.demo import run_demo
 
     _writable_folder(args.out, "--out")
-    counts = {k: v for k, v in (("t2i", args.images), ("t2v", args.videos)) if v is not None}
-    run_demo(Path(args.out), t2i=args.t2i, t2v=args.t2v, models_dir=args.models_dir,
-             tasks=[args.only] if args.only else ("t2i", "t2v"), counts=counts, backend=args.backend,
+    counts = {k: v for k, v in (("t2i", args.images), ("t2v", args.videos), ("c2i", args.classes)) if v is not None}
+    run_demo(Path(args.out), t2i=args.t2i, t2v=args.t2v, c2i=args.c2i, models_dir=args.models_dir,
+             tasks=[args.only] if args.only else ("t2i", "t2v", "c2i"), counts=counts, backend=args.backend,
              progress=not args.no_progress)
     return 0
 
@@ -518,10 +518,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="outputs/demo")
     d.add_argument("--t2i", help="text-to-image model folder (default: assets/models/pixart-emoji-32)")
     d.add_argument("--t2v", help="text-to-video model folder (default: assets/models/stdit3-sprites-8x32)")
+    d.add_argument("--c2i", help="class-conditional model folder (default: assets/models/dit-emoji-32)")
     d.add_argument("--models-dir", help="folder holding the bundled models (default: assets/models)")
-    d.add_argument("--only", choices=["t2i", "t2v"], help="run one of the two models")
+    d.add_argument("--only", choices=["t2i", "t2v", "c2i"], help="run one of the three models")
     d.add_argument("--images", type=_int_in(1), help="image prompts (default 4)")
     d.add_argument("--videos", type=_int_in(1), help="video prompts (default 2)")
+    d.add_argument("--classes", type=_int_in(1), help="class labels of the class-conditional model (default 3)")
     d.add_argument("--backend", default="auto", choices=BACKENDS)
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
     d.set_defaults(func=cmd_demo)
@@ -592,6 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", default="outputs/generate", help="output folder (default outputs/generate)")
     gen.add_argument("--transformer", help="transformer checkpoint (file/folder) or a vidq model folder (float or "
                      "quantized)")
+    _sharding_options(gen)
     gen.add_argument("--arch", choices=list(DENOISER_ARCHS), help="arch of --transformer (default: pixart-diffusers for a diffusers "
                      "transformer/ folder)")
     gen.add_argument("--vae", help="VAE folder (default RELEASE/vae)")

@@ -1,9 +1,10 @@
-"""``make demo`` / ``vidq demo``: ViDiT-Q on the two bundled trained models, on a CPU, in minutes.
+"""``make demo`` / ``vidq demo``: ViDiT-Q on the three bundled trained models, on a CPU, in minutes.
 
 For each model (:mod:`vidq_jax.bundled`; text-to-image PixArt on emoji, text-to-video STDiT3 on
-sprite clips) the demo
+sprite clips, class-conditional DiT on emoji categories) the demo
 
-1. samples a handful of the shipped demo prompts in float (FP) from fixed noise with the sampler
+1. samples a handful of the shipped demo prompts (DiT: class labels spread over its trained classes) in
+   float (FP) from fixed noise with the sampler
    settings stored in the model folder, keeping the trajectory;
 2. calibrates on that same float run (every k-th step, both CFG halves: the FP sampling run doubles
    as the calibration run, so nothing is sampled twice) and collects the activation statistics once;
@@ -17,7 +18,8 @@ sprite clips) the demo
    the shipped feature network, temporal consistency and motion accuracy for video, weight bytes.
 
 Writes ``outputs/demo/``: ``image_grid.png`` (rows = prompts, columns FP / W8A8 / W4A8-MP),
-``video_side_by_side.gif`` (the same layout, animated) and ``report.md`` (metrics, bytes, timings).
+``video_side_by_side.gif`` (the same layout, animated), ``class_grid.png`` (rows = DiT class labels) and
+``report.md`` (metrics, bytes, timings).
 """
 
 from __future__ import annotations
@@ -31,10 +33,14 @@ from typing import Any
 import jax
 import numpy as np
 
+from vidq_jax.bundled import TASK_TITLE
 from vidq_jax.quant.backends import resolve as resolve_backend
 
 VARIANTS: tuple[tuple[str, str], ...] = (("FP", "fp"), ("W8A8", "viditq-w8a8"), ("W4A8-MP", "viditq-w4a8-mp"))
-DEFAULT_COUNTS = {"t2i": 4, "t2v": 2}
+DEFAULT_COUNTS = {"t2i": 4, "t2v": 2, "c2i": 3}
+TASKS = ("t2i", "t2v", "c2i")
+PICTURE = {"t2i": ("png", "image_grid.png"), "t2v": ("gif", "video_side_by_side.gif"),
+           "c2i": ("class_png", "class_grid.png")}  # written key, file name
 NOISE_SEED = 0
 FD_MIN_SAMPLES = 64  # below this the Fréchet distance (128-d+ features) is not reported
 
@@ -157,11 +163,12 @@ def _section(result: dict) -> list[str]:
     rows = result["rows"]
     with_fd = any("fd" in r for r in rows)
     lines = [
-        f"## {dm.name} ({'text-to-video' if video else 'text-to-image'})",
+        f"## {dm.name} ({TASK_TITLE[dm.task]})",
         "",
         f"- folder `{dm.folder}`; {type(dm.model).__name__}, hidden {dm.model.config.hidden_size}, depth "
         f"{dm.model.config.depth}; samples {'×'.join(map(str, dm.sample_shape))}; {dm.describe_sampler()}",
-        f"- prompts ({n}): " + "; ".join(f"\"{t}\"" for t in result["prompts"].texts),
+        f"- {'class labels' if dm.is_class_conditional else 'prompts'} ({n}): "
+        + "; ".join(f"\"{t}\"" for t in result["prompts"].texts),
         f"- feature net's class of the FP samples: {', '.join(result['fp_classes'])}",
         f"- calibration: the FP run itself, every {result['every_k']}-th step ({result['calib_batches']} batches of "
         f"{2 * n} rows with CFG); W8A8 = `viditq-w8a8`; W4A8-MP = `viditq-w4a8-mp` with this model's first/last "
@@ -190,8 +197,9 @@ def _section(result: dict) -> list[str]:
                      "(the data extra), not installed.")
     if not with_fd:
         notes.append(f"The Fréchet distance is not reported: {n} samples cannot estimate a covariance in the feature "
-                     f"net's {result['feature_dim']}-d space (`benchmarks/quality.py` scores every preset on larger "
-                     f"sets; `--{'videos' if video else 'images'} {FD_MIN_SAMPLES}` reports it here).")
+                     f"net's {result['feature_dim']}-d space (`benchmarks/quality.py` scores every preset on larger sets"
+                     + (")." if dm.is_class_conditional else
+                        f"; `--{'videos' if video else 'images'} {FD_MIN_SAMPLES}` reports it here)."))
     bad = [r["variant"] for r in rows if not r["finite"]]
     notes.append(f"NON-FINITE samples: {', '.join(bad)}." if bad else "All samples finite.")
     lines += [
@@ -207,9 +215,9 @@ def _section(result: dict) -> list[str]:
 
 
 def run_demo(out_dir: str | Path = "outputs/demo", *, t2i: str | Path | None = None, t2v: str | Path | None = None,
-             models_dir: str | Path | None = None, tasks: Sequence[str] = ("t2i", "t2v"),
+             c2i: str | Path | None = None, models_dir: str | Path | None = None, tasks: Sequence[str] = TASKS,
              counts: dict[str, int] | None = None, backend: str = "auto", progress: bool = True) -> dict[str, Path]:
-    """Run the demo; ``t2i`` / ``t2v``: model folders (default: the bundled models under
+    """Run the demo; ``t2i`` / ``t2v`` / ``c2i``: model folders (default: the bundled models under
     ``models_dir``, default ``assets/models``). Returns the written paths."""
     from vidq_jax.bundled import load_demo_model
     from vidq_jax.preview import save_sample_grid
@@ -217,7 +225,7 @@ def run_demo(out_dir: str | Path = "outputs/demo", *, t2i: str | Path | None = N
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     counts = {**DEFAULT_COUNTS, **(counts or {})}
-    specs = {"t2i": t2i, "t2v": t2v}
+    specs = {"t2i": t2i, "t2v": t2v, "c2i": c2i}
     loaded = {}
     load_s = {}
     for task in tasks:  # every folder is checked before any work starts
@@ -237,9 +245,9 @@ def run_demo(out_dir: str | Path = "outputs/demo", *, t2i: str | Path | None = N
     written: dict[str, Path] = {}
     for task, res in results.items():
         dm = res["dm"]
-        path = out_dir / ("video_side_by_side.gif" if dm.is_video else "image_grid.png")
-        written["gif" if dm.is_video else "png"] = save_sample_grid(
-            {label: res["samples"][label] for label, _ in VARIANTS}, res["prompts"].texts, path,
+        key, name = PICTURE[task]
+        written[key] = save_sample_grid(
+            {label: res["samples"][label] for label, _ in VARIANTS}, res["prompts"].texts, out_dir / name,
             value_range=dm.value_range, scale=4, fps=dm.preview_fps)
     total = time.perf_counter() - t_start
     lines = [
@@ -250,8 +258,8 @@ def run_demo(out_dir: str | Path = "outputs/demo", *, t2i: str | Path | None = N
         f"linears on the `{resolve_backend(backend)}` backend. Same noise (seed {NOISE_SEED}) and prompts for every variant. "
         f"Total {total:.0f} s.",
         "",
-        f"Pictures: {' and '.join(f'`{p.name}`' for p in written.values())} (rows = prompts, columns = FP / W8A8 / "
-        "W4A8-MP, 4× nearest-neighbour upscaling).",
+        f"Pictures: {', '.join(f'`{p.name}`' for p in written.values())} (rows = prompts or class labels, columns = "
+        "FP / W8A8 / W4A8-MP, 4× nearest-neighbour upscaling).",
         "",
     ]
     for res in results.values():

@@ -165,6 +165,8 @@ class Settings:
     video_format: str = "gif"
     tile: bool = False
     progress: bool = True
+    # sharded sampling (vidq_jax.sharding.cli.MeshOptions from --devices / --mesh); None: one device
+    sharding: Any = None
 
     def compute_dtype(self):
         name = self.dtype
@@ -485,6 +487,11 @@ def run_parts(parts: Parts, prompts: Sequence[str], settings: Settings = Setting
 
         params, config = _quantize(model, params, preset, settings, clock, calibration)
 
+    shard_kw = settings.sharding.kwargs if settings.sharding is not None else {}
+    writer = settings.sharding.writer if settings.sharding is not None else True  # multi-host: process 0 writes
+    if shard_kw:
+        params = settings.sharding.place(params)
+
     # sample batch by batch (prompt i: noise of seed + i, whatever the batching)
     batches = [slice(i, min(i + settings.batch_size, len(prompts))) for i in range(0, len(prompts), settings.batch_size)]
     latents = []
@@ -497,7 +504,10 @@ def run_parts(parts: Parts, prompts: Sequence[str], settings: Settings = Setting
             cond, unc = conditions(rows)
             kw = dict(plan=plan) if plan is not None else dict(apply_fn=_ticking_apply_fn(model))
             latents.append(clock("sample", pipeline.sample, model, params, noise, cond, unc,
-                                 key=jax.random.PRNGKey(settings.seed + idx[0]), **st, **sampler_kw, **kw))
+                                 key=jax.random.PRNGKey(settings.seed + idx[0]), **st, **sampler_kw, **kw,
+                                 **shard_kw))
+            if shard_kw:
+                latents[-1] = settings.sharding.host(latents[-1])
             if plan is not None:  # segment-planned params run their own apply function: no per-step ticks
                 progress.bar.update(st["steps"])
 
@@ -510,7 +520,8 @@ def run_parts(parts: Parts, prompts: Sequence[str], settings: Settings = Setting
     for i, z in enumerate(jnp.concatenate(latents)):
         pixels = np.asarray(clock("decode", decode, parts.vae_params, z[None])[0])
         path = out_dir / f"{i:03d}_{_slug(prompts[i])}{suffix}"
-        clock("write", _write, pixels, path, settings)
+        if writer:
+            clock("write", _write, pixels, path, settings)
         files.append(path.name)
 
     record = {
@@ -537,7 +548,8 @@ def run_parts(parts: Parts, prompts: Sequence[str], settings: Settings = Setting
                       "total": round(time.perf_counter() - t_start, 4)},
         "device": jax.devices()[0].device_kind, "jax": jax.__version__, "python": platform.python_version(),
     }
-    (out_dir / RECORD).write_text(json.dumps(record, indent=2, default=_json_default))
+    if writer:
+        (out_dir / RECORD).write_text(json.dumps(record, indent=2, default=_json_default))
     return record
 
 
@@ -584,7 +596,10 @@ def _json_default(o: Any):
 
 def run(args) -> int:
     """The ``vidq generate`` verb (``args`` from :func:`vidq_jax.cli.build_parser`)."""
+    from vidq_jax.sharding import cli as sharding_cli
+
     prompts = read_prompts(args.prompt, args.prompts)
+    sharding = sharding_cli.from_args(args, rows=2)  # --devices / --mesh (rows: the CFG pair)
     release = find_release(args.release, transformer=args.transformer, arch=args.arch, vae=args.vae,
                            vae_arch=args.vae_arch, text_encoder=args.text_encoder, tokenizer=args.tokenizer)
     settings = Settings(
@@ -593,7 +608,7 @@ def run(args) -> int:
         lowercase=not args.keep_case, height=args.height, width=args.width, num_frames=args.num_frames,
         fps=args.fps, sampler=args.sampler, steps=args.steps, guidance=args.guidance, seed=args.seed,
         batch_size=args.batch_size, dtype=args.dtype, video_format=args.video_format, tile=args.tile,
-        progress=not args.no_progress)
+        progress=not args.no_progress, sharding=sharding)
     record = generate(release, prompts, settings)
     t = record["timings_s"]
     stages = ", ".join(f"{k} {v:.1f} s" for k, v in t.items() if k != "total")

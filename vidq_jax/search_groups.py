@@ -47,8 +47,8 @@ def feature_fitness(dm: Any, *, samples: int, seed: int = 0, reference: str | No
     from vidq_jax.eval.quality import feature_stats, frechet_distance_from_stats, load_reference
 
     rng = np.random.default_rng(seed)
-    if getattr(dm, "is_class_conditional", False):  # DiT: random class labels, as Q-DiT's search
-        labels = np.sort(rng.integers(0, int(dm.model.config.num_classes), samples)).astype(np.int32)
+    if getattr(dm, "is_class_conditional", False):  # DiT: random (trained) class labels, as Q-DiT's search
+        labels = np.sort(rng.choice(dm.trained_classes, samples)).astype(np.int32)
         cond, texts, bank_name = dm.condition(labels), [dm.class_names[i] for i in labels], "random class labels"
     elif dm.task in SEARCH_BANK:
         bank = load_prompts(SEARCH_BANK[dm.task])

@@ -27,3 +27,18 @@ def test_quality_tiny(standin_models, tmp_path):
     md = out.with_suffix(".md").read_text()
     assert "TOY SIZES" in md.splitlines()[0]
     assert "| `viditq-w4a8-mp` |" in md and "Per-layer incoherence" in md and "motion" in md
+
+
+def test_quality_tiny_class_conditional(standin_c2i, tmp_path):
+    """The c2i DiT: one sample per trained class label, class accuracy against the emoji feature net's categories."""
+    bench = runpy.run_module("benchmarks.quality", run_name="quality_bench", alter_sys=True)
+    out = tmp_path / "quality"
+    assert bench["main"](["--models", str(standin_c2i), "--tiny", "--presets", "fp", "--out", str(out)]) == 0
+    data = json.loads(out.with_suffix(".json").read_text())  # the preset rows are model-independent code
+    assert [(r["task"], r["preset"]) for r in data["rows"]] == [("c2i", "fp")]
+    for r in data["rows"]:
+        assert r["finite"] and {"psnr", "ssim", "fd", "cond_acc"} <= set(r) and 0 <= r["cond_acc"] <= 1
+    info = data["models"]["dit-emoji-32"]
+    assert info["samples"] == 9 and info["prompts"][0] == "Smileys & Emotion" and "Other" not in info["prompts"]
+    md = out.with_suffix(".md").read_text()
+    assert "## dit-emoji-32 (class-conditional image)" in md and "1 per class label of the 9 trained classes" in md
