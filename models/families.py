@@ -77,8 +77,24 @@ class SamplerDefaults:
     size_keywords: Callable[[Sequence[int], Mapping[str, Any]], dict[str, Any]] | None = None
 
 
+class _Declared:
+    """What families and components share: their archs by name and building the module from a config
+    (subclasses have ``archs``, ``module`` and ``config`` fields)."""
+
+    def arch(self, name: str) -> Arch:
+        for a in self.archs:
+            if a.name == name:
+                return a
+        raise KeyError(name)
+
+    def build(self, config: Mapping[str, Any] | Any, **module_kwargs: Any):
+        """The module from a config dict (as written by ``config.to_dict()``) or a config object."""
+        cfg = config if isinstance(config, self.config) else self.config.from_dict(dict(config))
+        return self.module(cfg, **module_kwargs)
+
+
 @dataclasses.dataclass(frozen=True)
-class Family:
+class Family(_Declared):
     name: str
     module: type
     config: type
@@ -154,21 +170,10 @@ class Family:
         """Regex of the layers of ``group`` inside ``block`` (a mixed-precision sensitivity unit)."""
         return f"^(?={re.escape(block)}/)(?:{self.group_pattern(group)})"
 
-    # ------------------------------------------------------------------ archs / models
-    def arch(self, name: str) -> Arch:
-        for a in self.archs:
-            if a.name == name:
-                return a
-        raise KeyError(name)
-
+    # ------------------------------------------------------------------ models
     def null_caption_of(self, model: Any) -> str:
         """The model's null-caption policy: its config's ``null_caption`` if it has one, else the family's."""
         return getattr(getattr(model, "config", None), "null_caption", self.null_caption)
-
-    def build(self, config: Mapping[str, Any] | Any, **module_kwargs: Any):
-        """The module from a config dict (as written by ``config.to_dict()``) or a config object."""
-        cfg = config if isinstance(config, self.config) else self.config.from_dict(dict(config))
-        return self.module(cfg, **module_kwargs)
 
 
 def _pixart_style(stacks: str, *, temporal: str | None = None) -> dict[str, str]:
@@ -297,7 +302,7 @@ ROLES: tuple[str, ...] = ("autoencoder", "text-encoder")
 
 
 @dataclasses.dataclass(frozen=True)
-class Component:
+class Component(_Declared):
     """A model of a release that is not the denoiser: an autoencoder (latents <-> pixels) or a text encoder.
 
     Declared once like a :class:`Family` (module, config, archs with their checkpoint formats), without the
@@ -314,17 +319,6 @@ class Component:
     def __post_init__(self) -> None:
         if self.role not in ROLES:
             raise ValueError(f"component {self.name!r}: unknown role {self.role!r}; known: {ROLES}")
-
-    def arch(self, name: str) -> Arch:
-        for a in self.archs:
-            if a.name == name:
-                return a
-        raise KeyError(name)
-
-    def build(self, config: Mapping[str, Any] | Any, **module_kwargs: Any):
-        """The module from a config dict (as written by ``config.to_dict()``) or a config object."""
-        cfg = config if isinstance(config, self.config) else self.config.from_dict(dict(config))
-        return self.module(cfg, **module_kwargs)
 
 
 T5_ENCODER = Component(
