@@ -7,10 +7,12 @@
   run today, the baseline of ``speedup``); ``xla_bf16`` — ``implementation="xla"``;
 * ``qattn_ref`` — the jitted XLA reference of the quantized attention (PixArt shapes only: it holds the
   logits of 1024 query rows at a time);
-* ``prepass`` — the XLA pass alone that quantizes K (and V to FP8) before the kernel;
+* ``prepass`` — the XLA pass alone that quantizes K (and V to FP8) and computes the mean query and its
+  ``q̄·Kᵀ`` logit bias before the kernel;
 * ``kernel:<pv>:<tiling>`` — ``pallas_kernels.quant_attention`` (Pallas-Triton) with the stored tiling for
-  FP8 and bf16 ``P·V`` and, with ``--sweep`` (at the PixArt 1024 px shape) or always for the stored one, the
-  layout / tiling alternatives of ``ops/quant_attention/NOTES.md``.
+  bf16 (the presets' default) and FP8 ``P·V`` and, with ``--sweep`` (at the PixArt 1024 px shape) or always
+  for the stored one, the layout / tiling alternatives of ``ops/quant_attention/NOTES.md``;
+  ``kernel:<pv>:stored:no-q-smoothing`` — the same without Q smoothing (what the smoothing costs).
 
 Every row: ``ms`` (median wall time per call over repetitions, compile excluded), ``speedup`` (cuDNN ms /
 ms), ``tflops`` (4·B·H·Nq·Nk·D / time), ``cos_vs_cudnn`` (cosine similarity of the output with cuDNN's
@@ -74,7 +76,7 @@ def inputs(shape, seed: int):
     b, nq, nk, h, d, masked = shape
     rng = np.random.default_rng(seed)
     cast = lambda a: jnp.asarray(a.astype(np.float32), jnp.bfloat16)  # noqa: E731
-    q = cast(rng.standard_normal((b, nq, h, d)))
+    q = cast(rng.standard_normal((b, nq, h, d)) + 0.5 * rng.standard_normal((1, 1, h, d)))
     k = cast(rng.standard_normal((b, nk, h, d)) + 2.0 * rng.standard_normal((1, 1, h, d)))
     v = cast(rng.standard_normal((b, nk, h, d)))
     mask = jnp.asarray(np.arange(nk)[None, :] < rng.integers(nk // 2, nk + 1, (b, 1))) if masked else None
@@ -124,15 +126,19 @@ def bench_shape(name: str, shape, *, sweep: bool, tiny: bool, iters: int) -> lis
     if name in REF_SHAPES:
         timed("qattn_ref", lambda q, k, v, m: pk.quant_attention(q, k, v, m, backend="xla"), "XLA reference, FP8 P·V")
     timed("prepass", lambda q, k, v, m: prepare(
-        q, k, v, m, pv="fp8", q_block=1, k_block=1, smooth_k=True, block_m=stored.block_m, block_n=stored.block_n,
-        head_split=stored.head_split, fuse_q=stored.fuse_q, v_layout=stored.v_layout), "XLA K/V quantization alone")
+        q, k, v, m, pv="fp8", q_block=1, k_block=1, smooth_k=True, smooth_q=True, block_m=stored.block_m,
+        block_n=stored.block_n, head_split=stored.head_split, fuse_q=stored.fuse_q, v_layout=stored.v_layout),
+        "XLA K/V quantization and q̄·Kᵀ alone")
     backend = "triton"  # interpret mode off GPU (--tiny)
-    for pv in ("fp8", "bf16"):
+    for pv in ("bf16", "fp8"):
         cfgs = sweep_configs(stored, sweep and (pv == "fp8" and name == "pixart1024" or tiny))
         for cname, cfg in cfgs.items():
-            timed(f"kernel:{pv}:{cname}",
-                  lambda q, k, v, m, cfg=cfg, pv=pv: pk.quant_attention(q, k, v, m, pv=pv, config=cfg, backend=backend),
-                  f"Pallas-Triton, {pv} P·V", {"tiling": dataclasses.asdict(cfg), "pv": pv})
+            for smooth_q in (True, False) if cname == "stored" else (True,):
+                timed(f"kernel:{pv}:{cname}" + ("" if smooth_q else ":no-q-smoothing"),
+                      lambda q, k, v, m, cfg=cfg, pv=pv, sq=smooth_q: pk.quant_attention(
+                          q, k, v, m, pv=pv, smooth_q=sq, config=cfg, backend=backend),
+                      f"Pallas-Triton, {pv} P·V" + ("" if smooth_q else ", no Q smoothing"),
+                      {"tiling": dataclasses.asdict(cfg), "pv": pv, "smooth_q": smooth_q})
     for r in rows:
         if r.get("ms") and baseline.get("ms") and r["variant"] != "prepass":
             r["speedup"] = baseline["ms"] / r["ms"]

@@ -10,9 +10,10 @@ Usage (GPU machine, repo root)::
 Rows (``method``): ``xla_bf16`` (the baseline: XLA's bf16 GEMM + bias), the int8 W8A8 / W4A8 linears
 (``pallas_*`` = Mosaic GPU on Hopper, ``*_triton``, ``xla_*``), ViDiT-Q's real layer formats
 (``*_zp``: asymmetric weights, zero point in the epilogue; ``*_rot``: online Hadamard rotation in the
-quantizer), the DiT block's gated residual in the epilogue (``*_res_gate`` vs ``xla_bf16_res_gate``),
+quantizer; ``*_tqe``: Q-VDiT's rank-1 branch, ``u`` from the quantizer and ``u ⊗ β`` in the epilogue), the DiT block's gated residual in the epilogue (``*_res_gate`` vs ``xla_bf16_res_gate``),
 and FP8 e4m3 W8A8 (``pallas_fp8`` Mosaic GPU wgmma, ``xla_fp8`` = XLA's own FP8
-dot with the XLA quantizer: the FP8 baseline; ``*_fp8_gemm``: from pre-quantized e4m3 activations).
+dot with the XLA quantizer: the FP8 baseline; ``*_fp8_gemm``: from pre-quantized e4m3 activations),
+Q-DiT's per-token-per-group layers (``qdit_w4a8_*`` / ``qdit_w6a8_*``: :func:`qdit_methods`).
 
 Timing: each method is jitted, warmed up, then called ``iters`` times back-to-back on a rotation
 of input sets (so activations are not served from L2 every call) ending with
@@ -104,6 +105,8 @@ def methods(inp: dict[str, Any]) -> dict[str, tuple[Callable, list[tuple]]]:
     xq8s = [(q, s) for q, s in inp["xq8"]]
     res, gate = inp["residual"], inp["gate"]
     rot = rotation(k)
+    tqe = (jax.random.normal(jax.random.key(k), (k,), jnp.float32) / math.sqrt(k),
+           jax.random.normal(jax.random.key(k + 1), (wq.shape[0],), jnp.float32))
 
     def bf16_res_gate(x):  # the bf16 block: x + gate * proj(h), XLA fuses the add into the GEMM's consumer
         y = jnp.dot(x, w_bf16) + b_bf16
@@ -114,6 +117,9 @@ def methods(inp: dict[str, Any]) -> dict[str, tuple[Callable, list[tuple]]]:
         "xla_bf16_res_gate": (bf16_res_gate, xs),
         # ViDiT-Q's layer formats: asymmetric weights (zero point in the epilogue), online rotation
         "pallas_w8a8_zp": (lambda x: pk.w8a8_linear(x, wqa, was, b, backend="mosaic", w_zero_point=zw), xs),
+        # + Q-VDiT's rank-1 TQE branch: u by the quantizer kernel, u ⊗ beta in the epilogue (vs pallas_w8a8_zp)
+        "pallas_w8a8_zp_tqe": (lambda x: pk.w8a8_linear(x, wqa, was, b, backend="mosaic", w_zero_point=zw,
+                                                        rank1=tqe), xs),
         "pallas_w8a8_rot": (lambda x: pk.w8a8_linear(x, wq, ws, b, backend="mosaic", rotation=rot), xs),
         "pallas_w8a8_rot_zp": (lambda x: pk.w8a8_linear(x, wqa, was, b, backend="mosaic", rotation=rot,
                                                         w_zero_point=zw), xs),
@@ -150,7 +156,41 @@ def methods(inp: dict[str, Any]) -> dict[str, tuple[Callable, list[tuple]]]:
         "producer_pallas": (lambda x: pk.fused_quantize_producer(
             x.reshape(2, -1, k), shift, scale, smooth, backend="triton"), xs),
         "xla_int8_gemm": (lambda q, s: int8_matmul_ref(q, wq), xqs),
+        **qdit_methods(inp),
     }
+
+
+def qdit_methods(inp: dict[str, Any], group: int = 128) -> dict[str, tuple[Callable, list[tuple]]]:
+    """Q-DiT's layer (``qdit-w4a8`` / ``qdit-w6a8``): asymmetric per-token-per-group A8 (the jnp quantizer,
+    fused by XLA) x asymmetric per-group W4 (packed) / W6 (int8 codes), group 128, on the Pallas-Triton group
+    GEMM (``qdit_*_pallas``: what the ``pallas`` backend runs) vs the ``xla`` backend's batched int8
+    ``dot_general`` + int32 corrections (``qdit_*_xla``)."""
+    from vidq_jax.quant.quantizers import QuantSpec, quantize
+    from vidq_jax.quant.record import integer_linear
+
+    a_spec = QuantSpec(8, False, "group", group)
+    w_f = inp["w_bf16"].T.astype(jnp.float32)
+    b = inp["bias"]
+    xs = [(x,) for x in inp["xs"]]
+    rows = {}
+    for bits in (4, 6):
+        w_spec = QuantSpec(bits, False, "group", group)
+        wq = quantize(w_f, w_spec)
+        codes = pk.pack_int4(wq.values) if bits == 4 else wq.values
+
+        def kernel(x, codes=codes, wq=wq):
+            q = quantize(x.astype(jnp.float32), a_spec)
+            return pk.group_gemm(q.values, q.scale, codes, wq.scale, b, x_zero=q.zero_point, w_zero=wq.zero_point,
+                                 backend="triton")
+
+        def xla(x, wq=wq, w_spec=w_spec):
+            q = quantize(x.astype(jnp.float32), a_spec)
+            y = integer_linear(q.values, q.scale, q.zero_point, a_spec, wq.values, wq.scale, wq.zero_point, w_spec)
+            return (y + b).astype(jnp.bfloat16)
+
+        rows[f"qdit_w{bits}a8_pallas"] = (kernel, xs)
+        rows[f"qdit_w{bits}a8_xla"] = (xla, xs)
+    return rows
 
 
 def check_outputs(inp: dict[str, Any]) -> None:

@@ -70,11 +70,11 @@ def sample_set(dm, params, cond: dict, noise: jax.Array, chunk: int) -> np.ndarr
 
 def _balance_key(dm, preset: str) -> tuple:
     """What determines a preset's balancing transforms (weights, statistics and seed being equal):
-    the balanced layers with their smoothing strength and rotation."""
+    the balanced layers with their smoothing strength and rotation (online or folded, `fold_heads`)."""
     from vidq_jax.quant import dense_paths
 
     cfg = dm.quant_config(preset)
-    return tuple((p, lq.smooth_alpha, lq.rotate) for p in dense_paths(dm.params)
+    return tuple((p, lq.smooth_alpha, lq.rotate, lq.fold_heads) for p in dense_paths(dm.params)
                  if (lq := cfg.resolve(p)) is not None and (lq.smooth_alpha is not None or lq.rotate))
 
 
@@ -388,6 +388,14 @@ def run_and_write(args, run_one, name: str, to_md, t0: float) -> int:
             return 2
         rows += r
         models.update(info)
+    out, total = write_results(args, name, to_md, rows, models, t0)
+    print(f"wrote {out.with_suffix('.md')} and .json ({total:.0f} s)")
+    return 0
+
+
+def write_results(args, name: str, to_md, rows: list[dict], models: dict, t0: float):
+    """Write ``rows`` / ``models`` with the environment as ``benchmarks/results/<name>.{json,md}`` (``--out``;
+    ``_tiny`` for toy runs); also what a long run writes as its rows complete. Returns ``(stem, seconds)``."""
     mark_toy(rows, args.tiny)
     total = time.perf_counter() - t0
     env = {**environment(), "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
@@ -397,8 +405,7 @@ def run_and_write(args, run_one, name: str, to_md, t0: float) -> int:
     out.with_suffix(".json").write_text(json.dumps({"environment": env, "models": models, "rows": rows, "total_s": total},
                                                    indent=1, default=float))
     out.with_suffix(".md").write_text(to_md(rows, models, env, total))
-    print(f"wrote {out.with_suffix('.md')} and .json ({total:.0f} s)")
-    return 0
+    return out, total
 
 
 if __name__ == "__main__":

@@ -5,6 +5,16 @@
     python -m benchmarks.quality_qdit --tiny --models t2i                         # smoke run
     python -m benchmarks.quality_qdit --models c2i --backend simulate --per-class 1 --population 3 \
         --generations 1 --top-k 2 --search-samples 4 --out benchmarks/results/quality_qdit_dit   # the DiT (CPU)
+    python -m benchmarks.quality_qdit --models c2i --per-class 8 --population 24 --generations 8 --top-k 6 \
+        --search-samples 72 --search-budget 110 --out OUT/quality_qdit_dit_gpu   # the DiT at size (GPU, ~6 min)
+
+On a GPU every row samples its 72 images in one sampler call and each search candidate is one call of
+``--search-samples`` (<= 72) images; the whole search runs one compiled sampler (``vidq_jax.quant.search``:
+the genome only selects record variants) and never evaluates a genome twice. Rows without the search come
+first, then the search, then the searched rows; the JSON / markdown are rewritten after every row (a run
+cut short keeps its finished rows) and ``--search-budget`` stops breeding generations after that many
+seconds. ``--max-bitops R`` constrains the search by BitOps (<= R x the all-128 genome's) instead of the
+mean group size.
 
 Rows (Q-DiT paper's ablation, then ViDiT-Q on the same model), every one sampled from the same prompts and
 noise as the float model (:mod:`benchmarks.quality`: FD and class accuracy from the shipped feature network,
@@ -43,11 +53,11 @@ import jax
 
 from benchmarks.common import REPO, results_path, title
 from benchmarks.quality import (TASK_TITLE, add_model_args, add_per_class_arg, describe_eval_set, evaluate, prepare,
-                                run_and_write, setup_info)
+                                run_and_write, setup_info, write_results)
 from benchmarks.quant_report import _bits_label, _fmt
 from vidq_jax.bundled import weight_bytes
 from vidq_jax.quant import LayerQuant, QuantConfig, quantize_params
-from vidq_jax.quant.search import SearchSettings, mean_group, search_groups
+from vidq_jax.quant.search import SearchSettings, bitops, mean_group, search_groups
 from vidq_jax.search_groups import feature_fitness
 
 TINY_SEARCH = {"population": 2, "generations": 1, "top_k": 1, "samples": 2}
@@ -67,47 +77,48 @@ def with_method(cfg: QuantConfig, method: str) -> QuantConfig:
     return cfg.replace(name=f"{cfg.name}+{method}", default=cfg.default.replace(w_method=method))
 
 
-def run(spec: str, args: argparse.Namespace) -> tuple[list[dict], dict]:
+def search_settings(args: argparse.Namespace, search: dict) -> SearchSettings:
+    """The search's settings from the command line (``--max-bitops``: the BitOps constraint instead of the mean
+    group size)."""
+    bitops = {} if args.max_bitops is None else {"constraint": "bitops", "max_bitops": args.max_bitops}
+    return SearchSettings(population=search["population"], generations=search["generations"], top_k=search["top_k"],
+                          min_mean_group=args.min_mean_group, seed=args.search_seed, **bitops)
+
+
+def run(spec: str, args: argparse.Namespace, on_row=None) -> tuple[list[dict], dict]:
+    """The ablation rows of one model: first the rows without the search (fp, RTN, + group, + dynamic act,
+    ViDiT-Q), then the search, then the searched rows; ``on_row(rows, models)`` after every row (the caller
+    writes the results so far: a run stopped by a time limit keeps its finished rows)."""
     setup = prepare(spec, counts={"t2i": args.images, "t2v": args.videos, "c2i": args.per_class}, tiny=args.tiny,
                     models_dir=args.models_dir)
     dm, calib, stats = setup.dm, setup.calib, setup.stats
     backend = args.backend
     qdit = QuantConfig.preset("qdit-w4a8", backend=backend)
-
-    # the search (its own samples: other captions of the bank, other noise)
     search = dict(TINY_SEARCH) if args.tiny else {"population": args.population, "generations": args.generations,
                                                   "top_k": args.top_k,
                                                   "samples": args.search_samples or SEARCH_SAMPLES[dm.task]}
-    t0 = time.perf_counter()
-    fitness, fit_info = feature_fitness(dm, samples=search["samples"], seed=args.search_seed)
-    res = search_groups(dm.params, fitness, model=dm.model, config=qdit, settings=SearchSettings(
-        population=search["population"], generations=search["generations"], top_k=search["top_k"],
-        min_mean_group=args.min_mean_group, seed=args.search_seed), progress=False,
-        log=lambda s: print("    search " + s, flush=True))
-    plan = res.plan()
-    search_info = {**search, **fit_info, "min_mean_group": args.min_mean_group, "best_fd": res.best_fitness,
-                   "best_mean_group": mean_group(res.best), "layers": len(res.genes), "evaluated": len(res.evaluated),
-                   "seconds": time.perf_counter() - t0, "history": [
-                       {k: h[k] for k in ("generation", "population_best", "population_mean")} for h in res.history],
-                   "group_sizes": {g.path: int(b) for g, b in zip(res.genes, res.best)}}
-    seed = ",".join(str(g.seed) for g in res.genes)
-    search_info["seed_fd"] = res.evaluated.get(seed)
-    print(f"  search: best FD {res.best_fitness:.4g} (all-128 seed {search_info['seed_fd']}), mean group "
-          f"{mean_group(res.best):.1f}, {len(res.evaluated)} candidates [{search_info['seconds']:.0f} s]", flush=True)
+    settings = search_settings(args, search)
+    info = {**setup_info(setup), "search": {**search, "constraint": settings.describe(), "pending": True}}
+    plan = None  # the searched rows come after the search
 
-    variants: list[tuple[str, str, QuantConfig | None, Any]] = [
-        ("fp", "float", None, None),
-        ("rtn-w4a8", "RTN, per-channel W4, static per-tensor A8", rtn_w4a8(), None),
-        ("+ group 128", "W4 groups of 128, static per-tensor A8", rtn_w4a8(128), None),
-        ("+ dynamic act (qdit-w4a8)", "W4/A8 groups of 128, dynamic per-token-per-group A8", qdit, None),
-        ("+ search (Q-DiT)", "qdit-w4a8 with the searched group sizes", qdit, plan),
-        ("+ GPTQ", "searched group sizes, GPTQ weights", with_method(qdit, "gptq"), plan),
+    variants: list[tuple[str, str, QuantConfig | None, bool]] = [
+        ("fp", "float", None, False),
+        ("rtn-w4a8", "RTN, per-channel W4, static per-tensor A8", rtn_w4a8(), False),
+        ("+ group 128", "W4 groups of 128, static per-tensor A8", rtn_w4a8(128), False),
+        ("+ dynamic act (qdit-w4a8)", "W4/A8 groups of 128, dynamic per-token-per-group A8", qdit, False),
+        ("+ search (Q-DiT)", "qdit-w4a8 with the searched group sizes", qdit, True),
+        ("+ GPTQ", "searched group sizes, GPTQ weights", with_method(qdit, "gptq"), True),
         ("qdit-w6a8 (searched groups)", "W6A8, searched group sizes",
-         QuantConfig.preset("qdit-w6a8", backend=backend), plan),
-        ("viditq-w4a8", "ViDiT-Q W4A8", QuantConfig.preset("viditq-w4a8", backend=backend), None),
+         QuantConfig.preset("qdit-w6a8", backend=backend), True),
+        ("viditq-w4a8", "ViDiT-Q W4A8", QuantConfig.preset("viditq-w4a8", backend=backend), False),
     ]
     fp_samples, rows = None, []
-    for name, what, cfg, p in variants:
+    order = sorted(range(len(variants)), key=lambda i: (variants[i][3], i))  # unsearched rows first
+    for i in order:
+        name, what, cfg, searched = variants[i]
+        if searched and plan is None:  # the search (its own samples: other labels / captions, other noise)
+            plan, info["search"] = run_search(dm, qdit, search, settings, args, batch=setup.chunk)
+        p = plan if searched else None
         t0 = time.perf_counter()
         if cfg is None:
             q = dm.params
@@ -126,9 +137,35 @@ def run(spec: str, args: argparse.Namespace) -> tuple[list[dict], dict]:
                "bits": "FP" if cfg is None else _bits_label(cfg, dm.params), "bytes": weight_bytes(q),
                **metrics, "quantize_s": quantize_s}
         rows.append(row)
+        rows.sort(key=lambda r: [v[0] for v in variants].index(r["row"]))
         print(f"  {dm.name:22s} {name:28s} FD {row['fd']:8.3f} acc {row['cond_acc']:.3f} PSNR {row['psnr']:6.2f} "
               f"[{quantize_s + row['sample_s']:.0f} s]", flush=True)
-    return rows, {dm.name: {**setup_info(setup), "search": search_info}}
+        if on_row is not None:
+            on_row(rows, {dm.name: info})
+    return rows, {dm.name: info}
+
+
+def run_search(dm, qdit: QuantConfig, search: dict, settings: SearchSettings, args: argparse.Namespace, *,
+               batch: int) -> tuple[Any, dict]:
+    """Q-DiT's evolutionary search on ``dm`` (one compile for all candidates: ``vidq_jax.quant.search``; fitness =
+    FD of ``search["samples"]`` samples in sampler calls of ``batch``). Returns ``(plan, info)``."""
+    t0 = time.perf_counter()
+    fitness, fit_info = feature_fitness(dm, samples=search["samples"], seed=args.search_seed, batch=batch)
+    res = search_groups(dm.params, fitness, model=dm.model, config=qdit, settings=settings, progress=False,
+                        log=lambda s: print(f"    search [{time.perf_counter() - t0:.0f} s] " + s, flush=True),
+                        time_budget_s=args.search_budget)
+    search_info = {**search, **fit_info, "min_mean_group": args.min_mean_group, "constraint": settings.describe(),
+                   "best_fd": res.best_fitness, "best_mean_group": mean_group(res.best),
+                   "best_bitops_vs_seed": bitops(res.genes, res.best) / bitops(res.genes, [g.seed for g in res.genes]),
+                   "layers": len(res.genes), "evaluated": len(res.evaluated), "generations_run": len(res.history),
+                   "seconds": time.perf_counter() - t0, "history": [
+                       {k: h[k] for k in ("generation", "population_best", "population_mean")} for h in res.history],
+                   "group_sizes": {g.path: int(b) for g, b in zip(res.genes, res.best)}}
+    seed = ",".join(str(g.seed) for g in res.genes)
+    search_info["seed_fd"] = res.evaluated.get(seed)
+    print(f"  search: best FD {res.best_fitness:.4g} (all-128 seed {search_info['seed_fd']}), mean group "
+          f"{mean_group(res.best):.1f}, {len(res.evaluated)} candidates [{search_info['seconds']:.0f} s]", flush=True)
+    return res.plan(), search_info
 
 
 def to_markdown(rows: list[dict], models: dict, env: dict, total_s: float) -> str:
@@ -162,11 +199,13 @@ def to_markdown(rows: list[dict], models: dict, env: dict, total_s: float) -> st
             f"- {describe_eval_set(info)}, noise seed {info['eval_noise_seed']}; "
             f"sampler {s['sampler']} {s['steps']} steps, CFG {s['guidance_scale']:g}; calibration "
             f"{info['calibration']['batches']} batches",
-            f"- search: population {sr['population']}, {sr['generations']} generation(s), top-k {sr['top_k']}, "
-            f"{sr['samples']} samples of `{sr['bank']}` per candidate (seed {sr['seed']}), mean group >= "
-            f"{sr['min_mean_group']:g}; {sr['evaluated']} candidates over {sr['layers']} layers in "
-            f"{sr['seconds']:.0f} s; best search FD {sr['best_fd']:.3f} (all-128 seed {_fmt(sr['seed_fd'], 3)}), "
-            f"mean group {sr['best_mean_group']:.1f}",
+            f"- search: population {sr['population']}, {sr.get('generations_run', sr['generations'])} generation(s), "
+            f"top-k {sr['top_k']}, "
+            + ("not run yet (rows so far)" if sr.get("pending") else
+               f"{sr['samples']} samples of `{sr['bank']}` per candidate (seed {sr['seed']}), "
+               f"{sr.get('constraint') or 'mean group >= %g' % sr['min_mean_group']}; {sr['evaluated']} candidates "
+               f"over {sr['layers']} layers in {sr['seconds']:.0f} s; best search FD {sr['best_fd']:.3f} (all-128 "
+               f"seed {_fmt(sr['seed_fd'], 3)}), mean group {sr['best_mean_group']:.1f}"),
             "",
         ]
         head = ["row", "bits", "bytes", "FD", "acc.", "PSNR dB", "SSIM"] + (["motion", "temporal"] if video else [])
@@ -182,9 +221,11 @@ def to_markdown(rows: list[dict], models: dict, env: dict, total_s: float) -> st
             lines += ["", f"FP is not the lowest FD here: with {info['samples']} samples FD differences between rows are "
                       "within the estimate's noise; PSNR / SSIM vs FP (same noise) separate the rows."]
         sizes: dict[int, int] = {}
-        for g in sr["group_sizes"].values():
+        for g in sr.get("group_sizes", {}).values():
             sizes[g] = sizes.get(g, 0) + 1
-        lines += ["", "Searched group sizes: " + ", ".join(f"{n} layers at {g}" for g, n in sorted(sizes.items())), ""]
+        if sizes:
+            lines += ["", "Searched group sizes: " + ", ".join(f"{n} layers at {g}" for g, n in sorted(sizes.items()))]
+        lines += [""]
     return "\n".join(lines) + "\n"
 
 
@@ -200,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--search-samples", type=int, help=f"samples per search candidate (default {SEARCH_SAMPLES})")
     ap.add_argument("--search-seed", type=int, default=1)
     ap.add_argument("--min-mean-group", type=float, default=96.0)
+    ap.add_argument("--search-budget", type=float, help="seconds after which the search breeds no new generation")
+    ap.add_argument("--max-bitops", type=float, help="search constraint instead of --min-mean-group: BitOps at most this "
+                    "multiple of the all-128 genome's (vidq_jax.quant.search.bitops)")
     ap.add_argument("--tiny", action="store_true", help="a handful of samples, a two-candidate search")
     ap.add_argument("--backend", default="xla", choices=["simulate", "xla", "pallas"])
     ap.add_argument("--out", help="output stem (.json/.md; default benchmarks/results/quality_qdit)")
@@ -212,7 +256,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {out.with_suffix('.md')}")
         return 0
     t0 = time.perf_counter()
-    return run_and_write(args, lambda spec: run(spec, args), "quality_qdit", to_markdown, t0)
+    done: tuple[list, dict] = ([], {})  # finished models' rows: the partial writes keep them
+
+    def run_one(spec: str):
+        r, info = run(spec, args, on_row=lambda rows, models: write_results(
+            args, "quality_qdit", to_markdown, done[0] + rows, {**done[1], **models}, t0))
+        done[0].extend(r)
+        done[1].update(info)
+        return r, info
+
+    return run_and_write(args, run_one, "quality_qdit", to_markdown, t0)
 
 
 if __name__ == "__main__":

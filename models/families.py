@@ -11,7 +11,10 @@ A :class:`Family` names everything the rest of the project needs to know about o
   ``embedders``, ``final`` — as regexes over Dense paths (``"blocks_3/mlp/fc1"``), and the pattern of its
   transformer blocks in execution order. Quantization rules address groups as ``group:<name>``; the
   derived groups ``blocks`` (every Dense inside a transformer block) and ``edge_blocks`` (the first and the
-  last block) come from these.
+  last block) come from these;
+* its attentions whose output feeds a Dense (:class:`AttentionOutput`: the V producer and its column block,
+  the output projection, the head count's config field) — derived group ``attn_out``, read by the offline
+  fold of the output projection's balancing into V (:mod:`vidq_jax.quant.fold`).
 
 Adding a family = one model file, one converter file (``conversion/<family>.py``, registered in
 ``conversion.CONVERTERS``) and one :class:`Family` entry in :data:`FAMILIES` below (DESIGN.md has the
@@ -39,7 +42,7 @@ GROUPS: tuple[str, ...] = ("self_attn", "cross_attn", "cross_kv", "temporal_attn
                            "final")
 # The groups whose layers live inside the transformer blocks (their union is the derived group "blocks").
 BLOCK_GROUPS: tuple[str, ...] = ("self_attn", "cross_attn", "temporal_attn", "ffn")
-DERIVED_GROUPS: tuple[str, ...] = ("blocks", "edge_blocks")
+DERIVED_GROUPS: tuple[str, ...] = ("blocks", "edge_blocks", "attn_out")
 _NEVER = r"(?!)"  # a regex that matches nothing
 
 
@@ -60,6 +63,30 @@ class Arch:
     # such as ``"temporal_vae.encode"``) -> the name of the Flax module method computing the same value that
     # the case's ``returns`` selects (``"encode"`` of a VAE returns ``latent_dist.mean``). ``""`` = forward.
     methods: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionOutput:
+    r"""Attentions whose output feeds a Dense (what an offline fold of a rotation into V and the output
+    projection needs: :mod:`vidq_jax.quant.fold`).
+
+    ``module``: regex (anchored with ``^``) of the attention modules' paths (``r"^blocks_\d+/attn"``);
+    inside each, the Dense ``<module>/<output>`` reads ``concat_h(softmax(Q_h K_hᵀ) V_h)`` (head ``h`` =
+    channels ``h·d .. (h+1)·d - 1``, ``d = C / heads``), and V is column block ``value_block`` of the
+    ``value_blocks`` equal column blocks of the Dense ``<module>/<value>`` (q, k, v of a fused ``qkv`` =
+    blocks 0, 1, 2 of 3; k, v of ``kv_linear`` = 0, 1 of 2). ``heads``: the model config field holding
+    the head count."""
+
+    module: str
+    value: str
+    value_block: int
+    value_blocks: int
+    output: str = "proj"
+    heads: str = "num_heads"
+
+    def output_pattern(self) -> str:
+        """Regex of the output Dense paths of these attentions."""
+        return f"{self.module}/{re.escape(self.output)}$"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +136,8 @@ class Family(_Declared):
     null_caption: str = "learned"
     video: bool = False
     description: str = ""
+    # the attentions whose output projection may absorb a per-head rotation of V (derived group attn_out)
+    attention_outputs: tuple[AttentionOutput, ...] = ()
 
     def __post_init__(self) -> None:
         unknown = set(self.groups) - set(GROUPS)
@@ -125,6 +154,9 @@ class Family(_Declared):
         if group == "blocks":
             pats = [self.groups[g] for g in BLOCK_GROUPS if g in self.groups]
             return "|".join(f"(?:{p})" for p in pats) if pats else _NEVER
+        if group == "attn_out":
+            pats = [a.output_pattern() for a in self.attention_outputs]
+            return "|".join(f"(?:{p})" for p in pats) if pats else _NEVER
         if group == "edge_blocks":
             if paths is None:
                 raise ValueError(f"group:edge_blocks of {self.name} needs the model's layer paths")
@@ -136,7 +168,7 @@ class Family(_Declared):
     def group_table(self, paths: Iterable[str] | None = None) -> dict[str, str]:
         """``{group: regex}`` for every group name (declared, derived; ``edge_blocks`` only with ``paths``)."""
         paths = None if paths is None else list(paths)
-        names = GROUPS + (DERIVED_GROUPS if paths is not None else ("blocks",))
+        names = GROUPS + (DERIVED_GROUPS if paths is not None else ("blocks", "attn_out"))
         return {g: self.group_pattern(g, paths) for g in names}
 
     def group_of(self, path: str) -> str | None:
@@ -166,6 +198,14 @@ class Family(_Declared):
             raise ValueError(f"{self.name}: no transformer block among the layers {list(paths)[:3]}...")
         return f"^({'|'.join(dict.fromkeys((order[0], order[-1])))})/"
 
+    def attention_output_of(self, path: str) -> tuple[AttentionOutput, str] | None:
+        """``(declaration, attention module path)`` when the Dense ``path`` reads an attention output, else None."""
+        for a in self.attention_outputs:
+            m = re.match(a.output_pattern(), path)
+            if m:
+                return a, path[: -len(a.output) - 1]
+        return None
+
     def unit_pattern(self, block: str, group: str) -> str:
         """Regex of the layers of ``group`` inside ``block`` (a mixed-precision sensitivity unit)."""
         return f"^(?={re.escape(block)}/)(?:{self.group_pattern(group)})"
@@ -194,6 +234,13 @@ def _pixart_style(stacks: str, *, temporal: str | None = None) -> dict[str, str]
     return groups
 
 
+def _attention_outputs(stacks: str, self_attn: str = "attn", cross: bool = True) -> tuple[AttentionOutput, ...]:
+    """Self-attention modules (fused ``qkv``, V = block 2 of 3) and cross-attention (``kv_linear``, V = block
+    1 of 2) of the DiTs of this package (:class:`models.layers.SelfAttention` / ``CrossAttention``)."""
+    out = (AttentionOutput(rf"^(?:{stacks})_\d+/(?:{self_attn})", "qkv", 2, 3),)
+    return out + ((AttentionOutput(rf"^(?:{stacks})_\d+/cross_attn", "kv_linear", 1, 2),) if cross else ())
+
+
 _PIXART_ARGS = ("x", "timestep", "y", "mask", "data_info")
 _T2I_FORMATS = ("pth-wrapped", "pth", "safetensors")
 
@@ -218,6 +265,7 @@ PIXART = Family(
     groups=_pixart_style("blocks"),
     blocks=r"^(blocks)_(\d+)/",
     description="PixArt-α / Σ text-to-image DiT",
+    attention_outputs=_attention_outputs("blocks"),
 )
 
 STDIT = Family(
@@ -231,6 +279,7 @@ STDIT = Family(
     blocks=r"^(blocks)_(\d+)/",
     video=True,
     description="Open-Sora 1.0 spatial-temporal DiT",
+    attention_outputs=_attention_outputs("blocks", "attn|attn_temp"),
 )
 
 OPENSORA12_CHUNK = (17, 5)  # Open-Sora 1.2's video VAE: 17 pixel frames -> 5 latent frames (a remainder: 4 -> 1)
@@ -268,6 +317,7 @@ STDIT3 = Family(
     blocks=r"^(spatial_blocks|temporal_blocks)_(\d+)/",
     video=True,
     description="Open-Sora 1.2 STDiT3 (rectified flow)",
+    attention_outputs=_attention_outputs("spatial_blocks|temporal_blocks"),
 )
 
 # facebookresearch/DiT: class labels instead of captions (y = (B,) ints; the label num_classes is the null
@@ -291,6 +341,7 @@ DIT = Family(
     blocks=r"^(blocks)_(\d+)/(?!adaLN_modulation/)",
     null_caption="null-class",
     description="DiT-XL/2 class-conditional image DiT (adaLN-Zero)",
+    attention_outputs=_attention_outputs("blocks", cross=False),
 )
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (PIXART, STDIT, STDIT3, DIT)}
@@ -409,6 +460,7 @@ def group_of_path(path: str) -> str | None:
 __all__ = [
     "ARCHS",
     "Arch",
+    "AttentionOutput",
     "BLOCK_GROUPS",
     "COMPONENTS",
     "COMPONENT_ARCHS",

@@ -4,6 +4,8 @@ Public API:
 
 * :func:`w8a8_linear` — per-token int8 activations x per-channel int8 weights ``(N, K)``.
 * :func:`w4a8_linear` — per-token int8 activations x packed int4 weights ``(N, K//2)``.
+* :func:`group_gemm` — Q-DiT's GEMM: activations quantized per token and group x per-group packed int4
+  or int8 weights (scales and zero points of both sides per group).
 * :func:`fp8_linear` / :func:`fp8_gemm` — FP8 (e4m3) W8A8: per-token e4m3 activations x per-channel
   e4m3 weights, the same GEMM kernels and epilogue as int8 with float32 accumulation.
 * :func:`int8_matmul` — bare ``s8 x s8 -> s32`` GEMM (exactly ``lax.dot_general``).
@@ -65,7 +67,15 @@ from pallas_kernels.ops.quantize import (
     quantize_per_token_ref,
 )
 from pallas_kernels.ops.rotate_quantize import rotate_quantize, rotate_quantize_ref
-from pallas_kernels.ops.w4a8_linear import pack_int4, unpack_int4, w4a8_linear, w4a8_linear_ref
+from pallas_kernels.ops.w4a8_linear import (
+    group_gemm,
+    group_gemm_ref,
+    group_gemm_tiling,
+    pack_int4,
+    unpack_int4,
+    w4a8_linear,
+    w4a8_linear_ref,
+)
 from pallas_kernels.ops.w8a8_linear import column_blocks, w8a8_linear, w8a8_linear_dequant_ref, w8a8_linear_ref
 
 __all__ = [
@@ -80,6 +90,9 @@ __all__ = [
     "frame_attention_ref",
     "fused_quantize_producer",
     "fused_quantize_producer_ref",
+    "group_gemm",
+    "group_gemm_ref",
+    "group_gemm_tiling",
     "int8_gemm",
     "is_hopper",
     "int8_matmul",

@@ -4,6 +4,7 @@ Usage (on the GPU machine, repo root)::
 
     python -m pallas_kernels.gpu_check --log benchmarks/results/kernel_check_gpu.log
     python -m pallas_kernels.gpu_check --only zp,epilogue,fp8 --log ...   # some groups (CHECK_GROUPS)
+    python -m pallas_kernels.gpu_check --only tqe --log ...               # the rank-1 (TQE) branch
 
 Each case draws fresh random inputs (never zeros; one zero row of x is planted to check the
 zero-scale guard) and runs after the allocator was filled with NaN ("poisoned"), so output
@@ -63,7 +64,7 @@ QUANT_ATTENTION_SHAPES = [
     (2, 1024, 1024, 8, 64, False),
     (2, 1024, 1024, 8, 128, False),
 ]
-CHECK_GROUPS = ("zp", "epilogue", "fp8", "quant_attention", "others")  # --only: these groups ("others": the rest)
+CHECK_GROUPS = ("zp", "epilogue", "fp8", "quant_attention", "group_act", "tqe", "others")  # --only: these groups ("others": the rest)
 
 
 def check_splits(report, op: str, tag: str, args: tuple, **kw) -> None:
@@ -79,6 +80,18 @@ def check_splits(report, op: str, tag: str, args: tuple, **kw) -> None:
             report(name, ok, f"rel={rel:.2e}")
         except Exception as e:  # noqa: BLE001
             report(name, False, repr(e)[:300])
+
+
+def check_op(report, name: str, op: str, args: tuple, ref: jax.Array, **kw) -> None:
+    """``pk.<op>(*args, **kw)`` on a poisoned allocator vs ``ref`` (:func:`close`, same dtype), reported as
+    ``name``; an exception is a failure (its repr reported)."""
+    try:
+        poison_allocator()
+        y = getattr(pk, op)(*args, **kw)
+        ok, rel = close(y, ref)
+        report(name, ok and y.dtype == ref.dtype, f"rel={rel:.2e}")
+    except Exception as e:  # noqa: BLE001
+        report(name, False, repr(e)[:300])
 
 
 def check_zero_points(report, quick: bool = False) -> None:
@@ -136,17 +149,46 @@ def check_zero_points(report, quick: bool = False) -> None:
                 ref_kw = {key: v for key, v in kw.items() if key != "rotation"}
                 ref = getattr(pk, f"{op}_ref")(xref, w, ws, bias, w_zero_point=z, **ref_kw)
                 for be in ("mosaic", "triton", "xla"):
-                    name = f"{op}[{be}] w_zero_point {tag} M={m} K={k} N={n}"
-                    try:
-                        poison_allocator()
-                        y = getattr(pk, op)(x, w, ws, bias, backend=be, w_zero_point=z, **kw)
-                        ok, rel = close(y, ref)
-                        report(name, ok and y.dtype == ref.dtype, f"rel={rel:.2e}")
-                    except Exception as e:  # noqa: BLE001
-                        report(name, False, repr(e)[:300])
+                    check_op(report, f"{op}[{be}] w_zero_point {tag} M={m} K={k} N={n}", op, (x, w, ws, bias), ref,
+                             backend=be, w_zero_point=z, **kw)
             if n % 3 == 0:
                 check_splits(report, "w8a8_linear", f"w_zero_point splits=3 M={m} K={k} N={n}",
                              (x, wq, ws, bias), w_zero_point=zw)
+
+
+def check_group_act(report, quick: bool = False) -> None:
+    """Q-DiT's group GEMM (``pk.group_gemm``): activations quantized per token and group x per-group packed int4
+    or int8 weights, both sides asymmetric, every Q-DiT group size {32, 64, 128, 192, 288}, at DiT-XL's
+    K = 1152 / 4608: unit scales give the int32 group sums (exact), random scales the float result
+    (float32 output, 1e-5 relative)."""
+    rng = np.random.default_rng(15)
+    for k in (1152,) if quick else (1152, 4608):
+        n = 1152
+        for gs in (32, 64, 128, 192, 288):
+            g = k // gs
+            for packed in (True, False):
+                for m in ((600,) if quick or gs != 128 else (7, 600, 2048)):
+                    w = rng.integers(-8, 8, (n, k)) if packed else rng.integers(-128, 128, (n, k))
+                    w = pk.pack_int4(jnp.asarray(w, jnp.int8)) if packed else jnp.asarray(w, jnp.int8)
+                    c = dict(xq=jnp.asarray(rng.integers(-128, 128, (m, k)), jnp.int8),
+                             x_scale=jnp.asarray(rng.uniform(1e-3, 1e-2, (m, g)), jnp.float32), w=w,
+                             w_scale=jnp.asarray(rng.uniform(1e-3, 1e-2, (n, g)), jnp.float32),
+                             bias=jnp.asarray(rng.normal(size=n), jnp.float32),
+                             x_zero=jnp.asarray(rng.integers(-127, 129, (m, g)), jnp.int32),
+                             w_zero=jnp.asarray(rng.integers(-7, 9, (n, g)), jnp.int32))
+                    ones = dict(c, x_scale=jnp.ones_like(c["x_scale"]), w_scale=jnp.ones_like(c["w_scale"]), bias=None)
+                    name = f"group_gemm[triton] {'int4' if packed else 'int8'} group={gs} M={m} K={k} N={n}"
+                    try:
+                        poison_allocator()
+                        y = pk.group_gemm(**ones, backend="triton", out_dtype=jnp.float32)
+                        d = float(jnp.max(jnp.abs(y - pk.group_gemm_ref(**ones))))
+                        y = pk.group_gemm(**c, backend="triton", out_dtype=jnp.float32)
+                        ref = pk.group_gemm_ref(**c)
+                        rel = float(jnp.linalg.norm(y - ref) / jnp.linalg.norm(ref))
+                        report(name, d == 0 and rel < 1e-5 and bool(jnp.all(jnp.isfinite(y))),
+                               f"int32 max|d|={d:g} rel={rel:.2e}")
+                    except Exception as e:  # noqa: BLE001
+                        report(name, False, repr(e)[:300])
 
 
 def check_fp8(report, quick: bool = False) -> None:
@@ -253,26 +295,30 @@ def check_quant_attention(report, quick: bool = False) -> None:
     random inputs (K with a per-channel offset); the layout / tiling variants at the PixArt shape."""
     from pallas_kernels.ops.quant_attention import QuantAttentionConfig, attention_config, float_attention
 
-    ref_fn = jax.jit(pk.quant_attention_ref, static_argnames=("pv", "q_block", "k_block", "kv_block"))
+    ref_fn = jax.jit(pk.quant_attention_ref, static_argnames=("pv", "q_block", "k_block", "kv_block", "smooth_q",
+                                                              "q_mean_block"))
     variants = [None, QuantAttentionConfig(head_split="pad", fuse_q=False), QuantAttentionConfig(v_layout="nd"),
                 QuantAttentionConfig(block_m=64), QuantAttentionConfig(block_n=128, num_warps=8)]
     shapes = QUANT_ATTENTION_SHAPES[:3:2] if quick else QUANT_ATTENTION_SHAPES
     for i, (b, nq, nk, h, d, masked) in enumerate(shapes):
         rng = np.random.default_rng(2000 + i)
-        q = jnp.asarray(rng.standard_normal((b, nq, h, d)).astype(np.float32), jnp.bfloat16)
+        q = jnp.asarray((rng.standard_normal((b, nq, h, d)) + rng.standard_normal((1, 1, h, d))).astype(np.float32),
+                        jnp.bfloat16)
         k = jnp.asarray((rng.standard_normal((b, nk, h, d)) + 2 * rng.standard_normal((1, 1, h, d))).astype(np.float32),
                         jnp.bfloat16)
         v = jnp.asarray(rng.standard_normal((b, nk, h, d)).astype(np.float32), jnp.bfloat16)
         mask = jnp.asarray(np.arange(nk)[None, :] < np.array([[nk // 2], [nk - 7]])[:b]) if masked else None
         exact = None
-        for pv in ("fp8", "bf16"):
-            for cfg in (variants if i == 0 and not quick else variants[:1]):
+        for pv, smooth_q in (("fp8", True), ("bf16", True), ("bf16", False)):
+            for cfg in (variants if i == 0 and not quick and smooth_q else variants[:1]):
                 tiling = cfg or attention_config(nq, d, nk)
-                name = f"quant_attention[triton,{pv}] (B,Nq,Nk,H,D)={(b, nq, nk, h, d)} mask={masked} {tiling}"
+                name = (f"quant_attention[triton,{pv}{'' if smooth_q else ',no-q-smoothing'}] "
+                        f"(B,Nq,Nk,H,D)={(b, nq, nk, h, d)} mask={masked} {tiling}")
                 try:
                     poison_allocator()
-                    y = pk.quant_attention(q, k, v, mask, pv=pv, config=cfg, backend="triton")
-                    ok, rel = close(y, ref_fn(q, k, v, mask, pv=pv, kv_block=tiling.block_n))
+                    y = pk.quant_attention(q, k, v, mask, pv=pv, smooth_q=smooth_q, config=cfg, backend="triton")
+                    ok, rel = close(y, ref_fn(q, k, v, mask, pv=pv, kv_block=tiling.block_n, smooth_q=smooth_q,
+                                              q_mean_block=tiling.block_m))
                     if exact is None:
                         exact = np.asarray(float_attention(q, k, v, mask), np.float64).ravel()
                     yf = np.asarray(y, np.float64).ravel()
@@ -280,6 +326,72 @@ def check_quant_attention(report, quick: bool = False) -> None:
                     report(name, ok and y.shape == q.shape, f"rel={rel:.2e} cos_vs_float={cos:.6f}")
                 except Exception as e:  # noqa: BLE001
                     report(name, False, repr(e)[:300])
+
+
+def check_tqe(report, quick: bool = False) -> None:
+    """Q-VDiT's rank-1 TQE branch in the kernels: the quantizer's ``u = u_scale · s · (q · alpha)`` (codes and
+    scales exactly the plain quantizer's, ``u`` to float32 summation order), the GEMM epilogue term
+    ``u ⊗ beta`` with zero points, GELU and the gated residual (Mosaic GPU, Pallas-Triton), and the linears
+    with ``rank1=`` (W8A8 plain / rotated / splits, W4A8 per channel with zero points and per group)."""
+    from pallas_kernels.ops.rotate_quantize import rotate_ref
+
+    base = np.where(np.random.default_rng(16).random((36, 36)) < 0.5, -1.0, 1.0)
+    for k in (1152, 4608):
+        for m in ((2048,) if quick else (7, 2048)):
+            x = rand_x(k + m + 16, m, k, zero_row=m // 2)
+            alpha = jax.random.normal(jax.random.key(k + 1), (k,), jnp.float32) / np.sqrt(k)
+            u_scale = jax.random.uniform(jax.random.key(k + 2), (m,), jnp.float32, 0.5, 2.0)
+            name = f"quantize_per_token[triton] alpha M={m} K={k}"
+            try:
+                poison_allocator()
+                q, s, rs, u = pk.quantize_per_token(x, backend="triton", row_sum=True, alpha=alpha, u_scale=u_scale)
+                qr, sr, rsr, ur = pk.quantize_per_token_ref(x, row_sum=True, alpha=alpha, u_scale=u_scale)
+                same = all(bool(jnp.array_equal(a, b)) for a, b in ((q, qr), (s, sr), (rs, rsr)))
+                # float32 sums in another order: relative to the sum of |terms|
+                mag = u_scale[:, None] * s * (jnp.abs(q.astype(jnp.float32)) @ jnp.abs(alpha))[:, None]
+                err = float(jnp.max(jnp.abs(u - ur) / jnp.maximum(mag, 1e-30)))
+                report(name, same and err < 2e-5 and u.dtype == jnp.float32, f"codes_exact={same} u_err={err:.1e}")
+            except Exception as e:  # noqa: BLE001
+                report(name, False, repr(e)[:300])
+    for k, n in ((1152, 1152),) if quick else ((1152, 3456), (1152, 1152), (4608, 1152)):
+        for m in ((2048,) if quick else (7, 2048)):
+            seed = 11000 + k + n + m
+            x, wq, ws, bias, _ = rand_case(seed, m, k, n)
+            zw = rand_int(seed + 9, (n,), -127, 127).astype(jnp.int32)
+            alpha = jax.random.normal(jax.random.key(seed + 1), (k,), jnp.float32) / np.sqrt(k)
+            beta = jax.random.normal(jax.random.key(seed + 2), (n,), jnp.float32)
+            u_scale = jax.random.uniform(jax.random.key(seed + 3), (m,), jnp.float32, 0.5, 2.0)
+            groups = 2 if m % 2 == 0 else 1
+            res = {"residual": rand_x(seed + 4, m, n),
+                   "gate": jax.random.normal(jax.random.key(seed + 5), (groups, n), jnp.float32)}
+            xq, xs, rs, u = pk.quantize_per_token(x, row_sum=True, alpha=alpha, u_scale=u_scale)
+            gemm_kw = dict(w_zero=zw, x_row_sum=rs, rank1=(u, beta), activation="gelu_tanh", **res)
+            ref = pk.scaled_epilogue_ref(pk.int8_matmul_ref(xq, wq), xs, ws, bias, jnp.bfloat16, **gemm_kw)
+            for be in ("mosaic", "triton"):
+                check_op(report, f"int8_gemm[{be}] rank1+zp+gelu+residual+gate M={m} K={k} N={n}", "int8_gemm",
+                         (xq, wq, xs, ws, bias), ref, out_dtype=jnp.bfloat16, backend=be, **gemm_kw)
+            w4 = pk.pack_int4(rand_int(seed + 6, (n, k), -8, 7))
+            z4 = rand_int(seed + 7, (n,), -7, 8).astype(jnp.int32)
+            sign_k = jnp.where(jax.random.bernoulli(jax.random.key(seed + 8), 0.5, (k,)), 1.0, -1.0)
+            r1 = (alpha, beta, u_scale)
+            cases = [
+                ("w8a8_linear", "zp+res+gate", wq, ws, {"w_zero_point": zw, **res}, x),
+                ("w8a8_linear", "gelu f32-out", wq, ws, {"activation": "gelu_tanh", "out_dtype": jnp.float32}, x),
+                ("w8a8_linear", "rotation+zp", wq, ws, {"rotation": (base, sign_k), "w_zero_point": zw}, None),
+                ("w4a8_linear", "zp+res+gate", w4, ws, {"w_zero_point": z4, **res}, x),
+                ("w4a8_linear", "group=128", w4, rand_scale(seed + 10, (n, k // 128)), {}, x),
+            ]
+            for op, tag, w, wsc, kw, xref in cases:
+                if xref is None:
+                    xref = rotate_ref(x, base, sign_k)
+                ref = getattr(pk, f"{op}_ref")(xref, w, wsc, bias, rank1=r1,
+                                               **{a: v for a, v in kw.items() if a != "rotation"})
+                for be in ("mosaic", "triton", "xla"):
+                    check_op(report, f"{op}[{be}] rank1 {tag} M={m} K={k} N={n}", op, (x, w, wsc, bias), ref,
+                             backend=be, rank1=r1, **kw)
+            if n % 3 == 0:
+                check_splits(report, "w8a8_linear", f"rank1 splits=3 M={m} K={k} N={n}", (x, wq, ws, bias),
+                             w_zero_point=zw, rank1=(alpha, beta))
 
 
 def run_checks(log, quick: bool = False, only: tuple[str, ...] | None = None) -> int:
@@ -301,6 +413,10 @@ def run_checks(log, quick: bool = False, only: tuple[str, ...] | None = None) ->
         check_fp8(report, quick)
     if only is None or "quant_attention" in only:
         check_quant_attention(report, quick)
+    if only is None or "group_act" in only:
+        check_group_act(report, quick)
+    if only is None or "tqe" in only:
+        check_tqe(report, quick)
     if only is not None and "others" not in only:
         return failures
     for k, n in shapes_kn:

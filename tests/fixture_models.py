@@ -39,6 +39,25 @@ def fixture_model(name: str, n: int = 2):
 
 
 
+def stdit3_one_block(frames: int, seed: int = 0):
+    """``(model, params, batch)``: the fixture STDiT3 cut to its first spatial and temporal block, and one
+    model-input batch of two ``frames``-frame 4x4 latents (``default_rng(seed)``) at timesteps 700 and 300
+    with the fixture's conditions (skips when the fixture is absent)."""
+    import dataclasses
+
+    import jax.numpy as jnp
+    import numpy as np
+
+    from models.stdit3 import STDiT3
+
+    model, params, cond, _ = fixture_model("opensora_v1_2_stdit3")
+    model = STDiT3(dataclasses.replace(model.config, depth=1))
+    params = {k: v for k, v in params.items() if not k.endswith("_1")}
+    rng = np.random.default_rng(seed)
+    batch = {"x": jnp.asarray(rng.standard_normal((2, frames, 4, 4, model.config.in_channels)), jnp.float32),
+             "timestep": jnp.asarray([700.0, 300.0]), **{k: jnp.asarray(v) for k, v in cond.items()}}
+    return model, params, batch
+
 def random_pixart(*, input_size: int = 4, hidden_size: int = 72, num_heads: int = 4, seed: int = 0):
     """``(model, params, inputs)``: a one-block PixArt with random float32 weights (``N(0, 1/C_in)``) and a
     batch of two model inputs at timesteps 10 and 700 (all drawn from ``numpy`` ``default_rng(seed)``)."""

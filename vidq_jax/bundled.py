@@ -352,14 +352,15 @@ class DemoModel:
 
         return pipeline.null_condition(self.model, self.params, cond) if self.sampler["guidance_scale"] != 1.0 else None
 
-    def trajectory_calibration(self, noise: jax.Array, trajectory: jax.Array, cond: dict) -> list:
-        """Calibration batches (every :attr:`calib_every_k`-th step) of a float run that already
-        happened: no second sampling run."""
+    def trajectory_calibration(self, noise: jax.Array, trajectory: jax.Array, cond: dict, *,
+                               every_k_steps: int | None = None) -> list:
+        """Calibration batches (every :attr:`calib_every_k`-th step, or every ``every_k_steps``-th) of a
+        float run that already happened: no second sampling run."""
         from vidq_jax.calibration import trajectory_batches
 
         kw = {k: v for k, v in self.sampler.items() if k not in ("steps", "guidance_scale")}
-        return list(trajectory_batches(noise, trajectory, cond, self._uncond(cond), every_k_steps=self.calib_every_k,
-                                       **kw))
+        return list(trajectory_batches(noise, trajectory, cond, self._uncond(cond),
+                                       every_k_steps=every_k_steps or self.calib_every_k, model=self.model, **kw))
 
     def collect_calibration(self, cond: dict, *, key: jax.Array, prompt_batch: int | None = None) -> list:
         """Calibration batches (every :attr:`calib_every_k`-th step) along float trajectories of

@@ -573,6 +573,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-k", type=_int_in(1), default=10)
     g.add_argument("--min-mean-group", type=_finite_float(1.0), default=128.0,
                    help="constraint: mean group size over the searched layers (default 128)")
+    g.add_argument("--max-bitops", type=_finite_float(0.01), help="constraint instead of --min-mean-group: BitOps "
+                   "(MACs x bits + group-scale arithmetic) at most this multiple of the all-128 genome's, e.g. 1.0")
     g.add_argument("--samples", type=_int_in(2), default=32, help="samples per candidate for the FD (default 32)")
     g.add_argument("--batch", type=_int_in(1), default=32, help="samples per sampler call (default 32)")
     g.add_argument("--seed", type=_int_in(0, 2**32 - 1), default=0)

@@ -113,7 +113,9 @@ def run(args: Any) -> int:
         raise VidqError("--preset fp quantizes nothing: give a quantization preset (e.g. qdit-w4a8)")
     config = QuantConfig.preset(args.preset, backend=args.backend)
     settings = SearchSettings(population=args.population, generations=args.generations, top_k=args.top_k,
-                              min_mean_group=args.min_mean_group, seed=args.seed)
+                              min_mean_group=args.min_mean_group, seed=args.seed,
+                              **({} if args.max_bitops is None else
+                                 {"constraint": "bitops", "max_bitops": args.max_bitops}))
     fitness, info = feature_fitness(dm, samples=args.samples, seed=args.seed, reference=args.reference,
                                     batch=args.batch)
     calib = None
@@ -127,7 +129,7 @@ def run(args: Any) -> int:
         calib = dm.collect_calibration(cond, key=jax.random.PRNGKey(args.seed))
     print(f"search-groups: {dm.name} ({dm.describe_sampler()}), preset {args.preset}, {args.samples} samples of "
           f"{info['bank']}, population {settings.population}, top-k {settings.top_k}, {settings.generations} "
-          f"generation(s), mean group >= {settings.min_mean_group:g}", flush=True)
+          f"generation(s), {settings.describe()}", flush=True)
     res = search_groups(dm.params, fitness, model=dm.model, config=config, calib=calib, settings=settings,
                         state_path=state, log_path=log_path, resume=args.resume,
                         progress=False if args.no_progress else None, log=lambda s: print("  " + s, flush=True))
@@ -136,7 +138,8 @@ def run(args: Any) -> int:
     plan = res.plan(f"{args.preset}-searched")
     summary = {"model": str(dm.folder), "preset": args.preset, "fitness": "Fréchet distance to real features",
                "best_fd": res.best_fitness, "seed_all_128_fd": seed_fd,
-               "best_mean_group": mean_group(res.best), "evaluated": len(res.evaluated), **info}
+               "best_mean_group": mean_group(res.best), "constraint": settings.describe(),
+               "evaluated": len(res.evaluated), **info}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({**plan.to_dict(), "search": summary}, indent=1))
     seed_txt = "" if seed_fd is None else f" (seed candidate, 128 where it divides: {seed_fd:.4g})"

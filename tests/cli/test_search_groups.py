@@ -13,7 +13,7 @@ def test_search_groups_writes_a_plan_quantize_reads(standin_models, tmp_path, ca
     plan = tmp_path / "plan.json"
 
     argv = ["search-groups", str(standin_models["t2i"]), "--out", str(plan), "--steps", "2", "--samples", "2",
-            "--population", "2", "--generations", "1", "--top-k", "1", "--min-mean-group", "1", "--no-progress",
+            "--population", "2", "--generations", "1", "--top-k", "1", "--max-bitops", "4", "--no-progress",
             "--backend", "simulate"]
     assert main(argv) == 0
     out = capsys.readouterr().out
@@ -22,6 +22,7 @@ def test_search_groups_writes_a_plan_quantize_reads(standin_models, tmp_path, ca
     p = MixedPrecisionPlan.from_dict(data)
     assert p.rules and all(r.group_size in (32, 64, 128, 192, 288) for r in p.rules)
     assert data["search"]["evaluated"] == 2 and data["search"]["best_fd"] >= 0
+    assert data["search"]["constraint"] == "BitOps <= 4 x all-128"
     state = json.loads((tmp_path / "plan.state.json").read_text())
     assert state["generation"] == 1 and len(json.loads((tmp_path / "plan.log.json").read_text())) == 1
     # a finished search is not overwritten by accident (resume itself: tests/quant/test_search.py)

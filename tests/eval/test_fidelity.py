@@ -10,12 +10,14 @@ import pytest
 from tests.fixture_models import fixture_model
 
 from vidq_jax.eval.fidelity import (
+    denoiser_sqnr_by_step,
     fidelity_report,
     incoherence_by_timestep,
     latent_psnr_ssim,
     latent_range,
     relative_error,
     sqnr_db,
+    step_summary,
     trajectory_errors,
 )
 
@@ -78,3 +80,29 @@ def test_fidelity_report_and_incoherence(stdit):
     assert all(a < b for a, b in zip(summ["mean_after"], summ["mean_before"]))
     # no balanced record (e.g. the float params themselves): nothing to report
     assert incoherence_by_timestep(model, params, params, calib)["layers"] == {}
+
+
+def test_denoiser_sqnr_by_step():
+    """Per-step SQNR of variants' outputs vs the float one (prediction channels only, batches of one step
+    pooled), against another variant with ``versus``, and its summary."""
+    from vidq_jax.calibration import CalibBatch
+
+    class Scale:  # "denoiser": x times a per-channel scale; the second half of the channels is ignored
+        def apply(self, variables, x, timestep):
+            return x * variables["params"]["w"] + timestep[:, None, None, None] * 0
+
+    x = _img(shape=(2, 4, 4, 4))
+    batches = [CalibBatch(f"b{i}", {"x": x * (i + 1), "timestep": jnp.full((2,), 900.0 - 100 * s)}, s, 900.0 - 100 * s, 0)
+               for i, s in enumerate([0, 0, 1, 2])]
+    fp = {"w": jnp.ones(4)}
+    noisy = {"w": jnp.asarray([1.1, 1.1, 5.0, 5.0])}  # 10 % error in the compared channels: 20 dB
+    out = denoiser_sqnr_by_step(Scale(), fp, {"fp": fp, "q": noisy}, batches, channels=2, versus="fp", jitter=1e-3)
+    assert out["floor"] == pytest.approx([60.0] * 3, abs=1e-2)  # a linear "model": the jitter itself
+    assert out["steps"] == [0, 1, 2] and out["timesteps"] == [900.0, 800.0, 700.0]
+    assert out["sqnr_db"]["fp"] == [float("inf")] * 3 and out["max_abs"]["fp"] == [0.0] * 3
+    assert out["sqnr_db"]["q"] == pytest.approx([20.0] * 3, abs=1e-4) and out["sqnr_vs"]["q"] == out["sqnr_db"]["q"]
+    assert out["max_abs"]["q"][1] == pytest.approx(float(jnp.max(jnp.abs(x[..., :2]))) * 0.3, rel=1e-5)
+    s = step_summary([30.0, 12.0, 25.0], out["steps"], out["timesteps"])
+    assert s == {"mean": pytest.approx(67 / 3), "min": 12.0, "worst_step": 1, "worst_timestep": 800.0}
+    with pytest.raises(ValueError, match="versus"):
+        denoiser_sqnr_by_step(Scale(), fp, {"q": noisy}, batches, versus="simulate")

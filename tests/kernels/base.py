@@ -202,7 +202,7 @@ def _rotate_inputs(seed: int):
 
 # quantized attention: the first case of test_quant_attention.py (same shapes and tiling: one interpret compile)
 _QATTN_CFG = pk.ops.quant_attention.QuantAttentionConfig(block_m=16, block_n=16)
-_qattn_ref = jax.jit(pk.quant_attention_ref, static_argnames=("pv", "q_block", "k_block", "kv_block"))
+_qattn_ref = jax.jit(pk.quant_attention_ref, static_argnames=("pv", "q_block", "k_block", "kv_block", "q_mean_block"))
 
 
 def _quant_attention_inputs(seed: int):
@@ -215,7 +215,7 @@ def _quant_attention_inputs(seed: int):
 
 
 def _quant_attention_ref(q, k, v, mask, *, pv, k_block, config):
-    return _qattn_ref(q, k, v, mask, pv=pv, k_block=k_block, kv_block=config.block_n)
+    return _qattn_ref(q, k, v, mask, pv=pv, k_block=k_block, kv_block=config.block_n, q_mean_block=config.block_m)
 
 
 def _assert_quant_attention_close(out, ref, args=None) -> None:

@@ -134,9 +134,11 @@ def test_zero_point_term_is_exact(backend):
 
 
 def test_gate_spans_that_do_not_hold_whole_tiles_are_applied_after_the_kernel():
-    """5 rows per gate row: no kernel row tile fits, the dispatch applies the gate after the GEMM."""
+    """5 rows per gate row: no kernel row tile fits, the dispatch applies the gate after the GEMM (the
+    rank-1 term stays in the kernel)."""
     xq, wq, zw, rs, extras = _epilogue_case(31, m=15, groups=3)
     xs, ws = rand_scale(32, (15, 1)), rand_scale(33, (wq.shape[0],))
+    extras["rank1"] = (jax.random.normal(jax.random.key(34), (15,)), jax.random.normal(jax.random.key(35), (64,)))
     y = pk.int8_gemm(xq, wq, xs, ws, None, out_dtype=jnp.float32, backend="triton", w_zero=zw, x_row_sum=rs,
                      **extras)
     ref = pk.scaled_epilogue_ref(_ref(xq, wq), xs, ws, None, jnp.float32, w_zero=zw, x_row_sum=rs, **extras)
@@ -149,19 +151,19 @@ def test_gate_spans_that_do_not_hold_whole_tiles_are_applied_after_the_kernel():
 
 @pytest.mark.skipif(plgpu is None, reason="Mosaic GPU not importable in this JAX")
 def test_mosaic_epilogue_lowers_for_cuda():
-    """The Mosaic GPU kernels with every epilogue operand lower to a CUDA custom call on this host
+    """The Mosaic GPU kernels with every epilogue operand (rank-1 term included) lower to a CUDA custom call on this host
     (no GPU needed: catches layout/lowering errors before the GPU run)."""
     S = jax.ShapeDtypeStruct
     m, k, n = 512, 256, 256
     cfg = mosaic.MosaicGemmConfig(tm=128, tn=128, tk=128, stages=2, ws=True, delay_release=0, chain=True)
 
-    def f(xq, wq, xs, ws, b, zw, rs, res, gate):
+    def f(xq, wq, xs, ws, b, zw, rs, res, gate, u, beta):
         return mosaic.mosaic_int8_gemm(xq, wq, xs, ws, b, cfg=cfg, out_dtype=jnp.bfloat16, activation="gelu_tanh",
-                                       w_zero=zw, x_row_sum=rs, residual=res, gate=gate)
+                                       w_zero=zw, x_row_sum=rs, residual=res, gate=gate, rank1=(u, beta))
 
     args = (S((m, k), jnp.int8), S((n, k), jnp.int8), S((m, 1), jnp.float32), S((n,), jnp.float32),
             S((n,), jnp.float32), S((n,), jnp.int32), S((m, 1), jnp.int32), S((m, n), jnp.bfloat16),
-            S((2, n), jnp.float32))
+            S((2, n), jnp.float32), S((m, 1), jnp.float32), S((n,), jnp.float32))
     orig = mosaic._num_sms
     mosaic._num_sms = lambda: 132
     try:
@@ -169,3 +171,29 @@ def test_mosaic_epilogue_lowers_for_cuda():
     finally:
         mosaic._num_sms = orig
     assert "mosaic_gpu" in text
+
+
+def test_rank1_term_joins_the_epilogue_in_order():
+    """``rank1=(u, beta)``: ``u[m] · beta[n]`` after zero point, scales and bias, before the activation, then
+    the gated residual (Triton interpret vs the reference; the reference vs the formula in numpy)."""
+    m, groups = 64, 2
+    xq, wq, zw, rs, extras = _epilogue_case(41, m=m, groups=groups)
+    n = wq.shape[0]
+    xs, ws = rand_scale(42, (m, 1)) * 30, rand_scale(43, (n,)) * 30
+    bias = jax.random.normal(jax.random.key(44), (n,))
+    u = jax.random.normal(jax.random.key(45), (m,)) * 3
+    beta = jax.random.normal(jax.random.key(46), (n,))
+    kw = dict(activation="gelu_tanh", w_zero=zw, x_row_sum=rs, rank1=(u, beta), **extras)
+    y = pk.int8_gemm(xq, wq, xs, ws, bias, out_dtype=jnp.float32, backend="triton", **kw)
+    ref = pk.scaled_epilogue_ref(_ref(xq, wq), xs, ws, bias, jnp.float32, **kw)
+    np.testing.assert_allclose(np.asarray(y), np.asarray(ref), rtol=2e-5, atol=2e-5)
+    f64 = lambda a: np.asarray(a, np.float64)  # noqa: E731
+    lin = (f64(_ref(xq, wq)) + f64(rs) * f64(zw)[None]) * f64(xs) * f64(ws)[None] + f64(bias)[None]
+    lin = lin + f64(u)[:, None] * f64(beta)[None]
+    gelu = np.asarray(jax.nn.gelu(jnp.asarray(lin, jnp.float32), approximate=True), np.float64)
+    want = f64(extras["residual"]) + np.repeat(f64(extras["gate"]), m // groups, axis=0) * gelu
+    np.testing.assert_allclose(np.asarray(ref), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    with pytest.raises(ValueError, match="rank1 beta"):
+        pk.int8_gemm(xq, wq, xs, ws, rank1=(u, beta[:-1]))
+    with pytest.raises(ValueError, match="needs the scales"):
+        pk.int8_gemm(xq, wq, rank1=(u, beta))

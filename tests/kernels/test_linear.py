@@ -250,3 +250,52 @@ def test_rotation_inside_the_linear_equals_rotating_first(op):
     y = getattr(pk, op)(x, w, ws, bias, rotation=(base, signs), out_dtype=jnp.float32)
     ref = getattr(pk, f"{op}_ref")(rotate_ref(x, base, signs), w, ws, bias, out_dtype=jnp.float32)
     np.testing.assert_allclose(np.asarray(y), np.asarray(ref), rtol=1e-5, atol=1e-5 * float(jnp.abs(ref).max()))
+
+
+@pytest.mark.parametrize("op", ["w8a8_linear", "w4a8_linear"])
+def test_rank1_branch_in_the_linear(op):
+    """``rank1=(alpha, beta, u_scale)`` (Q-VDiT's TQE branch): ``u = u_scale · (x̂ · alpha)`` from the
+    quantizer, ``u ⊗ beta`` in the GEMM epilogue with zero points, GELU and the gated residual = the formula
+    on the reference's own codes (W4A8: its Triton kernel in interpret mode; W8A8's GEMM kernels are checked in
+    ``test_int8_matmul``); the rotated input's branch reads the rotated codes; column splits share one ``u``
+    and split ``beta``."""
+    from pallas_kernels.ops.rotate_quantize import rotate_ref
+
+    m = 32
+    x, wq, ws, bias = _case(90, m, lo=-128, hi=127)
+    if op == "w8a8_linear":
+        w, z = wq, rand_int(91, (N,), -127, 127).astype(jnp.int32)
+    else:
+        w, z = pk.pack_int4(rand_int(91, (N, K), -8, 7)), rand_int(92, (N,), -7, 8).astype(jnp.int32)
+    alpha = jax.random.normal(jax.random.key(93), (K,)) * 0.05
+    beta = jax.random.normal(jax.random.key(94), (N,))
+    u_scale = jax.random.uniform(jax.random.key(95), (m,), minval=0.5, maxval=2.0)
+    extras = dict(residual=rand_x(96, m, N), gate=jax.random.normal(jax.random.key(97), (2, N)),
+                  activation="gelu_tanh", w_zero_point=z, out_dtype=jnp.float32)
+    fn, ref_fn = getattr(pk, op), getattr(pk, f"{op}_ref")
+    y = fn(x, w, ws * 10, bias, backend="xla" if op == "w8a8_linear" else "triton", rank1=(alpha, beta, u_scale),
+           **extras)
+    ref = ref_fn(x, w, ws * 10, bias, rank1=(alpha, beta, u_scale), **extras)
+    np.testing.assert_allclose(np.asarray(y), np.asarray(ref), rtol=2e-5, atol=2e-5 * float(jnp.abs(ref).max()))
+    lin = ref_fn(x, w, ws * 10, bias, w_zero_point=z, out_dtype=jnp.float32)
+    q, s = pk.quantize_per_token_ref(x)
+    u = u_scale[:, None] * s * (q.astype(jnp.float32) @ alpha)[:, None]
+    want = extras["residual"] + jnp.repeat(extras["gate"], m // 2, 0) * jax.nn.gelu(lin + u * beta, approximate=True)
+    np.testing.assert_allclose(np.asarray(ref), np.asarray(want), rtol=1e-4, atol=1e-4 * float(jnp.abs(want).max()))
+    if op == "w4a8_linear":
+        return
+    rng = np.random.default_rng(4)  # rotated (K = 36 · 4): u from the rotated row's codes
+    k_r = 144
+    base = np.where(rng.random((36, 36)) < 0.5, -1.0, 1.0).astype(np.float32)
+    signs = jnp.asarray(np.where(rng.random(k_r) < 0.5, -1.0, 1.0), jnp.float32)
+    xr, wr = rand_x(98, m, k_r), rand_int(99, (N, k_r), -127, 127)
+    r1 = (alpha[:k_r], beta)
+    yr = fn(xr, wr, ws, bias, rotation=(base, signs), rank1=r1, out_dtype=jnp.float32)
+    refr = ref_fn(rotate_ref(xr, base, signs), wr, ws, bias, rank1=r1, out_dtype=jnp.float32)
+    np.testing.assert_allclose(np.asarray(yr), np.asarray(refr), rtol=1e-5, atol=1e-5 * float(jnp.abs(refr).max()))
+    parts = fn(x, w, ws, bias, backend="xla", splits=2, rank1=(alpha, beta), out_dtype=jnp.float32)
+    np.testing.assert_allclose(np.asarray(jnp.concatenate(parts, -1)),
+                               np.asarray(ref_fn(x, w, ws, bias, rank1=(alpha, beta), out_dtype=jnp.float32)),
+                               rtol=1e-6, atol=1e-5)
+    with pytest.raises(ValueError, match=r"rank1 alpha must be \(256,\)"):
+        fn(x, w, ws, bias, rank1=(alpha[:-1], beta))

@@ -28,7 +28,8 @@ def qkv_inputs(seed: int, b: int, nq: int, nk: int, h: int, d: int, *, masked: b
     return (*(jnp.asarray(a.astype(np.float32), dtype) for a in (q, k, v)), mask)
 
 
-reference = jax.jit(pk.quant_attention_ref, static_argnames=("pv", "q_block", "k_block", "kv_block", "smooth_k"))
+reference = jax.jit(pk.quant_attention_ref, static_argnames=("pv", "q_block", "k_block", "kv_block", "smooth_k",
+                                                             "smooth_q", "q_mean_block"))
 exact_attention = jax.jit(float_attention)
 
 
@@ -42,24 +43,37 @@ def cosine(a, b) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
-# the kernel cases: (name, pv, q_block, k_block, cfg, (B, Nq, Nk, H, D), masked); tiles of 16 so that odd
-# lengths pad and several key blocks run the online softmax
+# the kernel cases: (name, pv, q_block, k_block, cfg, (B, Nq, Nk, H, D), masked, smooth_q); tiles of 16 so
+# that odd lengths pad and several key blocks run the online softmax
 KERNEL_CASES = [
     ("fp8-window-fusedq-masked-d72", "fp8", 1, 16, QuantAttentionConfig(block_m=16, block_n=16), (1, 40, 37, 2, 72),
-     True),
+     True, True),
     ("bf16-pad-prepassq-d64", "bf16", 16, 1,
-     QuantAttentionConfig(block_m=16, block_n=16, head_split="pad", fuse_q=False), (2, 32, 48, 1, 64), False),
+     QuantAttentionConfig(block_m=16, block_n=16, head_split="pad", fuse_q=False), (2, 32, 48, 1, 64), False, True),
     ("fp8-nd-tilescale-d48", "fp8", 16, 64, QuantAttentionConfig(block_m=16, block_n=16, v_layout="nd"),
-     (1, 16, 32, 1, 48), False),
+     (1, 16, 32, 1, 48), False, True),
+    # Q smoothing in the prologue with one scale per tile: the padded rows of the last tile must stay zero
+    ("bf16-fusedq-tilescale-paddedrows-d72", "bf16", 16, 1, QuantAttentionConfig(block_m=16, block_n=16),
+     (1, 40, 24, 1, 72), False, True),
+    ("fp8-no-q-smoothing-d64", "fp8", 1, 1, QuantAttentionConfig(block_m=16, block_n=16), (1, 24, 32, 2, 64),
+     True, False),
 ]
 
 
-@pytest.mark.parametrize("name,pv,q_block,k_block,cfg,shape,masked", KERNEL_CASES, ids=[c[0] for c in KERNEL_CASES])
-def test_kernel_interpret_matches_reference(name, pv, q_block, k_block, cfg, shape, masked):
+@pytest.mark.parametrize("name,pv,q_block,k_block,cfg,shape,masked,smooth_q", KERNEL_CASES,
+                         ids=[c[0] for c in KERNEL_CASES])
+def test_kernel_interpret_matches_reference(name, pv, q_block, k_block, cfg, shape, masked, smooth_q):
     b, nq, nk, h, d = shape
     q, k, v, mask = qkv_inputs(sum(shape), b, nq, nk, h, d, masked=masked)
-    out = pk.quant_attention(q, k, v, mask, pv=pv, q_block=q_block, k_block=k_block, config=cfg, backend="triton")
-    ref = reference(q, k, v, mask, pv=pv, q_block=q_block, k_block=k_block, kv_block=cfg.block_n)
+    if smooth_q:  # query offsets that drift along the sequence: what Q smoothing (per block_m rows) removes
+        rng = np.random.default_rng(nq)
+        drift = rng.standard_normal((1, 1, h, d)) * 2.0 + np.linspace(0, 1, nq)[None, :, None, None] * \
+            rng.standard_normal((1, 1, h, d))
+        q = q + jnp.asarray(drift, q.dtype)
+    out = pk.quant_attention(q, k, v, mask, pv=pv, q_block=q_block, k_block=k_block, smooth_q=smooth_q, config=cfg,
+                             backend="triton")
+    ref = reference(q, k, v, mask, pv=pv, q_block=q_block, k_block=k_block, kv_block=cfg.block_n, smooth_q=smooth_q,
+                    q_mean_block=cfg.block_m)
     assert out.shape == q.shape and out.dtype == q.dtype
     assert rel_err(out, ref) < 2e-3, rel_err(out, ref)  # same integers; float32 sums in another order
     exact = exact_attention(q, k, v, mask)
@@ -98,6 +112,19 @@ def test_reference_contract():
     assert cosine(reference(q, k, v, mask, pv="bf16"), exact) > 0.9995
 
 
+def test_q_smoothing_is_exact_and_removes_a_query_offset():
+    """An offset shared by every query: with Q smoothing (exact ``q̄·k`` term) the error stays that of the
+    offset-free inputs; without it the offset widens every Q scale."""
+    q, k, v, _ = qkv_inputs(5, 1, 48, 64, 2, 32, masked=False, dtype=jnp.float32)
+    offset = jnp.asarray(6.0 * np.random.default_rng(6).standard_normal((1, 1, 2, 32)), jnp.float32)
+    exact = exact_attention(q + offset, k, v, None)
+    smooth = rel_err(reference(q + offset, k, v, None, pv="bf16"), exact)
+    plain = rel_err(reference(q + offset, k, v, None, pv="bf16", smooth_q=False), exact)
+    base = rel_err(reference(q, k, v, None, pv="bf16"), exact_attention(q, k, v, None))
+    assert smooth < 0.6 * plain, (smooth, plain)
+    assert smooth < 2.0 * base, (smooth, base)
+
+
 def test_dispatch_checks_arguments():
     q, k, v, _ = qkv_inputs(1, 1, 8, 8, 1, 16, masked=False, dtype=jnp.float32)
     with pytest.raises(ValueError, match="pv='int4' unknown"):
@@ -118,6 +145,6 @@ def test_kernel_on_gpu_matches_reference(pv):
     q, k, v, mask = qkv_inputs(7, 2, 1024, 1024, 4, 72, masked=False)
     cfg = pk.ops.quant_attention.attention_config(1024, 72, 1024)
     out = pk.quant_attention(q, k, v, pv=pv)
-    ref = reference(q, k, v, None, pv=pv, kv_block=cfg.block_n)
+    ref = reference(q, k, v, None, pv=pv, kv_block=cfg.block_n, q_mean_block=cfg.block_m)
     assert rel_err(out, ref) < 5e-3
     assert cosine(out, exact_attention(q, k, v, None)) > 0.999

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -85,3 +86,40 @@ def test_triton_quantize_gpu(m, k):
     qr, sr = pk.quantize_per_token_ref(x)
     assert int(jnp.max(jnp.abs(q.astype(jnp.int32) - qr.astype(jnp.int32)))) <= 1
     np.testing.assert_allclose(np.asarray(s), np.asarray(sr), rtol=1e-6)
+
+
+@pytest.mark.parametrize("unroll,dtype", [(True, jnp.int8), (False, pk.FP8)], ids=["unrolled-int8", "looped-e4m3"])
+def test_alpha_dot_product_of_the_codes(unroll, dtype):
+    """``alpha=``: the kernel writes ``u = u_scale · scale · Σ_k q·alpha`` (the per-token scalar of a rank-1
+    epilogue term) reduced from its own codes across K chunks; codes, scales and code sums unchanged."""
+    m, k = 13, 384  # three 128-wide chunks
+    x = rand_x(21, m, k, zero_row=4)
+    alpha = jax.random.normal(jax.random.key(22), (k,)) * 0.1
+    u_scale = jax.random.uniform(jax.random.key(23), (m,), minval=0.5, maxval=2.0)
+    rs = dtype == jnp.int8
+    out = triton_quantize_per_token(x, cfg=QuantizeTiling(unroll=unroll, chunk=128), interpret=True, dtype=dtype,
+                                    row_sum=rs, alpha=alpha, u_scale=u_scale)
+    ref = pk.quantize_per_token_ref(x, dtype=dtype, row_sum=rs, alpha=alpha, u_scale=u_scale)
+    assert len(out) == len(ref) == 3 + rs and out[-1].shape == (m, 1) and out[-1].dtype == jnp.float32
+    for o, r in zip(out[:-1], ref[:-1]):  # codes, scales (and code sums) exactly as without alpha
+        np.testing.assert_array_equal(np.asarray(o, np.float32), np.asarray(r, np.float32))
+    q, s = (np.asarray(a, np.float64) for a in ref[:2])
+    exact = np.asarray(u_scale, np.float64)[:, None] * s * (q @ np.asarray(alpha, np.float64))[:, None]
+    np.testing.assert_allclose(np.asarray(ref[-1]), exact, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(out[-1]), exact, rtol=1e-5, atol=1e-5)
+    assert float(out[-1][4, 0]) == 0.0  # zero row: u = 0
+    # the public dispatch keeps leading dims (u (..., 1)); u_scale=None is a plain dot product
+    *_, u3 = pk.quantize_per_token(x.reshape(1, m, k), backend="triton", alpha=alpha, dtype=dtype)
+    assert u3.shape == (1, m, 1)
+    np.testing.assert_allclose(np.asarray(u3[0]), exact / np.asarray(u_scale, np.float64)[:, None], rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_alpha_arguments_are_checked():
+    x = rand_x(3, 4, 32, jnp.float32)
+    with pytest.raises(ValueError, match=r"alpha must be \(K,\)"):
+        pk.quantize_per_token_ref(x, alpha=jnp.ones((16,)))
+    with pytest.raises(ValueError, match="pass alpha too"):
+        pk.quantize_per_token_ref(x, u_scale=jnp.ones((4,)))
+    with pytest.raises(ValueError, match="one value per token"):
+        pk.quantize_per_token(x, backend="triton", alpha=jnp.ones((32,)), u_scale=jnp.ones((5,)))

@@ -104,3 +104,27 @@ def test_resume_continues_exactly(setup, full_run, tmp_path):
         search_groups(params, fitness, model=model, config=CONFIG, choices=CHOICES, state_path=tmp_path / "s.json",
                       resume=True,
                       settings=SearchSettings(**{**SETTINGS.__dict__, "top_k": 3}), progress=False)
+    # a time budget stops breeding after the first generation; the state resumes the rest exactly
+    cut = search_groups(params, fitness, model=model, config=CONFIG, settings=SETTINGS, choices=CHOICES,
+                        state_path=tmp_path / "b.json", progress=False, time_budget_s=0.0)
+    assert cut.history == res.history[:1]
+    rest = search_groups(params, fitness, model=model, config=CONFIG, settings=SETTINGS, choices=CHOICES,
+                         state_path=tmp_path / "b.json", resume=True, progress=False)
+    assert rest.history == res.history
+
+
+def test_bitops_constraint():
+    """BitOps per token: N·K·b_w·b_a for the MACs + N·(K/g)·32·32 for the group scales; under
+    ``constraint="bitops"`` every candidate costs at most ``max_bitops`` x the all-128 seed."""
+    from vidq_jax.quant.search import Gene, _Evolution, bitops
+
+    genes = [Gene("a", 256, (32, 64, 128), 4, 8, 768), Gene("b", 1024, (32, 64, 128), 4, 8, 256)]
+    assert bitops(genes, (128, 64)) == 768 * 256 * 32 + 768 * 2 * 1024 + 256 * 1024 * 32 + 256 * 16 * 1024
+    assert bitops(genes, (32, 128)) > bitops(genes, (128, 128)) > bitops([genes[0]], (128,))
+    settings = SearchSettings(population=4, generations=1, top_k=2, constraint="bitops", max_bitops=1.05, seed=0)
+    ev = _Evolution(genes, settings)
+    pop = ev.first_population()
+    assert pop[0] == "128,128" and all(ev.relative_bitops(c) <= 1.05 for c in pop)
+    assert not ev.feasible((32, 32)) and ev.feasible((128, 128))
+    with pytest.raises(ValueError, match="constraint='flops' unknown"):
+        SearchSettings(constraint="flops")

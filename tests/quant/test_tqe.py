@@ -81,8 +81,8 @@ def test_clip_search_is_not_worse_than_min_max():
 
 
 def test_pallas_backend_runs_the_kernel_plus_the_branch():
-    """With the real kernel package (its XLA fallback off GPU): the GEMM of pallas_dense plus the branch
-    from the kernel's own int8 activation; activation and column splits applied after."""
+    """With the real kernel package (its XLA fallback off GPU): the branch inside the kernels' quantizer and
+    epilogue (``pallas_dense(rank1=)``), activation and column splits fused as for a plain record."""
     pytest.importorskip("pallas_kernels")
     w, x, b = _data()
     layer = LayerQuant(w_bits=8, a_bits=8, w_method="qvdit", tqe_frames=T)
@@ -128,3 +128,55 @@ def test_presets_state_the_hidden_mixed_precision():
         assert attn.w_method == fc1.w_method == "qvdit" and attn.smooth_alpha == alpha
         assert cfg.resolve("t_block/1") is None
         assert QuantConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_fixture_model_on_pallas_triton_matches_xla(monkeypatch):
+    """A TQE-quantized fixture STDiT3 (one block: temporal attention W8A8 with the per-frame scale M, the MLP
+    W4A8 with zero points; branches as after distillation) gives the xla output on ``pallas`` with the
+    Pallas-Triton kernels (interpret mode): every quantized layer runs the fused path with its branch inside
+    the quantizer and the GEMM epilogue (proj and fc2 with the block's gated residual, fc1 with GELU)."""
+    import types
+
+    import pallas_kernels as pk
+    from tests.fixture_models import stdit3_one_block
+    from vidq_jax.quant import LayerRule, backends, quantize_params, set_backend
+
+    model, params, batch = stdit3_one_block(T)
+    cfg = QuantConfig("tqe-test", default=None, rules=(
+        LayerRule("group:temporal_attn", w_bits=8, a_bits=8, w_method="qvdit", tqe_frames=T),
+        LayerRule("^temporal_blocks_0/mlp/fc[12]$", w_bits=4, a_bits=8, w_method="qvdit"),
+    ))
+    qp = quantize_params(params, None, model=model, config=cfg)
+    is_tqe = lambda v: isinstance(v, TQEWeight)  # noqa: E731
+    keys = iter(jax.random.split(jax.random.key(5), 8))
+
+    def trained(r):
+        k1, k2 = jax.random.split(next(keys))
+        return r.replace(beta=jax.random.normal(k1, r.beta.shape) * 0.3, frame_scale=None if r.frame_scale is None
+                         else jax.random.uniform(k2, r.frame_scale.shape, minval=0.5, maxval=2.0))
+
+    qt = jax.tree_util.tree_map(lambda v: trained(v) if is_tqe(v) else v, qp, is_leaf=is_tqe)
+    run = jax.jit(lambda p: model.apply({"params": p}, **batch))
+    y_xla, y_off = run(set_backend(qt, "xla")), run(set_backend(qp, "xla"))
+    calls = []
+
+    def triton(fn):
+        def call(*args, **kw):
+            calls.append((fn.__name__, kw.get("rank1") is not None and len(kw["rank1"]), "residual" in kw))
+            return fn(*args, backend="triton", **kw)
+        return call
+
+    kernels = types.SimpleNamespace(**{n: getattr(pk, n) for n in dir(pk) if not n.startswith("_")})
+    kernels.w8a8_linear, kernels.w4a8_linear = triton(pk.w8a8_linear), triton(pk.w4a8_linear)
+    monkeypatch.setattr(backends, "kernels", kernels)
+    y_pallas, y_pallas_off = run(set_backend(qt, "pallas")), run(set_backend(qp, "pallas"))  # (one compilation)
+    # qkv, proj: W8A8 with M (rank1 of 3), proj with residual + gate; fc1 (GELU), fc2 (residual + gate): W4A8
+    assert sorted(calls) == sorted([("w8a8_linear", 3, False), ("w8a8_linear", 3, True),
+                                    ("w4a8_linear", 2, False), ("w4a8_linear", 2, True)]), calls
+    y_xla, y_off, y_pallas, y_pallas_off = (np.asarray(a, np.float64) for a in (y_xla, y_off, y_pallas, y_pallas_off))
+    branch = np.abs(y_xla - y_off).max()
+    assert branch > 0.05 * np.abs(y_xla).max()  # the branches matter
+    # the kernels quantize the bf16-rounded activation (a few codes one step off xla's): the same small
+    # discrepancy with the branches off (beta = 0) and on, i.e. the branches agree
+    rounding = np.abs(y_pallas_off - y_off).max()
+    assert np.abs(y_pallas - y_xla).max() <= 2 * rounding + 1e-4 and rounding < 0.05 * branch, (rounding, branch)

@@ -38,3 +38,38 @@ def test_tiny_c2i_train_export(tmp_path):
     assert dm.class_labels(["animals & nature", "9"]).tolist() == [2, 9]
     cond = dm.condition(dm.class_labels(["Flags"]))
     assert set(cond) == {"y"} and cond["y"].dtype == np.int32
+
+
+def test_t2v_captions_come_from_the_shipped_bank(tmp_path):
+    """The 40 video captions are all in assets/t2v_prompts.npz: the t2v task reads their MiniLM features from
+    there (no text extra, no carried cache on the GPU machine), in the captions' order; captions outside the
+    shipped banks are not found there."""
+    from vidq_jax.data.animals import ANIMAL_CLASSES
+    from vidq_jax.data.text import load_prompt_bank
+    from vidq_jax.data.video import DIRECTIONS, video_caption
+    from vidq_jax.train.tasks import _shipped_features, caption_features
+
+    texts, y, mask = load_prompt_bank("t2v_prompts")
+    caps = [video_caption(a, d) for a in ANIMAL_CLASSES for d in DIRECTIONS][::-1]
+    got_y, got_mask = caption_features(caps, tmp_path / "captions.npz", "minilm", log=lambda s: None)
+    order = [texts.index(c) for c in caps]
+    assert np.array_equal(got_y, y[order]) and np.array_equal(got_mask, mask[order])
+    assert np.array_equal(caption_features(caps, tmp_path / "captions.npz", "minilm")[0], got_y)  # the cache
+    assert _shipped_features(["a cat moving sideways"]) is None and _shipped_features([]) is None
+
+
+def test_flow_times_put_more_draws_where_the_direction_is_decided():
+    from vidq_jax.train.tasks import flow_times
+
+    key = jax.random.PRNGKey(3)
+    share = {k: float(np.mean(np.asarray(flow_times(key, 40000, k)) > 0.9)) for k in ("logit-normal", "uniform", "mixed")}
+    assert abs(share["logit-normal"] - 0.014) < 0.004 and abs(share["uniform"] - 0.1) < 0.01
+    assert abs(share["mixed"] - 0.057) < 0.008
+    u = np.asarray(flow_times(key, 1000, "mixed"))
+    assert u.min() > 0.0 and u.max() < 1.0
+    with pytest.raises(ValueError, match="unknown time sampling 'beta'"):
+        flow_times(key, 4, "beta")
+    with pytest.raises(ValueError, match="unknown time sampling"):
+        from vidq_jax.train.tasks import build_task
+
+        build_task(default_train_config("t2v", tiny=True, time_sampling="beta"), None)

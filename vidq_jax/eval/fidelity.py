@@ -1,6 +1,9 @@
 """Fidelity of a quantized model to its float twin (same noise, same conditioning, same sampler).
 
 * per-step latent relative error and SQNR along the sampling trajectory (:func:`trajectory_errors`);
+* per-step SQNR of the quantized denoiser's output on the float trajectory's inputs
+  (:func:`denoiser_sqnr_by_step`: what one step's quantization error is, without the drift of earlier
+  steps; :func:`step_summary`: mean, min, worst step);
 * final-output PSNR and SSIM vs the float output (:func:`latent_psnr_ssim`, the metrics of
   :mod:`vidq_jax.eval.quality`; videos are scored frame by frame). Without a VAE in the loop they are
   computed on the latents, with the float latent's value range as the data range;
@@ -132,6 +135,87 @@ def incoherence_by_timestep(model, params: Any, qparams: Any, calib_batches: Seq
     return {"timesteps": ts, "layers": layers, "summary": summary}
 
 
+def denoiser_sqnr_by_step(
+    model,
+    params: Any,
+    variants: Mapping[str, Any],
+    batches: Sequence[Any],
+    *,
+    channels: int | None = None,
+    versus: str | None = None,
+    jitter: float | None = None,
+) -> dict[str, Any]:
+    """Per-step SQNR (dB) of each variant's denoiser output against the float one, on the model inputs
+    of ``batches`` (:class:`vidq_jax.calibration.CalibBatch` records, e.g. every step of a float
+    sampling run: :func:`vidq_jax.calibration.trajectory_batches` with ``every_k_steps=1``).
+
+    ``variants``: ``{name: params}`` (quantized trees, bf16 leaves already upcast as the sampler would).
+    ``channels``: compare the first ``channels`` output channels only (the prediction the sampler
+    reads, not a learned-sigma half). ``versus``: also each variant against that variant (e.g. a
+    kernel backend against ``simulate``). ``jitter`` (with ``versus``): also the ``versus`` variant on
+    inputs scaled by ``1 + jitter`` against itself (``"floor"``): how far float rounding alone moves a
+    quantized model (flipped rounding decisions of its activation quantizers), the floor below which
+    two backends' differences are rounding, not a wrong kernel. Returns ``{"steps", "timesteps", "sqnr_db": {name: [per
+    step]}, "max_abs": {name: [per step]}}`` (+ ``"sqnr_vs"``, ``"max_abs_vs"`` with ``versus``, ``"floor"``
+    with ``jitter``);
+    the steps in the batches' order, several batches of one step pooled."""
+    if versus is not None and versus not in variants:
+        raise ValueError(f"versus={versus!r} is not one of the variants {sorted(variants)}")
+    apply = jax.jit(lambda p, b: model.apply({"params": p}, **b))
+    sl = (Ellipsis, slice(None, channels))
+    steps: list[int] = []
+    sums: dict[str, list[list[float]]] = {}  # per key, per step: [signal, noise, max_abs]
+
+    def add(key: str, i: int, ref: jax.Array, out: jax.Array) -> None:
+        acc = sums.setdefault(key, [])
+        while len(acc) <= i:
+            acc.append([0.0, 0.0, 0.0])
+        d = out - ref
+        acc[i][0] += float(jnp.sum(jnp.square(ref)))
+        acc[i][1] += float(jnp.sum(jnp.square(d)))
+        acc[i][2] = max(acc[i][2], float(jnp.max(jnp.abs(d))))
+
+    timesteps: list[float] = []
+    for b in batches:
+        if b.step not in steps:
+            steps.append(b.step)
+            timesteps.append(float(b.timestep))
+        i = steps.index(b.step)
+        ref = apply(params, b.batch)[sl].astype(jnp.float32)
+        outs = {n: apply(p, b.batch)[sl].astype(jnp.float32) for n, p in variants.items()}
+        for n, out in outs.items():
+            add(n, i, ref, out)
+            if versus is not None and n != versus:
+                add(f"vs:{n}", i, outs[versus], out)
+        if versus is not None and jitter is not None:
+            moved = apply(variants[versus], {**b.batch, "x": b.batch["x"] * (1.0 + jitter)})[sl].astype(jnp.float32)
+            add("floor", i, outs[versus], moved)
+
+    def db(sig: float, noise: float) -> float:
+        return float("inf") if noise == 0.0 else float(10.0 * np.log10(max(sig, _EPS) / noise))
+
+    out: dict[str, Any] = {"steps": steps, "timesteps": timesteps, "sqnr_db": {}, "max_abs": {}}
+    if versus is not None:
+        out.update(versus=versus, sqnr_vs={}, max_abs_vs={})
+    if "floor" in sums:
+        out["floor"] = [db(a[0], a[1]) for a in sums.pop("floor")]
+    for key, acc in sums.items():
+        vs = key.startswith("vs:")
+        name = key[3:] if vs else key
+        out["sqnr_vs" if vs else "sqnr_db"][name] = [db(a[0], a[1]) for a in acc]
+        out["max_abs_vs" if vs else "max_abs"][name] = [a[2] for a in acc]
+    return out
+
+
+def step_summary(values: Sequence[float], steps: Sequence[int], timesteps: Sequence[float]) -> dict[str, Any]:
+    """Mean, min and the worst step (lowest value: its sampling step and model timestep) of per-step
+    values such as :func:`denoiser_sqnr_by_step`'s SQNR."""
+    v = np.asarray(values, np.float64)
+    w = int(np.argmin(v))
+    return {"mean": float(np.mean(v)), "min": float(v[w]), "worst_step": int(steps[w]),
+            "worst_timestep": float(timesteps[w])}
+
+
 def fidelity_report(
     model,
     params: Any,
@@ -180,11 +264,13 @@ def fidelity_report(
 
 __all__ = [
     "balance_transforms",
+    "denoiser_sqnr_by_step",
     "fidelity_report",
     "incoherence_by_timestep",
     "latent_psnr_ssim",
     "latent_range",
     "relative_error",
     "sqnr_db",
+    "step_summary",
     "trajectory_errors",
 ]

@@ -39,6 +39,7 @@ from models.families import find_family
 from vidq_jax.quant.attention import QuantizedAttention, attention_records, set_attention_records
 from vidq_jax.quant.balance import balance_for_layer, layer_key
 from vidq_jax.quant.config import LayerQuant, QuantConfig, check_rules
+from vidq_jax.quant.fold import fold_params, record_layer
 from vidq_jax.quant.methods import layer_statistics, weight_method
 from vidq_jax.quant.plan import MixedPrecisionPlan
 from vidq_jax.quant.record import QuantizedWeight, static_act_params
@@ -241,14 +242,16 @@ def quantize_params(
         config = config.for_model(model, paths)
     settings = _layer_settings(inner, config, plan, paths, model_name(model))
     union: dict[str, LayerQuant] = {}  # one calibrating setting per layer suffices: stats are per layer
-    items: list[tuple[str, LayerQuant]] = []
     for p, lqs in settings.items():
         for lq in dict.fromkeys(x for x in lqs if x is not None):
-            items.append((p, lq))
             if p not in union or lq.needs_calibration:
                 union[p] = lq
-    stats, batches = calibration_stats(model, inner, batches, union, config.name, stats)
-    records = build_records(inner, items, model=model, config=config, stats=stats, batches=batches)
+    stats, calib = calibration_stats(model, inner, batches, union, config.name, stats)
+    # fold_heads layers: their balancing moves into V and their weight (quant/fold.py), before V is quantized
+    inner, settings, stats = fold_params(inner, settings, model=model, config=config, stats=stats,
+                                         batches=calib or batches)
+    items = [(p, lq) for p, lqs in settings.items() for lq in dict.fromkeys(x for x in lqs if x is not None)]
+    records = build_records(inner, items, model=model, config=config, stats=stats, batches=calib)
     new = inner
     for p, lqs in settings.items():
         if lqs == [None] * len(lqs):
@@ -273,7 +276,7 @@ def quantized_params_template(params: Mapping[str, Any], config: QuantConfig,
     cfgs = _segment_configs(config, plan)
     new = inner
     for p in dense_paths(inner):
-        lqs = [_fitted(c.resolve(p), get_kernel(inner, p)) for c in cfgs]
+        lqs = [record_layer(_fitted(c.resolve(p), get_kernel(inner, p))) for c in cfgs]
         if lqs == [None] * len(lqs):
             continue
         shape = tuple(get_kernel(inner, p).shape)
@@ -313,7 +316,8 @@ def _record_summary(k: Any) -> str:
         return "float"
     lq = k.layer
     a = f"A{lq.a_bits}" if lq.a_bits else "A16"
-    extra = (" +smooth" if k.smooth is not None else "") + (" +rot" if k.hadamard_signs is not None else "")
+    extra = (" +smooth" if k.smooth is not None else "") + (" +rot" if k.hadamard_signs is not None else "") + (
+        " +fold" if lq.fold_heads else "")
     return f"W{lq.w_bits}{a} {lq.w_granularity}/{lq.a_granularity}{extra} [{lq.backend}]"
 
 

@@ -1,6 +1,7 @@
 """Quantized attention as a quantization rule: the per-layer record of the attention seam.
 
-A rule key ``attn_bits=8`` (with ``attn_pv="fp8"`` (default) or ``"bf16"``) in a :class:`~vidq_jax.quant.config.LayerRule`
+A rule key ``attn_bits=8`` (with ``attn_pv="bf16"`` (default) or ``"fp8"``, and ``attn_smooth_q`` ``True``
+(default) or ``False``) in a :class:`~vidq_jax.quant.config.LayerRule`
 selects the attention of the modules whose query projection the rule matches — ``<module>/qkv`` (self and
 temporal attention) or ``<module>/q_linear`` (cross-attention) — so ``LayerRule("group:self_attn", attn_bits=8)``
 quantizes the spatial self-attention of every block (presets ``viditq-w8a8-qattn``, ``w8a8-qattn``). A rule
@@ -12,8 +13,12 @@ holding only attention keys leaves the linear layers it matches as they are; ``s
 the float attention. The record has no arrays (the scales are dynamic): its settings are static pytree
 metadata, rebuilt from the recipe in ``model.json`` when a quantized folder is loaded.
 
-Numerics: :func:`pallas_kernels.quant_attention_ref` (SageAttention-style: K smoothing, INT8 ``Q·Kᵀ`` with
-per-token Q and K scales, float32 online softmax, FP8 e4m3 or bf16 ``P·V``). Backends (the record's
+Numerics: :func:`pallas_kernels.quant_attention_ref` (SageAttention-style: K smoothing and Q smoothing with
+the exact ``q̄·Kᵀ`` term added back, INT8 ``Q·Kᵀ`` with per-token Q and K scales, float32 online softmax,
+bf16 or FP8 e4m3 ``P·V``). Why these defaults (bf16 ``P·V``, Q smoothing on): the measurements in
+``pallas_kernels/ops/quant_attention/NOTES.md`` — FP8 ``P·V`` triples the attention's share of the model
+error on the bundled models and is not faster in today's Triton kernel; Q smoothing (one mean per 128-query
+tile) removes 8–16 % of the INT8 ``Q·Kᵀ`` error for one per-key logit bias per tile. Backends (the record's
 ``backend``, resolved by :func:`vidq_jax.quant.backends.resolve` when traced): ``pallas`` runs the
 Pallas-Triton kernel (its CPU fallback is the reference), ``xla`` and ``simulate`` the jitted reference.
 Temporal attention runs the reference in every backend (few frames: no kernel).
@@ -32,8 +37,8 @@ from models import attention as attention_seam
 from vidq_jax.quant import backends
 
 ATTN_BITS: tuple[int, ...] = (8,)
-ATTN_PV: tuple[str, ...] = ("fp8", "bf16")
-ATTENTION_KEYS: tuple[str, ...] = ("attn_bits", "attn_pv")
+ATTN_PV: tuple[str, ...] = ("bf16", "fp8")
+ATTENTION_KEYS: tuple[str, ...] = ("attn_bits", "attn_pv", "attn_smooth_q")
 """Rule keys that configure attention (not fields of :class:`~vidq_jax.quant.config.LayerQuant`)."""
 
 # query projections that identify an attention module in a params tree, and the kind of attention
@@ -48,32 +53,38 @@ def check_attention_setting(key: str, value: Any) -> None:
     elif key == "attn_pv":
         if value not in ATTN_PV:
             raise ValueError(f"attn_pv={value!r} unknown; choose one of {ATTN_PV}")
+    elif key == "attn_smooth_q":
+        if not isinstance(value, bool):
+            raise ValueError(f"attn_smooth_q={value!r} must be True (subtract the mean query) or False")
     else:
         raise ValueError(f"{key!r} is not an attention setting; known: {ATTENTION_KEYS}")
 
 
 @struct.dataclass
 class QuantizedAttention:
-    """Per-layer quantized attention (``models.attention`` record): INT8 ``Q·Kᵀ`` (per-token Q scales,
-    ``k_block``-token K scales after subtracting the mean key), float32 softmax, ``pv`` ``P·V``."""
+    """Per-layer quantized attention (``models.attention`` record): INT8 ``Q·Kᵀ`` (per-token Q scales after
+    subtracting the mean query if ``smooth_q``, ``k_block``-token K scales after subtracting the mean key),
+    float32 softmax, ``pv`` ``P·V``."""
 
     bits: int = struct.field(pytree_node=False, default=8)
-    pv: str = struct.field(pytree_node=False, default="fp8")
+    pv: str = struct.field(pytree_node=False, default="bf16")
     q_block: int = struct.field(pytree_node=False, default=1)
     k_block: int = struct.field(pytree_node=False, default=1)
     smooth_k: bool = struct.field(pytree_node=False, default=True)
+    smooth_q: bool = struct.field(pytree_node=False, default=True)
     backend: str = struct.field(pytree_node=False, default="auto")
 
     def __post_init__(self) -> None:
         check_attention_setting("attn_bits", self.bits)
         check_attention_setting("attn_pv", self.pv)
+        check_attention_setting("attn_smooth_q", self.smooth_q)
         backends.check(self.backend)
 
     def with_backend(self, backend: str) -> "QuantizedAttention":
         return self.replace(backend=backends.check(backend))
 
     def describe(self) -> str:
-        return f"QK int{self.bits} / PV {self.pv} [{self.backend}]"
+        return f"QK int{self.bits}{'' if self.smooth_q else ' (no Q smoothing)'} / PV {self.pv} [{self.backend}]"
 
     def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None = None, *,
                kind: str) -> jax.Array:
@@ -84,7 +95,8 @@ class QuantizedAttention:
             return attention_seam.reference_attention(q, k, v, key_mask) if kind != "temporal" else \
                 attention_seam.reference_frame_attention(q, k, v)
         be = backends.resolve(self.backend)
-        kw = dict(pv=self.pv, q_block=self.q_block, k_block=self.k_block, smooth_k=self.smooth_k)
+        kw = dict(pv=self.pv, q_block=self.q_block, k_block=self.k_block, smooth_k=self.smooth_k,
+                  smooth_q=self.smooth_q)
         if kind == "temporal":  # (B, T, S, H, D): each position over its frames, as (B·S, T, H, D) sequences
             b, t, s, h, d = q.shape
             seq = lambda a: jnp.moveaxis(a, 2, 1).reshape(b * s, t, h, d)  # noqa: E731
@@ -122,7 +134,7 @@ def attention_modules(params: Mapping[str, Any]) -> dict[str, str]:
 
 
 def resolve_attention(config: Any, path: str) -> dict[str, Any] | None:
-    """The attention settings (``{"attn_bits": 8, "attn_pv": ...}``) that ``config``'s rules give the
+    """The attention settings (``{"attn_bits": 8, "attn_pv": ..., ...}``) that ``config``'s rules give the
     attention whose query projection is the Dense ``path``; ``None`` = float attention."""
     eff: dict[str, Any] | None = None
     for rule in config.rules:
@@ -151,7 +163,8 @@ def attention_records(params: Mapping[str, Any], config: Any) -> dict[str, Quant
             continue
         layer = config.resolve(proj) or config.default
         backend = layer.backend if layer is not None else "auto"
-        out[module] = QuantizedAttention(bits=int(eff["attn_bits"]), pv=eff.get("attn_pv", "fp8"), backend=backend)
+        out[module] = QuantizedAttention(bits=int(eff["attn_bits"]), pv=eff.get("attn_pv", ATTN_PV[0]),
+                                         smooth_q=eff.get("attn_smooth_q", True), backend=backend)
     return out
 
 
@@ -177,7 +190,7 @@ def set_attention_records(params: Mapping[str, Any], records: Mapping[str, Quant
 
 
 def attention_summary(params: Mapping[str, Any]) -> dict[str, str]:
-    """``{module path: "QK int8 / PV fp8 [auto]"}`` for every quantized attention of ``params``."""
+    """``{module path: "QK int8 / PV bf16 [auto]"}`` for every quantized attention of ``params``."""
     key = attention_seam.RECORD_KEY
     return {m: _node(params, m)[key].describe() for m in attention_modules(params)
             if isinstance(_node(params, m).get(key), QuantizedAttention)}

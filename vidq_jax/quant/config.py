@@ -12,7 +12,7 @@ Rule semantics (documented contract):
 
 1. a pattern is either ``group:<name>`` — a layer group declared by the model's family
    (:mod:`models.families`: ``self_attn``, ``cross_attn``, ``cross_kv``, ``temporal_attn``, ``ffn``, ``adaln``,
-   ``embedders``, ``final``, and the derived ``blocks`` / ``edge_blocks``) — or a regex matched with
+   ``embedders``, ``final``, and the derived ``blocks`` / ``edge_blocks`` / ``attn_out``) — or a regex matched with
    :func:`re.search` (substring; anchor with ``^``/``$`` or ``(^|/)``). Groups are resolved by
    :meth:`QuantConfig.for_model` (``quantize_params`` does it); an unbound config resolves a group as the
    union of the registered families' patterns (``edge_blocks`` needs the model);
@@ -106,6 +106,12 @@ class LayerQuant:
     output channel (``max|W_n| / 448``) and dynamic per-token e4m3 activations; needs ``w_bits = a_bits
     = 8``, symmetric per-channel weights, dynamic symmetric per-token activations (the balancing options
     apply unchanged). The e4m3 quantizer is the kernel package's (``pallas_kernels.quantize_fp8_weight_ref``).
+
+    ``fold_heads``: on a layer that reads an attention output (group ``attn_out``: the ``proj`` of each
+    attention its family declares), the layer's balancing — smoothing (``smooth_alpha``) and, with
+    ``rotate``, a PER-HEAD rotation instead of the online one over ``K`` — is absorbed offline into V's
+    producer and this layer's weight (QuaRot-style, :mod:`vidq_jax.quant.fold`): the record then runs the
+    plain quantizer (no online transform). Elsewhere it is an error naming the layer.
     """
 
     w_bits: int = 8
@@ -125,6 +131,7 @@ class LayerQuant:
     fit_group_size: bool = False
     tqe_frames: int | None = None
     fp8: bool = False
+    fold_heads: bool = False
 
     def __post_init__(self) -> None:
         check_bits(self.w_bits, "w_bits")
@@ -580,10 +587,17 @@ def _w8_only() -> QuantConfig:
     return QuantConfig("w8-only", default=LayerQuant(w_bits=8, a_bits=None))
 
 
-def _qattn(name: str, base: QuantConfig, pv: str = "fp8") -> QuantConfig:
+def _qattn(name: str, base: QuantConfig, pv: str = "bf16") -> QuantConfig:
     """``base`` plus quantized spatial self-attention (issue 14, :mod:`vidq_jax.quant.attention`): INT8 Q·Kᵀ
-    after K smoothing, ``pv`` (FP8 e4m3 or bf16) P·V."""
+    after Q and K smoothing, ``pv`` (bf16, or FP8 e4m3: faster on paper, 3x the attention error) P·V."""
     return base.replace(name=name, rules=base.rules + (LayerRule("group:self_attn", attn_bits=8, attn_pv=pv),))
+
+
+def _fold(base: QuantConfig) -> QuantConfig:
+    """``base`` with the balancing of every attention output projection (``group:attn_out``) folded offline
+    into V and the projection (per-head rotation, :mod:`vidq_jax.quant.fold`; issue 12): those layers run
+    the plain per-token quantizer, no online rotation."""
+    return base.replace(name=base.name + "-fold", rules=base.rules + (LayerRule("group:attn_out", fold_heads=True),))
 
 
 _FP8 = _W8A8.replace(w_symmetric=True, fp8=True)
@@ -601,10 +615,15 @@ PRESETS = {
     "viditq-w6a6": _viditq_w6a6,
     "viditq-w4a8": _viditq_w4a8,
     "viditq-w4a8-mp": _viditq_w4a8_mp,
+    # attention-output balancing folded offline into V / proj, opt-in (benchmarks/results/fold_quality.md, CPU,
+    # bundled models: W8A8 PSNR vs FP +1.1 dB t2i / -0.6 dB c2i vs the online rotation; W4A8 -0.3 / -2.3 dB)
+    "viditq-w8a8-fold": lambda: _fold(_viditq_w8a8()),
+    "viditq-w4a8-fold": lambda: _fold(_viditq_w4a8()),
+    "quarot-w8a8-fold": lambda: _fold(_quarot(8)),
     # + quantized self-attention: viditq-w8a8's linears; symmetric per-channel W8 + per-token A8 linears
     # (bench_e2e's "w8a8" row)
     "viditq-w8a8-qattn": lambda: _qattn("viditq-w8a8-qattn", _viditq_w8a8()),
-    "viditq-w8a8-qattn-bf16pv": lambda: _qattn("viditq-w8a8-qattn-bf16pv", _viditq_w8a8(), "bf16"),  # more accurate
+    "viditq-w8a8-qattn-fp8pv": lambda: _qattn("viditq-w8a8-qattn-fp8pv", _viditq_w8a8(), "fp8"),  # FP8 P·V
     "w8a8-qattn": lambda: _qattn("w8a8-qattn", QuantConfig("w8a8", default=_W8A8.replace(w_symmetric=True))),
     "qdit-w4a8": lambda: _qdit(4),
     "qdit-w6a8": lambda: _qdit(6),

@@ -196,18 +196,9 @@ class QuantizedWeight:
         lead = x.shape[:-1]
         xr = x.reshape(-1, k)
         n = self.out_features
-        fused = {}
-        if residual is not None or gate is not None:
-            row_gate = None if gate is None else _row_gate(gate, lead, n)
-            if (splits == 1 and (gate is None or row_gate is not None)
-                    and (residual is None or tuple(residual.shape) == lead + (n,))):
-                fused = {"residual": None if residual is None else residual.reshape(-1, n), "gate": row_gate}
         if (self.layer.a_bits is not None and self.backend == "pallas"
-                and (yk := backends.pallas_dense(self, xr, bias, out_dtype, activation, splits, **fused)) is not None):
-            if isinstance(yk, tuple):  # the kernels computed the column blocks separately
-                return tuple(a.reshape(lead + (a.shape[-1],)) for a in yk)
-            y = split_columns(yk.reshape(lead + (n,)), splits)
-            return y if fused else add_residual(y, residual, gate)
+                and (y := pallas_output(self, xr, lead, bias, out_dtype, activation, splits, residual, gate)) is not None):
+            return y
         x2 = self.balance(xr.astype(jnp.float32))
         if self.layer.a_bits is None:
             y = jnp.matmul(x2, self.dequantize().T, precision=_HIGHEST)
@@ -236,6 +227,29 @@ class QuantizedWeight:
         return integer_linear(
             q, s, z, self.layer.act_spec(), self.int_weight(), self.scale, self.zero_point, self.layer.weight_spec()
         )
+
+
+def pallas_output(rec: QuantizedWeight, xr: jax.Array, lead: tuple[int, ...], bias: jax.Array | None, out_dtype,
+                  activation: str | None, splits: int, residual: jax.Array | None, gate: jax.Array | None,
+                  **extra) -> jax.Array | tuple[jax.Array, ...] | None:
+    """The fused kernels' output (:func:`vidq_jax.quant.backends.pallas_dense` on the flat rows ``xr``, with
+    ``extra`` epilogue operands, e.g. a TQE branch's ``rank1``) in the Dense seam's shapes ``lead + (N,)``
+    (column blocks for ``splits > 1``), the gated residual fused when its shapes allow, else added after;
+    ``None`` when the kernels do not take the record (-> xla)."""
+    n = rec.out_features
+    fused = {}
+    if residual is not None or gate is not None:
+        row_gate = None if gate is None else _row_gate(gate, lead, n)
+        if (splits == 1 and (gate is None or row_gate is not None)
+                and (residual is None or tuple(residual.shape) == lead + (n,))):
+            fused = {"residual": None if residual is None else residual.reshape(-1, n), "gate": row_gate}
+    yk = backends.pallas_dense(rec, xr, bias, out_dtype, activation, splits, **fused, **extra)
+    if yk is None:
+        return None
+    if isinstance(yk, tuple):  # the kernels computed the column blocks separately
+        return tuple(a.reshape(lead + (a.shape[-1],)) for a in yk)
+    y = split_columns(yk.reshape(lead + (n,)), splits)
+    return y if fused else add_residual(y, residual, gate)
 
 
 def _row_gate(gate: jax.Array, lead: tuple[int, ...], n: int) -> jax.Array | None:
@@ -420,6 +434,7 @@ __all__ = [
     "balanced_weight",
     "integer_accumulators",
     "integer_linear",
+    "pallas_output",
     "quantize_weight",
     "static_act_params",
 ]

@@ -4,8 +4,12 @@
   :data:`CHOICES` ``= {32, 64, 128, 192, 288}`` that divides the layer's ``C_in`` (layers with no such
   divisor keep the config's setting and are not searched). The group size applies to the weight and to
   its input activation alike (:class:`~vidq_jax.quant.plan.BitsRule` ``group_size``).
-* **Constraint**: mean group size over the genes ``>= min_mean_group`` (128; Q-DiT's code uses this mean as
-  its proxy for the paper's BitOps budget: smaller groups cost more scale arithmetic and storage).
+* **Constraint** (``SearchSettings.constraint``): ``"mean_group"`` — mean group size over the genes
+  ``>= min_mean_group`` (128; Q-DiT's code uses this mean as its proxy for the paper's BitOps budget), or
+  ``"bitops"`` — the paper's form, :func:`bitops` of the genome ``<= max_bitops`` x that of the all-128 seed:
+  per token, every searched layer costs ``N·K·b_w·b_a`` integer bit-operations for its MACs plus one float32
+  multiply-add per output and group for the group scales (``N·(K/g)·32·32``), so small groups pay for their
+  scales in the same currency as bits.
 * **Fitness** (lower is better): a caller-supplied ``fitness(params) -> float`` — the Fréchet distance of
   generated samples to the real data's features (the project's feature networks); :mod:`vidq_jax.search_groups`
   builds it from the bundled sampling and feature machinery (this module imports neither pipeline nor sampling).
@@ -66,13 +70,15 @@ STATE_VERSION = 1
 
 @dataclasses.dataclass(frozen=True)
 class Gene:
-    """One searched layer: its Dense ``path``, ``C_in``, the allowed group sizes and its quantization bits."""
+    """One searched layer: its Dense ``path``, ``C_in``, the allowed group sizes, its quantization bits and
+    ``C_out`` (for :func:`bitops`)."""
 
     path: str
     in_features: int
     choices: tuple[int, ...]
     w_bits: int
     a_bits: int | None
+    out_features: int = 0
 
     @property
     def seed(self) -> int:
@@ -101,7 +107,7 @@ def search_space(params: Mapping[str, Any], config: QuantConfig, *, model: Any =
             continue
         allowed = tuple(c for c in choices if k.shape[0] % c == 0)
         if allowed:
-            genes.append(Gene(p, int(k.shape[0]), allowed, lq.w_bits, lq.a_bits))
+            genes.append(Gene(p, int(k.shape[0]), allowed, lq.w_bits, lq.a_bits, int(k.shape[-1])))
     if not genes:
         raise ValueError(f"config {config.name!r}: no quantized layer has a C_in divisible by a group size of "
                          f"{choices}: nothing to search")
@@ -121,6 +127,17 @@ def genome_plan(genes: Sequence[Gene], genome: Sequence[int], name: str = "qdit-
 def mean_group(genome: Sequence[int]) -> float:
     """The constraint's measure: the mean group size over the genes (Q-DiT's ``efficiency_predictor``)."""
     return float(np.mean(genome))
+
+
+SCALE_BITOPS = 32 * 32  # one float32 multiply-add of the group scales, in integer bit-operations
+
+
+def bitops(genes: Sequence[Gene], genome: Sequence[int]) -> float:
+    """BitOps per token of the searched layers (module docstring): ``Σ N·K·b_w·b_a + N·(K/g)·32·32``
+    (weight-only layers: ``b_a = 16``)."""
+    return float(sum(g.out_features * g.in_features * g.w_bits * (g.a_bits or 16)
+                     + g.out_features * (g.in_features // int(size)) * SCALE_BITOPS
+                     for g, size in zip(genes, genome, strict=True)))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -176,6 +193,8 @@ class SearchSettings:
     mutation_prob: float = 0.1
     min_mean_group: float = 128.0
     seed: int = 0
+    constraint: str = "mean_group"  # or "bitops" (CONSTRAINTS)
+    max_bitops: float = 1.0  # "bitops": at most this multiple of the all-128 seed genome's BitOps
 
     def __post_init__(self) -> None:
         for name in ("population", "generations", "top_k"):
@@ -190,6 +209,16 @@ class SearchSettings:
             raise ValueError(f"mutation_prob={self.mutation_prob!r} must lie in [0, 1]")
         if not np.isfinite(self.min_mean_group):
             raise ValueError(f"min_mean_group={self.min_mean_group!r} must be finite")
+        if self.constraint not in CONSTRAINTS:
+            raise ValueError(f"constraint={self.constraint!r} unknown; choose one of {CONSTRAINTS}")
+        if not (np.isfinite(self.max_bitops) and self.max_bitops > 0):
+            raise ValueError(f"max_bitops={self.max_bitops!r} must be a positive finite multiple of the seed's BitOps")
+
+    def describe(self) -> str:
+        """The constraint in words (logs, reports)."""
+        if self.constraint == "bitops":
+            return f"BitOps <= {self.max_bitops:g} x all-128"
+        return f"mean group >= {self.min_mean_group:g}"
 
     @property
     def n_mutations(self) -> int:
@@ -198,6 +227,9 @@ class SearchSettings:
     @property
     def n_crossovers(self) -> int:
         return self.population // 2 if self.crossovers is None else self.crossovers
+
+
+CONSTRAINTS: tuple[str, ...] = ("mean_group", "bitops")
 
 
 def _key(genome: Sequence[int]) -> str:
@@ -258,10 +290,18 @@ class _Evolution:
         self.generation = 0  # populations evaluated and ranked so far
         self.pending = False  # the population is bred but not yet ranked
         self.history: list[dict] = []
+        seed = tuple(g.seed for g in self.genes)
+        self.bitops_budget = settings.max_bitops * bitops(self.genes, seed) * (1 + 1e-12)
 
     # -- candidates ---------------------------------------------------------------------------
     def feasible(self, genome: Sequence[int]) -> bool:
+        if self.s.constraint == "bitops":
+            return bitops(self.genes, genome) <= self.bitops_budget
         return mean_group(genome) >= self.s.min_mean_group
+
+    def relative_bitops(self, key: str) -> float:
+        """A genome's :func:`bitops` over the all-128 seed's."""
+        return bitops(self.genes, _genome(key)) / bitops(self.genes, tuple(g.seed for g in self.genes))
 
     def random_genome(self) -> tuple[int, ...]:
         return tuple(int(g.choices[self.rng.integers(len(g.choices))]) for g in self.genes)
@@ -294,8 +334,8 @@ class _Evolution:
             out.append(_key(seed))
         self._fill(out, self.s.population - len(out), self.random_genome, 1000 * self.s.population)
         if not out:
-            raise ValueError(f"no genome reaches the mean group size {self.s.min_mean_group} (largest possible "
-                             f"{mean_group([max(g.choices) for g in self.genes]):.1f}); lower min_mean_group")
+            raise ValueError(f"no genome satisfies {self.s.describe()} (largest possible mean group "
+                             f"{mean_group([max(g.choices) for g in self.genes]):.1f}); relax the constraint")
         return out
 
     def next_population(self) -> list[str]:
@@ -319,7 +359,7 @@ class _Evolution:
             "population_best": float(np.min(vals)),
             "population_mean": float(np.mean(vals)),
             "best": {"genome": list(_genome(self.top[0])), "fitness": self.fitness[self.top[0]],
-                     "mean_group": mean_group(_genome(self.top[0]))},
+                     "mean_group": mean_group(_genome(self.top[0])), "bitops_vs_seed": self.relative_bitops(self.top[0])},
             "top_k": [{"genome": list(_genome(c)), "fitness": self.fitness[c]} for c in self.top],
         }
         self.history.append(rec)
@@ -349,7 +389,7 @@ class _Evolution:
         if state.get("space") != _space_json(genes):
             raise ValueError(f"{where}: the state was searched over other layers / group sizes than this model and "
                              "config; start a new search (another --out) or drop --resume")
-        saved = dict(state.get("settings") or {})
+        saved = {**dataclasses.asdict(SearchSettings()), **dict(state.get("settings") or {})}  # older states: defaults
         now = dataclasses.asdict(settings)
         diff = sorted(k for k in now if k != "generations" and saved.get(k) != now[k])
         if diff:
@@ -381,6 +421,7 @@ def search_groups(
     resume: bool = False,
     progress: bool | None = None,
     log: Callable[[str], None] | None = None,
+    time_budget_s: float | None = None,
 ) -> SearchResult:
     """Run the evolutionary group-size search (module docstring).
 
@@ -389,7 +430,12 @@ def search_groups(
     calibration the config needs (as for :func:`~vidq_jax.quant.quantize_params`). ``state_path``: the
     JSON state written after every generation (``resume=True`` continues from it); ``log_path``: the JSON
     list of every generation. ``progress``: a tqdm bar over the evaluations (``None``: only on a terminal).
+    ``time_budget_s``: after the first generation, breed no new one once this many seconds have passed (the
+    result is the best so far; the state stays resumable for the remaining generations).
     """
+    import time
+
+    start = time.perf_counter()
     from tqdm.auto import tqdm
 
     settings = settings or SearchSettings()
@@ -413,6 +459,11 @@ def search_groups(
                disable=None if progress is None else not progress)
     try:
         while ev.generation < settings.generations:
+            if (time_budget_s is not None and ev.generation and not ev.pending
+                    and time.perf_counter() - start > time_budget_s):
+                if log is not None:
+                    log(f"time budget of {time_budget_s:g} s spent after {ev.generation} generation(s); stopping")
+                break
             # the state is saved once a generation is bred, after every evaluation and once it is ranked: a
             # resumed search continues the interrupted generation and breeds exactly as an uninterrupted one
             if not ev.pending:
@@ -424,7 +475,7 @@ def search_groups(
                     break
                 if ev.generation == 0 and len(ev.population) < settings.population and log is not None:
                     log(f"generation 0: only {len(ev.population)} feasible candidate(s) found for a population of "
-                        f"{settings.population} (mean group >= {settings.min_mean_group:g} leaves little room)")
+                        f"{settings.population} ({settings.describe()} leaves little room)")
                 ev.pending = True
                 save()
             for c in ev.population:
@@ -453,9 +504,11 @@ def search_groups(
 
 __all__ = [
     "CHOICES",
+    "CONSTRAINTS",
     "Gene",
     "SearchResult",
     "SearchSettings",
+    "bitops",
     "candidate_params",
     "genome_plan",
     "mean_group",

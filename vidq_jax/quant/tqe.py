@@ -15,16 +15,17 @@ A :class:`TQEWeight` is a Dense-seam record (DESIGN.md) wrapping a :class:`~vidq
   (:attr:`~vidq_jax.quant.config.LayerQuant.tqe_frames` frames).
 
 At inference the branch costs one dot product per token (``u``, computed where the activation is
-quantized) and a rank-1 epilogue term, added before the layer's activation:
+quantized) and a rank-1 epilogue term, added after the bias and before the layer's activation, then the
+block's gated residual ``residual + gate · y``:
 
 * ``simulate`` / ``xla``: ``u`` from the dequantized activation the backend quantized anyway, one
-  broadcast multiply-add on the output;
-* ``pallas``: the fused kernel computes ``Q̂(x')·Ŵ'ᵀ + b`` (activation and column splits not fused), ``u``
-  comes from the kernel's own int8 activation recomputed in XLA
-  (:func:`vidq_jax.quant.backends.kernel_activation`), the term is added in XLA. A GEMM epilogue taking
-  ``u (M,)`` and ``β (N,)`` (the same shape of term as an asymmetric weight's zero-point correction
-  ``(s_x Σq_x) ⊗ (z_w s_w)``), with ``u`` written by the activation quantizer next to its scale, would
-  make the branch free.
+  broadcast multiply-add on the float32 output;
+* ``pallas``: inside the kernels (:func:`vidq_jax.quant.backends.pallas_dense` ``rank1=``): the per-token
+  quantizer kernel writes ``u = s_x · (q_x · α)`` (times ``M`` of the token's frame, passed as one float per
+  token) next to its scale, and the GEMM epilogue (Mosaic GPU and Pallas-Triton, W8A8 and W4A8) adds
+  ``u[m] · β[n]`` in float32 after the zero-point term, scales and bias, before the activation, the gated
+  residual and the output cast. Activation, column splits and gated residual stay fused as for a plain
+  :class:`~vidq_jax.quant.record.QuantizedWeight`; formats the kernels do not take fall back to ``xla``.
 
 Records are built by the ``qvdit`` weight method (:mod:`vidq_jax.quant.methods.qvdit`) and trained by
 :func:`vidq_jax.quant.distill.distill`.
@@ -32,16 +33,16 @@ Records are built by the ``qvdit`` weight method (:mod:`vidq_jax.quant.methods.q
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import struct
 
-from models.layers import activate, split_columns
-from vidq_jax.quant import backends
+from models.layers import activate, add_residual, split_columns
 from vidq_jax.quant.quantizers import dequantize
-from vidq_jax.quant.record import QuantizedWeight, integer_linear
+from vidq_jax.quant.record import QuantizedWeight, integer_linear, pallas_output
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -102,9 +103,19 @@ class TQEWeight:
     def with_backend(self, backend: str) -> "TQEWeight":
         return self.replace(base=self.base.with_backend(backend))
 
+    def rank1(self, lead: tuple[int, ...]) -> tuple[jax.Array, ...]:
+        """The kernels' ``rank1`` operand for inputs ``lead + (K,)``: ``(alpha, beta)``, plus the per-token
+        scale ``M[frame(m)]`` (one float per flattened token) on token-aware layers."""
+        alpha, beta = self.alpha.astype(jnp.float32), self.beta.astype(jnp.float32)
+        if self.frame_scale is None:
+            return alpha, beta
+        return alpha, beta, frame_scaled(jnp.ones((math.prod(lead),), jnp.float32), lead, self.frame_scale)
+
     def quantized_dense(self, x: jax.Array, bias: jax.Array | None = None, dtype: Any = None,
-                        activation: str | None = None, splits: int = 1) -> jax.Array | tuple[jax.Array, ...]:
-        """``act(x·W + b + branch)`` for ``x (..., K)`` → ``(..., N)`` (``splits`` column blocks if > 1)."""
+                        activation: str | None = None, splits: int = 1, residual: jax.Array | None = None,
+                        gate: jax.Array | None = None) -> jax.Array | tuple[jax.Array, ...]:
+        """``residual + gate · act(x·W + b + branch)`` for ``x (..., K)`` → ``(..., N)`` (``splits`` column
+        blocks if > 1; ``residual`` / ``gate`` as :meth:`QuantizedWeight.quantized_dense` takes them)."""
         base = self.base
         x = jnp.asarray(x)
         out_dtype = jnp.dtype(dtype) if dtype is not None else x.dtype
@@ -117,31 +128,28 @@ class TQEWeight:
         check_frames(lead, self.frame_scale)
         xr = x.reshape(-1, k)
         lq = base.layer
-        y = None
-        if lq.a_bits is not None and base.backend == "pallas" and not lq.fp8:  # int8 kernels: u from their int8 x
-            y = backends.pallas_dense(base, xr, bias, jnp.float32)
-        if y is not None:  # the fused kernel ran: the branch reads its int8 activation
-            qv, qs = backends.kernel_activation(base, xr)
-            u = jnp.matmul(qv.astype(jnp.float32), self.alpha, precision=_HIGHEST) * qs
+        if (lq.a_bits is not None and base.backend == "pallas" and not lq.fp8  # the branch inside the kernels
+                and (y := pallas_output(base, xr, lead, bias, out_dtype, activation, splits, residual, gate,
+                                        rank1=self.rank1(lead))) is not None):
+            return y
+        x2 = base.balance(xr.astype(jnp.float32))
+        if lq.a_bits is None:
+            x_hat = x2
+            y = jnp.matmul(x2, base.dequantize().T, precision=_HIGHEST)
         else:
-            x2 = base.balance(xr.astype(jnp.float32))
-            if lq.a_bits is None:
-                x_hat = x2
-                y = jnp.matmul(x2, base.dequantize().T, precision=_HIGHEST)
+            spec = lq.act_spec()
+            q, s, z = base.quantize_activation(x2)
+            x_hat = dequantize(q, s, z, spec)
+            if base.backend == "simulate":
+                y = jnp.matmul(x_hat, base.dequantize().T, precision=_HIGHEST)
             else:
-                spec = lq.act_spec()
-                q, s, z = base.quantize_activation(x2)
-                x_hat = dequantize(q, s, z, spec)
-                if base.backend == "simulate":
-                    y = jnp.matmul(x_hat, base.dequantize().T, precision=_HIGHEST)
-                else:
-                    y = integer_linear(q, s, z, spec, base.int_weight(), base.scale, base.zero_point, lq.weight_spec())
-            if bias is not None:
-                y = y + bias.astype(jnp.float32)
-            u = jnp.matmul(x_hat, self.alpha.astype(jnp.float32), precision=_HIGHEST)
-        u = frame_scaled(u, lead, self.frame_scale)
+                y = integer_linear(q, s, z, spec, base.int_weight(), base.scale, base.zero_point, lq.weight_spec())
+        if bias is not None:
+            y = y + bias.astype(jnp.float32)
+        u = frame_scaled(jnp.matmul(x_hat, self.alpha.astype(jnp.float32), precision=_HIGHEST), lead, self.frame_scale)
         y = y.astype(jnp.float32) + u[:, None] * self.beta.astype(jnp.float32)[None, :]
-        return split_columns(activate(activation, y).astype(out_dtype).reshape(lead + (n,)), splits)
+        y = split_columns(activate(activation, y).astype(out_dtype).reshape(lead + (n,)), splits)
+        return add_residual(y, residual, gate)
 
 
 def init_branch(key: jax.Array, in_features: int, out_features: int, frames: int | None = None

@@ -48,14 +48,15 @@ def get_kernel(params: Mapping[str, Any], path: str) -> Any:
     return get_node(params, path)["kernel"]
 
 
-def set_kernel(params: Mapping[str, Any], path: str, value: Any) -> dict:
-    """Functional update of ``params[...path...]["kernel"]`` (copies only the dicts on the path)."""
+def set_kernel(params: Mapping[str, Any], path: str, value: Any, leaf: str = "kernel") -> dict:
+    """Functional update of ``params[...path...]["kernel"]`` (or of another ``leaf`` of the node, e.g.
+    ``"bias"``; copies only the dicts on the path)."""
     parts = path.split("/")
 
     def rec(node: Mapping[str, Any], i: int) -> dict:
         new = dict(node)
         if i == len(parts):
-            new["kernel"] = value
+            new[leaf] = value
         else:
             new[parts[i]] = rec(node[parts[i]], i + 1)
         return new

@@ -10,6 +10,7 @@ Examples::
     python -m vidq_jax.train prompts                               # re-encode the shipped prompt banks
     python -m vidq_jax.train captions t2i --out runs/t2i           # caption cache only (then train without torch)
     python -m vidq_jax.train estimate                              # steps/s here + FLOPs -> H100 estimate
+    python -m vidq_jax.train eval-t2v runs/t2v/model --select-guidance 2,3,4,6 --write   # FP subject/motion acc.
 """
 
 from __future__ import annotations
@@ -39,6 +40,12 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoder", choices=["minilm", "hash"], default="minilm",
                    help="caption features: MiniLM (needs the text extra) or a torch-free hash stand-in (smoke tests); "
                         "c2i has no captions")
+    p.add_argument("--model-size", help="t2v: named model size (s = the first shipped 4.1 M model, m = 9.3 M, default)")
+    p.add_argument("--time-sampling", choices=["logit-normal", "uniform", "mixed"],
+                   help="t2v: distribution of the flow time in training (default mixed)")
+    p.add_argument("--init-from", type=Path,
+                   help="start params + EMA from an exported model folder (fresh optimizer and schedule), e.g. the "
+                        "OUT/model a previous device call brought back")
     p.add_argument("--no-resume", action="store_true", help="start from scratch even if OUT/ckpt exists")
     p.add_argument("--no-preview", action="store_true")
 
@@ -64,6 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     pe = sub.add_parser("estimate", help="measure full-size train-step time here + FLOPs; extrapolate to an H100")
     pe.add_argument("--task", choices=["t2i", "t2v", "both"], default="both")
     pe.add_argument("--cpu-batch", type=int, default=4)
+    pv = sub.add_parser("eval-t2v", help="subject / motion accuracy of a text-to-video export's FP samples "
+                        "(video feature network); optionally pick its CFG scale")
+    pv.add_argument("folder", type=Path, help="the exported model folder (OUT/model)")
+    pv.add_argument("--select-guidance", default="", help="comma-separated CFG scales to choose from, e.g. 2,3,4,6")
+    pv.add_argument("--write", action="store_true", help="store the chosen CFG scale in the folder's model.json")
+    pv.add_argument("--features", default="video", help="feature network: 'video' (shipped) or a folder")
+    pv.add_argument("--out", type=Path, help="report JSON (default: eval.json next to the folder)")
+    pv.add_argument("--steps", type=int, help="sampler steps instead of the exported ones (smoke runs)")
     pp = sub.add_parser("prompts", help="encode the demo prompt banks into assets/ (needs the text extra)")
     pp.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -76,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             args.cmd, tiny=args.tiny, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
             ema_decay=args.ema_decay, seed=args.seed, dtype=args.dtype, steps_per_call=args.steps_per_call,
             log_every=args.log_every, ckpt_every=args.ckpt_every, time_limit=args.time_limit,
-            fit_schedule=args.fit_schedule or None, time_reserve=args.time_reserve,
+            fit_schedule=args.fit_schedule or None, time_reserve=args.time_reserve, model_size=args.model_size,
+            init_from=str(args.init_from) if args.init_from else None, time_sampling=args.time_sampling,
         )
         train(cfg, args.out, encoder=args.encoder, resume=not args.no_resume, preview=not args.no_preview)
     elif args.cmd == "features":
@@ -99,6 +115,15 @@ def main(argv: list[str] | None = None) -> int:
 
         for t in (["t2i", "t2v"] if args.task == "both" else [args.task]):
             print(json.dumps(measure(t, cpu_batch=args.cpu_batch, log=lambda s: None), indent=1))
+    elif args.cmd == "eval-t2v":
+        from vidq_jax.train.evaluate import evaluate_t2v
+
+        try:
+            scales = [float(g) for g in args.select_guidance.split(",") if g.strip()]
+        except ValueError:
+            ap.error(f"--select-guidance {args.select_guidance!r}: comma-separated numbers, e.g. 2,3,4,6")
+        evaluate_t2v(args.folder, guidance=scales, write=args.write, out=args.out, features=args.features,
+                     steps=args.steps)
     elif args.cmd == "prompts":
         from vidq_jax.train.prompts import write_prompt_banks
 

@@ -10,7 +10,7 @@ from models.stdit3 import STDiT3Config
 from vidq_jax.data.text import CAPTION_CHANNELS, MAX_LENGTH
 
 __all__ = ["TrainConfig", "c2i_model_config", "t2i_model_config", "t2v_model_config", "default_train_config",
-           "T2I_DEMO_PROMPTS", "TASKS", "VIDEO_FPS"]
+           "T2I_DEMO_PROMPTS", "T2V_MODEL_SIZES", "TASKS", "VIDEO_FPS"]
 
 TASKS: tuple[str, ...] = ("t2i", "t2v", "c2i")
 
@@ -50,19 +50,30 @@ def t2i_model_config(tiny: bool = False) -> PixArtConfig:
     )
 
 
-def t2v_model_config(tiny: bool = False) -> STDiT3Config:
+# named sizes of the text-to-video STDiT3: (hidden, depth, heads). "s" is the first shipped model (4.1 M params,
+# 7.8 MiB bf16; its FP samples were smears: subject 0.75 / motion 0.5 on 4 videos); "m" its successor (9.3 M
+# params, 17.7 MiB bf16), the default.
+T2V_MODEL_SIZES: dict[str, tuple[int, int, int]] = {"s": (192, 3, 3), "m": (256, 4, 4)}
+
+
+def t2v_model_config(tiny: bool = False, size: str = "") -> STDiT3Config:
     """STDiT3 architecture in pixel space: 8×32×32 RGB, patch (1, 2, 2), MiniLM captions.
 
-    Full: hidden 192, depth 3 (3 spatial + 3 temporal blocks), 3 heads (4.1 M params, 8 MB bf16).
+    ``size``: a key of :data:`T2V_MODEL_SIZES` ("" = "m": hidden 256, depth 4 — 4 spatial + 4 temporal
+    blocks —, 4 heads).
     ``input_sq_size = 32``: the positional-table scale is 1 at the trained 32×32 (height/width inputs
     are pixel sizes, 32)."""
+    size = size or "m"
+    if size not in T2V_MODEL_SIZES:
+        raise ValueError(f"unknown t2v model size {size!r} ({' | '.join(T2V_MODEL_SIZES)})")
+    hidden, depth, heads = T2V_MODEL_SIZES[size]
     return STDiT3Config(
         input_sq_size=32,
         in_channels=3,
         patch_size=(1, 2, 2),
-        hidden_size=32 if tiny else 192,
-        depth=1 if tiny else 3,
-        num_heads=2 if tiny else 3,
+        hidden_size=32 if tiny else hidden,
+        depth=1 if tiny else depth,
+        num_heads=2 if tiny else heads,
         mlp_ratio=4.0,
         caption_channels=CAPTION_CHANNELS,
         model_max_length=MAX_LENGTH,
@@ -118,6 +129,12 @@ class TrainConfig:
     tiny: bool = False
     sample_steps: int = 20  # preview / exported sampler steps
     guidance_scale: float = 4.5
+    model_size: str = ""  # t2v: a key of T2V_MODEL_SIZES ("" = the default)
+    # t2v: distribution of the flow time t/1000: "logit-normal" (SD3 / Open-Sora 1.2; the first shipped model),
+    # "uniform", or "mixed" (half each: 4x the logit-normal's share of t > 0.9, where the clip's motion
+    # direction is decided)
+    time_sampling: str = "logit-normal"
+    init_from: str = ""  # start (params and EMA) from an exported model folder instead of the random init
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -133,7 +150,7 @@ def default_train_config(task: str, tiny: bool = False, **overrides) -> TrainCon
     elif task == "c2i":
         base.update(steps=20000, batch_size=128, guidance_scale=4.0, sample_steps=50)
     else:
-        base.update(steps=20000, batch_size=32, guidance_scale=4.0, sample_steps=30)
+        base.update(steps=20000, batch_size=64, warmup=500, guidance_scale=4.0, sample_steps=30, time_sampling="mixed")
     if tiny:
         base.update(steps=3, batch_size=4, warmup=1, log_every=1, ckpt_every=2, ema_decay=0.9,
                     tiny=True, sample_steps=2)

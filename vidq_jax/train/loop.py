@@ -32,7 +32,7 @@ from vidq_jax.checkpoint import params_nbytes, save_model
 from vidq_jax.train.configs import TrainConfig
 from vidq_jax.train.tasks import Task, build_task
 
-__all__ = ["train", "plot_loss", "resolve_dtype"]
+__all__ = ["train", "plot_loss", "resolve_dtype", "initial_params_from"]
 
 
 def resolve_dtype(name: str):
@@ -59,6 +59,25 @@ def dit_init(model: Any, params: Any, zero_groups: tuple[str, ...] = ()) -> Any:
         return x
 
     return jax.tree_util.tree_map_with_path(fix, params)
+
+
+def initial_params_from(folder: str | Path, abstract: Any) -> Any:
+    """float32 params of an exported model folder (``OUT/model``, bf16) to continue training from: a second
+    device call resumes from the export the first one brought back, not from optimizer checkpoints.
+    ``abstract``: the task's param shapes; a folder of another architecture is a ValueError naming it."""
+    from vidq_jax.checkpoint import load_model
+
+    _, params, meta = load_model(folder)
+
+    def by_path(tree):
+        return {jax.tree_util.keystr(k): x for k, x in jax.tree_util.tree_leaves_with_path(tree)}
+
+    want, got = by_path(abstract), by_path(params)
+    if {k: x.shape for k, x in want.items()} != {k: x.shape for k, x in got.items()}:
+        raise ValueError(f"--init-from {folder}: its params ({meta.get('arch')}, config {meta.get('config')}) do not "
+                         "match the model being trained; pass the same --model-size it was trained with")
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(abstract),
+                                        [jnp.asarray(got[k], jnp.float32) for k in want])
 
 
 def optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
@@ -193,6 +212,10 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, encoder: str = "minilm", res
         log(f"resumed from step {int(state['step'])}")
     else:
         state = init_state()
+        if cfg.init_from:
+            params = initial_params_from(cfg.init_from, abstract["params"])
+            state = {"params": params, "ema": params, "opt": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+            log(f"[{cfg.task}] params and EMA start from the export {cfg.init_from} (fresh optimizer and schedule)")
 
     def one_step(state, total):
         k = jax.random.fold_in(k_train, state["step"])

@@ -4,8 +4,9 @@
   schedule (1000 steps, the schedule of :func:`vidq_jax.sampling.sample_dpm_solver`):
   ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) ε``, ``t ~ U{0..999}``, loss ``|ε̂ - ε|²``.
 * ``t2v`` — STDiT3 on procedural sprite clips (8×32×32 RGB), rectified flow as Open-Sora 1.2 /
-  :func:`vidq_jax.sampling.sample_rflow`: ``x_t = (1 - t/1000) x_0 + (t/1000) ε``, ``t/1000 ~``
-  logit-normal(0, 1), target velocity ``x_0 - ε``. Sampling uses ``use_timestep_transform=False``
+  :func:`vidq_jax.sampling.sample_rflow`: ``x_t = (1 - t/1000) x_0 + (t/1000) ε``, ``t/1000`` from
+  :func:`flow_times` (``TrainConfig.time_sampling``: logit-normal(0, 1) as Open-Sora, or mixed with
+  uniform), target velocity ``x_0 - ε``. Sampling uses ``use_timestep_transform=False``
   (the transform is calibrated for VAE latents of 512² videos).
 
 * ``c2i`` — DiT on the emoji images conditioned on their category (10 classes), ε-prediction on DiT's
@@ -40,7 +41,7 @@ from vidq_jax.train.configs import (
     t2v_model_config,
 )
 
-__all__ = ["Task", "build_task", "caption_features", "hash_caption_features"]
+__all__ = ["Task", "TIME_SAMPLINGS", "build_task", "caption_features", "flow_times", "hash_caption_features"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -62,13 +63,31 @@ def hash_caption_features(captions: list[str], max_length: int = MAX_LENGTH) -> 
     return y, mask
 
 
+def _shipped_features(captions: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
+    """MiniLM features of ``captions`` from the prompt banks shipped in ``assets/`` (``*.npz`` written by
+    :func:`vidq_jax.data.text.save_prompt_bank`), or ``None`` unless every caption is in one of them: the
+    40 video captions are all in ``t2v_prompts``, so the t2v task needs neither MiniLM nor a cache."""
+    from vidq_jax.data.text import ASSETS_DIR, load_prompt_bank
+
+    rows: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for path in sorted(ASSETS_DIR.glob("*.npz")):
+        texts, y, mask = load_prompt_bank(path)
+        rows.update({t: (y[i], mask[i]) for i, t in enumerate(texts) if y.shape[1:] == (MAX_LENGTH, CAPTION_CHANNELS)})
+    if not captions or any(c not in rows for c in captions):
+        return None
+    return np.stack([rows[c][0] for c in captions]), np.stack([rows[c][1] for c in captions])
+
+
 def caption_features(captions: list[str], cache: Path | None, encoder: str = "minilm", log=print) -> tuple[np.ndarray, np.ndarray]:
     """``(y (N, L, 384) float32, mask (N, L))`` of unique ``captions``, cached in ``cache`` (.npz)."""
     if cache is not None and cache.exists():
         with np.load(cache) as z:
             if [str(c) for c in z["captions"]] == list(captions) and str(z["encoder"]) == encoder:
                 return z["y"].astype(np.float32), z["mask"].astype(np.int32)
-    if encoder == "minilm":
+    shipped = _shipped_features(captions) if encoder == "minilm" else None
+    if shipped is not None:
+        y, mask = shipped  # the MiniLM features the prompt banks in assets/ ship (float16, as a cache keeps them)
+    elif encoder == "minilm":
         from vidq_jax.data.text import encode_prompts
 
         log(f"encoding {len(captions)} captions with all-MiniLM-L6-v2 ...")
@@ -112,6 +131,30 @@ class Task:
     # layer groups (models.families) whose Dense layers start at zero besides dit_init's (DiT: "adaln",
     # the adaLN-Zero initialisation of its per-block modulations)
     zero_groups: tuple[str, ...] = ()
+
+
+TIME_SAMPLINGS: tuple[str, ...] = ("logit-normal", "uniform", "mixed")
+
+
+def flow_times(key: jax.Array, n: int, kind: str = "logit-normal") -> jax.Array:
+    """``(n,)`` rectified-flow times ``t / 1000`` in (0, 1) drawn from ``kind`` of :data:`TIME_SAMPLINGS`.
+
+    The first t2v model (logit-normal) learnt each clip's motion axis but barely its sign: with a flipped
+    direction word ("left" for "right") its loss on real clips rose ~10 % (a caption of the other axis: ~5x),
+    and its samples moved along the caption's axis but half of them the wrong way. Where the sprite starts
+    is visible through the noise (a 16×16 blob) up to t/1000 ≈ 0.9, so the direction is fixed in the first
+    sampling steps, a range logit-normal(0, 1) draws 1.4 % of the time; "mixed" (half logit-normal, half
+    uniform) draws t/1000 > 0.9 4x as often (5.7 %) and keeps most of the middle."""
+    if kind not in TIME_SAMPLINGS:
+        raise ValueError(f"unknown time sampling {kind!r} ({' | '.join(TIME_SAMPLINGS)})")
+    k_ln, k_u, k_pick = jax.random.split(key, 3)
+    logit_normal = jax.nn.sigmoid(jax.random.normal(k_ln, (n,)))
+    uniform = jax.random.uniform(k_u, (n,), minval=1e-4, maxval=1.0 - 1e-4)
+    if kind == "logit-normal":
+        return logit_normal
+    if kind == "uniform":
+        return uniform
+    return jnp.where(jax.random.bernoulli(k_pick, 0.5, (n,)), uniform, logit_normal)
 
 
 def _drop_captions(params, y, key, p: float):
@@ -184,7 +227,7 @@ def _t2v_task(cfg: TrainConfig, out_dir: Path, encoder: str, log) -> Task:
     y_all, m_all = caption_features(captions, out_dir / "captions.npz", encoder, log)
     prompts = [captions[i] for i in ([8, 21] if cfg.tiny else [8, 9, 10, 11, 21, 26, 4, 39])]
     py, pm = caption_features(prompts, out_dir / "preview_prompts.npz", encoder, log)
-    mcfg = t2v_model_config(cfg.tiny)
+    mcfg = t2v_model_config(cfg.tiny, cfg.model_size)
     ys, masks = jnp.asarray(y_all), jnp.asarray(m_all)
     sprites, sprite_labels = data.sprites, data.sprite_labels
     b = cfg.batch_size
@@ -195,7 +238,7 @@ def _t2v_task(cfg: TrainConfig, out_dir: Path, encoder: str, log) -> Task:
             k_clip, k_t, k_eps, k_drop = jax.random.split(key, 4)
             video, _, _, ci = render_clips(jax.random.split(k_clip, b), sprites, sprite_labels, spec)
             y = _drop_captions(params, ys[ci], k_drop, cfg.caption_dropout)
-            u = jax.nn.sigmoid(jax.random.normal(k_t, (b,)))  # logit-normal t / 1000
+            u = flow_times(k_t, b, cfg.time_sampling)  # t / 1000
             eps = jax.random.normal(k_eps, video.shape, jnp.float32)
             s = u[:, None, None, None, None]
             xt = (1.0 - s) * video + s * eps
@@ -285,6 +328,10 @@ def _c2i_task(cfg: TrainConfig, out_dir: Path, encoder: str, log) -> Task:
 
 def build_task(cfg: TrainConfig, out_dir: Path, encoder: str = "minilm", log=print) -> Task:
     """The :class:`Task` of ``cfg.task``."""
+    if cfg.model_size and cfg.task != "t2v":
+        raise ValueError(f"model_size {cfg.model_size!r}: only the t2v task has named model sizes")
+    if cfg.time_sampling not in TIME_SAMPLINGS:
+        raise ValueError(f"unknown time sampling {cfg.time_sampling!r} ({' | '.join(TIME_SAMPLINGS)})")
     if cfg.task in ("t2i", "c2i"):
         task = (_t2i_task if cfg.task == "t2i" else _c2i_task)(cfg, out_dir, encoder, log)
         model = task.model_cls(task.model_config)

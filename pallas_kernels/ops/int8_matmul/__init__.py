@@ -29,10 +29,12 @@ from pallas_kernels.ops.int8_matmul.reference import (
     EPILOGUE_ACTIVATIONS,
     apply_activation,
     check_activation,
+    check_rank1,
     check_zero_point,
     gate_rows,
     gemm_ref,
     int8_matmul_ref,
+    rank1_ref,
     residual_gate_ref,
     scaled_epilogue_ref,
     zero_point_ref,
@@ -101,13 +103,15 @@ def scaled_gemm(
     x_row_sum: jax.Array | None = None,
     residual: jax.Array | None = None,
     gate: jax.Array | None = None,
+    rank1: tuple | None = None,
 ) -> jax.Array:
     """Quantized GEMM ``xq (M,K) x wq (N,K)^T`` of int8 (int32 accumulation) or FP8 e4m3 (float32
     accumulation) codes: THE dispatch of the quantized GEMMs (:func:`int8_gemm`,
     :func:`pallas_kernels.fp8_gemm`; the same kernels, tilings and fused epilogue for both). With scales
     the epilogue of ``reference.scaled_epilogue_ref`` is fused: the weight zero-point term
     ``x_row_sum[m] · w_zero[n]`` in int32 (int8 only: ``w_zero (N,)`` int32 with the quantizer's code sums
-    ``x_row_sum (M,)``/``(M, 1)``), scales, bias, an optional ``activation``
+    ``x_row_sum (M,)``/``(M, 1)``), scales, bias, the rank-1 term ``u[m] · beta[n]`` (``rank1 = (u (M,),
+    beta (N,))`` float32: ``reference.rank1_ref``), an optional ``activation``
     (``reference.EPILOGUE_ACTIVATIONS``), then ``residual (M, N) + gate (G, N) · y`` (``gate`` row ``g``
     covers rows ``[g·M/G, (g+1)·M/G)``).
 
@@ -125,8 +129,9 @@ def scaled_gemm(
     check_activation(activation)
     check_zero_point(w_zero, x_row_sum)
     scaled = x_scale is not None
-    if not scaled and (activation is not None or w_zero is not None or residual is not None or gate is not None):
-        raise ValueError("an epilogue activation, zero point, residual or gate needs the scales "
+    if not scaled and (activation is not None or w_zero is not None or residual is not None or gate is not None
+                       or rank1 is not None):
+        raise ValueError("an epilogue activation, zero point, rank-1 term, residual or gate needs the scales "
                          "(dequantizing epilogue)")
     if xq.dtype != wq.dtype or xq.dtype not in CODE_DTYPES:
         raise TypeError(f"int8 x int8 or e4m3 x e4m3 operands required, got {xq.dtype} and {wq.dtype}")
@@ -139,6 +144,7 @@ def scaled_gemm(
     rows_per_gate = gate_rows(m, gate)
     if gate is not None and gate.shape[1] != n:
         raise ValueError(f"gate must be (G, N={n}), got {gate.shape}")
+    check_rank1(rank1, m, n)
     be = resolve_backend(backend, op)
     if be == "triton" and xq.dtype != jnp.int8 and on_gpu():
         # Measured on an H100 (gpu_check, 2026-12-06): Pallas-Triton's FP8 dot (mma.sync, not wgmma) loses
@@ -147,7 +153,7 @@ def scaled_gemm(
         raise ValueError(f"pallas_kernels.{op}: the Pallas-Triton GEMM is not accurate on FP8 operands on a GPU "
                          "(rel. error up to 5e-2 measured on an H100); use backend='mosaic', 'xla' or 'auto'")
     kname = "gemm_scaled" if scaled else "gemm_int32"
-    zp = {"w_zero": w_zero, "x_row_sum": x_row_sum}
+    zp = {"w_zero": w_zero, "x_row_sum": x_row_sum, "rank1": rank1}  # the terms before the activation
     if activation is not None and be == "mosaic" and not debug_override("fuse_activation", fuse_activation):
         y = scaled_gemm(xq, wq, x_scale, w_scale, bias, out_dtype=out_dtype, backend=be, op=op, **zp)
         y = apply_activation(y, activation)  # as before the fusion: an XLA pass over the output
@@ -211,6 +217,7 @@ __all__ = [
     "int8_matmul_ref",
     "mosaic_config",
     "gemm_ref",
+    "rank1_ref",
     "residual_gate_ref",
     "resolve_backend",
     "scaled_gemm",

@@ -31,6 +31,7 @@ from pallas_kernels._compat import pl, plgpu
 from pallas_kernels.ops.int8_matmul.reference import (
     apply_activation,
     check_activation,
+    check_rank1,
     check_zero_point,
     gate_rows,
 )
@@ -123,7 +124,7 @@ def _smem_transforms(minor_elems_bytes: int, itemsize: int) -> tuple:
 
 
 # Optional epilogue operands in argument order after (x, w, xs, ws) (see ``reference.scaled_epilogue_ref``).
-EPILOGUE_OPERANDS = ("bias", "w_zero", "x_row_sum", "residual", "gate")
+EPILOGUE_OPERANDS = ("bias", "w_zero", "x_row_sum", "residual", "gate", "rank1_u", "rank1_beta")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,8 +188,8 @@ def _kernel(*refs, cfg: MosaicGemmConfig, k: int, scaled: bool, ep: Epilogue):
 def _epilogue_values(acc, xs_g, ws_g, ops, row0, cols, out_dtype, ep: Epilogue):
     """Accumulator (WGMMA layout, int32 or float32) of the ``(tm, tn)`` tile at rows
     ``row0 + [0, tm)`` -> the epilogue of ``reference.scaled_epilogue_ref`` in ``out_dtype`` (or the
-    int32 passthrough): zero-point term in int32, scales, bias, activation (``ep.approx``: its tanh
-    form, compiled with ``approx_math``), gate, residual."""
+    int32 passthrough): zero-point term in int32, scales, bias, the rank-1 term ``u[m] · beta[n]``,
+    activation (``ep.approx``: its tanh form, compiled with ``approx_math``), gate, residual."""
     if xs_g is None:
         return acc
     tm, tn = acc.shape
@@ -208,6 +209,9 @@ def _epilogue_values(acc, xs_g, ws_g, ops, row0, cols, out_dtype, ep: Epilogue):
     y = y * col_vec(ws_g.at[cols])
     if "bias" in ops:
         y = y + col_vec(ops["bias"].at[cols])
+    if "rank1_u" in ops:  # reference.rank1_ref: u per row (written by the quantizer), beta per column
+        u = plgpu.load(ops["rank1_u"].at[rows], (), layout=row_layout, optimized=False)
+        y = y + lax.broadcast_in_dim(u, (tm, tn), [0]) * col_vec(ops["rank1_beta"].at[cols])
     y = apply_activation(y, ep.activation, in_kernel=True, form="tanh" if ep.approx else "exp")
     if "gate" in ops:  # the tile lies inside one gate row's span (rows_per_gate % tm == 0)
         g = ops["gate"]
@@ -350,14 +354,15 @@ def mosaic_int8_gemm(
     x_row_sum: jax.Array | None = None,
     residual: jax.Array | None = None,
     gate: jax.Array | None = None,
+    rank1: tuple | None = None,
 ) -> jax.Array:
     """``xq (M, K) int8`` x ``wq (N, K) int8``.
 
     Without scales: returns the exact int32 product. With ``x_scale (M,)/(M,1)`` and
     ``w_scale (N,)``: returns the epilogue of ``reference.scaled_epilogue_ref`` cast to
     ``out_dtype``: ``w_zero (N,)`` int32 with ``x_row_sum (M,)`` int32 (zero-point term, int32),
-    ``+ bias``, ``activation`` (``approx_gelu``: see :func:`_approx_gelu`), ``gate (G, N)`` (needs
-    :func:`gate_fits`) and ``residual (M, N)``.
+    ``+ bias``, ``+ u[m] · beta[n]`` (``rank1 = (u (M,), beta (N,))``), ``activation`` (``approx_gelu``:
+    see :func:`_approx_gelu`), ``gate (G, N)`` (needs :func:`gate_fits`) and ``residual (M, N)``.
     M need not be a multiple of ``cfg.tm`` (padded here); K and N must satisfy :func:`supports`.
     """
     m, k = xq.shape
@@ -365,6 +370,7 @@ def mosaic_int8_gemm(
     scaled = x_scale is not None
     check_activation(activation)
     check_zero_point(w_zero, x_row_sum)
+    check_rank1(rank1, m, n)
     if not scaled:
         out_dtype = acc_dtype(xq.dtype)
         if activation is not None:
@@ -388,6 +394,8 @@ def mosaic_int8_gemm(
             "x_row_sum": None if x_row_sum is None else pad(jnp.reshape(x_row_sum, (-1,)).astype(jnp.int32)),
             "residual": None if residual is None else pad(residual),
             "gate": None if gate is None else gate.astype(jnp.float32),
+            "rank1_u": None if rank1 is None else pad(jnp.reshape(rank1[0], (-1,)).astype(jnp.float32)),
+            "rank1_beta": None if rank1 is None else jnp.reshape(rank1[1], (-1,)).astype(jnp.float32),
         }
         for name in EPILOGUE_OPERANDS:
             if extra[name] is not None:

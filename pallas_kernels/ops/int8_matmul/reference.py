@@ -101,6 +101,29 @@ def zero_point_ref(acc: jax.Array, w_zero: jax.Array | None, x_row_sum: jax.Arra
     return acc + rs * jnp.reshape(w_zero, (1, -1)).astype(jnp.int32)
 
 
+def check_rank1(rank1: tuple | None, m: int, n: int) -> None:
+    """``rank1 = (u (M,)|(M, 1), beta (N,))`` or ``None`` (one-line ValueError naming the bad operand)."""
+    if rank1 is None:
+        return
+    if not isinstance(rank1, (tuple, list)) or len(rank1) != 2:
+        raise ValueError("rank1 must be a pair (u (M,), beta (N,))")
+    u, beta = rank1
+    if jnp.size(u) != m or jnp.shape(u) not in ((m,), (m, 1)):
+        raise ValueError(f"rank1 u must be (M,) or (M, 1) with M={m}, got {jnp.shape(u)}")
+    if jnp.shape(beta) != (n,):
+        raise ValueError(f"rank1 beta must be (N,) = ({n},), got {jnp.shape(beta)}")
+
+
+def rank1_ref(y: jax.Array, rank1: tuple | None) -> jax.Array:
+    """``y[m, n] + u[m] · beta[n]`` in float32 (``rank1 = (u, beta)``; ``None``: ``y``): a rank-1
+    floating-point correction of the output, e.g. Q-VDiT's TQE branch ``(x̂·α) βᵀ`` with ``u`` written
+    by the activation quantizer (``quantize_per_token(alpha=)``)."""
+    if rank1 is None:
+        return y
+    u, beta = rank1
+    return y + jnp.reshape(u, (-1, 1)).astype(jnp.float32) * jnp.reshape(beta, (1, -1)).astype(jnp.float32)
+
+
 def gate_rows(m: int, gate: jax.Array | None) -> int:
     """Rows sharing one gate row: ``gate (G, N)`` gates rows ``[g·M/G, (g+1)·M/G)`` (``G`` divides
     ``M``: one gate row per batch element of a flattened ``(B, L, N)`` output)."""
@@ -134,10 +157,12 @@ def scaled_epilogue_ref(
     x_row_sum: jax.Array | None = None,
     residual: jax.Array | None = None,
     gate: jax.Array | None = None,
+    rank1: tuple | None = None,
 ) -> jax.Array:
     """THE fused GEMM epilogue, in order: the zero-point term in int32 (:func:`zero_point_ref`),
-    ``activation(acc' * x_scale[:, None] * w_scale[None, :] + bias)`` in float32, the gated residual
-    (:func:`residual_gate_ref`), cast to ``out_dtype``. ``x_scale`` is ``(M, 1)`` or ``(M,)``;
+    ``activation(acc' * x_scale[:, None] * w_scale[None, :] + bias + u[:, None] * beta[None, :])`` in
+    float32 (the rank-1 term :func:`rank1_ref`, ``rank1 = (u (M,), beta (N,))``, optional), the gated
+    residual (:func:`residual_gate_ref`), cast to ``out_dtype``. ``x_scale`` is ``(M, 1)`` or ``(M,)``;
     ``w_scale`` and ``bias`` are ``(N,)``; ``residual (M, N)``; ``gate (G, N)``.
     ``acc`` may be float32 (FP8 GEMMs; no zero points then).
     """
@@ -146,5 +171,5 @@ def scaled_epilogue_ref(
     y = acc.astype(jnp.float32) * xs * w_scale.astype(jnp.float32)[None, :]
     if bias is not None:
         y = y + bias.astype(jnp.float32)[None, :]
-    y = apply_activation(y, activation)
+    y = apply_activation(rank1_ref(y, rank1), activation)
     return residual_gate_ref(y, residual, gate).astype(out_dtype)

@@ -20,6 +20,7 @@ from pallas_kernels.ops.int8_matmul.reference import (
     NT_DIMS,
     apply_activation,
     check_activation,
+    check_rank1,
     check_zero_point,
     gate_rows,
 )
@@ -55,10 +56,11 @@ def fit_config(cfg: TritonGemmConfig, m: int, k: int, n: int) -> TritonGemmConfi
 
 
 def epilogue(acc: jax.Array, xs_ref, ws, b_ref, out_ref, activation: str | None = None, *,
-             zw=None, rs_ref=None, res_ref=None, gate=None) -> None:
+             zw=None, rs_ref=None, res_ref=None, gate=None, u_ref=None, beta=None) -> None:
     """Shared in-kernel epilogue (``reference.scaled_epilogue_ref``): an int32 ``acc`` first gets
     the zero-point term ``rs (bm,1) · zw (1,bn)`` in int32; then ``activation(acc * xs (bm,1) *
-    ws (1,bn) (+ bias (1,bn)))`` in float32, ``res (bm,bn) + gate (1,bn) · y``, -> out_ref."""
+    ws (1,bn) (+ bias (1,bn)) (+ u (bm,1) · beta (1,bn)))`` in float32, ``res (bm,bn) + gate (1,bn) · y``,
+    -> out_ref."""
     if zw is not None:
         acc = acc + rs_ref[...] * zw
     y = acc.astype(jnp.float32) * xs_ref[...]
@@ -66,6 +68,8 @@ def epilogue(acc: jax.Array, xs_ref, ws, b_ref, out_ref, activation: str | None 
         y = y * ws
     if b_ref is not None:
         y = y + b_ref[...]
+    if u_ref is not None:  # the rank-1 term (reference.rank1_ref)
+        y = y + u_ref[...] * beta
     y = apply_activation(y, activation, in_kernel=True)
     if gate is not None:
         y = y * gate
@@ -75,7 +79,7 @@ def epilogue(acc: jax.Array, xs_ref, ws, b_ref, out_ref, activation: str | None 
 
 
 # Optional epilogue operands, in argument order after (x, w[, xs, ws]): name -> (rows, cols) role.
-EPILOGUE_OPERANDS = ("bias", "w_zero", "x_row_sum", "residual", "gate")
+EPILOGUE_OPERANDS = ("bias", "w_zero", "x_row_sum", "residual", "gate", "rank1_u", "rank1_beta")
 
 
 def _kernel(*refs, k: int, bk: int, scaled: bool, present: tuple[str, ...], activation=None):
@@ -99,7 +103,8 @@ def _kernel(*refs, k: int, bk: int, scaled: bool, present: tuple[str, ...], acti
         return
     get = lambda name: ops[name][...] if name in ops else None  # noqa: E731
     epilogue(acc, xs_ref, ws_ref[...], ops.get("bias"), o_ref, activation,
-             zw=get("w_zero"), rs_ref=ops.get("x_row_sum"), res_ref=ops.get("residual"), gate=get("gate"))
+             zw=get("w_zero"), rs_ref=ops.get("x_row_sum"), res_ref=ops.get("residual"), gate=get("gate"),
+             u_ref=ops.get("rank1_u"), beta=get("rank1_beta"))
 
 
 def _acc_dtype(operand_dtype) -> jnp.dtype:
@@ -112,6 +117,14 @@ def gate_block_rows(bm: int, rows_per_gate: int) -> int:
     while bm >= 16 and rows_per_gate % bm:
         bm //= 2
     return bm if bm >= 16 else 0
+
+
+def rank1_operands(rank1: tuple | None, bm: int, row, col) -> dict:
+    """The rank-1 term's kernel operands ``{"rank1_u": (u (Mp, 1), row spec), "rank1_beta": (beta (1, N),
+    col spec)}`` (``None`` arrays without ``rank1``), for the Triton kernels' operand tables."""
+    u, beta = (None, None) if rank1 is None else rank1
+    return {"rank1_u": (None if u is None else pad_rows(jnp.reshape(u, (-1, 1)).astype(jnp.float32), bm), row),
+            "rank1_beta": (None if beta is None else jnp.reshape(beta, (1, -1)).astype(jnp.float32), col)}
 
 
 def pad_rows(a: jax.Array, mult: int) -> jax.Array:
@@ -136,6 +149,7 @@ def triton_int8_gemm(
     x_row_sum: jax.Array | None = None,
     residual: jax.Array | None = None,
     gate: jax.Array | None = None,
+    rank1: tuple | None = None,
 ) -> jax.Array:
     """Same contract as :func:`pallas_kernels.ops.int8_matmul.mosaic.mosaic_int8_gemm`; int8 or FP8
     operands (int32 / float32 accumulation). With ``gate (G, N)`` the row block ``cfg.bm`` must lie
@@ -149,6 +163,7 @@ def triton_int8_gemm(
     rows_per_gate = gate_rows(m, gate)
     if gate is not None and rows_per_gate % bm:
         raise ValueError(f"gate rows of {rows_per_gate} tokens do not hold whole {bm}-row blocks")
+    check_rank1(rank1, m, n)
     xq = pad_rows(xq, bm)
     mp = xq.shape[0]
     args = [xq, wq]
@@ -172,6 +187,7 @@ def triton_int8_gemm(
                          pl.BlockSpec((bm, bn), lambda i, j: (i, j))),
             "gate": (None if gate is None else gate.astype(jnp.float32),
                      pl.BlockSpec((1, bn), lambda i, j: (i * bm // rows_per_gate, j))),
+            **rank1_operands(rank1, bm, row, col),
         }
         check_zero_point(w_zero, x_row_sum)
         for name in EPILOGUE_OPERANDS:

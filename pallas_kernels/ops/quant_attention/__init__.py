@@ -1,4 +1,4 @@
-"""Quantized attention: INT8 ``Q·Kᵀ`` after K smoothing, float32 online softmax, FP8 (or bf16) ``P·V``."""
+"""Quantized attention: INT8 ``Q·Kᵀ`` after Q and K smoothing, float32 online softmax, FP8 (or bf16) ``P·V``."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ from pallas_kernels.ops.quant_attention.triton import QuantAttentionConfig, trit
 
 CONFIG_FILE = Path(__file__).with_name("configs.json")
 _xla_quant_attention = jax.jit(quant_attention_ref, static_argnames=("pv", "q_block", "k_block", "kv_block",
-                                                                    "smooth_k", "q_chunk"))
+                                                                    "smooth_k", "smooth_q", "q_mean_block",
+                                                                    "q_chunk"))
 
 
 def attention_config(nq: int, d: int, nk: int) -> QuantAttentionConfig:
@@ -42,16 +43,19 @@ def _fp8_capable() -> bool:
 
 def quant_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None = None, *,
                     pv: str = "fp8", q_block: int = 1, k_block: int = 1, smooth_k: bool = True,
-                    backend: str = "auto", config: QuantAttentionConfig | None = None) -> jax.Array:
+                    smooth_q: bool = True, backend: str = "auto",
+                    config: QuantAttentionConfig | None = None) -> jax.Array:
     """SageAttention-style quantized attention (``reference.py``): ``q (B, Nq, H, D)``, ``k, v (B, Nk, H, D)``,
     ``key_mask (B, Nk)`` (True = attend; ``None`` = all) → ``(B, Nq, H, D)`` in ``q.dtype``.
 
     ``pv``: ``"fp8"`` (e4m3 ``P`` and ``V``) or ``"bf16"``; ``q_block`` / ``k_block``: tokens per int8
-    scale (1 = per token); ``smooth_k``: subtract the mean key first. ``backend``: ``auto`` (and
+    scale (1 = per token); ``smooth_k``: subtract the mean key first; ``smooth_q``: the mean query of each
+    ``block_m`` queries too (its exact ``q̄ · k`` term added back to the logits). ``backend``: ``auto`` (and
     ``mosaic``, which has no kernel here) runs the Pallas-Triton kernel on a GPU and the jitted reference
     elsewhere; ``triton`` forces the kernel (interpret mode off GPU); ``xla``/``reference``: the
     reference. ``config`` overrides the stored ``configs.json`` tiling; its ``block_n`` is also the
-    reference's ``kv_block``, so both paths quantize ``P`` alike.
+    reference's ``kv_block`` and its ``block_m`` the reference's ``q_mean_block``, so both paths
+    compute alike.
     """
     check_backend(backend)
     check_shapes(q, k, v, key_mask)
@@ -69,10 +73,10 @@ def quant_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Arra
             reason = f"head width {d} < 16"
         if reason is None:
             return triton_quant_attention(q, k, v, key_mask, pv=pv, q_block=q_block, k_block=k_block,
-                                          smooth_k=smooth_k, cfg=cfg, interpret=not on_gpu())
+                                          smooth_k=smooth_k, smooth_q=smooth_q, cfg=cfg, interpret=not on_gpu())
         log_once(f"quant_attention:{reason}", f"quant_attention: {reason}; using the XLA reference")
     return _xla_quant_attention(q, k, v, key_mask, pv=pv, q_block=q_block, k_block=k_block, kv_block=cfg.block_n,
-                                smooth_k=smooth_k)
+                                smooth_k=smooth_k, smooth_q=smooth_q, q_mean_block=cfg.block_m)
 
 
 __all__ = [

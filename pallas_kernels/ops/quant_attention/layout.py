@@ -18,11 +18,16 @@ per ``(b, h)`` with the windows concatenated (duplicated lanes zeroed, so a wind
 lane once): ``kq (B, H, Nk', Dk)`` int8 and ``sk (B, H, Nk')``; Q likewise unless the kernel
 quantizes it itself (``fuse_q``); for FP8 ``P·V``, ``vq`` e4m3 as ``(B, H, Dv, Nk')`` ("dn",
 transposed: the K-major operand FP8 wgmma wants) or ``(B, H, Nk', Dv)`` ("nd") and ``sv (B, H, Dv)``;
-``valid (B, Nk')`` int32 when some key is masked or padded. ``Nk'`` / ``Nq'`` are the lengths
-rounded up to the kernel's blocks.
+``valid (B, Nk')`` int32 when some key is masked or padded; with Q smoothing (one mean per ``block_m``
+queries: one per program) the logit correction ``bias (B, H, Nq'/block_m, Nk')`` (``q̄ · k_j`` already
+times ``log2(e)/√D``, the kernel's base-2 logit scale) and, for ``fuse_q``, the mean queries
+``qm (B, H, Nq'/block_m, Dk)`` as plain lane windows (the kernel subtracts them from the Q tiles it
+reads). ``Nk'`` / ``Nq'`` are the lengths rounded up to the kernel's blocks.
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -82,6 +87,12 @@ def gather_lanes(x: jax.Array, windows: list[tuple[int, int, int]]) -> jax.Array
     return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
 
 
+def window_slices(x: jax.Array, windows: list[tuple[int, int, int]]) -> jax.Array:
+    """``x (..., D)`` → ``(..., Σ width)``: the windows' lanes as they are (no zeroing; windows in bounds)."""
+    parts = [x[..., off:off + w] for off, w, _ in windows]
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
+
+
 def round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 
@@ -97,7 +108,7 @@ def _heads_first(x: jax.Array, n_pad: int, fill=0) -> jax.Array:
     return x
 
 
-def prepare(q, k, v, key_mask, *, pv: str, q_block: int, k_block: int, smooth_k: bool, block_m: int,
+def prepare(q, k, v, key_mask, *, pv: str, q_block: int, k_block: int, smooth_k: bool, smooth_q: bool, block_m: int,
             block_n: int, head_split: str, fuse_q: bool, v_layout: str) -> dict[str, jax.Array | None]:
     """The kernel's operands (module docstring) from ``q (B, Nq, H, D)``, ``k, v (B, Nk, H, D)``."""
     if v_layout not in V_LAYOUTS:
@@ -105,15 +116,22 @@ def prepare(q, k, v, key_mask, *, pv: str, q_block: int, k_block: int, smooth_k:
     b, nq, h, d = q.shape
     nk = k.shape[1]
     nq_p, nk_p = round_up(nq, block_m), round_up(nk, block_n)
-    ops = quantized_operands(q, k, v, key_mask, pv=pv, q_block=q_block, k_block=k_block, smooth_k=smooth_k)
+    ops = quantized_operands(q, k, v, key_mask, pv=pv, q_block=q_block, k_block=k_block, smooth_k=smooth_k,
+                             smooth_q=smooth_q, q_mean_block=block_m)
     qk_win = lane_windows(d, QK_MIN_WIDTH, head_split)
     pv_win = lane_windows(d, PV_MIN_WIDTH)
     out: dict[str, jax.Array | None] = {
         "kq": _heads_first(gather_lanes(ops["kq"], qk_win), nk_p),
         "sk": _heads_first(ops["sk"], nk_p, fill=1.0),
         "valid": None,
-        "q": None, "qq": None, "sq": None, "v": None, "vq": None, "sv": None,
+        "q": None, "qq": None, "sq": None, "v": None, "vq": None, "sv": None, "bias": None, "qm": None,
     }
+    if smooth_q:
+        bias = ops["bias"] * (math.log2(math.e) / math.sqrt(d))  # (B, nb, Nk, H)
+        bias = jnp.transpose(bias, (0, 3, 1, 2))  # (B, H, nb, Nk)
+        out["bias"] = jnp.pad(bias, ((0, 0), (0, 0), (0, 0), (0, nk_p - nk))) if nk_p != nk else bias
+        if fuse_q:
+            out["qm"] = jnp.swapaxes(window_slices(ops["qm"], qk_win), 1, 2)  # (B, H, nb, Dk)
     if key_mask is not None or nk_p != nk:
         valid = ops["valid"].astype(jnp.int32)
         out["valid"] = jnp.pad(valid, ((0, 0), (0, nk_p - nk))) if nk_p != nk else valid
@@ -134,4 +152,4 @@ def prepare(q, k, v, key_mask, *, pv: str, q_block: int, k_block: int, smooth_k:
 
 
 __all__ = ["HEAD_SPLITS", "V_LAYOUTS", "gather_lanes", "in_bounds", "lane_windows", "layout_width", "prepare",
-           "round_up"]
+           "round_up", "window_slices"]

@@ -7,10 +7,15 @@ to; ``None``: all). Per batch row ``b`` and head ``h``:
    ``(b, h)``. Every logit of a query row moves by the same ``q · mean``, which the softmax ignores;
    what is left is centred and quantizes with a smaller scale. Masked keys are set to zero (their
    logits are masked anyway), so they never widen a scale.
+   **Q smoothing** (``smooth_q``): ``q ← q − q̄`` with ``q̄`` the mean query of each block of
+   ``q_mean_block`` consecutive queries of one ``(b, h)`` (the last block may be shorter; the kernels use
+   their ``block_m``), and the exact correction ``q̄ · k_j`` (float32, from the smoothed float keys) added
+   to the logits of that block's queries with key ``j`` (SageAttention2's smoothing).
 2. **INT8 Q and K**: symmetric, one scale per block of ``q_block`` (``k_block``) consecutive tokens
    and all ``D`` channels of one head (``1`` = per token): ``s = max|x| / 127`` (an all-zero block
    gets ``s = 1``), ``x_q = clip(round_half_even(x / s), −127, 127)``. :func:`block_quantize`.
-3. **Logits**: ``S[i, j] = (Σ_d q_q[i, d] k_q[j, d])_int32 · s_q[i] · s_k[j] / √D`` in float32;
+3. **Logits**: ``S[i, j] = ((Σ_d q_q[i, d] k_q[j, d])_int32 · s_q[i] · s_k[j] + q̄_i · k_j) / √D`` in float32
+   (``q̄_i`` the mean of ``i``'s block);
    masked keys get no weight.
 4. **Online softmax over key blocks of ``kv_block``** (the flash-attention order, which the
    quantization of ``P`` depends on): for key block ``n``, ``m_n = max(m_{n−1}, max_j S[i, j∈n])``,
@@ -35,6 +40,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 QMAX = 127.0
@@ -43,11 +49,12 @@ FP8 = jnp.float8_e4m3fn
 PV_FORMATS: tuple[str, ...] = ("fp8", "bf16")
 
 
-def check_settings(pv: str, q_block: int, k_block: int, kv_block: int) -> None:
+def check_settings(pv: str, q_block: int, k_block: int, kv_block: int, q_mean_block: int = 128) -> None:
     """ValueError naming the culprit for an unknown ``pv`` or a non-positive block."""
     if pv not in PV_FORMATS:
         raise ValueError(f"pv={pv!r} unknown; choose one of {PV_FORMATS}")
-    for name, val in (("q_block", q_block), ("k_block", k_block), ("kv_block", kv_block)):
+    for name, val in (("q_block", q_block), ("k_block", k_block), ("kv_block", kv_block),
+                      ("q_mean_block", q_mean_block)):
         if isinstance(val, bool) or not isinstance(val, int) or val < 1:
             raise ValueError(f"{name}={val!r} must be a positive integer")
 
@@ -75,6 +82,23 @@ def smooth_keys(k: jax.Array, valid: jax.Array, smooth: bool = True) -> jax.Arra
         mean = jnp.sum(kf * w, axis=1, keepdims=True) / jnp.maximum(jnp.sum(w, axis=1, keepdims=True), 1.0)
         kf = kf - mean
     return kf * w
+
+
+def smooth_queries(q: jax.Array, kf: jax.Array, smooth: bool = True,
+                   block: int = 128) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Step 1's Q side, per block of ``block`` queries: ``(q − q̄, q̄ (B, nb, H, D), bias (B, nb, Nk, H) =
+    q̄ · k_j)`` in float32 from the smoothed, masked float keys ``kf``; without ``smooth``: ``q``, zeros, zeros."""
+    qf = q.astype(jnp.float32)
+    b, n, h, d = q.shape
+    nb = -(-n // block)
+    if not smooth:
+        return qf, jnp.zeros((b, nb, h, d), jnp.float32), jnp.zeros((b, nb, kf.shape[1], h), jnp.float32)
+    pad = nb * block - n
+    qp = jnp.pad(qf, ((0, 0), (0, pad), (0, 0), (0, 0))) if pad else qf
+    count = np.minimum(block, n - block * np.arange(nb)).astype(np.float32)  # the last block may be shorter
+    mean = jnp.sum(qp.reshape(b, nb, block, h, d), axis=2) / count[None, :, None, None]
+    bias = jnp.einsum("bnhd,bkhd->bnkh", mean, kf, precision=lax.Precision.HIGHEST)
+    return qf - jnp.repeat(mean, block, axis=1)[:, :n], mean, bias
 
 
 def block_quantize(x: jax.Array, block: int) -> tuple[jax.Array, jax.Array]:
@@ -110,30 +134,35 @@ def to_fp8_probs(p: jax.Array) -> jax.Array:
 
 
 def quantized_operands(q, k, v, key_mask=None, *, pv: str = "fp8", q_block: int = 1, k_block: int = 1,
-                       smooth_k: bool = True) -> dict[str, jax.Array]:
+                       smooth_k: bool = True, smooth_q: bool = True,
+                       q_mean_block: int = 128) -> dict[str, jax.Array]:
     """Steps 1–2 and the V side of step 5 (the kernels' preceding pass uses exactly these):
-    ``qq, sq (B, Nq, H, D)/(B, Nq, H)``, ``kq, sk``, ``valid (B, Nk)`` and ``vq`` (e4m3 or bf16) with
-    ``sv (B, H, D)`` (ones for bf16)."""
+    ``qq, sq (B, Nq, H, D)/(B, Nq, H)``, ``qm (B, nb, H, D)`` (the mean query of each block of
+    ``q_mean_block``), ``kq, sk``, ``bias (B, nb, Nk, H)`` (``q̄ · k_j``), ``valid (B, Nk)`` and ``vq``
+    (e4m3 or bf16) with ``sv (B, H, D)`` (ones for bf16)."""
     b, nk = k.shape[:2]
     valid = key_validity(key_mask, b, nk)
-    qq, sq = block_quantize(q, q_block)
-    kq, sk = block_quantize(smooth_keys(k, valid, smooth_k), k_block)
+    kf = smooth_keys(k, valid, smooth_k)
+    qs, qm, bias = smooth_queries(q, kf, smooth_q, q_mean_block)
+    qq, sq = block_quantize(qs, q_block)
+    kq, sk = block_quantize(kf, k_block)
     if pv == "fp8":
         vq, sv = fp8_values(v, valid)
     else:
         vq = v.astype(jnp.bfloat16)
         sv = jnp.ones((b, k.shape[2], k.shape[3]), jnp.float32)
-    return {"qq": qq, "sq": sq, "kq": kq, "sk": sk, "valid": valid, "vq": vq, "sv": sv}
+    return {"qq": qq, "sq": sq, "qm": qm, "kq": kq, "sk": sk, "bias": bias, "valid": valid, "vq": vq, "sv": sv}
 
 
-def _attend_rows(qq, sq, kq, sk, valid, vq, *, pv: str, kv_block: int, d: int):
-    """Steps 3–5 for a chunk of query rows; float32 ``(B, H, nq, D)`` before the ``s_v`` scale."""
+def _attend_rows(qq, sq, kq, sk, bias, valid, vq, *, pv: str, kv_block: int, d: int):
+    """Steps 3–5 for a chunk of query rows (``bias (B, nq, Nk, H)``: each row's ``q̄ · k_j``); float32
+    ``(B, H, nq, D)`` before the ``s_v`` scale."""
     b, nk, h, _ = kq.shape
     nb = -(-nk // kv_block)
     pad = nb * kv_block - nk
     acc = lax.dot_general(qq, kq, (((3,), (3,)), ((0, 2), (0, 2))), preferred_element_type=jnp.int32)  # (B,H,nq,Nk)
     s = acc.astype(jnp.float32) * (jnp.transpose(sq, (0, 2, 1))[..., None] / math.sqrt(d))
-    s = s * jnp.transpose(sk, (0, 2, 1))[:, :, None, :]
+    s = s * jnp.transpose(sk, (0, 2, 1))[:, :, None, :] + jnp.transpose(bias, (0, 3, 1, 2)) / math.sqrt(d)
     ok = valid[:, None, None, :]
     if pad:
         s = jnp.pad(s, ((0, 0), (0, 0), (0, 0), (0, pad)))
@@ -162,18 +191,22 @@ def _attend_rows(qq, sq, kq, sk, valid, vq, *, pv: str, kv_block: int, d: int):
 
 def quant_attention_ref(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None = None, *,
                         pv: str = "fp8", q_block: int = 1, k_block: int = 1, kv_block: int = 64,
-                        smooth_k: bool = True, q_chunk: int = 1024) -> jax.Array:
+                        smooth_k: bool = True, smooth_q: bool = True, q_mean_block: int = 128,
+                        q_chunk: int = 1024) -> jax.Array:
     """Quantized attention (module docstring) → ``(B, Nq, H, D)`` in ``q.dtype``.
 
     ``q_chunk`` query rows are processed at a time (memory only: rows are independent)."""
     check_shapes(q, k, v, key_mask)
-    check_settings(pv, q_block, k_block, kv_block)
-    ops = quantized_operands(q, k, v, key_mask, pv=pv, q_block=q_block, k_block=k_block, smooth_k=smooth_k)
+    check_settings(pv, q_block, k_block, kv_block, q_mean_block)
+    ops = quantized_operands(q, k, v, key_mask, pv=pv, q_block=q_block, k_block=k_block, smooth_k=smooth_k,
+                             smooth_q=smooth_q, q_mean_block=q_mean_block)
     nq, d = q.shape[1], q.shape[3]
     parts = []
     for i in range(0, nq, q_chunk):
+        rows = np.arange(i, min(i + q_chunk, nq)) // q_mean_block  # each row's smoothing block
         parts.append(_attend_rows(ops["qq"][:, i:i + q_chunk], ops["sq"][:, i:i + q_chunk], ops["kq"],
-                                  ops["sk"], ops["valid"], ops["vq"], pv=pv, kv_block=kv_block, d=d))
+                                  ops["sk"], ops["bias"][:, rows], ops["valid"], ops["vq"], pv=pv,
+                                  kv_block=kv_block, d=d))
     o = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=2)  # (B, H, Nq, D)
     o = o * ops["sv"][:, :, None, :]
     return jnp.transpose(o, (0, 2, 1, 3)).astype(q.dtype)
@@ -200,5 +233,6 @@ __all__ = [
     "quant_attention_ref",
     "quantized_operands",
     "smooth_keys",
+    "smooth_queries",
     "to_fp8_probs",
 ]

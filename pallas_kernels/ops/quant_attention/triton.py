@@ -1,11 +1,12 @@
 """Pallas-Triton quantized flash attention (semantics: ``reference.py``; operand layouts: ``layout.py``).
 
 One program owns ``block_m`` query rows of one ``(b, h)``: it quantizes its Q rows to int8 in the
-prologue (``fuse_q``; per token, or one scale for the tile when ``q_block == block_m``) or loads them
-from the preceding pass, then walks the keys in blocks of ``block_n``: ``int8 Q · int8 Kᵀ`` with int32
-accumulation on the tensor cores (one dot per lane window of the head), the float32 logits scaled by
-``s_q · s_k · log2(e)/√D``, the online softmax in base 2, and ``P · V`` with ``P · 448`` and ``V`` in
-FP8 e4m3 (or both bf16), float32 accumulators. The epilogue divides by the row sums, applies the FP8
+prologue (``fuse_q``; after subtracting the tile's mean query when ``smooth_q``; per token, or one scale
+for the tile when ``q_block == block_m``) or loads them from the preceding pass, then walks the keys in
+blocks of ``block_n``: ``int8 Q · int8 Kᵀ`` with int32 accumulation on the tensor cores (one dot per
+lane window of the head), the float32 logits scaled by ``s_q · s_k · log2(e)/√D`` plus the per-key
+correction ``q̄ · k_j`` of Q smoothing, the online softmax in base 2, and ``P · V`` with ``P · 448``
+and ``V`` in FP8 e4m3 (or both bf16), float32 accumulators. The epilogue divides by the row sums, applies the FP8
 ``V`` scales and stores each output lane window straight into the ``(B, Nq, H·D)`` output (the
 leading lanes of an overlapping window masked).
 """
@@ -71,11 +72,13 @@ class QuantAttentionConfig:
 
 
 def _kernel(*refs, d: int, bm: int, bn: int, nk_blocks: int, pv: str, fuse_q: bool, q_tile_scale: bool, v_layout: str,
-            masked: bool, head_split: str, interpret: bool):
+            masked: bool, head_split: str, smooth_q: bool, nq: int, interpret: bool):
     it = iter(refs)
     q_ref = next(it) if fuse_q else None
+    qm_ref = next(it) if fuse_q and smooth_q else None
     qq_ref, sq_ref = (None, None) if fuse_q else (next(it), next(it))
     kq_ref, sk_ref = next(it), next(it)
+    bias_ref = next(it) if smooth_q else None
     valid_ref = next(it) if masked else None
     if pv == "fp8":
         v_ref, sv_ref = next(it), next(it)
@@ -93,6 +96,10 @@ def _kernel(*refs, d: int, bm: int, bn: int, nk_blocks: int, pv: str, fuse_q: bo
     if fuse_q:
         rows = pl.ds(i * bm, bm)
         tiles = [q_ref[b, rows, pl.ds(h * d + off, w)].astype(jnp.float32) for off, w, _ in qk_win]
+        if smooth_q:  # q - q̄ on the real rows; padded rows stay zero (they must not widen a tile scale)
+            real = (i * bm + lax.broadcasted_iota(jnp.int32, (bm, 1), 0)) < nq
+            tiles = [jnp.where(real, t - qm_ref[b, h, i, pl.ds(lo, w)][None, :], 0.0)
+                     for t, lo, (_, w, _) in zip(tiles, qk_off, qk_win)]
         amax = functools.reduce(jnp.maximum, [jnp.max(jnp.abs(t), axis=1) for t in tiles])  # (bm,)
         if q_tile_scale:
             amax = jnp.full_like(amax, jnp.max(amax))
@@ -115,6 +122,8 @@ def _kernel(*refs, d: int, bm: int, bn: int, nk_blocks: int, pv: str, fuse_q: bo
                                    preferred_element_type=jnp.int32)
             acc = part if acc is None else acc + part
         s = acc.astype(jnp.float32) * qscale[:, None] * sk_ref[b, h, keys][None, :]
+        if smooth_q:
+            s = s + bias_ref[b, h, i, keys][None, :]
         if masked:
             s = jnp.where(valid_ref[b, keys][None, :] != 0, s, -jnp.inf)
         m_new = jnp.maximum(m_prev, jnp.max(s, axis=1))
@@ -159,30 +168,31 @@ def _kernel(*refs, d: int, bm: int, bn: int, nk_blocks: int, pv: str, fuse_q: bo
             pltriton.store(dst, out, mask=lanes)
 
 
-@functools.partial(jax.jit, static_argnames=("pv", "q_block", "k_block", "smooth_k", "cfg", "interpret"))
+@functools.partial(jax.jit, static_argnames=("pv", "q_block", "k_block", "smooth_k", "smooth_q", "cfg", "interpret"))
 def triton_quant_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None = None, *,
                            pv: str = "fp8", q_block: int = 1, k_block: int = 1, smooth_k: bool = True,
-                           cfg: QuantAttentionConfig = QuantAttentionConfig(), interpret: bool = False) -> jax.Array:
+                           smooth_q: bool = True, cfg: QuantAttentionConfig = QuantAttentionConfig(),
+                           interpret: bool = False) -> jax.Array:
     """``q (B, Nq, H, D)``, ``k, v (B, Nk, H, D)``, ``key_mask (B, Nk)`` → ``(B, Nq, H, D)`` in ``q.dtype``."""
     b, nq, h, d = q.shape
     nk = k.shape[1]
     check_settings(pv, q_block, k_block, cfg.block_n)
     cfg.check(d, q_block)
-    ops = prepare(q, k, v, key_mask, pv=pv, q_block=q_block, k_block=k_block, smooth_k=smooth_k,
+    ops = prepare(q, k, v, key_mask, pv=pv, q_block=q_block, k_block=k_block, smooth_k=smooth_k, smooth_q=smooth_q,
                   block_m=cfg.block_m, block_n=cfg.block_n, head_split=cfg.head_split, fuse_q=cfg.fuse_q,
                   v_layout=cfg.v_layout)
     nq_p = -(-nq // cfg.block_m) * cfg.block_m
     nk_p = ops["kq"].shape[2]
     masked = ops["valid"] is not None
-    args = [ops["q"]] if cfg.fuse_q else [ops["qq"], ops["sq"]]
-    args += [ops["kq"], ops["sk"]]
+    args = ([ops["q"]] + ([ops["qm"]] if smooth_q else [])) if cfg.fuse_q else [ops["qq"], ops["sq"]]
+    args += [ops["kq"], ops["sk"]] + ([ops["bias"]] if smooth_q else [])
     if masked:
         args.append(ops["valid"])
     args += [ops["vq"], ops["sv"]] if pv == "fp8" else [ops["v"]]
     kernel = functools.partial(
         _kernel, d=d, bm=cfg.block_m, bn=cfg.block_n, nk_blocks=nk_p // cfg.block_n, pv=pv, fuse_q=cfg.fuse_q,
         q_tile_scale=cfg.fuse_q and q_block == cfg.block_m and q_block > 1, v_layout=cfg.v_layout, masked=masked,
-        head_split=cfg.head_split, interpret=interpret)
+        head_split=cfg.head_split, smooth_q=smooth_q, nq=nq, interpret=interpret)
     out = pl.pallas_call(
         kernel,
         out_shape=jax.ShapeDtypeStruct((b, nq_p, h * d), q.dtype),

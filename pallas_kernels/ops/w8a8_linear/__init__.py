@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from pallas_kernels._compat import on_gpu
 from pallas_kernels._debug import debug_override
 from pallas_kernels.ops.int8_matmul import resolve_backend, scaled_gemm
-from pallas_kernels.ops.quantize.reference import CODE_DTYPES
+from pallas_kernels.ops.quantize.reference import CODE_DTYPES, token_dot
 from pallas_kernels.ops.quantize import quantize_per_token
 from pallas_kernels.ops.rotate_quantize import rotate_quantize
 from pallas_kernels.ops.w8a8_linear.reference import w8a8_linear_dequant_ref, w8a8_linear_ref
@@ -60,6 +60,7 @@ def w8a8_linear(
     w_zero_point: jax.Array | None = None,
     residual: jax.Array | None = None,
     gate: jax.Array | None = None,
+    rank1: tuple | None = None,
 ) -> jax.Array | tuple[jax.Array, ...]:
     """W8A8 linear ``x (M, K) -> (M, N)`` (then ``activation``, fused into the epilogue).
 
@@ -81,21 +82,45 @@ def w8a8_linear(
     no second quantization pass). ``residual (M, N)`` / ``gate (G, N)``: the output is
     ``residual + gate · y`` (``gate`` row ``g`` for rows ``[g·M/G, (g+1)·M/G)``), fused into the
     epilogue (see :func:`pallas_kernels.int8_gemm`); not with ``splits > 1``.
+    ``rank1=(alpha (K,), beta (N,)[, u_scale (M,)])``: a rank-1 float branch ``u ⊗ beta`` with
+    ``u[m] = u_scale[m] · (x̂[m] · alpha)`` on the quantized GEMM input ``x̂`` (dequantized; rotated with
+    ``rotation``) — Q-VDiT's TQE branch: the quantizer kernel writes ``u`` next to the scale
+    (:func:`pallas_kernels.quantize_per_token` ``alpha=``) and the epilogue adds ``u[m] · beta[n]`` after
+    the bias, before the activation (``int8_matmul.reference.rank1_ref``).
     """
     if qweight.dtype not in CODE_DTYPES:
         raise TypeError(f"qweight must be int8 or float8_e4m3fn, got {qweight.dtype}")
     check_linear_args(x, qweight, qweight.shape[1], w_scale)
     check_epilogue_args(splits, w_zero_point, qweight.shape[0], residual, gate)
+    alpha, beta, u_scale = rank1_parts(rank1, x.shape[0], qweight.shape[1], qweight.shape[0])
     op = "w8a8_linear" if qweight.dtype == jnp.int8 else "fp8_linear"
     be = resolve_backend(backend, op)
-    xq, xs, *rs = quantize_input(x, be, act_quant, rotation, row_sum=w_zero_point is not None, dtype=qweight.dtype)
+    zp = w_zero_point is not None
+    xq, xs, *rest = quantize_input(x, be, act_quant, rotation, row_sum=zp, dtype=qweight.dtype, alpha=alpha,
+                                   u_scale=u_scale)
     outs = tuple(
         scaled_gemm(xq, w, xs, ws, b, out_dtype=out_dtype, backend=be, op=op, activation=activation,
                     approx_gelu=approx_gelu, fuse_activation=fuse_activation, w_zero=z,
-                    x_row_sum=rs[0] if rs else None, residual=residual, gate=gate)
-        for w, ws, b, z in zip(*(column_blocks(a, splits, axis=0) for a in (qweight, w_scale, bias, w_zero_point)))
+                    x_row_sum=rest[0] if zp else None, residual=residual, gate=gate,
+                    rank1=None if bt is None else (rest[-1], bt))
+        for w, ws, b, z, bt in zip(*(column_blocks(a, splits, axis=0)
+                                     for a in (qweight, w_scale, bias, w_zero_point, beta)))
     )
     return outs if splits > 1 else outs[0]
+
+
+def rank1_parts(rank1: tuple | None, m: int, k: int, n: int) -> tuple:
+    """A linear's ``rank1=(alpha (K,), beta (N,)[, u_scale (M,)])`` as ``(alpha, beta, u_scale)``
+    (``None``s without it), shapes checked (one-line ValueErrors)."""
+    if rank1 is None:
+        return None, None, None
+    if not isinstance(rank1, (tuple, list)) or len(rank1) not in (2, 3):
+        raise ValueError("rank1 must be (alpha (K,), beta (N,)) or (alpha, beta, u_scale (M,))")
+    alpha, beta, u_scale = (*rank1, None)[:3]
+    for name, a, want in (("alpha", alpha, (k,)), ("beta", beta, (n,)), ("u_scale", u_scale, (m,))):
+        if a is not None and jnp.shape(a) != want:
+            raise ValueError(f"rank1 {name} must be {want}, got {jnp.shape(a)}")
+    return alpha, beta, u_scale
 
 
 def check_epilogue_args(splits: int, w_zero_point: jax.Array | None, n: int, residual=None, gate=None) -> None:
@@ -110,20 +135,24 @@ ACT_QUANT_CHOICES = ("auto", "xla", "triton")
 
 
 def quantize_input(x: jax.Array, gemm_backend: str, act_quant: str = "auto",
-                   rotation: tuple | None = None, row_sum: bool = False, dtype=jnp.int8) -> tuple[jax.Array, ...]:
+                   rotation: tuple | None = None, row_sum: bool = False, dtype=jnp.int8,
+                   alpha: jax.Array | None = None, u_scale: jax.Array | None = None) -> tuple[jax.Array, ...]:
     """The int8 input ``(q (M, K), scale (M, 1))`` of a W8A8/W4A8 GEMM: ``x`` quantized per token, or,
     with ``rotation=(h_base, signs)``, its randomized Hadamard rotation
     ``x · diag(signs) · (H_b ⊗ H_p) / sqrt(K)`` quantized per token in one fused pass
     (:func:`pallas_kernels.rotate_quantize`: read x once, rotate in registers, write int8 + scale);
     ``row_sum=True`` adds the int32 code sums ``(M, 1)`` (reduced by the same kernel); ``dtype``: int8
-    or FP8 e4m3 codes.
+    or FP8 e4m3 codes; ``alpha (K,)`` adds the float32 ``u = scale · (q · alpha)`` ``(M, 1)`` (times
+    ``u_scale (M,)``), last: reduced by the per-token quantizer kernel; the rotating one has no such
+    output yet, so rotated inputs get ``u`` from their codes in XLA (one extra read of the int8 codes).
     The quantizer follows :func:`activation_quant_backend` (Pallas kernel next to Pallas GEMMs on GPU)."""
     qb = activation_quant_backend(gemm_backend, act_quant)
     if rotation is None:
-        return quantize_per_token(x, backend=qb, row_sum=row_sum, dtype=dtype)
+        return quantize_per_token(x, backend=qb, row_sum=row_sum, dtype=dtype, alpha=alpha, u_scale=u_scale)
     h_base, signs = rotation
-    return rotate_quantize(x, h_base, signs, backend="auto" if qb == "triton" else "xla", row_sum=row_sum,
+    outs = rotate_quantize(x, h_base, signs, backend="auto" if qb == "triton" else "xla", row_sum=row_sum,
                            dtype=dtype)
+    return outs if alpha is None else tuple(outs) + (token_dot(outs[0], outs[1], alpha, u_scale),)
 
 
 def activation_quant_backend(gemm_backend: str, act_quant: str = "auto") -> str:
@@ -149,6 +178,7 @@ __all__ = [
     "check_linear_args",
     "column_blocks",
     "quantize_input",
+    "rank1_parts",
     "w8a8_linear",
     "w8a8_linear_dequant_ref",
     "w8a8_linear_ref",

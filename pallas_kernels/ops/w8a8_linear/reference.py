@@ -20,15 +20,20 @@ def w8a8_linear_ref(
     w_zero_point: jax.Array | None = None,
     residual: jax.Array | None = None,
     gate: jax.Array | None = None,
+    rank1: tuple | None = None,
 ) -> jax.Array:
-    """``out = act((q(x) @ (qweight + w_zero_point)^T) * scale_t[:, None] * w_scale[None, :] + bias)``,
-    then ``residual + gate · out`` (``int8_matmul.reference.scaled_epilogue_ref``) -> out_dtype.
-    ``q(x)``: per-token codes of ``qweight``'s dtype (int8, or FP8 e4m3: ``fp8_linear_ref``)."""
+    """``out = act((q(x) @ (qweight + w_zero_point)^T) * scale_t[:, None] * w_scale[None, :] + bias
+    + u[:, None] * beta[None, :])``, then ``residual + gate · out``
+    (``int8_matmul.reference.scaled_epilogue_ref``) -> out_dtype.
+    ``q(x)``: per-token codes of ``qweight``'s dtype (int8, or FP8 e4m3: ``fp8_linear_ref``);
+    ``rank1=(alpha, beta[, u_scale])``: ``u = u_scale · scale_t · (q(x) · alpha)``
+    (``quantize.reference.token_dot``)."""
     zp = w_zero_point is not None
-    xq, xs, *rs = quantize_per_token_ref(x, row_sum=zp, dtype=qweight.dtype)
+    alpha, beta, u_scale = (None, None, None) if rank1 is None else (*rank1, None)[:3]
+    xq, xs, *rest = quantize_per_token_ref(x, row_sum=zp, dtype=qweight.dtype, alpha=alpha, u_scale=u_scale)
     return scaled_epilogue_ref(gemm_ref(xq, qweight), xs, w_scale, bias, out_dtype, activation,
-                               w_zero=w_zero_point, x_row_sum=rs[0] if zp else None,
-                               residual=residual, gate=gate)
+                               w_zero=w_zero_point, x_row_sum=rest[0] if zp else None,
+                               residual=residual, gate=gate, rank1=None if rank1 is None else (rest[-1], beta))
 
 
 def w8a8_linear_dequant_ref(

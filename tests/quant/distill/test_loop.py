@@ -4,14 +4,11 @@ per-frame scale, and the distilled params save and load as a quantized folder.""
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.fixture_models import fixture_model
+from tests.fixture_models import stdit3_one_block
 
 from vidq_jax.checkpoint import load_model, save_quantized
 from vidq_jax.errors import VidqError
@@ -31,15 +28,7 @@ KW = dict(config=CONFIG, steps=6, lr=1e-3, scale_lr=1e-6, rank=4, checkpoint_eve
 
 @pytest.fixture(scope="module")
 def setup():
-    from models.stdit3 import STDiT3
-
-    model, params, cond, _ = fixture_model("opensora_v1_2_stdit3")
-    model = STDiT3(dataclasses.replace(model.config, depth=1))
-    params = {k: v for k, v in params.items() if not k.endswith("_1")}
-    rng = np.random.default_rng(0)
-    batch = {"x": jnp.asarray(rng.standard_normal((2, FRAMES, 4, 4, model.config.in_channels)), jnp.float32),
-             "timestep": jnp.asarray([700.0, 300.0]), **{k: jnp.asarray(v) for k, v in cond.items()}}
-    return model, params, batch
+    return stdit3_one_block(FRAMES)
 
 
 def test_distill_falls_resumes_saves_and_loads(setup, tmp_path):

@@ -82,7 +82,7 @@ def resolve(backend: str) -> str:
 
 def pallas_dense(rec: Any, x: jax.Array, bias: jax.Array | None, out_dtype, activation: str | None = None,
                  splits: int = 1, *, residual: jax.Array | None = None,
-                 gate: jax.Array | None = None) -> jax.Array | tuple[jax.Array, ...] | None:
+                 gate: jax.Array | None = None, rank1: tuple | None = None) -> jax.Array | tuple[jax.Array, ...] | None:
     """Run a :class:`~vidq_jax.quant.record.QuantizedWeight` on ``x (M, K)`` (not yet balanced) with the
     fused kernels if its format fits (int8 W8A8 / W4A8, or FP8 e4m3 W8A8 for ``layer.fp8``); ``None`` means
     "use xla instead".
@@ -99,6 +99,14 @@ def pallas_dense(rec: Any, x: jax.Array, bias: jax.Array | None, out_dtype, acti
     split (``splits > 1``: a tuple of column blocks, one GEMM each on one quantized ``x``) and the gated
     residual ``residual (M, N) + gate (G, N) · y`` (gate row ``g`` for rows ``[g·M/G, (g+1)·M/G)``)
     are fused into the epilogue.
+
+    Q-DiT's formats — per-token-per-group activations, or per-group weights the W4A8 kernel does not take
+    (asymmetric, int8 codes of 5..8 bits) — run :func:`pallas_kernels.group_gemm` (:func:`needs_group_gemm`).
+
+    ``rank1=(alpha (K,), beta (N,)[, u_scale (M,)])``: a rank-1 float branch on the balanced, quantized
+    input (Q-VDiT's TQE, :mod:`vidq_jax.quant.tqe`): the quantizer kernel writes ``u = u_scale · (x̂ · alpha)``
+    next to its scale and the GEMM epilogue adds ``u ⊗ beta`` before the activation (the linears'
+    ``rank1=``); the group GEMM has no such term (``None`` then).
     """
     from vidq_jax.quant.hadamard import base_hadamard, hadamard_factors
 
@@ -106,6 +114,11 @@ def pallas_dense(rec: Any, x: jax.Array, bias: jax.Array | None, out_dtype, acti
     if kernels is None:
         log_once(f"cannot import pallas_kernels ({_KERNEL_IMPORT_ERROR})")
         return None
+    if rank1 is not None and needs_group_gemm(lq):  # (tqe) the group GEMM has no rank-1 epilogue term
+        log_once("the group GEMM takes no rank-1 (TQE) branch")
+        return None
+    if needs_group_gemm(lq):
+        return _pallas_group_dense(rec, x, bias, out_dtype, activation, splits, residual=residual, gate=gate)
     if not (lq.a_bits == 8 and lq.a_granularity == "token" and lq.a_symmetric and not lq.a_static):
         log_once(
             "kernels need dynamic symmetric per-token int8 activations, got "
@@ -137,6 +150,8 @@ def pallas_dense(rec: Any, x: jax.Array, bias: jax.Array | None, out_dtype, acti
         kwargs["residual"] = residual
     if gate is not None:
         kwargs["gate"] = gate
+    if rank1 is not None:
+        kwargs["rank1"] = rank1  # (tqe) u by the quantizer kernel, u ⊗ beta in the epilogue
     return fn(
         xb,
         rec.qvalue,
@@ -147,21 +162,45 @@ def pallas_dense(rec: Any, x: jax.Array, bias: jax.Array | None, out_dtype, acti
     )
 
 
-def kernel_activation(rec: Any, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``(q int8 (M, K), scale (M,))``: the dynamic per-token int8 activation the fused kernels compute
-    from ``x (M, K)`` (not yet balanced) for the record ``rec`` — smoothing multiply, bf16 cast, rotation
-    inside :func:`pallas_kernels.rotate_quantize` — recomputed in XLA with the same formula (exact match),
-    for epilogue terms the kernels do not take yet (a rank-1 branch)."""
-    from vidq_jax.quant.hadamard import base_hadamard, hadamard_factors
-    from vidq_jax.quant.quantizers import quantize
+def needs_group_gemm(lq: Any) -> bool:
+    """Whether a layer runs Q-DiT's group GEMM (:func:`pallas_kernels.group_gemm`) on ``pallas``: activations
+    quantized per token and group, or per-group weights the per-token W4A8 kernel does not take
+    (asymmetric, or unpacked int8 codes), with integer codes (not FP8)."""
+    if lq.a_bits is None or lq.fp8:
+        return False
+    fast_grouped = lq.packed and lq.w_symmetric and lq.a_granularity == "token" and lq.a_symmetric
+    return lq.a_granularity == "group" or (lq.w_granularity == "group" and not fast_grouped)
 
-    mult = rec.smooth_multiplier()
-    xb = (x if mult is None else x.astype(jnp.float32) * mult).astype(jnp.bfloat16)
-    if rec.hadamard_signs is not None:
-        qv, qs = kernels.rotate_quantize(xb, base_hadamard(hadamard_factors(rec.in_features)[0]), rec.hadamard_signs)
-        return qv, qs[:, 0]
-    q = quantize(xb.astype(jnp.float32), rec.layer.act_spec())
-    return q.values, q.scale
+
+def _by_group(p: jax.Array | None, rows: int, groups: int) -> jax.Array | None:
+    """A scale / zero point of any granularity (``()``, ``(rows,)``, ``(rows, G)``) as ``(rows, G)``."""
+    if p is None:
+        return None
+    p = jnp.asarray(p)
+    return jnp.broadcast_to(p.reshape(p.shape + (1,) * (2 - p.ndim)) if p.ndim < 2 else p, (rows, groups))
+
+
+def _pallas_group_dense(rec: Any, x: jax.Array, bias: jax.Array | None, out_dtype, activation: str | None,
+                        splits: int, *, residual: jax.Array | None, gate: jax.Array | None) -> jax.Array | None:
+    """Q-DiT's layers on :func:`pallas_kernels.group_gemm`: ``x`` balanced and quantized by the record's own
+    jnp quantizer (XLA fuses it; the codes are the ``xla`` backend's, bit for bit), scales and zero points of
+    both sides per group (a per-token / per-channel side broadcast over the groups), the int4 or int8 codes
+    multiplied in the Pallas-Triton K loop; ``None`` (-> ``xla``, logged once) for shapes without a tiling."""
+    lq = rec.layer
+    m, k = x.shape
+    n = rec.out_features
+    gs = lq.group_size or k
+    packed = rec.qvalue.dtype == jnp.uint8
+    if kernels.group_gemm_tiling(m, k, n, gs, packed) is None:
+        log_once(f"group GEMM has no tiling for K={k}, N={n}, group_size={gs} (packed int4={packed})")
+        return None
+    q, s, z = rec.quantize_activation(rec.balance(x.astype(jnp.float32)))
+    g = k // gs
+    return kernels.group_gemm(
+        q, _by_group(s, m, g), rec.qvalue, _by_group(rec.scale.astype(jnp.float32), n, g),
+        None if bias is None else bias.astype(jnp.float32), x_zero=_by_group(z, m, g),
+        w_zero=_by_group(rec.zero_point, n, g), out_dtype=out_dtype, activation=activation, splits=splits,
+        residual=residual, gate=gate)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -176,4 +215,5 @@ if kernels is not None:
     attention_seam.register("temporal", kernels.frame_attention)
 
 
-__all__ = ["BACKENDS", "check", "is_hopper", "kernel_activation", "kernels", "log_once", "pallas_dense", "resolve"]
+__all__ = ["BACKENDS", "check", "is_hopper", "kernels", "log_once", "needs_group_gemm",
+           "pallas_dense", "resolve"]
