@@ -1,6 +1,7 @@
 """ViDiT-Q's online rotation at memory speed? ``rotate_quantize`` against the plain quantizer (GPU).
 
-``python -m benchmarks.bench_rotate [--out DIR] [--tiny] [--batch 8] [--no-sweep]`` writes
+``python -m benchmarks.bench_rotate [--out DIR] [--tiny] [--batch 8] [--no-sweep] [--only fast,pack]
+[--k 4608]`` writes
 ``rotate.json`` + ``rotate.md`` under ``--out`` (default ``benchmarks/results``). At
 M = 8192 / 32768 and K = 1152 / 4608 (bf16 activations, random ±1 signs), in one run:
 
@@ -46,6 +47,8 @@ def sweep(k: int) -> dict[str, RotateTiling]:
     """The stored tiling, then the alternatives worth measuring at this K (see the folder's NOTES.md)."""
     cfgs = {"stored": rotate_tiling(k)}
     mma = lambda **kw: RotateTiling(variant="mma", **kw)  # noqa: E731
+    packed = {"pack_int8": True, "hoist_ms": True}
+    fast = {**packed, "prescale": True}
     if k == 1152:
         cfgs.update({
             "mma_w16_g2_nw1_bm4_padblock": mma(w=16, grow=2, num_warps=1, bm=4, pad_block=True),
@@ -57,6 +60,14 @@ def sweep(k: int) -> dict[str, RotateTiling]:
             "mma_w32_g1_nw2_bm1": mma(w=32, num_warps=2, bm=1),
             "mma_w32_g1_nw4_bm1": mma(w=32, num_warps=4, bm=1),
             "mma_w16_g2_nw1_bm4_bf16x3": mma(w=16, grow=2, num_warps=1, bm=4, split="bf16x3"),
+            # static counts (NOTES.md): pack = codes packed in PTX + the multiplier loaded once per
+            # program (0.70 instr/elem at bm4); fast = pack + the fp16 scale on x in bf16 (0.64-0.60)
+            "mma_w16_g2_nw1_bm4_pack": mma(w=16, grow=2, num_warps=1, bm=4, **packed),
+            "mma_w16_g2_nw1_bm4_fast": mma(w=16, grow=2, num_warps=1, bm=4, **fast),
+            "mma_w16_g2_nw1_bm8_fast": mma(w=16, grow=2, num_warps=1, bm=8, **fast),
+            "mma_w16_g2_nw1_bm16_fast": mma(w=16, grow=2, num_warps=1, bm=16, **fast),
+            "mma_w16_g2_nw1_bm32_loop_fast": mma(w=16, grow=2, num_warps=1, bm=32, unroll=False,
+                                                 **fast),
             # option (b), H_b as signed sums on the CUDA cores: spills, ~60 s to compile
             "fma_bm16_nw4": RotateTiling(variant="fma", bm=16, num_warps=4),
         })
@@ -71,6 +82,27 @@ def sweep(k: int) -> dict[str, RotateTiling]:
             "mma_w16_g4_nw2": mma(w=16, grow=4, num_warps=2),
             "mma_w32_g1_nw4": mma(w=32, num_warps=4),
             "mma_w32_g4_nw2_bf16x3": mma(w=32, grow=4, num_warps=2, split="bf16x3"),
+            # rows looped in one program (the base, signs and H_w loaded once); pack / fast as above
+            # (static counts 0.71 / 0.68-0.60 instr/elem against 0.89 stored, NOTES.md)
+            "mma_w32_g4_nw2_bm8_loop_pack": mma(w=32, grow=4, num_warps=2, bm=8, unroll=False,
+                                                **packed),
+            "mma_w32_g4_nw2_bm8_loop_fast": mma(w=32, grow=4, num_warps=2, bm=8, unroll=False,
+                                                **fast),
+            "mma_w32_g4_nw2_bm16_loop_fast": mma(w=32, grow=4, num_warps=2, bm=16, unroll=False,
+                                                 **fast),
+            "mma_w32_g4_nw2_bm32_loop_fast": mma(w=32, grow=4, num_warps=2, bm=32, unroll=False,
+                                                 **fast),
+            "mma_w32_g4_nw4_bm8_loop_fast": mma(w=32, grow=4, num_warps=4, bm=8, unroll=False,
+                                                **fast),
+            "mma_w32_g4_nw1_bm8_loop_fast": mma(w=32, grow=4, num_warps=1, bm=8, unroll=False,
+                                                **fast),
+            "mma_w32_g4_nw1_bm32_loop_fast": mma(w=32, grow=4, num_warps=1, bm=32, unroll=False,
+                                                 **fast),
+            "mma_w32_g2_nw1_pack": mma(w=32, grow=2, num_warps=1, pack_int8=True),
+            "mma_w32_g2_nw1_bm8_loop_fast_merge": mma(w=32, grow=2, num_warps=1, bm=8, unroll=False,
+                                                      merge_absmax=True, **fast),
+            "mma_w32_g2_nw1_bm32_loop_fast_merge": mma(w=32, grow=2, num_warps=1, bm=32,
+                                                       unroll=False, merge_absmax=True, **fast),
         })
     return cfgs
 
@@ -102,7 +134,8 @@ def hbm_floor_ms(m: int, k: int) -> float | None:
     return (m * k * 2 + m * k + m * 4) / bw * 1e3  # read bf16 x, write int8 q + float32 scales
 
 
-def bench_shape(m: int, k: int, batch: int, do_sweep: bool, tiny: bool, iters: int) -> list[dict]:
+def bench_shape(m: int, k: int, batch: int, do_sweep: bool, tiny: bool, iters: int,
+                only: tuple[str, ...] = ()) -> list[dict]:
     env = environment()
     base = {**env, "M": m, "K": k, "tiny": tiny, "batch": batch}
     floor = hbm_floor_ms(m, k)
@@ -144,6 +177,8 @@ def bench_shape(m: int, k: int, batch: int, do_sweep: bool, tiny: bool, iters: i
           note="jitted reference")
     interpret = not on_gpu()
     cfgs = sweep(k) if do_sweep and not tiny else {"stored": rotate_tiling(k)}
+    if only:  # the stored tiling always, then the names holding one of the substrings
+        cfgs = {n: c for n, c in cfgs.items() if n == "stored" or any(o in n for o in only)}
     for name, cfg in cfgs.items():
         extra = {"tiling": dataclasses.asdict(cfg)}
         timed(f"kernel:{name}",
@@ -194,13 +229,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--no-sweep", action="store_true", help="only the stored tiling")
+    ap.add_argument("--only", default="", help="comma-separated substrings: sweep only the tilings "
+                    "whose name holds one (and the stored one), e.g. 'fast,pack'")
+    ap.add_argument("--k", default="", help="comma-separated K values to run (default: all)")
     args = ap.parse_args(argv)
     shapes = TINY_SHAPES if args.tiny else SHAPES
     batch = 2 if args.tiny else args.batch
     iters = 1 if args.tiny else args.iters
+    only = tuple(o for o in args.only.split(",") if o)
+    ks = {int(v) for v in args.k.split(",") if v}
     rows: list[dict] = []
     for m, k in shapes:
-        rows += bench_shape(m, k, batch, not args.no_sweep, args.tiny, iters)
+        if not ks or k in ks:
+            rows += bench_shape(m, k, batch, not args.no_sweep, args.tiny, iters, only)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = "rotate_tiny" if args.tiny else "rotate"

@@ -76,7 +76,6 @@ KERNEL_CASES = [
     # fori_loop over rows; blocks over the zero-padded base (48 rows for 36)
     (1152, 6, RotateTiling(w=32, bm=4, split="bf16x3", unroll=False, pad_block=True)),
     (4608, 3, None),  # stored tiling: base 36 ⊗ H_4 = 144 (128 + 16), one row per program
-    (1152, 19, RotateTiling(variant="fma", bm=16, num_warps=4)),  # chunks: H_b by signed sums
 ]
 
 
@@ -95,6 +94,40 @@ def test_triton_kernel_interpret_matches_reference(k, m, tiling, with_smooth):
     # the code sums (zero-point epilogues) are those of the kernel's own codes, exactly
     assert rs.dtype == jnp.int32 and rs.shape == (m, 1)
     np.testing.assert_array_equal(np.asarray(rs), np.asarray(out[0], np.int32).sum(-1, keepdims=True))
+
+
+def test_fma_variant_interpret_matches_reference():
+    """The sweep-only ``fma`` variant (chunks: H_b by signed sums), one program of 16 rows (CI time)."""
+    x, signs, _, hb = rotation_inputs(1171, 16, 1152)
+    out = triton_rotate_quantize(x, hb, signs, None, cfg=RotateTiling(variant="fma", bm=16, num_warps=4),
+                                 interpret=True)
+    assert_rotated_close(out, pk.rotate_quantize_ref(x, hb, signs, None))
+
+
+PACKED_CASES = [  # (K, M, tiling): codes packed in PTX, the multiplier loaded once per program,
+    # the fp16-range power of two applied to x in bf16 (prescale); grow 2 at K = 4608: two column
+    # tiles per row (butterflies), maxed elementwise before the row reductions (merge_absmax)
+    (1152, 7, RotateTiling(w=16, grow=2, num_warps=1, bm=4, pack_int8=True, hoist_ms=True,
+                           prescale=True)),
+    (4608, 3, RotateTiling(w=32, grow=2, num_warps=1, bm=2, unroll=False, pack_int8=True,
+                           hoist_ms=True, prescale=True, merge_absmax=True)),
+]
+
+
+@pytest.mark.parametrize("k,m,tiling", PACKED_CASES, ids=[f"K{k}-M{m}" for k, m, _ in PACKED_CASES])
+@pytest.mark.parametrize("with_smooth", [False, True], ids=["signs", "smooth"])
+def test_packed_prescaled_hoisted(k, m, tiling, with_smooth):
+    x, signs, smooth, hb = rotation_inputs(2 * k + m, m, k)
+    smooth = smooth if with_smooth else None
+    x = x.at[m - 1].set(0)
+    out = triton_rotate_quantize(x, hb, signs, smooth, cfg=tiling, interpret=True)
+    assert out[0].dtype == jnp.int8
+    assert_rotated_close(out, pk.rotate_quantize_ref(x, hb, signs, smooth))
+    assert float(out[1][m - 1, 0]) == 1.0 and not np.any(np.asarray(out[0][m - 1]))
+    # with the code sums the codes stay int32 in the kernel (packing is skipped): same codes
+    q2, _, rs = triton_rotate_quantize(x, hb, signs, smooth, cfg=tiling, interpret=True, row_sum=True)
+    np.testing.assert_array_equal(np.asarray(q2), np.asarray(out[0]))
+    np.testing.assert_array_equal(np.asarray(rs), np.asarray(q2, np.int32).sum(-1, keepdims=True))
 
 
 @pytest.mark.parametrize("split", ["bf16x3", "f16x2"])
@@ -196,3 +229,13 @@ def test_triton_rotate_quantize_gpu(k, with_smooth):
     smooth = smooth if with_smooth else None
     out = pk.rotate_quantize(x, hb, signs, smooth, backend="triton")
     assert_rotated_close(out, pk.rotate_quantize_ref(x, hb, signs, smooth))
+
+
+@pytest.mark.gpu
+@requires_gpu
+@pytest.mark.parametrize("k,m,tiling", PACKED_CASES, ids=[f"K{k}" for k, _, _ in PACKED_CASES])
+def test_packed_codes_gpu(k, m, tiling):
+    """The PTX packing (byte order of cvt.pack.sat.s8) on the device."""
+    x, signs, _, hb = rotation_inputs(k + 1, 2048 + 3, k)
+    out = triton_rotate_quantize(x, hb, signs, cfg=tiling)
+    assert_rotated_close(out, pk.rotate_quantize_ref(x, hb, signs))

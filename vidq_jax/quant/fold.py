@@ -156,10 +156,13 @@ def fold_params(
         rot = head_rotation(layer_key(config.seed, p), heads, k // heads) if lq.rotate else None
         cols = slice(decl.value_block * k, (decl.value_block + 1) * k)
         v_new, b_new, p_new = fold_weights(vk[:, cols], None if vb is None else vb[cols], pk, smooth, rot)
-        new = set_kernel(new, producer, jnp.asarray(vk).at[:, cols].set(v_new.astype(vk.dtype)))
+        # a Dense that is quantized next keeps the folded float32 weights (no bf16 rounding of the rotation
+        # before its quantizer); a V producer that stays float keeps its dtype (what the saved folder holds)
+        vdt = jnp.float32 if any(lq is not None for lq in settings.get(producer, ())) else vk.dtype
+        new = set_kernel(new, producer, jnp.asarray(vk, vdt).at[:, cols].set(v_new.astype(vdt)))
         if vb is not None:
             new = set_kernel(new, producer, jnp.asarray(vb).at[cols].set(b_new.astype(vb.dtype)), leaf="bias")
-        new = set_kernel(new, p, p_new.astype(pk.dtype))
+        new = set_kernel(new, p, p_new)
     out_settings = {p: [record_layer(lq) for lq in lqs] for p, lqs in settings.items()}
     refresh = sorted({n for p in targets for lq in out_settings[p] if lq is not None for n in layer_statistics(lq, p)})
     paths = [p for p in targets if any(lq is not None and layer_statistics(lq, p) for lq in out_settings[p])]

@@ -41,6 +41,12 @@ bf16 and fp16, products are exact and accumulated in float32), so the result dif
 float32 reference by summation order only: rare ±1 rounding flips of the int8 values (bounded in
 the tests). The per-token absmax, ``scale = absmax / sqrt(K) / 127`` and
 ``q = cvt.rni.s32(y · 127 / absmax)`` (``lax.round`` in interpret mode) follow in registers.
+
+Switches that cut instructions per element (``RotateTiling``, off by default; static counts in
+``NOTES.md``): ``pack_int8`` (codes rounded and packed four to a register in PTX), ``hoist_ms`` (the
+signs loaded once per program), ``prescale`` (the fp16-range power of two applied to the bf16 input
+with the signs, not to the float32 intermediate), ``merge_absmax`` (one row reduction per tile
+shape); with ``unroll=False`` and ``bm`` rows a program keeps the base across its rows.
 """
 
 from __future__ import annotations
@@ -84,6 +90,12 @@ class RotateTiling:
     #   (bm, b, p) and the masked windows past b start at a traced offset (no static bounds check)
     b_group: int = 2  # fma: base columns evaluated together (1 = plain signed sums)
     split: str = "f16x2"  # float32 dot operands: "f16x2" | "bf16x3" | "bf16x2" (see SPLITS)
+    pack_int8: bool = False  # mma: round and pack 4 codes per register in PTX (cvt.rni +
+    #   cvt.pack.sat.s8), instead of an int32 -> int8 truncation (byte permutes)
+    hoist_ms: bool = False  # mma: load the per-channel multiplier once per program (rows loop)
+    prescale: bool = False  # mma f16x2, bf16 x: the power of two that brings Z into the fp16 range
+    #   multiplies x in bf16 (exact, with the signs) instead of Z in float32
+    merge_absmax: bool = False  # mma: same-shape tiles maxed elementwise before the row reductions
     num_warps: int = 4
     num_stages: int = 1
 
@@ -193,11 +205,16 @@ def pow2_scale(amax: jax.Array, top: int = 14) -> jax.Array:
     return lax.bitcast_convert_type(lax.shift_left(bits, jnp.int32(23)), jnp.float32)
 
 
-def _row_absmax(tiles, axes: int = 2):
-    """Max of |t| over every tile (rows of a one-row tile set: a scalar)."""
+def _row_absmax(tiles, axes: int = 2, merge: bool = False):
+    """Max of |t| over every tile (rows of a one-row tile set: a scalar). ``merge``: tiles of one
+    shape are combined elementwise first (one cross-thread reduction per shape, not per tile; more
+    live registers)."""
+    parts: dict = {}
+    for i, t in enumerate(tiles):
+        a, key = jnp.abs(t), (t.shape if merge else i)
+        parts[key] = a if key not in parts else jnp.maximum(parts[key], a)
     amax = None
-    for t in tiles:
-        a = jnp.abs(t)
+    for a in parts.values():
         for _ in range(axes):
             a = jnp.max(a, axis=-1)
         amax = a if amax is None else jnp.maximum(amax, a)
@@ -216,12 +233,30 @@ def round_to_int32(v: jax.Array, *, interpret: bool = False) -> jax.Array:
     return r
 
 
-def _quantize(ys, amax, inv_sqrt_k: float, interpret: bool, dtype=jnp.int8):
+def round_to_int8(v: jax.Array, *, interpret: bool = False) -> jax.Array:
+    """Round-half-even float32 -> int8 for ``|v| <= 127.5``: four ``cvt.rni.s32.f32`` and two
+    ``cvt.pack.sat.s8.s32.b32`` per four values, the codes leave packed 4 to a register (no
+    int32 -> int8 byte permutes); interpret mode: ``lax.round`` + cast."""
+    if interpret:
+        return lax.round(v, lax.RoundingMethod.TO_NEAREST_EVEN).astype(jnp.int8)
+    (r,) = pltriton.elementwise_inline_asm(
+        "{ .reg .s32 a, b, c, d, t;\n"
+        "cvt.rni.s32.f32 a, $1; cvt.rni.s32.f32 b, $2;\n"
+        "cvt.rni.s32.f32 c, $3; cvt.rni.s32.f32 d, $4;\n"
+        "cvt.pack.sat.s8.s32.b32 t, d, c, 0;\n"
+        "cvt.pack.sat.s8.s32.b32 $0, b, a, t; }",
+        args=[v], constraints="=r,r,r,r,r", pack=4,
+        result_shape_dtypes=[jax.ShapeDtypeStruct(v.shape, jnp.int8)])
+    return r
+
+
+def _quantize(ys, amax, inv_sqrt_k: float, interpret: bool, dtype=jnp.int8, pack: bool = False):
     """Per-token scale and int8 values of row-aligned float32 tiles given their absmax
     (broadcastable against each tile). ``|y| <= amax`` makes ``|y · (127 / amax)| <= 127·(1 + 2⁻²³)``,
     which rounds into [-127, 127]: no clip, and the int32 -> int8 step is a plain truncation
     (a float -> int8 conversion would clamp to [-128, 127] again, 4 extra ops per element).
-    The values come back as int32 (the callers sum them for the code row sums, then truncate).
+    The values come back as int32 (the callers sum them for the code row sums, then truncate),
+    or as int8 with ``pack`` (:func:`round_to_int8`).
     FP8 codes (``dtype``): ``e4m3(y · (448 / amax))`` (RTNE; ``cvt.rn.satfinite`` keeps the
     ``448·(1 + 2⁻²³)`` edge at 448, as XLA's conversion does)."""
     qmax = code_max(dtype)
@@ -230,7 +265,8 @@ def _quantize(ys, amax, inv_sqrt_k: float, interpret: bool, dtype=jnp.int8):
     mult = jnp.where(amax > 0, qmax / amax, jnp.float32(0.0))
     if jnp.dtype(dtype) == FP8:
         return scale, [(y * mult).astype(FP8) for y in ys]
-    qs = [round_to_int32(y * mult, interpret=interpret) for y in ys]
+    rnd = round_to_int8 if pack else round_to_int32
+    qs = [rnd(y * mult, interpret=interpret) for y in ys]
     return scale, qs
 
 
@@ -263,7 +299,8 @@ def _butterflies(tiles: list) -> list:
 
 
 def _mma_kernel(*refs, groups, w, rb, nh, has_ms, split_in, split, inv_sqrt_k, unroll,
-                pad_block, interpret, row_sum=False, dtype=jnp.int8):
+                pad_block, interpret, row_sum=False, dtype=jnp.int8, pack_int8=False,
+                hoist_ms=False, prescale=False, merge_absmax=False):
     rs_ref = None
     if row_sum:
         *refs, rs_ref = refs
@@ -318,23 +355,46 @@ def _mma_kernel(*refs, groups, w, rb, nh, has_ms, split_in, split, inv_sqrt_k, u
             return v
         return jnp.transpose(v.reshape(v.shape[0], rb, w), (1, 0, 2))
 
+    def load_ms(g, h):
+        gs = groups[g][1]
+        return load(ms_ref.at[pl.ds(start(g), gs), pl.ds(h * w, w)], mask(g, (gs, w), 0))
+
+    ms_tiles = ([[load_ms(g, h) for g in range(len(groups))] for h in range(nh)]
+                if has_ms and hoist_ms else None)
+
+    # prescale: |Z| <= b · nh · max|x| (signs are ±1), so the fp16-range power of two is known
+    # from the raw bf16 row and applied to x exactly (a bf16 power of two), not to Z
+    pre = prescale and split == "f16x2" and not split_in and rb == 1
+
     def row_tile(t, carry):
         r0 = jnp.asarray(t * rb, jnp.int32)  # an array index even when static (interpret mode)
+
+        def load_x(h, g):
+            return load(window(x_ref, r0, g, h), mask(g, *win_shape(g)))
+
+        if pre:  # every tile first (only then: more live registers)
+            xs = [[load_x(h, g) for g in range(len(groups))] for h in range(nh)]
+            amax_x = _row_absmax([v for row in xs for v in row], merge=merge_absmax)
+            s_mid = pow2_scale(amax_x.astype(jnp.float32) * jnp.float32(b * nh))
+            s_x = s_mid.astype(jnp.bfloat16)
         ts = []  # ts[h][i-group]: x · multiplier, float32 (G, rb·w)
         for h in range(nh):
             row = []
-            for g, (g0, gs, _) in enumerate(groups):
-                v = load(window(x_ref, r0, g, h), mask(g, *win_shape(g)))
+            for g in range(len(groups)):
+                v = xs[h][g] if pre else load_x(h, g)
                 if split_in:
                     v = v.astype(jnp.float32)
                 if has_ms:  # without split_in: bf16 · (±1 as bf16), exact, two per instruction
-                    msv = load(ms_ref.at[pl.ds(start(g), gs), pl.ds(h * w, w)],
-                               mask(g, (gs, w), 0))
-                    v = v * (msv if rb == 1 else msv[None])
+                    msv = ms_tiles[h][g] if ms_tiles is not None else load_ms(g, h)
+                    msv = msv if rb == 1 else msv[None]
+                    v = v * (msv * s_x if pre else msv)
+                elif pre:
+                    v = v * s_x
                 row.append(to_tile(v))
             ts.append(row)
-        if split == "f16x2":  # row absmax of the (scaled) input: bounds |Z| by b · nh times it
-            amax_in = _row_absmax([t for row in ts for t in row]).astype(jnp.float32)
+        if split == "f16x2" and not pre:  # row absmax of the (scaled) input: bounds |Z| / (b · nh)
+            amax_in = _row_absmax([t for row in ts for t in row], merge=merge_absmax)
+            amax_in = amax_in.astype(jnp.float32)
             if split_in:  # the input itself into the fp16 range, exactly (power of two)
                 s_in = pow2_scale(amax_in)
                 ts = [[t * s_in for t in row] for row in ts]
@@ -358,23 +418,26 @@ def _mma_kernel(*refs, groups, w, rb, nh, has_ms, split_in, split, inv_sqrt_k, u
             for h in range(nh):
                 zs[h][j] = col[h]
         unscale = None
-        if split == "f16x2":  # Z into the fp16 range by the bound |Z| <= b · nh · amax_in
+        if pre:
+            unscale = 1.0 / s_mid
+        elif split == "f16x2":  # Z into the fp16 range by the bound |Z| <= b · nh · amax_in
             s_mid = pow2_scale(amax_in * jnp.float32(b * nh))
             zs = [[z * s_mid for z in row] for row in zs]
             unscale = 1.0 / (s_mid * s_in) if split_in else 1.0 / s_mid
         flat = [from_tile(_dot_split(zs[h][j], hw, split, split_lhs=True))
                 for h in range(nh) for j in range(len(groups))]
         # per-row absmax over every tile (zero-padded rows of H_b give exact zeros)
-        amax = _row_absmax(flat)  # rb == 1: a scalar; else (rb,)
+        amax = _row_absmax(flat, merge=merge_absmax)  # rb == 1: a scalar; else (rb,)
+        pack = pack_int8 and jnp.dtype(dtype) == jnp.int8 and rs_ref is None
         if rb == 1:
-            scale, qs = _quantize(flat, amax, inv_sqrt_k, interpret, dtype)
+            scale, qs = _quantize(flat, amax, inv_sqrt_k, interpret, dtype, pack)
             if unscale is not None:
                 scale = jnp.where(amax > 0, scale * unscale, scale)
             pltriton.store(s_ref.at[pl.ds(r0, 1), :], jnp.broadcast_to(scale, (1, 1)))
             if rs_ref is not None:  # padded base rows hold exact zeros: summing them is harmless
                 pltriton.store(rs_ref.at[pl.ds(r0, 1), :], jnp.broadcast_to(_tile_sums(qs, 2), (1, 1)))
         else:
-            scale, qs = _quantize(flat, amax[:, None, None], inv_sqrt_k, interpret, dtype)
+            scale, qs = _quantize(flat, amax[:, None, None], inv_sqrt_k, interpret, dtype, pack)
             pltriton.store(s_ref.at[pl.ds(r0, rb), :], scale.reshape(rb, 1))
             if rs_ref is not None:
                 pltriton.store(rs_ref.at[pl.ds(r0, rb), :], _tile_sums(qs, 2).reshape(rb, 1))
@@ -422,7 +485,9 @@ def _mma_call(x3, ms, h_base, cfg: RotateTiling, split_in: bool, interpret: bool
     kernel = functools.partial(
         _mma_kernel, groups=groups, w=w, rb=rb, nh=p // w, has_ms=ms is not None,
         split_in=split_in, split=cfg.split, inv_sqrt_k=1.0 / math.sqrt(b * p),
-        unroll=cfg.unroll, pad_block=cfg.pad_block, interpret=interpret, row_sum=row_sum, dtype=dtype)
+        unroll=cfg.unroll, pad_block=cfg.pad_block, interpret=interpret, row_sum=row_sum, dtype=dtype,
+        pack_int8=cfg.pack_int8, hoist_ms=cfg.hoist_ms, prescale=cfg.prescale,
+        merge_absmax=cfg.merge_absmax)
     full = lambda shape: pl.BlockSpec(shape, lambda i: (0,) * len(shape))  # noqa: E731
     # blocks span the padded base order: the rows past b are masked in every load and store
     bb = bpad if cfg.pad_block else b
