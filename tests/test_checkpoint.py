@@ -129,6 +129,7 @@ def test_loader_refuses_incomplete_folders(tmp_path, models):
 
 _CHILD = """
 import errno, os, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a runner started in the background ignores SIGINT
 from vidq_jax import checkpoint
 src, out, step, sig, exchange = sys.argv[1:]
 def reached(s):

@@ -89,6 +89,7 @@ def test_version(capsys):
 
 _CHILD = """
 import os, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a runner started in the background ignores SIGINT
 from vidq_jax import checkpoint
 from vidq_jax.cli import main
 def reached(step):
