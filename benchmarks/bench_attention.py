@@ -12,7 +12,21 @@
 * ``kernel:<pv>:<tiling>`` — ``pallas_kernels.quant_attention`` (Pallas-Triton) with the stored tiling for
   bf16 (the presets' default) and FP8 ``P·V`` and, with ``--sweep`` (at the PixArt 1024 px shape) or always
   for the stored one, the layout / tiling alternatives of ``ops/quant_attention/NOTES.md``;
-  ``kernel:<pv>:stored:no-q-smoothing`` — the same without Q smoothing (what the smoothing costs).
+  ``kernel:<pv>:stored:no-q-smoothing`` — the same without Q smoothing (what the smoothing costs);
+* ``mgpu_f16:pad<Dp>[:bkv<n>]`` — JAX's own FlashAttention-3 kernel on Mosaic GPU
+  (``jax.experimental.pallas.ops.gpu.attention_mgpu``; in float16: its shared-memory tiles are float16 in
+  JAX 0.10 and 0.11, so bf16 inputs do not lower; same tensor-core rate), the head zero-padded to the
+  multiple of 64 it takes (72 → 128) and Q pre-scaled by 1/√D (the kernel has no softmax scale): the whole
+  call with the casts, the pad and the slice, and ``:kernel-only`` on inputs prepared beforehand;
+  ``mgpu_f16:d64-bound`` runs it on the first 64 lanes only (a wrong result, the speed a 64-wide head
+  would have: the cost of the padding);
+* ``kernel:mosaic:<tiling>`` — what ``pallas_kernels.quant_attention(backend="mosaic")`` runs on Hopper (called
+  directly: no fallback; Mosaic GPU's interpreter with ``--tiny``), the warp-specialized Mosaic GPU kernel (int8 ``Q·Kᵀ``, bf16 ``P·V``; ``ops/quant_attention/mosaic.py``): its default tiling
+  (with and without Q smoothing) and, at the PixArt 1024 px shape (every shape with ``--sweep``), the
+  alternatives of :func:`mosaic_configs`; its XLA pre-pass alone as ``prepass:mosaic``.
+
+``--variants`` picks the groups to run (``cudnn`` always runs: the baseline): ``xla``, ``ref``, ``prepass``,
+``triton`` (the ``kernel:<pv>`` rows), ``mgpu``, ``mosaic``.
 
 Every row: ``ms`` (median wall time per call over repetitions, compile excluded), ``speedup`` (cuDNN ms /
 ms), ``tflops`` (4·B·H·Nq·Nk·D / time), ``cos_vs_cudnn`` (cosine similarity of the output with cuDNN's
@@ -24,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import traceback
 from pathlib import Path
@@ -37,6 +52,12 @@ from benchmarks.common import environment, median_time, title
 from pallas_kernels._compat import on_gpu
 from pallas_kernels.ops.quant_attention import QuantAttentionConfig, attention_config
 from pallas_kernels.ops.quant_attention.layout import prepare
+from pallas_kernels.ops.quant_attention.mosaic import MosaicAttentionConfig, mosaic_operands, mosaic_quant_attention
+
+try:  # JAX's FlashAttention-3 on Mosaic GPU (same API in JAX 0.10 and 0.11)
+    from jax.experimental.pallas.ops.gpu import attention_mgpu
+except Exception:  # noqa: BLE001 - no Mosaic GPU in this JAX build
+    attention_mgpu = None
 
 # name: (B, Nq, Nk, H, D, key mask) — CFG batches of the XL models
 SHAPES = {
@@ -48,6 +69,52 @@ SHAPES = {
 }
 TINY_SHAPES = {"tiny": (1, 40, 40, 2, 72, False), "tiny-cross": (1, 40, 12, 2, 72, True)}
 REF_SHAPES = ("pixart1024", "pixart1024-cross", "tiny", "tiny-cross")
+VARIANT_GROUPS = ("xla", "ref", "prepass", "triton", "mgpu", "mosaic")
+
+
+def mosaic_configs(full: bool) -> dict[str, MosaicAttentionConfig]:
+    """The Mosaic kernel's default tiling, then (``full``) the head-width padding and ring alternatives."""
+    base = MosaicAttentionConfig()
+    out = {"default": base}
+    if full:
+        out.update({
+            "qk128": dataclasses.replace(base, qk_pad=128),
+            "kv64-s4": dataclasses.replace(base, block_kv=64, stages=4),
+            "kv128-s3": dataclasses.replace(base, stages=3),
+            "kv256": dataclasses.replace(base, block_kv=256),
+        })
+    return out
+
+
+def mgpu_rows(b: int, nq: int, nk: int, d: int, masked: bool):
+    """``(variant, fn, args-maker or None, note)`` of JAX's ``attention_mgpu`` where it applies (no key mask,
+    ``Nq`` a multiple of 128 and ``Nk`` of ``block_kv``), else one ``(variant, None, None, why)``."""
+    if attention_mgpu is None:
+        return [("mgpu_f16", None, None, "jax.experimental.pallas.ops.gpu.attention_mgpu not importable")]
+    dp = -(-d // 64) * 64
+    if masked or nq % 128 or nk % 64:
+        return [("mgpu_f16", None, None, "not applicable: needs no mask, Nq % 128 == 0, Nk % block_kv == 0")]
+    cfg = lambda bkv: attention_mgpu.TuningConfig(block_q=64, block_kv=bkv, max_concurrent_steps=2)  # noqa: E731
+    bkvs = [n for n in (128, 64) if nk % n == 0]  # 256 exceeds shared memory at the padded width
+
+    def padded(q, k, v, m=None, width=dp):
+        f16 = lambda x: x[..., :width].astype(jnp.float16)  # noqa: E731
+        pad = lambda x: jnp.pad(f16(x), ((0, 0),) * 3 + ((0, width - d),)) if width > d else f16(x)  # noqa: E731
+        return pad(q * jnp.asarray(1.0 / np.sqrt(d), q.dtype)), pad(k), pad(v)
+
+    def whole(q, k, v, m, bkv=bkvs[0]):
+        return attention_mgpu.attention(*padded(q, k, v), cfg(bkv))[..., :d].astype(q.dtype)
+
+    rows = [(f"mgpu_f16:pad{dp}", whole, None, f"JAX attention_mgpu (f16), head padded {d}->{dp}, casts+pad+slice")]
+    for bkv in bkvs:
+        rows.append((f"mgpu_f16:pad{dp}:bkv{bkv}:kernel-only",
+                     lambda q, k, v, m, bkv=bkv: attention_mgpu.attention(q, k, v, cfg(bkv)), padded,
+                     "JAX attention_mgpu (f16) on inputs prepared beforehand"))
+    if d > 64:
+        rows.append(("mgpu_f16:d64-bound", lambda q, k, v, m: attention_mgpu.attention(q, k, v, cfg(bkvs[0])),
+                     functools.partial(padded, width=64),
+                     "kernel only, first 64 lanes: wrong result, the speed bound without padding"))
+    return rows
 
 
 def sweep_configs(stored: QuantAttentionConfig, full: bool) -> dict[str, QuantAttentionConfig]:
@@ -88,7 +155,8 @@ def cosine(a, b) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
-def bench_shape(name: str, shape, *, sweep: bool, tiny: bool, iters: int) -> list[dict]:
+def bench_shape(name: str, shape, *, sweep: bool, tiny: bool, iters: int,
+                variants: tuple[str, ...] = VARIANT_GROUPS) -> list[dict]:
     b, nq, nk, h, d, masked = shape
     base = {**environment(), "shape": name, "B": b, "Nq": nq, "Nk": nk, "H": h, "D": d, "masked": masked,
             "tiny": tiny}
@@ -97,15 +165,18 @@ def bench_shape(name: str, shape, *, sweep: bool, tiny: bool, iters: int) -> lis
     rows: list[dict] = []
     baseline: dict = {}
 
-    def timed(variant: str, f, note: str = "", extra: dict | None = None) -> None:
+    def timed(variant: str, f, note: str = "", extra: dict | None = None, make_args=None) -> None:
         row = {**base, "variant": variant, "note": note, **(extra or {})}
         try:
+            if f is None:
+                raise NotImplementedError(note)
             fn = jax.jit(f)
-            out = jax.block_until_ready(fn(*arg_sets[0]))
+            sets = arg_sets if make_args is None else [(*jax.jit(make_args)(*a), None) for a in arg_sets]
+            out = jax.block_until_ready(fn(*sets[0]))
             if "out" in baseline and getattr(out, "shape", None) == baseline["out"].shape:
                 row["cos_vs_cudnn"] = cosine(out, baseline["out"])
-            row["ms"] = median_time(fn, arg_sets, iters=iters, reps=5, warmup=1)["median_ms"]
-            if variant != "prepass":
+            row["ms"] = median_time(fn, sets, iters=iters, reps=5, warmup=1)["median_ms"]
+            if not variant.startswith("prepass"):
                 row["tflops"] = flops / row["ms"] * 1e-9
             if variant == "cudnn_bf16" or (variant == "xla_bf16" and "out" not in baseline):
                 baseline.update(out=out, ms=row["ms"], name=variant)
@@ -121,16 +192,31 @@ def bench_shape(name: str, shape, *, sweep: bool, tiny: bool, iters: int) -> lis
             q, k, v, mask=None if m is None else m[:, None, None, :], implementation=impl)
 
     timed("cudnn_bf16", dpa("cudnn"), "cuDNN flash attention, bf16 (the models' path)")
-    timed("xla_bf16", dpa("xla"), "XLA attention, bf16")
+    if "xla" in variants:
+        timed("xla_bf16", dpa("xla"), "XLA attention, bf16")
     stored = attention_config(nq, d, nk)
-    if name in REF_SHAPES:
+    if name in REF_SHAPES and "ref" in variants:
         timed("qattn_ref", lambda q, k, v, m: pk.quant_attention(q, k, v, m, backend="xla"), "XLA reference, FP8 P·V")
-    timed("prepass", lambda q, k, v, m: prepare(
-        q, k, v, m, pv="fp8", q_block=1, k_block=1, smooth_k=True, smooth_q=True, block_m=stored.block_m,
-        block_n=stored.block_n, head_split=stored.head_split, fuse_q=stored.fuse_q, v_layout=stored.v_layout),
-        "XLA K/V quantization and q̄·Kᵀ alone")
+    if "mgpu" in variants and not tiny:
+        for variant, f, make_args, note in mgpu_rows(b, nq, nk, d, masked):
+            timed(variant, f, note, make_args=make_args)
+    if "mosaic" in variants:
+        timed("prepass:mosaic", lambda q, k, v, m: mosaic_operands(q, k, v, m),
+              "XLA pass of the Mosaic kernel (quantized, padded, heads-first operands) alone")
+        for cname, mcfg in mosaic_configs(sweep or name == "pixart1024").items():  # few: always at PixArt 1024
+            for smooth_q in (True, False) if cname == "default" else (True,):
+                timed(f"kernel:mosaic:{cname}" + ("" if smooth_q else ":no-q-smoothing"),
+                      lambda q, k, v, m, mcfg=mcfg, sq=smooth_q: mosaic_quant_attention(
+                          q, k, v, m, smooth_q=sq, cfg=mcfg, interpret=not on_gpu()),  # no silent fallback
+                      "Mosaic GPU warp-specialized, int8 QK, bf16 P·V" + ("" if smooth_q else ", no Q smoothing"),
+                      {"tiling": dataclasses.asdict(mcfg), "pv": "bf16", "smooth_q": smooth_q})
+    if "prepass" in variants:
+        timed("prepass", lambda q, k, v, m: prepare(
+            q, k, v, m, pv="fp8", q_block=1, k_block=1, smooth_k=True, smooth_q=True, block_m=stored.block_m,
+            block_n=stored.block_n, head_split=stored.head_split, fuse_q=stored.fuse_q, v_layout=stored.v_layout),
+            "XLA K/V quantization and q̄·Kᵀ alone")
     backend = "triton"  # interpret mode off GPU (--tiny)
-    for pv in ("bf16", "fp8"):
+    for pv in ("bf16", "fp8") if "triton" in variants else ():
         cfgs = sweep_configs(stored, sweep and (pv == "fp8" and name == "pixart1024" or tiny))
         for cname, cfg in cfgs.items():
             for smooth_q in (True, False) if cname == "stored" else (True,):
@@ -139,8 +225,12 @@ def bench_shape(name: str, shape, *, sweep: bool, tiny: bool, iters: int) -> lis
                           q, k, v, m, pv=pv, smooth_q=sq, config=cfg, backend=backend),
                       f"Pallas-Triton, {pv} P·V" + ("" if smooth_q else ", no Q smoothing"),
                       {"tiling": dataclasses.asdict(cfg), "pv": pv, "smooth_q": smooth_q})
+    return _speedups(rows, baseline)
+
+
+def _speedups(rows: list[dict], baseline: dict) -> list[dict]:
     for r in rows:
-        if r.get("ms") and baseline.get("ms") and r["variant"] != "prepass":
+        if r.get("ms") and baseline.get("ms") and not r["variant"].startswith("prepass"):
             r["speedup"] = baseline["ms"] / r["ms"]
             r["baseline"] = baseline["name"]  # xla_bf16 where cuDNN does not run (CPU)
     return rows
@@ -172,7 +262,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sweep", action="store_true", help="tiling / layout alternatives at the PixArt 1024 px shape")
     ap.add_argument("--shapes", default=None, help=f"comma-separated subset of {list(SHAPES)}")
     ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--variants", default=",".join(VARIANT_GROUPS),
+                    help=f"comma-separated groups of {VARIANT_GROUPS} (cuDNN always runs)")
     args = ap.parse_args(argv)
+    variants = tuple(args.variants.split(","))
+    if set(variants) - set(VARIANT_GROUPS):
+        ap.error(f"--variants: unknown {sorted(set(variants) - set(VARIANT_GROUPS))}; choose from {VARIANT_GROUPS}")
     table = TINY_SHAPES if args.tiny else SHAPES
     names = list(table) if args.shapes is None or args.tiny else args.shapes.split(",")
     unknown = [n for n in names if n not in table]
@@ -182,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         print("note: no GPU here; the kernel rows run in interpret mode (use --tiny for a smoke test)", flush=True)
     rows = []
     for n in names:
-        rows += bench_shape(n, table[n], sweep=args.sweep, tiny=args.tiny, iters=1 if args.tiny else args.iters)
+        rows += bench_shape(n, table[n], sweep=args.sweep, tiny=args.tiny, iters=1 if args.tiny else args.iters,
+                            variants=variants)
     folder = Path(args.out) if args.out else Path(__file__).resolve().parent / "results"
     folder.mkdir(parents=True, exist_ok=True)
     stem = "attention_tiny" if args.tiny else "attention"

@@ -64,7 +64,7 @@ QUANT_ATTENTION_SHAPES = [
     (2, 1024, 1024, 8, 64, False),
     (2, 1024, 1024, 8, 128, False),
 ]
-CHECK_GROUPS = ("zp", "epilogue", "fp8", "quant_attention", "group_act", "tqe", "others")  # --only: these groups ("others": the rest)
+CHECK_GROUPS = ("zp", "epilogue", "fp8", "quant_attention", "quant_attention_mosaic", "group_act", "tqe", "others")  # --only: these groups ("others": the rest)
 
 
 def check_splits(report, op: str, tag: str, args: tuple, **kw) -> None:
@@ -290,6 +290,49 @@ def check_epilogue(report, quick: bool = False) -> None:
                             report(name, False, repr(e)[:300])
 
 
+def quant_attention_inputs(seed: int, b: int, nq: int, nk: int, h: int, d: int, masked: bool):
+    """Fresh random bf16 q, k (a per-channel key offset: what K smoothing removes), v and a key mask."""
+    rng = np.random.default_rng(seed)
+    q = jnp.asarray((rng.standard_normal((b, nq, h, d)) + rng.standard_normal((1, 1, h, d))).astype(np.float32),
+                    jnp.bfloat16)
+    k = jnp.asarray((rng.standard_normal((b, nk, h, d)) + 2 * rng.standard_normal((1, 1, h, d))).astype(np.float32),
+                    jnp.bfloat16)
+    v = jnp.asarray(rng.standard_normal((b, nk, h, d)).astype(np.float32), jnp.bfloat16)
+    mask = jnp.asarray(np.arange(nk)[None, :] < np.array([[nk // 2], [nk - 7]])[:b]) if masked else None
+    return q, k, v, mask
+
+
+def check_quant_attention_mosaic(report, quick: bool = False) -> None:
+    """``mosaic_quant_attention`` (what ``backend="mosaic"`` runs: the warp-specialized kernel, bf16 ``P·V``) vs its reference
+    (``kv_block`` = ``block_kv``, ``q_mean_block`` = ``2 * block_q``) on fresh random inputs at the model shapes,
+    with and without Q smoothing, and its tiling alternatives at the PixArt shape."""
+    from pallas_kernels.ops.quant_attention import MosaicAttentionConfig, float_attention, mosaic_quant_attention
+
+    ref_fn = jax.jit(pk.quant_attention_ref, static_argnames=("pv", "q_block", "k_block", "kv_block", "smooth_q",
+                                                              "q_mean_block"))
+    base = MosaicAttentionConfig()
+    variants = [base, MosaicAttentionConfig(qk_pad=128), MosaicAttentionConfig(block_kv=64, stages=4),
+                MosaicAttentionConfig(stages=3), MosaicAttentionConfig(block_kv=256)]
+    shapes = QUANT_ATTENTION_SHAPES[:3:2] if quick else QUANT_ATTENTION_SHAPES
+    for i, (b, nq, nk, h, d, masked) in enumerate(shapes):
+        q, k, v, mask = quant_attention_inputs(3000 + i, b, nq, nk, h, d, masked)
+        exact = np.asarray(float_attention(q, k, v, mask), np.float64).ravel()
+        for smooth_q in (True, False):
+            for cfg in (variants if i == 0 and not quick and smooth_q else variants[:1]):
+                name = (f"quant_attention[mosaic,bf16{'' if smooth_q else ',no-q-smoothing'}] "
+                        f"(B,Nq,Nk,H,D)={(b, nq, nk, h, d)} mask={masked} {cfg}")
+                try:
+                    poison_allocator()
+                    y = mosaic_quant_attention(q, k, v, mask, smooth_q=smooth_q, cfg=cfg)  # no silent fallback
+                    ok, rel = close(y, ref_fn(q, k, v, mask, pv="bf16", kv_block=cfg.block_kv, smooth_q=smooth_q,
+                                              q_mean_block=cfg.q_mean_block))
+                    yf = np.asarray(y, np.float64).ravel()
+                    cos = float(yf @ exact / (np.linalg.norm(yf) * np.linalg.norm(exact)))
+                    report(name, ok and y.shape == q.shape, f"rel={rel:.2e} cos_vs_float={cos:.6f}")
+                except Exception as e:  # noqa: BLE001
+                    report(name, False, repr(e)[:300])
+
+
 def check_quant_attention(report, quick: bool = False) -> None:
     """``quant_attention`` (Pallas-Triton) vs its reference (``kv_block`` = the kernel's ``block_n``) on fresh
     random inputs (K with a per-channel offset); the layout / tiling variants at the PixArt shape."""
@@ -301,13 +344,7 @@ def check_quant_attention(report, quick: bool = False) -> None:
                 QuantAttentionConfig(block_m=64), QuantAttentionConfig(block_n=128, num_warps=8)]
     shapes = QUANT_ATTENTION_SHAPES[:3:2] if quick else QUANT_ATTENTION_SHAPES
     for i, (b, nq, nk, h, d, masked) in enumerate(shapes):
-        rng = np.random.default_rng(2000 + i)
-        q = jnp.asarray((rng.standard_normal((b, nq, h, d)) + rng.standard_normal((1, 1, h, d))).astype(np.float32),
-                        jnp.bfloat16)
-        k = jnp.asarray((rng.standard_normal((b, nk, h, d)) + 2 * rng.standard_normal((1, 1, h, d))).astype(np.float32),
-                        jnp.bfloat16)
-        v = jnp.asarray(rng.standard_normal((b, nk, h, d)).astype(np.float32), jnp.bfloat16)
-        mask = jnp.asarray(np.arange(nk)[None, :] < np.array([[nk // 2], [nk - 7]])[:b]) if masked else None
+        q, k, v, mask = quant_attention_inputs(2000 + i, b, nq, nk, h, d, masked)
         exact = None
         for pv, smooth_q in (("fp8", True), ("bf16", True), ("bf16", False)):
             for cfg in (variants if i == 0 and not quick and smooth_q else variants[:1]):
@@ -413,6 +450,8 @@ def run_checks(log, quick: bool = False, only: tuple[str, ...] | None = None) ->
         check_fp8(report, quick)
     if only is None or "quant_attention" in only:
         check_quant_attention(report, quick)
+    if only is None or "quant_attention_mosaic" in only:
+        check_quant_attention_mosaic(report, quick)
     if only is None or "group_act" in only:
         check_group_act(report, quick)
     if only is None or "tqe" in only:

@@ -8,7 +8,7 @@ from pathlib import Path
 import jax
 
 from pallas_kernels import _config
-from pallas_kernels._compat import check_backend, default_device, log_once, on_gpu, pltriton
+from pallas_kernels._compat import check_backend, default_device, is_hopper, log_once, on_gpu, plgpu, pltriton
 from pallas_kernels.ops.quant_attention.layout import HEAD_SPLITS, QK_MIN_WIDTH, V_LAYOUTS, in_bounds, lane_windows
 from pallas_kernels.ops.quant_attention.reference import (
     FP8_MAX,
@@ -18,6 +18,7 @@ from pallas_kernels.ops.quant_attention.reference import (
     float_attention,
     quant_attention_ref,
 )
+from pallas_kernels.ops.quant_attention.mosaic import MosaicAttentionConfig, mosaic_quant_attention
 from pallas_kernels.ops.quant_attention.triton import QuantAttentionConfig, triton_quant_attention
 
 CONFIG_FILE = Path(__file__).with_name("configs.json")
@@ -44,18 +45,20 @@ def _fp8_capable() -> bool:
 def quant_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None = None, *,
                     pv: str = "fp8", q_block: int = 1, k_block: int = 1, smooth_k: bool = True,
                     smooth_q: bool = True, backend: str = "auto",
-                    config: QuantAttentionConfig | None = None) -> jax.Array:
+                    config: QuantAttentionConfig | None = None,
+                    mosaic_config: MosaicAttentionConfig | None = None) -> jax.Array:
     """SageAttention-style quantized attention (``reference.py``): ``q (B, Nq, H, D)``, ``k, v (B, Nk, H, D)``,
     ``key_mask (B, Nk)`` (True = attend; ``None`` = all) → ``(B, Nq, H, D)`` in ``q.dtype``.
 
     ``pv``: ``"fp8"`` (e4m3 ``P`` and ``V``) or ``"bf16"``; ``q_block`` / ``k_block``: tokens per int8
     scale (1 = per token); ``smooth_k``: subtract the mean key first; ``smooth_q``: the mean query of each
-    ``block_m`` queries too (its exact ``q̄ · k`` term added back to the logits). ``backend``: ``auto`` (and
-    ``mosaic``, which has no kernel here) runs the Pallas-Triton kernel on a GPU and the jitted reference
-    elsewhere; ``triton`` forces the kernel (interpret mode off GPU); ``xla``/``reference``: the
-    reference. ``config`` overrides the stored ``configs.json`` tiling; its ``block_n`` is also the
-    reference's ``kv_block`` and its ``block_m`` the reference's ``q_mean_block``, so both paths
-    compute alike.
+    ``block_m`` queries too (its exact ``q̄ · k`` term added back to the logits). ``backend``: ``auto`` runs
+    the Pallas-Triton kernel on a GPU and the jitted reference elsewhere; ``mosaic`` (only when asked for,
+    until measured) the warp-specialized Mosaic GPU kernel (``mosaic.py``: Hopper, bf16 ``P·V``; else as
+    ``auto``, with one log line); ``triton`` forces the Triton kernel (interpret mode off GPU);
+    ``xla``/``reference``: the reference. ``config`` overrides the stored ``configs.json`` tiling; its
+    ``block_n`` is also the reference's ``kv_block`` and its ``block_m`` the reference's ``q_mean_block``,
+    so both paths compute alike (the Mosaic kernel's: ``mosaic_config.block_kv`` and ``2 * block_q``).
     """
     check_backend(backend)
     check_shapes(q, k, v, key_mask)
@@ -64,6 +67,13 @@ def quant_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Arra
     check_settings(pv, q_block, k_block, cfg.block_n)
     if cfg.fuse_q and (q_block not in (1, cfg.block_m) or not in_bounds(lane_windows(d, QK_MIN_WIDTH, cfg.head_split), d)):
         cfg = dataclasses.replace(cfg, fuse_q=False)  # the preceding pass quantizes Q (its blocks / narrow heads)
+    if backend == "mosaic" and on_gpu():
+        reason = ("Mosaic GPU not importable" if plgpu is None else "not a Hopper GPU" if not is_hopper()
+                  else "FP8 P·V not implemented in the Mosaic kernel" if pv != "bf16" else None)
+        if reason is None:
+            return mosaic_quant_attention(q, k, v, key_mask, q_block=q_block, k_block=k_block, smooth_k=smooth_k,
+                                          smooth_q=smooth_q, cfg=mosaic_config or MosaicAttentionConfig())
+        log_once(f"quant_attention:mosaic:{reason}", f"quant_attention(backend='mosaic'): {reason}; using Triton")
     want_kernel = backend == "triton" or (backend in ("auto", "mosaic") and on_gpu())
     if want_kernel and pltriton is not None:
         reason = None
@@ -82,12 +92,14 @@ def quant_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Arra
 __all__ = [
     "FP8_MAX",
     "HEAD_SPLITS",
+    "MosaicAttentionConfig",
     "PV_FORMATS",
     "QuantAttentionConfig",
     "V_LAYOUTS",
     "attention_config",
     "float_attention",
     "lane_windows",
+    "mosaic_quant_attention",
     "quant_attention",
     "quant_attention_ref",
     "triton_quant_attention",
