@@ -302,14 +302,26 @@ def quant_attention_inputs(seed: int, b: int, nq: int, nk: int, h: int, d: int, 
     return q, k, v, mask
 
 
+# the quantized-attention reference, jitted once for both attention groups
+_attention_ref = jax.jit(pk.quant_attention_ref, static_argnames=("pv", "q_block", "k_block", "kv_block", "smooth_q",
+                                                                  "q_mean_block"))
+
+
+def report_attention(report, name: str, y: jax.Array, ref: jax.Array, q: jax.Array, exact: np.ndarray) -> None:
+    """One quantized-attention row: the kernel ``y`` vs its reference (``close``) and its cosine vs the
+    float attention ``exact`` (flattened float64)."""
+    ok, rel = close(y, ref)
+    yf = np.asarray(y, np.float64).ravel()
+    cos = float(yf @ exact / (np.linalg.norm(yf) * np.linalg.norm(exact)))
+    report(name, ok and y.shape == q.shape, f"rel={rel:.2e} cos_vs_float={cos:.6f}")
+
+
 def check_quant_attention_mosaic(report, quick: bool = False) -> None:
     """``mosaic_quant_attention`` (what ``backend="mosaic"`` runs: the warp-specialized kernel, bf16 ``P·V``) vs its reference
     (``kv_block`` = ``block_kv``, ``q_mean_block`` = ``2 * block_q``) on fresh random inputs at the model shapes,
     with and without Q smoothing, and its tiling alternatives at the PixArt shape."""
     from pallas_kernels.ops.quant_attention import MosaicAttentionConfig, float_attention, mosaic_quant_attention
 
-    ref_fn = jax.jit(pk.quant_attention_ref, static_argnames=("pv", "q_block", "k_block", "kv_block", "smooth_q",
-                                                              "q_mean_block"))
     base = MosaicAttentionConfig()
     variants = [base, MosaicAttentionConfig(qk_pad=128), MosaicAttentionConfig(block_kv=64, stages=4),
                 MosaicAttentionConfig(stages=3), MosaicAttentionConfig(block_kv=256)]
@@ -324,11 +336,9 @@ def check_quant_attention_mosaic(report, quick: bool = False) -> None:
                 try:
                     poison_allocator()
                     y = mosaic_quant_attention(q, k, v, mask, smooth_q=smooth_q, cfg=cfg)  # no silent fallback
-                    ok, rel = close(y, ref_fn(q, k, v, mask, pv="bf16", kv_block=cfg.block_kv, smooth_q=smooth_q,
-                                              q_mean_block=cfg.q_mean_block))
-                    yf = np.asarray(y, np.float64).ravel()
-                    cos = float(yf @ exact / (np.linalg.norm(yf) * np.linalg.norm(exact)))
-                    report(name, ok and y.shape == q.shape, f"rel={rel:.2e} cos_vs_float={cos:.6f}")
+                    ref = _attention_ref(q, k, v, mask, pv="bf16", kv_block=cfg.block_kv, smooth_q=smooth_q,
+                                         q_mean_block=cfg.q_mean_block)
+                    report_attention(report, name, y, ref, q, exact)
                 except Exception as e:  # noqa: BLE001
                     report(name, False, repr(e)[:300])
 
@@ -338,8 +348,6 @@ def check_quant_attention(report, quick: bool = False) -> None:
     random inputs (K with a per-channel offset); the layout / tiling variants at the PixArt shape."""
     from pallas_kernels.ops.quant_attention import QuantAttentionConfig, attention_config, float_attention
 
-    ref_fn = jax.jit(pk.quant_attention_ref, static_argnames=("pv", "q_block", "k_block", "kv_block", "smooth_q",
-                                                              "q_mean_block"))
     variants = [None, QuantAttentionConfig(head_split="pad", fuse_q=False), QuantAttentionConfig(v_layout="nd"),
                 QuantAttentionConfig(block_m=64), QuantAttentionConfig(block_n=128, num_warps=8)]
     shapes = QUANT_ATTENTION_SHAPES[:3:2] if quick else QUANT_ATTENTION_SHAPES
@@ -354,13 +362,11 @@ def check_quant_attention(report, quick: bool = False) -> None:
                 try:
                     poison_allocator()
                     y = pk.quant_attention(q, k, v, mask, pv=pv, smooth_q=smooth_q, config=cfg, backend="triton")
-                    ok, rel = close(y, ref_fn(q, k, v, mask, pv=pv, kv_block=tiling.block_n, smooth_q=smooth_q,
-                                              q_mean_block=tiling.block_m))
                     if exact is None:
                         exact = np.asarray(float_attention(q, k, v, mask), np.float64).ravel()
-                    yf = np.asarray(y, np.float64).ravel()
-                    cos = float(yf @ exact / (np.linalg.norm(yf) * np.linalg.norm(exact)))
-                    report(name, ok and y.shape == q.shape, f"rel={rel:.2e} cos_vs_float={cos:.6f}")
+                    ref = _attention_ref(q, k, v, mask, pv=pv, kv_block=tiling.block_n, smooth_q=smooth_q,
+                                         q_mean_block=tiling.block_m)
+                    report_attention(report, name, y, ref, q, exact)
                 except Exception as e:  # noqa: BLE001
                     report(name, False, repr(e)[:300])
 
