@@ -139,6 +139,15 @@ def test_dispatch_checks_arguments():
         QuantAttentionConfig(head_split="pad").check(72, 1)
 
 
+def test_auto_takes_mosaic_only_where_it_was_measured_faster():
+    from pallas_kernels.ops.quant_attention import auto_prefers_mosaic
+
+    assert auto_prefers_mosaic(4096, False, "bf16") and auto_prefers_mosaic(3600, False, "bf16")
+    assert not auto_prefers_mosaic(1024, False, "bf16")  # STDiT spatial: Triton (both below cuDNN)
+    assert not auto_prefers_mosaic(4096, True, "bf16")  # masked cross-attention
+    assert not auto_prefers_mosaic(4096, False, "fp8")  # the Mosaic kernel has no FP8 P.V
+
+
 @requires_gpu
 @pytest.mark.parametrize("pv", ["fp8", "bf16"])
 def test_kernel_on_gpu_matches_reference(pv):

@@ -285,4 +285,16 @@ __all__ = [
     "fake_quant_with_params",
     "quantize",
     "quantize_with_params",
+    "rows_by_groups",
 ]
+
+
+def rows_by_groups(p: jax.Array | None, rows: int | None = None, groups: int | None = None) -> jax.Array | None:
+    """A scale / zero point in any canonical granularity (``()`` tensor, ``(rows,)`` channel/token,
+    ``(rows, G)`` group) as a broadcastable ``(rows|1, G|1)`` array, or broadcast to ``(rows, groups)``
+    when both are given (the per-group GEMM kernels' operand layout)."""
+    if p is None:
+        return None
+    p = jnp.asarray(p)
+    p = p.reshape(1, 1) if p.ndim == 0 else p[:, None] if p.ndim == 1 else p
+    return p if rows is None or groups is None else jnp.broadcast_to(p, (rows, groups))

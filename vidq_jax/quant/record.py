@@ -55,6 +55,7 @@ from vidq_jax.quant.quantizers import (
     dequantize,
     quantize,
     quantize_with_params,
+    rows_by_groups,
 )
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -270,17 +271,6 @@ def _row_gate(gate: jax.Array, lead: tuple[int, ...], n: int) -> jax.Array | Non
 # ------------------------------------------------------------------------------------------------
 
 
-def _as_rows_by_groups(p: jax.Array | None, spec: QuantSpec) -> jax.Array | None:
-    """Canonical scale/zp (``()``, ``(rows,)`` or ``(rows, G_spec)``) → broadcastable ``(rows|1, G|1)``."""
-    if p is None:
-        return None
-    if spec.granularity == "tensor":
-        return jnp.reshape(p, (1, 1))
-    if spec.granularity == "group":
-        return p
-    return p[:, None]
-
-
 def integer_accumulators(qx: jax.Array, qw: jax.Array, groups: int = 1) -> jax.Array:
     """``acc[g, m, n] = Σ_{k in group g} qx[m, k] · qw[n, k]`` exactly, int32 ``(G, M, N)``.
 
@@ -321,10 +311,10 @@ def integer_linear(
     groups = max(a_spec.num_groups(k), w_spec.num_groups(k))
     gsize = k // groups
     acc = integer_accumulators(qx, qw, groups)  # (G, M, N) int32
-    sx_b = _as_rows_by_groups(jnp.asarray(sx, jnp.float32), a_spec)
-    sw_b = _as_rows_by_groups(jnp.asarray(sw, jnp.float32), w_spec)
-    zx_b = _as_rows_by_groups(zx, a_spec)
-    zw_b = _as_rows_by_groups(zw, w_spec)
+    sx_b = rows_by_groups(jnp.asarray(sx, jnp.float32))
+    sw_b = rows_by_groups(jnp.asarray(sw, jnp.float32))
+    zx_b = rows_by_groups(zx)
+    zw_b = rows_by_groups(zw)
     if zw_b is not None:
         rx = jnp.sum(qx.astype(jnp.int32).reshape(m, groups, gsize), axis=-1)  # (M, G)
         acc = acc + zw_b.astype(jnp.int32).T[:, None, :] * rx.T[:, :, None]

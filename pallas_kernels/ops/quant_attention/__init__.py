@@ -42,6 +42,17 @@ def _fp8_capable() -> bool:
         return True
 
 
+MOSAIC_AUTO_MIN_QUERIES = 2048
+
+
+def auto_prefers_mosaic(nq: int, masked: bool, pv: str) -> bool:
+    """Whether ``backend="auto"`` takes the Mosaic GPU kernel (on a Hopper GPU) over Pallas-Triton: measured
+    faster on an H100 (session 7, ``benchmarks/results/attention_h100_s7.md``) for unmasked self-attention
+    with bf16 P·V at 3600-16384 queries (0.70-0.92× of cuDNN against Triton's 0.60-0.70×), slower at 1024
+    queries (STDiT spatial) and on the masked 120-token cross-attention."""
+    return pv == "bf16" and not masked and nq >= MOSAIC_AUTO_MIN_QUERIES
+
+
 def quant_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None = None, *,
                     pv: str = "fp8", q_block: int = 1, k_block: int = 1, smooth_k: bool = True,
                     smooth_q: bool = True, backend: str = "auto",
@@ -53,8 +64,8 @@ def quant_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Arra
     ``pv``: ``"fp8"`` (e4m3 ``P`` and ``V``) or ``"bf16"``; ``q_block`` / ``k_block``: tokens per int8
     scale (1 = per token); ``smooth_k``: subtract the mean key first; ``smooth_q``: the mean query of each
     ``block_m`` queries too (its exact ``q̄ · k`` term added back to the logits). ``backend``: ``auto`` runs
-    the Pallas-Triton kernel on a GPU and the jitted reference elsewhere; ``mosaic`` (only when asked for,
-    until measured) the warp-specialized Mosaic GPU kernel (``mosaic.py``: Hopper, bf16 ``P·V``; else as
+    the Pallas-Triton kernel on a GPU and the jitted reference elsewhere; ``mosaic`` (also chosen by ``auto`` where
+    :func:`auto_prefers_mosaic` says it was measured faster) the warp-specialized Mosaic GPU kernel (``mosaic.py``: Hopper, bf16 ``P·V``; else as
     ``auto``, with one log line); ``triton`` forces the Triton kernel (interpret mode off GPU);
     ``xla``/``reference``: the reference. ``config`` overrides the stored ``configs.json`` tiling; its
     ``block_n`` is also the reference's ``kv_block`` and its ``block_m`` the reference's ``q_mean_block``,
@@ -67,6 +78,8 @@ def quant_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Arra
     check_settings(pv, q_block, k_block, cfg.block_n)
     if cfg.fuse_q and (q_block not in (1, cfg.block_m) or not in_bounds(lane_windows(d, QK_MIN_WIDTH, cfg.head_split), d)):
         cfg = dataclasses.replace(cfg, fuse_q=False)  # the preceding pass quantizes Q (its blocks / narrow heads)
+    if backend == "auto" and on_gpu() and auto_prefers_mosaic(nq, key_mask is not None, pv):
+        backend = "mosaic"
     if backend == "mosaic" and on_gpu():
         reason = ("Mosaic GPU not importable" if plgpu is None else "not a Hopper GPU" if not is_hopper()
                   else "FP8 P·V not implemented in the Mosaic kernel" if pv != "bf16" else None)
@@ -97,6 +110,7 @@ __all__ = [
     "QuantAttentionConfig",
     "V_LAYOUTS",
     "attention_config",
+    "auto_prefers_mosaic",
     "float_attention",
     "lane_windows",
     "mosaic_quant_attention",

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from models import attention as attention_seam
+from vidq_jax.quant.quantizers import rows_by_groups
 
 logger = logging.getLogger("vidq_jax.quant")
 
@@ -172,14 +173,6 @@ def needs_group_gemm(lq: Any) -> bool:
     return lq.a_granularity == "group" or (lq.w_granularity == "group" and not fast_grouped)
 
 
-def _by_group(p: jax.Array | None, rows: int, groups: int) -> jax.Array | None:
-    """A scale / zero point of any granularity (``()``, ``(rows,)``, ``(rows, G)``) as ``(rows, G)``."""
-    if p is None:
-        return None
-    p = jnp.asarray(p)
-    return jnp.broadcast_to(p.reshape(p.shape + (1,) * (2 - p.ndim)) if p.ndim < 2 else p, (rows, groups))
-
-
 def _pallas_group_dense(rec: Any, x: jax.Array, bias: jax.Array | None, out_dtype, activation: str | None,
                         splits: int, *, residual: jax.Array | None, gate: jax.Array | None) -> jax.Array | None:
     """Q-DiT's layers on :func:`pallas_kernels.group_gemm`: ``x`` balanced and quantized by the record's own
@@ -197,9 +190,9 @@ def _pallas_group_dense(rec: Any, x: jax.Array, bias: jax.Array | None, out_dtyp
     q, s, z = rec.quantize_activation(rec.balance(x.astype(jnp.float32)))
     g = k // gs
     return kernels.group_gemm(
-        q, _by_group(s, m, g), rec.qvalue, _by_group(rec.scale.astype(jnp.float32), n, g),
-        None if bias is None else bias.astype(jnp.float32), x_zero=_by_group(z, m, g),
-        w_zero=_by_group(rec.zero_point, n, g), out_dtype=out_dtype, activation=activation, splits=splits,
+        q, rows_by_groups(s, m, g), rec.qvalue, rows_by_groups(rec.scale.astype(jnp.float32), n, g),
+        None if bias is None else bias.astype(jnp.float32), x_zero=rows_by_groups(z, m, g),
+        w_zero=rows_by_groups(rec.zero_point, n, g), out_dtype=out_dtype, activation=activation, splits=splits,
         residual=residual, gate=gate)
 
 
