@@ -6,6 +6,7 @@ Usage (GPU machine, repo root)::
         --md benchmarks/results/linear.md
     python -m benchmarks.bench_linear --sweep   # tile sweep of the Mosaic GPU kernels
     python -m benchmarks.bench_linear --only pallas_fp8 xla_fp8 pallas_w8a8 --ms 8192   # some rows
+    python -m benchmarks.bench_linear --group-sweep --ms 8192   # tile sweep of Q-DiT's group GEMM
 
 Rows (``method``): ``xla_bf16`` (the baseline: XLA's bf16 GEMM + bias), the int8 W8A8 / W4A8 linears
 (``pallas_*`` = Mosaic GPU on Hopper, ``*_triton``, ``xla_*``), ViDiT-Q's real layer formats
@@ -13,7 +14,8 @@ Rows (``method``): ``xla_bf16`` (the baseline: XLA's bf16 GEMM + bias), the int8
 quantizer; ``*_tqe``: Q-VDiT's rank-1 branch, ``u`` from the quantizer and ``u ⊗ β`` in the epilogue), the DiT block's gated residual in the epilogue (``*_res_gate`` vs ``xla_bf16_res_gate``),
 and FP8 e4m3 W8A8 (``pallas_fp8`` Mosaic GPU wgmma, ``xla_fp8`` = XLA's own FP8
 dot with the XLA quantizer: the FP8 baseline; ``*_fp8_gemm``: from pre-quantized e4m3 activations),
-Q-DiT's per-token-per-group layers (``qdit_w4a8_*`` / ``qdit_w6a8_*``: :func:`qdit_methods`).
+Q-DiT's per-token-per-group layers (``qdit_w4a8_*`` / ``qdit_w6a8_*``: :func:`qdit_methods`; its two parts
+``qdit_quantize_xla`` and ``qdit_w4a8_gemm``).
 
 Timing: each method is jitted, warmed up, then called ``iters`` times back-to-back on a rotation
 of input sets (so activations are not served from L2 every call) ending with
@@ -23,6 +25,7 @@ of input sets (so activations are not served from L2 every call) ending with
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import itertools
 import json
@@ -190,7 +193,80 @@ def qdit_methods(inp: dict[str, Any], group: int = 128) -> dict[str, tuple[Calla
 
         rows[f"qdit_w{bits}a8_pallas"] = (kernel, xs)
         rows[f"qdit_w{bits}a8_xla"] = (xla, xs)
+    # the two parts of qdit_w4a8_pallas: the jnp per-group quantizer alone, the group GEMM on its codes
+    rows["qdit_quantize_xla"] = (lambda x: tuple(quantize(x.astype(jnp.float32), a_spec)), xs)
+    codes, wq = group_codes(inp, group)
+    rows["qdit_w4a8_gemm"] = (lambda q, s, z: pk.group_gemm(q, s, codes, wq.scale, b, x_zero=z, w_zero=wq.zero_point,
+                                                            backend="triton"), qdit_inputs(inp, group))
     return rows
+
+
+def group_codes(inp: dict[str, Any], group: int = 128) -> tuple:
+    """Q-DiT's asymmetric per-group int4 weight of this shape: (packed codes, the QTensor)."""
+    from vidq_jax.quant.quantizers import QuantSpec, quantize
+
+    wq = quantize(inp["w_bf16"].T.astype(jnp.float32), QuantSpec(4, False, "group", group))
+    return pk.pack_int4(wq.values), wq
+
+
+def qdit_inputs(inp: dict[str, Any], group: int = 128) -> list[tuple]:
+    """The input sets quantized per token and group (asymmetric A8): ``(codes, scales, zero points)``."""
+    from vidq_jax.quant.quantizers import QuantSpec, quantize
+
+    return [tuple(quantize(x.astype(jnp.float32), QuantSpec(8, False, "group", group))) for x in inp["xs"]]
+
+
+# group GEMM tilings the sweep tries (``GroupTiling`` fields; fitted to each shape); add more with --group-cands
+GROUP_CANDS = (
+    dict(bm=128, bn=128, num_warps=8),                      # stored default (unpack="xla")
+    dict(bm=128, bn=128, num_warps=8, unpack="kernel"),    # session 6's kernel (nibbles split in registers)
+    dict(bm=64, bn=128, num_warps=8), dict(bm=64, bn=128, num_warps=4), dict(bm=128, bn=64, num_warps=4),
+    dict(bm=64, bn=64, num_warps=4), dict(bm=64, bn=64, num_warps=4, skew=True),
+    dict(bm=64, bn=128, num_warps=8, skew=True), dict(bm=128, bn=128, num_warps=8, num_stages=4),
+    dict(bm=64, bn=128, num_warps=8, num_stages=2), dict(bm=64, bn=64, num_warps=2), dict(bm=128, bn=256, num_warps=8),
+)
+
+
+def run_group_sweep(args) -> None:
+    """Time :func:`pallas_kernels.group_gemm` (Q-DiT W4A8, group 128, pre-quantized codes) per ``GroupTiling``
+    candidate on each shape; candidates must reproduce the reference's integer sums; print the best and the
+    ``triton_group`` rows for ``pallas_kernels/ops/w4a8_linear/configs.json``."""
+    from pallas_kernels.ops.w4a8_linear import GroupTiling
+    from pallas_kernels.ops.w4a8_linear.triton import fit_group_tiling
+
+    cands = [GroupTiling(**c) for c in GROUP_CANDS] + [GroupTiling(**json.loads(c)) for c in args.group_cands or []]
+    best: dict[str, Any] = {}
+    for m, (k, n) in itertools.product(args.ms, args.kns):
+        inp = make_inputs(m, k, n)
+        b = inp["bias"]
+        codes, wq = group_codes(inp, args.group)
+        sets = qdit_inputs(inp, args.group)
+        q, s, z = sets[0]
+        ones = dict(x_scale=jnp.ones_like(s), w_scale=jnp.ones_like(wq.scale))
+        ref = pk.group_gemm_ref(q, ones["x_scale"], codes, ones["w_scale"], x_zero=z, w_zero=wq.zero_point)
+        res, seen = [], set()
+        for cand in cands:
+            fit = fit_group_tiling(cand, m, k, n, args.group, True)
+            if fit is None or fit in seen:
+                continue
+            seen.add(fit)
+            try:
+                y = pk.group_gemm(q, ones["x_scale"], codes, ones["w_scale"], x_zero=z, w_zero=wq.zero_point,
+                                  backend="triton", out_dtype=jnp.float32, tiling=fit)
+                if not bool(jnp.array_equal(y, ref)):
+                    print(f"  WRONG {fit}", flush=True)
+                    continue
+                fn = (lambda q, s, z, c=fit: pk.group_gemm(q, s, codes, wq.scale, b, x_zero=z, w_zero=wq.zero_point,
+                                                           backend="triton", tiling=c))
+                res.append((bench(fn, sets, iters=args.iters, reps=3), fit))
+            except Exception as e:  # noqa: BLE001
+                print(f"  FAIL {fit}: {e!r}"[:600], flush=True)
+        res.sort(key=lambda r: r[0])
+        print(f"M={m} K={k} N={n}: " + ", ".join(f"{t:.1f}us {c}" for t, c in res), flush=True)
+        if res:
+            best[f"{m},{k},{n}"] = dataclasses.asdict(res[0][1])
+        del inp
+    print("BEST triton_group " + json.dumps(best))
 
 
 def check_outputs(inp: dict[str, Any]) -> None:
@@ -359,11 +435,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tks", type=int, nargs="*", default=[64, 128])
     ap.add_argument("--stages", type=int, nargs="*", default=[2, 4])
     ap.add_argument("--orders", nargs="+", default=["nm"])
+    ap.add_argument("--group-sweep", action="store_true", help="tile sweep of Q-DiT's group GEMM (GroupTiling)")
+    ap.add_argument("--group-cands", nargs="*", help='extra GroupTiling candidates as JSON, e.g. \'{"bm": 64}\'')
+    ap.add_argument("--group", type=int, default=128, help="Q-DiT group size of the group sweep")
     args = ap.parse_args(argv)
     args.kns = [tuple(int(v) for v in kn.split(",")) for kn in args.kns]
     print(f"gpu={gpu_name()} jax={jax.__version__}", flush=True)
     if args.sweep:
         run_sweep(args)
+        return
+    if args.group_sweep:
+        run_group_sweep(args)
         return
     rows = run_table(args)
     if args.merge_into:  # replace this run's shapes in an earlier result file

@@ -55,6 +55,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks.common import REPO, environment, mark_toy, median_time, results_path, title  # noqa: E402
+from benchmarks.xl_step import random_params  # noqa: E402
 from models.pixart import PIXART_PRESETS, PixArt  # noqa: E402
 from models.stdit import STDIT_PRESETS, STDiT  # noqa: E402
 from models.stdit3 import STDIT3_PRESETS, STDiT3  # noqa: E402
@@ -118,8 +119,8 @@ def make_inputs(case: Case, model, dtype) -> dict[str, Any]:
 
 
 def build(case: Case, dtype, depth: int | None = None, tiny: bool = False):
-    """``(model, params, inputs)``, params random N(0, 0.02): drawn on the device (``rbg`` keys: threefry
-    draws of ~700 leaves compile for a minute), with numpy for the toy sizes."""
+    """``(model, params, inputs)``, params random N(0, 0.02): drawn on the device (``rbg`` keys, compiled once per
+    distinct leaf shape: ``benchmarks.xl_step.random_params``), with numpy for the toy sizes."""
     config = case.config if depth is None else dataclasses.replace(case.config, depth=depth)
     model = case.cls(config, dtype=dtype, param_dtype=dtype)
     inputs = make_inputs(case, model, dtype)
@@ -129,9 +130,7 @@ def build(case: Case, dtype, depth: int | None = None, tiny: bool = False):
         rng = np.random.default_rng(0)
         vals = [jnp.asarray(0.02 * rng.standard_normal(s.shape), dtype) for s in leaves]
     else:
-        vals = jax.jit(lambda k: [(0.02 * jax.random.normal(kk, s.shape, jnp.float32)).astype(dtype)
-                                  for kk, s in zip(jax.random.split(k, len(leaves)), leaves)])(
-            jax.random.key(2, impl="rbg"))
+        return model, random_params(shapes, jax.random.key(2, impl="rbg"), dtype), inputs
     return model, jax.tree_util.tree_unflatten(tree, vals), inputs
 
 

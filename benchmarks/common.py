@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import os
 import statistics
 import time
 from pathlib import Path
@@ -19,12 +20,15 @@ def device_name() -> str:
 
 
 def environment() -> dict[str, Any]:
-    """What every committed result row carries: GPU, JAX version, date."""
+    """What every committed result row carries: GPU, JAX version, date, and the ``XLA_FLAGS`` in effect
+    (``--xla_gpu_enable_cublaslt=true`` fuses the bf16 GEMMs' bias into a cuBLASLt epilogue, which XLA's
+    default cuBLAS path adds as a matrix ``C`` operand; see ``pallas_kernels/NOTES.md``)."""
     return {
         "gpu": device_name(),
         "platform": jax.devices()[0].platform,
         "jax_version": jax.__version__,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
 
 

@@ -10,6 +10,8 @@ import pytest
 
 import pallas_kernels as pk
 from pallas_kernels._compat import pltriton
+from pallas_kernels.ops.w4a8_linear import GroupTiling
+from pallas_kernels.ops.w4a8_linear.triton import fit_group_tiling, fold_weights
 
 pytestmark = pytest.mark.skipif(pltriton is None, reason="Pallas-Triton not importable in this JAX")
 
@@ -43,6 +45,28 @@ def test_kernel_matches_reference(gs, k, packed, x_zero, w_zero):
     assert float(jnp.linalg.norm(y - ref) / jnp.linalg.norm(ref)) < 1e-5
 
 
+@pytest.mark.parametrize("tiling,gs,k", [
+    (GroupTiling(unpack="kernel"), 64, 128),           # nibbles split in registers, both int32 zero terms
+    (GroupTiling(bk=32, skew=True), 64, 192),          # XLA-unpacked, 2 dot steps per group, skewed epilogue
+])
+def test_tilings_match_reference(tiling, gs, k):
+    """Every unpack/skew variant the sweep may store: exact integer sums, fresh random codes."""
+    c = _case(k + tiling.bk, 6, k, 32, gs, True, True, True)
+    ones = dict(c, x_scale=jnp.ones_like(c["x_scale"]), w_scale=jnp.ones_like(c["w_scale"]), bias=None)
+    y = pk.group_gemm(**ones, backend="triton", out_dtype=jnp.float32, tiling=tiling)
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(pk.group_gemm_ref(**ones)))
+    y = pk.group_gemm(**c, backend="triton", out_dtype=jnp.float32, tiling=tiling)
+    ref = pk.group_gemm_ref(**c)
+    assert float(jnp.linalg.norm(y - ref) / jnp.linalg.norm(ref)) < 1e-5
+
+
+def test_fold_weights():
+    """XLA unpacking folds int4 zero points into the int8 codes: q + z per group."""
+    c = _case(7, 1, 128, 8, 32, True, False, True)
+    q = np.asarray(pk.unpack_int4(c["w"]), np.int32).reshape(8, 4, 32) + np.asarray(c["w_zero"])[..., None]
+    np.testing.assert_array_equal(np.asarray(fold_weights(c["w"], c["w_zero"], 4)), q.reshape(8, 128))
+
+
 def test_reference_is_the_dequantized_product():
     """The reference's integer form equals dequantize-both-sides-then-matmul (float64 numpy)."""
     c = _case(3, 5, 128, 16, 32, True, True, True)
@@ -64,10 +88,12 @@ def test_epilogue_splits_and_tiling():
     np.testing.assert_allclose(np.asarray(y), np.asarray(ref), rtol=1e-5, atol=1e-5)
     parts = pk.group_gemm(**c, backend="xla", splits=2)
     assert len(parts) == 2 and parts[0].shape == (7, 32) and parts[0].dtype == jnp.bfloat16
-    for gs in (32, 64, 128, 192, 288):  # int8 weights: every Q-DiT group size has a tiling
+    in_kernel = GroupTiling(unpack="kernel")
+    for gs in (32, 64, 128, 192, 288):  # int8 weights, or int4 unpacked by XLA: every Q-DiT group size fits
         assert pk.group_gemm_tiling(256, 4 * 288, 1152, gs, False) is not None
-        # packed int4: 16-byte tiles (groups 32, 288) gave wrong sums on an H100: the reference runs them
-        assert (pk.group_gemm_tiling(256, 4 * 288, 1152, gs, True) is None) == (gs in (32, 288))
-    assert pk.group_gemm_tiling(256, 96, 64, 24, True) is None  # 12-byte tiles: the reference runs
+        assert pk.group_gemm_tiling(256, 4 * 288, 1152, gs, True) is not None
+        # int4 unpacked in the kernel: 16-byte tiles (groups 32, 288) gave wrong sums on an H100
+        assert (fit_group_tiling(in_kernel, 256, 4 * 288, 1152, gs, True) is None) == (gs in (32, 288))
+    assert pk.group_gemm_tiling(256, 96, 64, 24, True) is None  # 24-column tiles: the reference runs
     with pytest.raises(ValueError, match="x_zero must be"):
         pk.group_gemm(**dict(c, x_zero=c["x_zero"][:, :1]))

@@ -8,6 +8,8 @@
 # Knobs (environment): TIME_LIMIT (seconds of compile + training, default 320), MODEL_SIZE (m), BATCH (64),
 # STEPS (planned schedule, shortened to fit TIME_LIMIT), LR (3e-4), GUIDANCE (CFG scales to choose from),
 # INIT_FROM (an exported model folder to continue from: a second call resumes from the first one's export),
+# DEVICE_EVAL=0 (skip eval-t2v on the device: the whole call trains, and the CFG choice + accuracies run here on CPU with
+# `python -m vidq_jax.train eval-t2v <model> --select-guidance 2,3,4,5,7 --write`),
 # FEATURES=1 (also retrain the video feature network concurrently, into runs/feature_nets/video), TINY=1 (CPU
 # smoke run: tiny model, 3 steps, 2 sampler steps in the evaluation), PYTHON (interpreter, python3).
 set -u
@@ -51,7 +53,9 @@ if [ "${FEATURES:-0}" = 1 ]; then
   tar -cf "$OUT/feature_nets_video.tar" -C runs/feature_nets video
 fi
 R2=1
-if [ $R1 = 0 ]; then
+if [ $R1 = 0 ] && [ "${DEVICE_EVAL:-1}" = 0 ]; then
+  R2=0; echo "eval: skipped (DEVICE_EVAL=0)"
+elif [ $R1 = 0 ]; then
   $PY -m vidq_jax.train eval-t2v "$RUN/model" --select-guidance "$GUIDANCE" --write --features "$FEAT" \
       "${EVAL[@]}" > "$OUT/eval.log" 2>&1
   R2=$?

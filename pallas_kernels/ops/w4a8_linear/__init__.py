@@ -39,7 +39,13 @@ from pallas_kernels.ops.w4a8_linear.packing import (
     unpack_nibbles,
 )
 from pallas_kernels.ops.w4a8_linear.reference import group_gemm_ref, grouped_int8_matmul_ref, w4a8_linear_ref
-from pallas_kernels.ops.w4a8_linear.triton import fit_w4_config, triton_group_gemm, triton_w4a8_gemm
+from pallas_kernels.ops.w4a8_linear.triton import (
+    GroupTiling,
+    fit_group_tiling,
+    fit_w4_config,
+    triton_group_gemm,
+    triton_w4a8_gemm,
+)
 from pallas_kernels.ops.quantize.reference import token_dot
 from pallas_kernels.ops.w8a8_linear import (
     check_epilogue_args,
@@ -173,16 +179,19 @@ def _w4a8_xla(x, qweight_packed, w_scale, bias, *, out_dtype, activation=None, w
                            w_zero_point=w_zero_point, residual=residual, gate=gate, rank1=rank1)
 
 
-def group_gemm_tiling(m: int, k: int, n: int, group_size: int, packed: bool = True) -> TritonGemmConfig | None:
-    """The Triton tiling :func:`group_gemm` uses for this shape, ``None`` when the kernel cannot take it
-    (a weight tile of >= 32 bytes/columns must divide the group, a column tile of >= 16 must divide N):
-    with packed int4 the Q-DiT group sizes 64, 128 and 192 fit (32..64 bytes; 32 and 288 would need
-    16-byte tiles, which gave wrong sums on an H100, so they run the reference), with int8 weights all
-    of {32, 64, 128, 192, 288} (32..64 columns)."""
-    if k % group_size:
-        return None
-    cfg = TritonGemmConfig.from_dict(_config.lookup(CONFIG_FILE, "triton_w4a8", m, k, n, {}))
-    return fit_w4_config(cfg, m, k, n, group_size, packed=packed)
+def group_gemm_tiling(m: int, k: int, n: int, group_size: int, packed: bool = True) -> GroupTiling | None:
+    """The Triton tiling :func:`group_gemm` uses for this shape (``configs.json`` table ``triton_group``),
+    ``None`` when the kernel cannot take it: a weight tile of >= 32 int8 columns (or, with ``unpack="kernel"``,
+    >= 32 packed bytes) must divide the group, a column tile of >= 16 must divide N. With the stored
+    ``unpack="xla"`` (int4 unpacked by XLA) every Q-DiT group size {32, 64, 128, 192, 288} fits; unpacked in
+    the kernel, 16-byte packed tiles (groups 32 and 288) gave wrong sums on an H100, so those shapes run the
+    reference."""
+    return fit_group_tiling(group_config(m, k, n), m, k, n, group_size, packed)
+
+
+def group_config(m: int, k: int, n: int) -> GroupTiling:
+    """The stored (unfitted) group GEMM tiling for this shape on this GPU."""
+    return GroupTiling.from_dict(_config.lookup(CONFIG_FILE, "triton_group", m, k, n, {}))
 
 
 def group_gemm(
@@ -200,6 +209,7 @@ def group_gemm(
     splits: int = 1,
     residual: jax.Array | None = None,
     gate: jax.Array | None = None,
+    tiling: GroupTiling | None = None,
 ) -> jax.Array | tuple[jax.Array, ...]:
     """Q-DiT's GEMM ``(M, K) x (N, K) -> (M, N)`` on codes quantized per token and group (semantics:
     :func:`group_gemm_ref`), then ``activation`` and ``residual + gate · y`` (applied by XLA after
@@ -210,7 +220,9 @@ def group_gemm(
     int32 ``(N, G)`` or ``None``. ``backend``: ``auto`` (the Pallas-Triton kernel on a GPU, else XLA),
     ``triton`` (interpret mode off GPU; ``mosaic`` means ``triton``: the wgmma kernel has no per-group
     epilogue), ``xla``/``reference``. Shapes without a tiling (:func:`group_gemm_tiling`) run the
-    reference (logged once).
+    reference (logged once). ``tiling``: a :class:`GroupTiling` instead of the stored one (benchmark
+    sweeps). Packed int4 weights with ``w_zero`` need ``w_zero`` in [-120, 119] (int4 zero points are in
+    [-7, 8]): the default tiling folds it into the unpacked int8 codes.
     """
     check_backend(backend)
     if xq.ndim != 2 or xq.dtype != jnp.int8 or w_scale.ndim != 2:
@@ -227,7 +239,8 @@ def group_gemm(
     check_epilogue_args(splits, None, n, residual, gate)
     be = "xla" if backend in ("xla", "reference") else "triton" if backend in ("triton", "mosaic") else (
         "triton" if on_gpu() and pltriton is not None else "xla")
-    cfg = group_gemm_tiling(m, k, n, k // g, packed) if be == "triton" else None
+    cfg = (group_gemm_tiling(m, k, n, k // g, packed) if tiling is None
+           else fit_group_tiling(tiling, m, k, n, k // g, packed)) if be == "triton" else None
     if be == "triton" and cfg is None:
         log_once(f"group_gemm:{k},{n},{k // g},{packed}", f"pallas_kernels.group_gemm: no Triton tiling for "
                  f"K={k}, N={n}, group={k // g}; using XLA.")
@@ -246,6 +259,7 @@ _group_xla = jax.jit(group_gemm_ref, static_argnames=("out_dtype",))
 
 
 __all__ = [
+    "GroupTiling",
     "deinterleave_k",
     "group_gemm",
     "group_gemm_ref",

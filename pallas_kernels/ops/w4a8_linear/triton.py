@@ -8,6 +8,7 @@ Per-group scales are applied in float32 after each group's int32 partial sum.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -17,7 +18,7 @@ from jax import lax
 from pallas_kernels._compat import pl, triton_compiler_params
 from pallas_kernels.ops.int8_matmul.reference import NT_DIMS
 from pallas_kernels.ops.int8_matmul.triton import TritonGemmConfig, epilogue, pad_rows, rank1_operands
-from pallas_kernels.ops.w4a8_linear.packing import deinterleave_k, unpack_nibbles
+from pallas_kernels.ops.w4a8_linear.packing import deinterleave_k, unpack_int4, unpack_nibbles
 
 
 def fit_w4_config(
@@ -149,13 +150,46 @@ def triton_w4a8_gemm(
 
 # Optional operands of the group GEMM, in argument order after (x, w, xs, ws).
 GROUP_OPERANDS = ("bias", "x_zero", "w_corr", "x_sum", "w_zero")
+UNPACK_MODES = ("xla", "kernel")
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupTiling(TritonGemmConfig):
+    """Tiling of :func:`triton_group_gemm` (``configs.json`` table ``triton_group``): the GEMM tiling
+    (``bk`` = K values per dot step, a divisor of the group) plus
+    ``unpack`` (packed int4 weights only): ``"xla"`` = XLA unpacks the nibbles to int8 before the kernel
+    and folds the weight zero points into them (``q + z`` is within [-15, 15]), so the kernel runs plain
+    s8 x s8 dots on activations in natural K order with one int32 zero-point term per group;
+    ``"kernel"`` = the nibbles are split in registers (K de-interleaved activations, two dots per step,
+    both int32 zero-point terms). ``skew``: the epilogue of group ``g`` (int32 zero-point terms, float
+    scaling) is written after the dots of group ``g + 1``, so the MMAs may run under it."""
+
+    unpack: str = "xla"
+    skew: bool = False
+
+    def __post_init__(self):
+        if self.unpack not in UNPACK_MODES:
+            raise ValueError(f"GroupTiling.unpack={self.unpack!r}; allowed: {', '.join(UNPACK_MODES)}")
+
+    def unpacks_in_kernel(self, packed: bool) -> bool:
+        return packed and self.unpack == "kernel"
+
+
+def fit_group_tiling(cfg: GroupTiling, m: int, k: int, n: int, group_size: int, packed: bool) -> GroupTiling | None:
+    """``cfg`` shrunk to the shape (:func:`fit_w4_config` on the operand the kernel sees: packed bytes when
+    ``cfg`` unpacks in the kernel, int8 columns otherwise); ``None`` when no tiling fits."""
+    if k % group_size:
+        return None
+    fit = fit_w4_config(cfg, m, k, n, group_size, packed=cfg.unpacks_in_kernel(packed))
+    return None if fit is None else dataclasses.replace(cfg, bm=fit.bm, bn=fit.bn, bk=fit.bk)
 
 
 def _group_kernel(x_ref, w_ref, xs_ref, ws_ref, *rest, k: int, bk: int, n_groups: int, packed: bool,
-                  present: tuple[str, ...]):
+                  present: tuple[str, ...], skew: bool = False):
     """One ``(bm, bn)`` output tile: per group ``g`` an int32 partial sum over the group's K tiles, its
     zero-point terms ``x_zero[:, g] · w_corr[g, :] + x_sum[:, g] · w_zero[g, :]`` in int32, then
-    ``+= acc · x_scale[:, g] · w_scale[g, :]`` in float32; bias last."""
+    ``+= acc · x_scale[:, g] · w_scale[g, :]`` in float32; bias last. ``skew``: group ``g``'s epilogue
+    follows the dots of group ``g + 1`` (two int32 accumulators live)."""
     o_ref = rest[-1]
     ops = dict(zip(present, rest[:-1]))
     bm, bn = o_ref.shape
@@ -172,20 +206,42 @@ def _group_kernel(x_ref, w_ref, xs_ref, ws_ref, *rest, k: int, bk: int, n_groups
         return acc + lax.dot_general(x_ref[:, pl.ds(half + off, bk)], hi, NT_DIMS,
                                      preferred_element_type=jnp.int32)
 
-    def group(g, accf):
+    def group_sum(g):
         start = g * tiles_per_group
-        acc = lax.fori_loop(start, start + tiles_per_group, tile, jnp.zeros((bm, bn), jnp.int32))
+        return lax.fori_loop(start, start + tiles_per_group, tile, jnp.zeros((bm, bn), jnp.int32))
+
+    def scaled(g, acc):
         col, row = pl.ds(g, 1), pl.ds(g, 1)
         if "x_zero" in ops:
             acc = acc + ops["x_zero"][:, col] * ops["w_corr"][row, :]
         if "w_zero" in ops:
             acc = acc + ops["x_sum"][:, col] * ops["w_zero"][row, :]
-        return accf + acc.astype(jnp.float32) * (xs_ref[:, col] * ws_ref[row, :])
+        return acc.astype(jnp.float32) * (xs_ref[:, col] * ws_ref[row, :])
 
-    y = lax.fori_loop(0, n_groups, group, jnp.zeros((bm, bn), jnp.float32))
+    zeros = jnp.zeros((bm, bn), jnp.float32)
+    if skew and n_groups > 1:
+        def body(g, carry):
+            accf, prev = carry
+            nxt = group_sum(g)
+            return accf + scaled(g - 1, prev), nxt
+
+        accf, last = lax.fori_loop(1, n_groups, body, (zeros, group_sum(0)))
+        y = accf + scaled(n_groups - 1, last)
+    else:
+        y = lax.fori_loop(0, n_groups, lambda g, accf: accf + scaled(g, group_sum(g)), zeros)
     if "bias" in ops:
         y = y + ops["bias"][...]
     o_ref[...] = y.astype(o_ref.dtype)
+
+
+def fold_weights(w: jax.Array, w_zero: jax.Array | None, n_groups: int) -> jax.Array:
+    """Packed int4 ``w (N, K//2)`` -> int8 ``(N, K)`` codes ``q + w_zero[:, g]`` (``w_zero`` ``(N, G)`` in
+    [-120, 119], as every int4 zero point [-7, 8] is: the sum stays within int8)."""
+    q = unpack_int4(w)
+    if w_zero is None:
+        return q
+    n, k = q.shape
+    return (q.reshape(n, n_groups, k // n_groups) + w_zero.astype(jnp.int8)[..., None]).reshape(n, k)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "out_dtype", "interpret"))
@@ -198,7 +254,7 @@ def triton_group_gemm(
     *,
     x_zero: jax.Array | None = None,
     w_zero: jax.Array | None = None,
-    cfg: TritonGemmConfig,
+    cfg: GroupTiling,
     out_dtype: jnp.dtype = jnp.bfloat16,
     interpret: bool = False,
 ) -> jax.Array:
@@ -206,11 +262,15 @@ def triton_group_gemm(
     and group, ``w`` packed int4 uint8 ``(N, K//2)`` or int8 ``(N, K)`` with ``w_scale (N, G)`` /
     ``w_zero (N, G)`` -> ``(M, N)`` (semantics: ``reference.group_gemm_ref``). The zero-point terms'
     int32 code sums per group (``x_sum (M, G)``, ``w_corr = Σ w + |g|·w_zero (N, G)``) are reduced
-    here by XLA; ``cfg`` from :func:`fit_w4_config` (``packed`` as ``w``)."""
+    here by XLA; ``cfg`` from :func:`fit_group_tiling` (``packed`` as ``w``). With ``cfg.unpack ==
+    "xla"`` packed weights arrive unpacked with ``w_zero`` folded in (:func:`fold_weights`): no
+    ``x_sum``/``w_zero`` operands."""
     m, k = xq.shape
     n, g = w_scale.shape
     gs = k // g
     packed = w.dtype == jnp.uint8
+    if packed and not cfg.unpacks_in_kernel(packed):
+        w, w_zero, packed = fold_weights(w, w_zero, g), None, False
     bm, bn = cfg.bm, cfg.bn
     bk = cfg.bk // 2 if packed else cfg.bk
     if packed:
@@ -245,7 +305,8 @@ def triton_group_gemm(
             present.append(name)
     mp = args[0].shape[0]
     out = pl.pallas_call(
-        functools.partial(_group_kernel, k=k, bk=bk, n_groups=g, packed=packed, present=tuple(present)),
+        functools.partial(_group_kernel, k=k, bk=bk, n_groups=g, packed=packed, present=tuple(present),
+                          skew=cfg.skew),
         out_shape=jax.ShapeDtypeStruct((mp, n), jnp.dtype(out_dtype)),
         grid=(mp // bm, n // bn),
         in_specs=in_specs,

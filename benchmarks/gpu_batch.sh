@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The pending GPU measurements (pallas_kernels/NOTES.md, "Pending on the GPU"), one stage per device call: each stage
+# fits the device tool's 10-minute limit and returns at most 8 files under $OUT. Run from the repository root on the
+# GPU machine:  OUT=<folder> bash benchmarks/gpu_batch.sh <stage>   (carry .gpufix for the XL stages; see below)
+#
+#   baseline   the fair bf16 question: the PixArt-XL step and three linears with XLA's default GEMM path and with
+#              XLA_FLAGS=--xla_gpu_enable_cublaslt=true (bias in a cuBLASLt epilogue); two processes, same call
+#   stdit      STDiT-XL rows cut in session 7: bf16, viditq-w4a8, viditq-w8a8-qattn (Mosaic attention by auto), viditq-fp8
+#   linear32k  bench_linear at M = 32768 (the half session 7 did not reach) with the group-GEMM rows
+#   quality-<t2i|t2v|c2i>   fused-path quality (simulate vs pallas, viditq-w8a8) on one bundled model
+#   qdit       Q-DiT's group GEMM: gpu_check group_act, the tiling sweep (prints BEST triton_group {...} for
+#              pallas_kernels/ops/w4a8_linear/configs.json), then the split rows (quantizer alone, GEMM alone)
+#   checks     the kernel checks of everything changed since the last device run (gpu_check --quick + pytest -m gpu)
+#
+# Every command has its own timeout; stdout/stderr go to a log per command; a stage that is cut keeps what it
+# measured (the benchmarks write their JSON after every model / shape, or print one JSON line per row).
+set -u
+OUT=${OUT:?set OUT}
+STAGE=${1:?stage: baseline | stdit | linear32k | qdit | quality-t2i | quality-t2v | quality-c2i | checks}
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1
+[ -d .gpufix ] && export VIDQ_FIXTURES=${VIDQ_FIXTURES:-$PWD/.gpufix}
+mkdir -p "$OUT"
+{ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; $PY -c "import jax; print('jax', jax.__version__)"
+  date -u; git rev-parse --short HEAD 2>/dev/null; } > "$OUT/env.txt" 2>&1
+
+step() {  # step <seconds> <log name> <command...>
+  local t=$1 log=$2; shift 2
+  echo "+ $*" >> "$OUT/$log.log"
+  timeout "$t" "$@" >> "$OUT/$log.log" 2>&1
+  echo "rc=$? after $SECONDS s" >> "$OUT/$log.log"
+}
+
+case "$STAGE" in
+  baseline)
+    LIN=(-m benchmarks.bench_linear --ms 8192 --kns 1152,3456 1152,4608 4608,1152 --only xla_bf16 xla_bf16_nobias pallas_w8a8)
+    step 70 linear_default $PY "${LIN[@]}" --json "$OUT/linear_default.json" --md /dev/null
+    XLA_FLAGS="--xla_gpu_enable_cublaslt=true ${XLA_FLAGS:-}" step 70 linear_cublaslt $PY "${LIN[@]}" \
+      --json "$OUT/linear_cublaslt.json" --md /dev/null
+    E2E=(-m benchmarks.bench_e2e --models pixart --variants bf16,w8a8)
+    step 215 e2e_default $PY "${E2E[@]}" --out "$OUT/e2e_default.json"
+    XLA_FLAGS="--xla_gpu_enable_cublaslt=true ${XLA_FLAGS:-}" step 215 e2e_cublaslt $PY "${E2E[@]}" \
+      --out "$OUT/e2e_cublaslt.json"
+    rm -f "$OUT"/e2e_*.md ;;
+  stdit)
+    step 560 e2e_stdit $PY -m benchmarks.bench_e2e --models stdit \
+      --variants bf16,viditq-w4a8,viditq-w8a8-qattn,viditq-fp8 --out "$OUT/e2e_stdit.json"
+    rm -f "$OUT"/e2e_stdit.md ;;
+  linear32k)
+    step 540 linear32k $PY -m benchmarks.bench_linear --ms 32768 --only xla_bf16 xla_bf16_nobias pallas_w8a8 \
+      pallas_w8a8_zp pallas_w8a8_rot_zp pallas_w4a8 pallas_fp8 xla_fp8 qdit_w4a8_pallas \
+      --json "$OUT/linear32k.json" --md "$OUT/linear32k.md" ;;
+  quality-t2i|quality-t2v|quality-c2i)
+    M=${STAGE#quality-}
+    step 560 "quality_$M" $PY -m benchmarks.quality_backends --models "$M" --presets viditq-w8a8 \
+      --backends simulate pallas --images 16 --videos 4 --per-class 2 --sqnr-samples 4 \
+      --out "$OUT/quality_backends_gpu_$M" ;;
+  qdit)
+    step 120 group_check $PY -m pallas_kernels.gpu_check --only group_act --log "$OUT/group_check.log"
+    step 300 group_sweep $PY -m benchmarks.bench_linear --group-sweep --ms 8192 32768
+    step 150 group_rows $PY -m benchmarks.bench_linear --ms 8192 --only qdit_w4a8_pallas qdit_w4a8_gemm \
+      qdit_quantize_xla qdit_w4a8_xla pallas_w4a8 --json "$OUT/linear_qdit.json" --md "$OUT/linear_qdit.md" ;;
+  checks)
+    step 240 checks $PY -m pallas_kernels.gpu_check --quick --log "$OUT/gpu_check.log"
+    step 240 pytest_gpu $PY -m pytest -q -p no:cacheprovider -m gpu tests/kernels ;;
+  *) echo "unknown stage $STAGE"; exit 2 ;;
+esac
+ls "$OUT"
