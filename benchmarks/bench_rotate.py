@@ -70,6 +70,26 @@ def sweep(k: int) -> dict[str, RotateTiling]:
                                                  **fast),
             # option (b), H_b as signed sums on the CUDA cores: spills, ~60 s to compile
             "fma_bm16_nw4": RotateTiling(variant="fma", bm=16, num_warps=4),
+            # latency / occupancy (NOTES.md, session 7): pf = next row's loads before this row's
+            # math; ns = Triton's cp.async pipeline of the row loop; pN = persistent grid of N
+            # programs (132 SMs x 13 / 12 / 10 resident one-warp programs)
+            "lat_w16_g2_nw1_bm8_fast_pf": mma(w=16, grow=2, num_warps=1, bm=8, prefetch=True, **fast),
+            "lat_w16_g2_nw1_bm4_loop_fast_pf": mma(w=16, grow=2, num_warps=1, bm=4, unroll=False,
+                                                   prefetch=True, **fast),
+            "lat_w16_g2_nw1_bm8_loop_fast_pf": mma(w=16, grow=2, num_warps=1, bm=8, unroll=False,
+                                                   prefetch=True, **fast),
+            "lat_w16_g2_nw1_bm8_loop_fast_ns2": mma(w=16, grow=2, num_warps=1, bm=8, unroll=False,
+                                                    num_stages=2, **fast),
+            "lat_w16_g2_nw1_bm8_loop_fast_ns3": mma(w=16, grow=2, num_warps=1, bm=8, unroll=False,
+                                                    num_stages=3, **fast),
+            "lat_w16_g2_nw1_loop_fast_p1716": mma(w=16, grow=2, num_warps=1, bm=1, unroll=False,
+                                                  programs=1716, **fast),
+            "lat_w16_g2_nw1_loop_fast_pf_p1716": mma(w=16, grow=2, num_warps=1, bm=1, unroll=False,
+                                                     prefetch=True, programs=1716, **fast),
+            "lat_w16_g2_nw1_loop_fast_pf_p1584": mma(w=16, grow=2, num_warps=1, bm=1, unroll=False,
+                                                     prefetch=True, programs=1584, **fast),
+            "lat_w16_g2_nw1_loop_fast_ns3_p1320": mma(w=16, grow=2, num_warps=1, bm=1, unroll=False,
+                                                      num_stages=3, programs=1320, **fast),
         })
     elif k == 4608:
         cfgs.update({
@@ -103,6 +123,24 @@ def sweep(k: int) -> dict[str, RotateTiling]:
                                                       merge_absmax=True, **fast),
             "mma_w32_g2_nw1_bm32_loop_fast_merge": mma(w=32, grow=2, num_warps=1, bm=32,
                                                        unroll=False, merge_absmax=True, **fast),
+            # latency / occupancy (NOTES.md, session 7), names as at K = 1152; pN = 132 SMs x the
+            # resident programs per SM of the static compile (2 x 4 or 8 warps, 8 x 1 warp)
+            "lat_w32_g4_nw4_bm8_loop_fast_pf": mma(w=32, grow=4, num_warps=4, bm=8, unroll=False,
+                                                   prefetch=True, **fast),
+            "lat_w32_g4_nw4_loop_fast_pf_p264": mma(w=32, grow=4, num_warps=4, bm=1, unroll=False,
+                                                    prefetch=True, programs=264, **fast),
+            "lat_w32_g4_nw8_bm8_loop_fast_pf": mma(w=32, grow=4, num_warps=8, bm=8, unroll=False,
+                                                   prefetch=True, **fast),
+            "lat_w32_g4_nw8_loop_fast_pf_p264": mma(w=32, grow=4, num_warps=8, bm=1, unroll=False,
+                                                    prefetch=True, programs=264, **fast),
+            "lat_w32_g2_nw4_bm8_loop_fast_merge_pf": mma(w=32, grow=2, num_warps=4, bm=8, unroll=False,
+                                                         merge_absmax=True, prefetch=True, **fast),
+            "lat_w32_g2_nw4_bm8_loop_fast_merge_ns2": mma(w=32, grow=2, num_warps=4, bm=8, unroll=False,
+                                                          merge_absmax=True, num_stages=2, **fast),
+            "lat_w32_g2_nw2_bm8_loop_fast_merge_pf": mma(w=32, grow=2, num_warps=2, bm=8, unroll=False,
+                                                         merge_absmax=True, prefetch=True, **fast),
+            "lat_w32_g2_nw1_loop_fast_merge_p1056": mma(w=32, grow=2, num_warps=1, bm=1, unroll=False,
+                                                        merge_absmax=True, programs=1056, **fast),
         })
     return cfgs
 

@@ -11,6 +11,7 @@ few ulps of a rounding boundary: ``tests.kernels.base.assert_rotated_close`` bou
 
 from __future__ import annotations
 
+import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -217,6 +218,32 @@ def test_base_plan_evaluates_the_matrix():
         np.testing.assert_allclose(y, hb.T @ z, atol=1e-9)
 
 
+_FAST = {"pack_int8": True, "hoist_ms": True, "prescale": True}
+PIPELINED_CASES = [  # (K, M, tiling): latency switches, same codes as without them
+    # the next row's loads before this row's math, unrolled rows (M = 3: a padded last program)
+    (1152, 3, RotateTiling(w=16, grow=2, num_warps=1, bm=2, prefetch=True, **_FAST)),
+    # persistent grid of 3 programs over 10 row tiles (4 steps: the last one clamps and redoes
+    # tile 9), row loop with the x tiles carried
+    (1152, 10, RotateTiling(w=16, grow=2, num_warps=1, bm=1, unroll=False, prefetch=True,
+                            programs=3, **_FAST)),
+    # the K = 4608 base staged once per program, 2 programs over 3 rows
+    (4608, 3, RotateTiling(w=32, grow=4, num_warps=4, bm=1, unroll=False, prefetch=True,
+                           programs=2, **_FAST)),
+]
+
+
+@pytest.mark.parametrize("k,m,tiling", PIPELINED_CASES, ids=[f"K{k}-M{m}" for k, m, _ in PIPELINED_CASES])
+def test_prefetch_and_persistent_grid_keep_the_codes(k, m, tiling):
+    x, signs, _, hb = rotation_inputs(3 * k + m, m, k)
+    x = x.at[m - 2].set(0)
+    out = triton_rotate_quantize(x, hb, signs, cfg=tiling, interpret=True, row_sum=True)
+    assert_rotated_close(out[:2], pk.rotate_quantize_ref(x, hb, signs))
+    plain = dataclasses.replace(tiling, prefetch=False, programs=0)
+    for got, want in zip(out, triton_rotate_quantize(x, hb, signs, cfg=plain, interpret=True, row_sum=True)):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    assert supported(k, hb, dataclasses.replace(tiling, programs=-1)).startswith("programs=-1")
+
+
 # ------------------------------------------------------------------------------------ GPU
 
 
@@ -237,5 +264,17 @@ def test_triton_rotate_quantize_gpu(k, with_smooth):
 def test_packed_codes_gpu(k, m, tiling):
     """The PTX packing (byte order of cvt.pack.sat.s8) on the device."""
     x, signs, _, hb = rotation_inputs(k + 1, 2048 + 3, k)
+    out = triton_rotate_quantize(x, hb, signs, cfg=tiling)
+    assert_rotated_close(out, pk.rotate_quantize_ref(x, hb, signs))
+
+
+@pytest.mark.gpu
+@requires_gpu
+@pytest.mark.parametrize("k,m,tiling", PIPELINED_CASES, ids=[f"K{k}" for k, _, _ in PIPELINED_CASES])
+def test_prefetch_and_persistent_grid_gpu(k, m, tiling):
+    """Software-pipelined row loops and the persistent grid (tail tiles redone) on the device."""
+    x, signs, _, hb = rotation_inputs(k + 2, 2048 + 5, k)
+    if tiling.programs:  # ~21 row tiles per program and a clamped tail at M = 2053
+        tiling = dataclasses.replace(tiling, programs=96)
     out = triton_rotate_quantize(x, hb, signs, cfg=tiling)
     assert_rotated_close(out, pk.rotate_quantize_ref(x, hb, signs))

@@ -47,6 +47,9 @@ Switches that cut instructions per element (``RotateTiling``, off by default; st
 signs loaded once per program), ``prescale`` (the fp16-range power of two applied to the bf16 input
 with the signs, not to the float32 intermediate), ``merge_absmax`` (one row reduction per tile
 shape); with ``unroll=False`` and ``bm`` rows a program keeps the base across its rows.
+Switches against latency (off by default; ``NOTES.md``, "Latency and occupancy"): ``prefetch``
+(the next row's x tiles are loaded before this row's math) and ``programs`` (a persistent grid
+that strides over the row tiles: no wave tail, the base staged once per program).
 """
 
 from __future__ import annotations
@@ -96,6 +99,13 @@ class RotateTiling:
     prescale: bool = False  # mma f16x2, bf16 x: the power of two that brings Z into the fp16 range
     #   multiplies x in bf16 (exact, with the signs) instead of Z in float32
     merge_absmax: bool = False  # mma: same-shape tiles maxed elementwise before the row reductions
+    prefetch: bool = False  # mma, bm > rows_per_tile: software pipeline of the row loop, the next row
+    #   tile's x loads are issued before this row's math (one more row of registers, its HBM latency
+    #   hidden under the math; unrolled or fori_loop with the tiles as carry)
+    programs: int = 0  # mma: 0 = one program per bm rows; > 0 = a grid of min(programs, row tiles)
+    #   programs, program i doing row tiles i, i + programs, ... (no wave tail at any M: pick
+    #   ~ SMs x resident programs per SM; the last step of a short program redoes the last tile,
+    #   writing the same values); bm then only pads M
     num_warps: int = 4
     num_stages: int = 1
 
@@ -158,6 +168,8 @@ def supported(k: int, h_base, cfg: RotateTiling) -> str | None:
         return f"base order {hb.shape[0]} < {MIN_DOT} and p too small to grow it"
     if bm % rb:
         return f"bm={bm} is not a multiple of rows_per_tile={rb}"
+    if cfg.programs < 0:
+        return f"programs={cfg.programs} must be >= 0 (0 = one program per bm rows)"
     return None
 
 
@@ -300,7 +312,8 @@ def _butterflies(tiles: list) -> list:
 
 def _mma_kernel(*refs, groups, w, rb, nh, has_ms, split_in, split, inv_sqrt_k, unroll,
                 pad_block, interpret, row_sum=False, dtype=jnp.int8, pack_int8=False,
-                hoist_ms=False, prescale=False, merge_absmax=False):
+                hoist_ms=False, prescale=False, merge_absmax=False, prefetch=False, programs=0,
+                steps=0, last_tile=0):
     rs_ref = None
     if row_sum:
         *refs, rs_ref = refs
@@ -366,14 +379,20 @@ def _mma_kernel(*refs, groups, w, rb, nh, has_ms, split_in, split, inv_sqrt_k, u
     # from the raw bf16 row and applied to x exactly (a bf16 power of two), not to Z
     pre = prescale and split == "f16x2" and not split_in and rb == 1
 
-    def row_tile(t, carry):
+    def load_row(t):  # every x tile of row tile t: xs[h][g]
+        r0 = jnp.asarray(t * rb, jnp.int32)
+        return [[load(window(x_ref, r0, g, h), mask(g, *win_shape(g))) for g in range(len(groups))]
+                for h in range(nh)]
+
+    def row_tile(t, carry, xs=None):  # xs: the row's x tiles, already loaded (prefetch)
         r0 = jnp.asarray(t * rb, jnp.int32)  # an array index even when static (interpret mode)
 
         def load_x(h, g):
             return load(window(x_ref, r0, g, h), mask(g, *win_shape(g)))
 
-        if pre:  # every tile first (only then: more live registers)
+        if pre and xs is None:  # every tile first (only then: more live registers)
             xs = [[load_x(h, g) for g in range(len(groups))] for h in range(nh)]
+        if pre:
             amax_x = _row_absmax([v for row in xs for v in row], merge=merge_absmax)
             s_mid = pow2_scale(amax_x.astype(jnp.float32) * jnp.float32(b * nh))
             s_x = s_mid.astype(jnp.bfloat16)
@@ -381,7 +400,7 @@ def _mma_kernel(*refs, groups, w, rb, nh, has_ms, split_in, split, inv_sqrt_k, u
         for h in range(nh):
             row = []
             for g in range(len(groups)):
-                v = xs[h][g] if pre else load_x(h, g)
+                v = xs[h][g] if xs is not None else load_x(h, g)
                 if split_in:
                     v = v.astype(jnp.float32)
                 if has_ms:  # without split_in: bf16 · (±1 as bf16), exact, two per instruction
@@ -451,7 +470,29 @@ def _mma_kernel(*refs, groups, w, rb, nh, has_ms, split_in, split, inv_sqrt_k, u
         return carry
 
     n_tiles = bm // rb
-    if unroll or n_tiles == 1:
+    tile = lambda t: t  # noqa: E731 - loop step -> row tile of this program's block
+    if programs:  # persistent grid: the refs are whole arrays, steps strided by the grid size
+        n_tiles, pid = steps, pl.program_id(0)
+        tile = lambda t: jnp.minimum(pid + t * programs, last_tile)  # noqa: E731
+    if prefetch and n_tiles > 1 and unroll:
+        nxt = load_row(tile(0))
+        for t in range(n_tiles):
+            cur, nxt = nxt, (load_row(tile(t + 1)) if t + 1 < n_tiles else None)
+            row_tile(tile(t), 0, cur)
+    elif prefetch and n_tiles > 1:
+        def step(t, xs):  # the last step reloads its own row (no read past the block)
+            nxt = load_row(tile(jnp.minimum(t + 1, n_tiles - 1)))
+            row_tile(tile(t), 0, xs)
+            return nxt
+
+        lax.fori_loop(0, n_tiles, step, load_row(tile(0)))
+    elif programs:
+        if unroll:
+            for t in range(n_tiles):
+                row_tile(tile(t), 0)
+        else:
+            lax.fori_loop(0, n_tiles, lambda t, c: row_tile(tile(t), c), 0)
+    elif unroll or n_tiles == 1:
         for t in range(n_tiles):
             row_tile(t, 0)
     else:
@@ -459,12 +500,14 @@ def _mma_kernel(*refs, groups, w, rb, nh, has_ms, split_in, split, inv_sqrt_k, u
 
 
 def _out_specs(m: int, bm: int, q_shape: tuple, q_spec, row_sum: bool, dtype=jnp.int8):
-    """Output shapes and block specs: int8 (or FP8) codes, float32 scales (and int32 code sums)."""
+    """Output shapes and block specs: int8 (or FP8) codes, float32 scales (and int32 code sums);
+    ``bm == m``: one whole-array block for every program (persistent grid)."""
     shapes = [jax.ShapeDtypeStruct(q_shape, dtype), jax.ShapeDtypeStruct((m, 1), jnp.float32)]
-    specs = [q_spec, pl.BlockSpec((bm, 1), lambda i: (i, 0))]
+    at = (lambda i: (0, 0)) if bm == m else (lambda i: (i, 0))  # noqa: E731
+    specs = [q_spec, pl.BlockSpec((bm, 1), at)]
     if row_sum:
         shapes.append(jax.ShapeDtypeStruct((m, 1), jnp.int32))
-        specs.append(pl.BlockSpec((bm, 1), lambda i: (i, 0)))
+        specs.append(pl.BlockSpec((bm, 1), at))
     return tuple(shapes), tuple(specs)
 
 
@@ -487,23 +530,29 @@ def _mma_call(x3, ms, h_base, cfg: RotateTiling, split_in: bool, interpret: bool
         split_in=split_in, split=cfg.split, inv_sqrt_k=1.0 / math.sqrt(b * p),
         unroll=cfg.unroll, pad_block=cfg.pad_block, interpret=interpret, row_sum=row_sum, dtype=dtype,
         pack_int8=cfg.pack_int8, hoist_ms=cfg.hoist_ms, prescale=cfg.prescale,
-        merge_absmax=cfg.merge_absmax)
+        merge_absmax=cfg.merge_absmax, prefetch=cfg.prefetch)
+    grid, blk, at = (m // bm,), bm, lambda i: (i, 0, 0)  # noqa: E731
+    if cfg.programs:  # whole arrays per program, row tiles strided by the grid size
+        tiles = m // rb
+        grid, blk, at = (min(cfg.programs, tiles),), m, lambda i: (0, 0, 0)  # noqa: E731
+        kernel = functools.partial(kernel, programs=grid[0], steps=-(-tiles // grid[0]),
+                                   last_tile=tiles - 1)
     full = lambda shape: pl.BlockSpec(shape, lambda i: (0,) * len(shape))  # noqa: E731
     # blocks span the padded base order: the rows past b are masked in every load and store
     bb = bpad if cfg.pad_block else b
-    in_specs = [pl.BlockSpec((bm, bb, p), lambda i: (i, 0, 0))]
+    in_specs = [pl.BlockSpec((blk, bb, p), at)]
     args = [x3]
     if ms is not None:
         in_specs.append(full((bb, p)))
         args.append(ms if split_in else ms.astype(jnp.bfloat16))  # ±1 only: exact in bf16
     in_specs += [full((bpad, bpad)), full(hw.shape)]
     args += [jnp.asarray(hbt, jnp.bfloat16), jnp.asarray(hw, jnp.bfloat16)]
-    out_shape, out_specs = _out_specs(m, bm, (m, b, p), pl.BlockSpec((bm, bb, p), lambda i: (i, 0, 0)),
+    out_shape, out_specs = _out_specs(m, blk, (m, b, p), pl.BlockSpec((blk, bb, p), at),
                                       row_sum, dtype)
     q, *rest = pl.pallas_call(
         kernel,
         out_shape=out_shape,
-        grid=(m // bm,),
+        grid=grid,
         in_specs=in_specs,
         out_specs=out_specs,
         compiler_params=triton_compiler_params(cfg.num_warps, cfg.num_stages),
