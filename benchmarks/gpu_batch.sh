@@ -8,6 +8,8 @@
 #   stdit      STDiT-XL rows cut in session 7: bf16, viditq-w4a8, viditq-w8a8-qattn (Mosaic attention by auto), viditq-fp8
 #   linear32k  bench_linear at M = 32768 (the half session 7 did not reach) with the group-GEMM rows
 #   quality-<t2i|t2v|c2i>   fused-path quality (simulate vs pallas, viditq-w8a8) on one bundled model
+#   rotate     the rotation kernel's latency tilings (lat_*: prefetch, persistent grids, pipelined row loops) at
+#              K = 1152 and 4608 + their device tests; winners go into pallas_kernels/ops/rotate_quantize/configs.json
 #   qdit       Q-DiT's group GEMM: gpu_check group_act, the tiling sweep (prints BEST triton_group {...} for
 #              pallas_kernels/ops/w4a8_linear/configs.json), then the split rows (quantizer alone, GEMM alone)
 #   checks     the kernel checks of everything changed since the last device run (gpu_check --quick + pytest -m gpu)
@@ -16,7 +18,7 @@
 # measured (the benchmarks write their JSON after every model / shape, or print one JSON line per row).
 set -u
 OUT=${OUT:?set OUT}
-STAGE=${1:?stage: baseline | stdit | linear32k | qdit | quality-t2i | quality-t2v | quality-c2i | checks}
+STAGE=${1:?stage: baseline | stdit | linear32k | rotate | qdit | quality-t2i | quality-t2v | quality-c2i | checks}
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 [ -d .gpufix ] && export VIDQ_FIXTURES=${VIDQ_FIXTURES:-$PWD/.gpufix}
@@ -55,6 +57,12 @@ case "$STAGE" in
     step 560 "quality_$M" $PY -m benchmarks.quality_backends --models "$M" --presets viditq-w8a8 \
       --backends simulate pallas --images 16 --videos 4 --per-class 2 --sqnr-samples 4 \
       --out "$OUT/quality_backends_gpu_$M" ;;
+  rotate)
+    step 100 rotate_gpu_tests $PY -m pytest -q -p no:cacheprovider -m gpu tests/kernels/test_rotate_quantize.py \
+      -k "prefetch or packed"
+    step 220 rotate1152 $PY -m benchmarks.bench_rotate --only lat_ --k 1152 --out "$OUT/rot1152"
+    step 240 rotate4608 $PY -m benchmarks.bench_rotate --only lat_ --k 4608 --out "$OUT/rot4608"
+    rm -f "$OUT"/rot*/rotate.md ;;
   qdit)
     step 120 group_check $PY -m pallas_kernels.gpu_check --only group_act --log "$OUT/group_check.log"
     step 300 group_sweep $PY -m benchmarks.bench_linear --group-sweep --ms 8192 32768
