@@ -42,6 +42,9 @@ def test_eval_t2v_on_tiny_export_writes_report_and_guidance(standin_models, tmp_
     assert set(rep["selection"]) == {"2.5"} and rep["chosen_guidance"] == 2.5
     assert list(rep["sets"]) == ["demo"] and rep["sets"]["demo"]["n"] == 2
     assert 0.0 <= rep["sets"]["demo"]["subject_acc"] <= 1.0
+    sens = rep["direction_sensitivity"]  # loss with a wrong direction word vs the true caption, per flow time
+    assert list(sens) == ["0.8", "0.9", "0.95", "0.98"]
+    assert all(np.isfinite([r["loss"], r["flip"], r["axis"]]).all() and r["loss"] > 0 for r in sens.values())
     assert json.loads((tmp_path / "eval.json").read_text())["chosen_guidance"] == rep["chosen_guidance"]
     assert json.loads((folder / "model.json").read_text())["sampler"]["guidance_scale"] == rep["chosen_guidance"]
     with pytest.raises(ValueError, match="text-to-video"):

@@ -65,8 +65,11 @@ def test_flow_times_put_more_draws_where_the_direction_is_decided():
     share = {k: float(np.mean(np.asarray(flow_times(key, 40000, k)) > 0.9)) for k in ("logit-normal", "uniform", "mixed")}
     assert abs(share["logit-normal"] - 0.014) < 0.004 and abs(share["uniform"] - 0.1) < 0.01
     assert abs(share["mixed"] - 0.057) < 0.008
-    u = np.asarray(flow_times(key, 1000, "mixed"))
-    assert u.min() > 0.0 and u.max() < 1.0
+    high = np.asarray(flow_times(key, 40000, "mixed-high"))  # where only the caption tells the direction's sign
+    assert abs(float(np.mean(high > 0.95)) - 0.138) < 0.01 and abs(float(np.mean(high < 0.5)) - 0.375) < 0.015
+    for kind in ("mixed", "mixed-high"):
+        u = np.asarray(flow_times(key, 1000, kind))
+        assert u.min() > 0.0 and u.max() < 1.0
     with pytest.raises(ValueError, match="unknown time sampling 'beta'"):
         flow_times(key, 4, "beta")
     with pytest.raises(ValueError, match="unknown time sampling"):

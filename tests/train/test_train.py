@@ -53,8 +53,12 @@ def test_tiny_t2v_train_export_sample(tmp_path):
     from vidq_jax.data.text import load_prompt_bank
     from vidq_jax.sampling import sample_rflow
 
-    rec = train(default_train_config("t2v", tiny=True), tmp_path, encoder="hash", preview=False, log=lambda s: None)
+    # with the optional frame-difference term (the plain loss is the same code minus one addend)
+    rec = train(default_train_config("t2v", tiny=True, motion_loss=0.5), tmp_path, encoder="hash", preview=False,
+                log=lambda s: None)
     assert rec["steps"] == 3 and rec["complete"] and np.isfinite(rec["final_loss"])
+    with pytest.raises(ValueError, match="motion_loss=0.5: a weight >= 0, for the t2v task only"):
+        default_train_config("t2i", tiny=True, motion_loss=0.5)
 
     model, params, meta = load_model(tmp_path / "model")
     assert meta["sampler"]["name"] == "rflow" and meta["sample_shape"] == [8, 32, 32, 3]

@@ -41,8 +41,10 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    help="caption features: MiniLM (needs the text extra) or a torch-free hash stand-in (smoke tests); "
                         "c2i has no captions")
     p.add_argument("--model-size", help="t2v: named model size (s = the first shipped 4.1 M model, m = 9.3 M, default)")
-    p.add_argument("--time-sampling", choices=["logit-normal", "uniform", "mixed"],
+    p.add_argument("--time-sampling", choices=["logit-normal", "uniform", "mixed", "mixed-high"],
                    help="t2v: distribution of the flow time in training (default mixed)")
+    p.add_argument("--motion-loss", type=float,
+                   help="t2v: weight of the loss on frame-to-frame differences of the velocity error (default 0: off)")
     p.add_argument("--init-from", type=Path,
                    help="start params + EMA from an exported model folder (fresh optimizer and schedule), e.g. the "
                         "OUT/model a previous device call brought back")
@@ -93,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             log_every=args.log_every, ckpt_every=args.ckpt_every, time_limit=args.time_limit,
             fit_schedule=args.fit_schedule or None, time_reserve=args.time_reserve, model_size=args.model_size,
             init_from=str(args.init_from) if args.init_from else None, time_sampling=args.time_sampling,
+            motion_loss=args.motion_loss,
         )
         train(cfg, args.out, encoder=args.encoder, resume=not args.no_resume, preview=not args.no_preview)
     elif args.cmd == "features":

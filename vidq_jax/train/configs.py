@@ -131,10 +131,14 @@ class TrainConfig:
     guidance_scale: float = 4.5
     model_size: str = ""  # t2v: a key of T2V_MODEL_SIZES ("" = the default)
     # t2v: distribution of the flow time t/1000: "logit-normal" (SD3 / Open-Sora 1.2; the first shipped model),
-    # "uniform", or "mixed" (half each: 4x the logit-normal's share of t > 0.9, where the clip's motion
-    # direction is decided)
+    # "uniform", "mixed" (half each: 4x the logit-normal's share of t > 0.9, where the clip's motion
+    # direction is decided) or "mixed-high" (a quarter of the draws in [0.9, 1): vidq_jax.train.tasks.flow_times)
     time_sampling: str = "logit-normal"
     init_from: str = ""  # start (params and EMA) from an exported model folder instead of the random init
+    # t2v: weight of an extra loss on the frame-to-frame differences of the velocity error, ‖Δ_t(v̂ − v)‖² / 2
+    # (0 = off, the shipped models). It weighs the part of the error that differs between neighbouring frames —
+    # a sprite in the wrong place of one frame — against the part common to all frames (appearance).
+    motion_loss: float = 0.0
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -155,4 +159,7 @@ def default_train_config(task: str, tiny: bool = False, **overrides) -> TrainCon
         base.update(steps=3, batch_size=4, warmup=1, log_every=1, ckpt_every=2, ema_decay=0.9,
                     tiny=True, sample_steps=2)
     base.update({k: v for k, v in overrides.items() if v is not None})
+    motion = base.get("motion_loss", 0.0)
+    if motion and task != "t2v" or motion < 0:
+        raise ValueError(f"motion_loss={motion!r}: a weight >= 0, for the t2v task only (got task {task!r})")
     return TrainConfig(**base)

@@ -8,6 +8,8 @@
 # Knobs (environment): TIME_LIMIT (seconds of compile + training, default 320), MODEL_SIZE (m), BATCH (64),
 # STEPS (planned schedule, shortened to fit TIME_LIMIT), LR (3e-4), GUIDANCE (CFG scales to choose from),
 # INIT_FROM (an exported model folder to continue from: a second call resumes from the first one's export),
+# MOTION_LOSS (weight of the frame-difference loss term, `--motion-loss`; unset = off), TIME_SAMPLING (`--time-sampling`:
+# logit-normal | uniform | mixed (the default) | mixed-high),
 # DEVICE_EVAL=0 (skip eval-t2v on the device: the whole call trains, and the CFG choice + accuracies run here on CPU with
 # `python -m vidq_jax.train eval-t2v <model> --select-guidance 2,3,4,5,7 --write`),
 # FEATURES=1 (also retrain the video feature network concurrently, into runs/feature_nets/video), TINY=1 (CPU
@@ -38,6 +40,8 @@ else
          --fit-schedule --time-reserve 25); EVAL=()
 fi
 [ -n "$INIT_FROM" ] && TRAIN+=(--init-from "$INIT_FROM")
+[ -n "${MOTION_LOSS:-}" ] && TRAIN+=(--motion-loss "$MOTION_LOSS")
+[ -n "${TIME_SAMPLING:-}" ] && TRAIN+=(--time-sampling "$TIME_SAMPLING")
 if [ "${FEATURES:-0}" = 1 ]; then
   $PY -m vidq_jax.train features --data video --steps "$([ "${TINY:-0}" = 1 ] && echo 3 || echo 3000)" \
       $([ "${TINY:-0}" = 1 ] && echo --tiny) --out runs/feature_nets/video > "$OUT/features_video.log" 2>&1 &
