@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(BIN)/vidq demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -ra tests
+	$(BIN)/python -m pytest -q -ra -n 2 tests
 
 clean:
 	rm -rf $(VENV) outputs
