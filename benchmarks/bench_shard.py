@@ -125,13 +125,10 @@ def build(case: Case, dtype, depth: int | None = None, tiny: bool = False):
     model = case.cls(config, dtype=dtype, param_dtype=dtype)
     inputs = make_inputs(case, model, dtype)
     shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), **inputs))["params"]
-    leaves, tree = jax.tree_util.tree_flatten(shapes)
-    if tiny:
-        rng = np.random.default_rng(0)
-        vals = [jnp.asarray(0.02 * rng.standard_normal(s.shape), dtype) for s in leaves]
-    else:
+    if not tiny:
         return model, random_params(shapes, jax.random.key(2, impl="rbg"), dtype), inputs
-    return model, jax.tree_util.tree_unflatten(tree, vals), inputs
+    rng = np.random.default_rng(0)
+    return model, jax.tree_util.tree_map(lambda s: jnp.asarray(0.02 * rng.standard_normal(s.shape), dtype), shapes), inputs
 
 
 def quantized(model, params, inputs, variant: str):

@@ -64,9 +64,6 @@ QUANT_ATTENTION_SHAPES = [
     (2, 1024, 1024, 8, 64, False),
     (2, 1024, 1024, 8, 128, False),
 ]
-CHECK_GROUPS = ("zp", "epilogue", "fp8", "quant_attention", "quant_attention_mosaic", "group_act", "tqe", "others")  # --only: these groups ("others": the rest)
-
-
 def check_splits(report, op: str, tag: str, args: tuple, **kw) -> None:
     """``op(*args, splits=3)`` (q, k, v as three GEMMs on one quantized x) on the kernel backends vs the
     column blocks of the reference."""
@@ -437,6 +434,13 @@ def check_tqe(report, quick: bool = False) -> None:
                              w_zero_point=zw, rank1=(alpha, beta))
 
 
+# --only groups: each a check function, in the order they run; "others": the linears of run_checks' own loops
+NAMED_CHECKS = {"zp": check_zero_points, "epilogue": check_epilogue, "fp8": check_fp8,
+                "quant_attention": check_quant_attention, "quant_attention_mosaic": check_quant_attention_mosaic,
+                "group_act": check_group_act, "tqe": check_tqe}
+CHECK_GROUPS = (*NAMED_CHECKS, "others")
+
+
 def run_checks(log, quick: bool = False, only: tuple[str, ...] | None = None) -> int:
     failures = 0
     shapes_kn = SHAPES_KN[::3] if quick else SHAPES_KN
@@ -448,20 +452,9 @@ def run_checks(log, quick: bool = False, only: tuple[str, ...] | None = None) ->
         failures += not ok
         print(f"{'PASS' if ok else 'FAIL'} {name} {detail}", file=log, flush=True)
 
-    if only is None or "zp" in only:
-        check_zero_points(report, quick)
-    if only is None or "epilogue" in only:
-        check_epilogue(report, quick)
-    if only is None or "fp8" in only:
-        check_fp8(report, quick)
-    if only is None or "quant_attention" in only:
-        check_quant_attention(report, quick)
-    if only is None or "quant_attention_mosaic" in only:
-        check_quant_attention_mosaic(report, quick)
-    if only is None or "group_act" in only:
-        check_group_act(report, quick)
-    if only is None or "tqe" in only:
-        check_tqe(report, quick)
+    for name, check in NAMED_CHECKS.items():
+        if only is None or name in only:
+            check(report, quick)
     if only is not None and "others" not in only:
         return failures
     for k, n in shapes_kn:

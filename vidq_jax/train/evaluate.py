@@ -90,6 +90,7 @@ def direction_sensitivity(dm, n: int = 24, u_values: Sequence[float] = (0.8, 0.9
     import jax.numpy as jnp
 
     from vidq_jax.data.video import VideoDataset
+    from vidq_jax.train.tasks import rflow_pair
 
     ds = VideoDataset(spec=_spec_of(dm))
     clips = ds.clips(np.arange(10_000, 10_000 + n))  # the first 10,000 clip indices are left to the tests
@@ -114,9 +115,10 @@ def direction_sensitivity(dm, n: int = 24, u_values: Sequence[float] = (0.8, 0.9
         tot = {k: 0.0 for k in variants}
         for r in range(reps):
             eps = jax.random.normal(jax.random.PRNGKey(seed * 1000 + r), video.shape)
-            xt, uu = (1.0 - u) * video + u * eps, jnp.full((n,), u)
+            uu = jnp.full((n,), u)
+            xt, v = rflow_pair(video, eps, uu)
             for k, ci in variants.items():
-                tot[k] += float(loss(jnp.asarray(ci), xt, uu, video - eps)) / reps
+                tot[k] += float(loss(jnp.asarray(ci), xt, uu, v)) / reps
         report[f"{u:g}"] = {"loss": tot["true"], "flip": tot["flip"] / tot["true"] - 1.0,
                             "axis": tot["axis"] / tot["true"] - 1.0}
     return report

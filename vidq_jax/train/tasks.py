@@ -166,6 +166,13 @@ def flow_times(key: jax.Array, n: int, kind: str = "logit-normal") -> jax.Array:
     return jnp.where(pick < 0.5, logit_normal, jnp.where(pick < 0.75, uniform, 0.9 + 0.1 * uniform))
 
 
+def rflow_pair(x0: jax.Array, eps: jax.Array, u: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Rectified flow at time ``u (B,)`` (= t / 1000): the noisy ``(1 - u) · x0 + u · eps`` and the velocity
+    target ``x0 - eps`` that the t2v model is trained to predict."""
+    s = u.reshape(u.shape + (1,) * (x0.ndim - u.ndim))
+    return (1.0 - s) * x0 + s * eps, x0 - eps
+
+
 def _drop_captions(params, y, key, p: float):
     null = params["y_embedder"]["y_embedding"].astype(y.dtype)
     drop = jax.random.bernoulli(key, p, (y.shape[0],))
@@ -249,10 +256,9 @@ def _t2v_task(cfg: TrainConfig, out_dir: Path, encoder: str, log) -> Task:
             y = _drop_captions(params, ys[ci], k_drop, cfg.caption_dropout)
             u = flow_times(k_t, b, cfg.time_sampling)  # t / 1000
             eps = jax.random.normal(k_eps, video.shape, jnp.float32)
-            s = u[:, None, None, None, None]
-            xt = (1.0 - s) * video + s * eps
+            xt, v = rflow_pair(video, eps, u)
             out = model.apply({"params": params}, xt, u * 1000.0, y, masks[ci], **extras)
-            err = out[..., :3] - (video - eps)  # (B, T, S, S, 3)
+            err = out[..., :3] - v  # (B, T, S, S, 3)
             loss = jnp.mean(err ** 2)
             if cfg.motion_loss:
                 loss = loss + cfg.motion_loss * 0.5 * jnp.mean(jnp.diff(err, axis=1) ** 2)

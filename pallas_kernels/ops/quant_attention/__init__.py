@@ -78,8 +78,9 @@ def quant_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Arra
     check_settings(pv, q_block, k_block, cfg.block_n)
     if cfg.fuse_q and (q_block not in (1, cfg.block_m) or not in_bounds(lane_windows(d, QK_MIN_WIDTH, cfg.head_split), d)):
         cfg = dataclasses.replace(cfg, fuse_q=False)  # the preceding pass quantizes Q (its blocks / narrow heads)
-    if backend == "auto" and on_gpu() and auto_prefers_mosaic(nq, key_mask is not None, pv):
-        backend = "mosaic"
+    if (backend == "auto" and on_gpu() and plgpu is not None and is_hopper()
+            and auto_prefers_mosaic(nq, key_mask is not None, pv)):
+        backend = "mosaic"  # only where it runs: elsewhere auto stays Triton without the "mosaic asked" log
     if backend == "mosaic" and on_gpu():
         reason = ("Mosaic GPU not importable" if plgpu is None else "not a Hopper GPU" if not is_hopper()
                   else "FP8 P·V not implemented in the Mosaic kernel" if pv != "bf16" else None)

@@ -486,17 +486,11 @@ def _mma_kernel(*refs, groups, w, rb, nh, has_ms, split_in, split, inv_sqrt_k, u
             return nxt
 
         lax.fori_loop(0, n_tiles, step, load_row(tile(0)))
-    elif programs:
-        if unroll:
-            for t in range(n_tiles):
-                row_tile(tile(t), 0)
-        else:
-            lax.fori_loop(0, n_tiles, lambda t, c: row_tile(tile(t), c), 0)
     elif unroll or n_tiles == 1:
         for t in range(n_tiles):
-            row_tile(t, 0)
+            row_tile(tile(t), 0)
     else:
-        lax.fori_loop(0, n_tiles, row_tile, 0)
+        lax.fori_loop(0, n_tiles, lambda t, c: row_tile(tile(t), c), 0)
 
 
 def _out_specs(m: int, bm: int, q_shape: tuple, q_spec, row_sum: bool, dtype=jnp.int8):
