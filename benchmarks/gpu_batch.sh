@@ -6,6 +6,8 @@
 #   baseline   the fair bf16 question: the PixArt-XL step and three linears with XLA's default GEMM path and with
 #              XLA_FLAGS=--xla_gpu_enable_cublaslt=true (bias in a cuBLASLt epilogue); two processes, same call
 #   stdit      STDiT-XL rows cut in session 7: bf16, viditq-w4a8, viditq-w8a8-qattn (Mosaic attention by auto), viditq-fp8
+#   steps      issue 14's missing rows in one call: the stdit rows above, PixArt-XL bf16 / w8a8 / viditq-w8a8 /
+#              viditq-w8a8-qattn / viditq-fp8, and the FP8 linears at M = 32768
 #   linear32k  bench_linear at M = 32768 (the half session 7 did not reach) with the group-GEMM rows
 #   quality-<t2i|t2v|c2i>   fused-path quality (simulate vs pallas, viditq-w8a8) on one bundled model
 #   rotate     the rotation kernel's latency tilings (lat_*: prefetch, persistent grids, pipelined row loops) at
@@ -18,7 +20,7 @@
 # measured (the benchmarks write their JSON after every model / shape, or print one JSON line per row).
 set -u
 OUT=${OUT:?set OUT}
-STAGE=${1:?stage: baseline | stdit | linear32k | rotate | qdit | quality-t2i | quality-t2v | quality-c2i | checks}
+STAGE=${1:?stage: baseline | stdit | steps | linear32k | rotate | qdit | quality-t2i | quality-t2v | quality-c2i | checks}
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 [ -d .gpufix ] && export VIDQ_FIXTURES=${VIDQ_FIXTURES:-$PWD/.gpufix}
@@ -48,6 +50,14 @@ case "$STAGE" in
     step 560 e2e_stdit $PY -m benchmarks.bench_e2e --models stdit \
       --variants bf16,viditq-w4a8,viditq-w8a8-qattn,viditq-fp8 --out "$OUT/e2e_stdit.json"
     rm -f "$OUT"/e2e_stdit.md ;;
+  steps)
+    step 300 e2e_stdit $PY -m benchmarks.bench_e2e --models stdit \
+      --variants bf16,viditq-w4a8,viditq-w8a8-qattn,viditq-fp8 --out "$OUT/e2e_stdit.json"
+    step 190 e2e_pixart $PY -m benchmarks.bench_e2e --models pixart \
+      --variants bf16,w8a8,viditq-w8a8,viditq-w8a8-qattn,viditq-fp8 --out "$OUT/e2e_pixart.json"
+    step 75 linear32k_fp8 $PY -m benchmarks.bench_linear --ms 32768 --only xla_bf16 pallas_w8a8 pallas_fp8 xla_fp8 \
+      --json "$OUT/linear32k_fp8.json" --md /dev/null
+    rm -f "$OUT"/e2e_*.md ;;
   linear32k)
     step 540 linear32k $PY -m benchmarks.bench_linear --ms 32768 --only xla_bf16 xla_bf16_nobias pallas_w8a8 \
       pallas_w8a8_zp pallas_w8a8_rot_zp pallas_w4a8 pallas_fp8 xla_fp8 qdit_w4a8_pallas \
