@@ -65,3 +65,31 @@ def test_distill_falls_resumes_saves_and_loads(setup, tmp_path):
         distill(model, params, [batch], checkpoint_dir=ckpt, **{**KW, "steps": 7})
     with pytest.raises(VidqError, match="no layer with w_method='qvdit'"):
         distill(model, params, [batch], **{**KW, "config": "viditq-w8a8"})
+
+
+def test_distill_plan_picks_the_steps_of_a_plain_run(setup):
+    """``plan`` sees the measured setup / compile / step times after throw-away probe steps, and the run it
+    picks is bit for bit the run of ``steps=<picked>`` (the cosine horizon is traced: one compilation)."""
+    model, params, batch = setup
+    seen = []
+    planned = distill(model, params, [batch], plan=lambda t: seen.append(t) or 3, **KW)
+    assert planned.steps == planned.settings["steps"] == 3 and planned.complete
+    assert set(seen[0]) == {"setup", "compile", "step"} and all(v > 0 for v in seen[0].values())
+    straight = distill(model, params, [batch], **{**KW, "steps": 3})
+    for a, b in zip(jax.tree_util.tree_leaves(planned.params), jax.tree_util.tree_leaves(straight.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert [h["loss"] for h in planned.history] == [h["loss"] for h in straight.history]
+    assert distill(model, params, [batch], plan=lambda t: 10**6, **{**KW, "steps": 2}).steps == 2  # at most steps
+
+
+def test_cosine_decay_is_optax_bit_for_bit():
+    import jax.numpy as jnp
+    import optax
+
+    from vidq_jax.quant.distill.loop import cosine_decay, horizon_of
+
+    for steps in (1, 6, 37, 2000):
+        count = jnp.arange(steps + 2, dtype=jnp.int32)
+        ref = jax.jit(jax.vmap(optax.cosine_decay_schedule(1e-5, steps)))(count)
+        got = jax.jit(jax.vmap(lambda c, h: cosine_decay(1e-5, h)(c), in_axes=(0, None)))(count, horizon_of(steps))
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(ref))

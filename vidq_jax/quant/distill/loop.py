@@ -12,10 +12,16 @@
         step sizes at ``scale_lr`` (1e-6)
     qparams  = fold: W' + (A·B)ᵀ quantized once with the learned step sizes -> TQEWeight records
 
-One jitted step; the float targets ``S_FP`` are computed once per calibration batch. With
+One jitted step (the cosine horizon is one of its array arguments: a run of any length reuses one
+compilation); the host reads the loss terms only every ``log_every`` steps, so the device is never idle
+between steps. The float targets ``S_FP`` are computed once per calibration batch. With
 ``checkpoint_dir`` the state (trainable leaves, optimizer, step) is saved with orbax every
 ``checkpoint_every`` steps and at the end, next to ``distill.json`` (settings + loss history); a rerun with
 the same settings resumes from the latest one. The progress bar shows the loss terms.
+
+``plan`` (a time budget): the step is compiled and timed on :data:`PROBE_STEPS` throw-away steps from the
+initial state first; ``plan(timings)`` then picks the number of steps, and the run is the one
+``steps=<that number>`` would have been.
 
 The saved recipe is the preset plus one rule giving the temporal-attention layers their per-frame scale
 (:attr:`~vidq_jax.quant.config.LayerQuant.tqe_frames` = the latent frames of the calibration batches), so
@@ -32,7 +38,7 @@ import re
 import shutil
 import time
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +68,7 @@ STEPS = 1000  # the code trains 10k (W4A6) / 15k (W3A8) iterations on OpenSora
 FRAME_LAYERS = "group:temporal_attn"
 FRAME_INITS = ("ones", "saliency")
 BLOCK_NAME = "qvdit_block"  # jax.checkpoint keeps only the outputs of the transformer blocks
+PROBE_STEPS = 3  # timed throw-away steps after the compiling one, when a ``plan`` picks the step count
 
 
 @dataclasses.dataclass
@@ -71,7 +78,10 @@ class DistillResult:
     ``loss``, ``mse``, ``kl`` — means over the steps since the previous entry), the calibration loss over
     every batch before and after (``before`` / ``after``; ``None`` without ``evaluate``), ``steps`` done
     (``complete``: all of them) and training ``seconds`` (this invocation; ``seconds_all``: all invocations
-    of a resumed run), and the ``settings``."""
+    of a resumed run), the ``settings``, and where this invocation's time went (``timings``, seconds:
+    ``setup`` — calibration records, float targets, loss before; ``compile`` — the first step; ``step`` —
+    one step after it, measured on the probe with a ``plan``, else on the loop; ``train`` — the loop;
+    ``finish`` — loss after, fold)."""
 
     params: Any
     config: QuantConfig
@@ -83,6 +93,7 @@ class DistillResult:
     seconds: float
     seconds_all: float
     settings: dict[str, Any]
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def record(self) -> dict[str, Any]:
         """JSON summary (a quantized folder's ``model.json`` ``"distillation"`` entry)."""
@@ -228,23 +239,42 @@ def assemble(frozen: Any, trainable: Mapping[str, Mapping[str, jax.Array]]) -> A
     return out
 
 
+def horizon_of(steps: int) -> tuple[np.float32, np.float32]:
+    """``(steps, π / steps)`` in float32, the second as ``π · (1 / steps)``: the cosine horizon as
+    :func:`cosine_decay` takes it."""
+    return np.float32(steps), np.float32(np.pi) * (np.float32(1) / np.float32(steps))
+
+
+def cosine_decay(peak: float, horizon: tuple[Any, Any]) -> optax.Schedule:
+    """``optax.cosine_decay_schedule(peak, steps)`` (decay to 0) whose horizon ``(steps, π / steps)``
+    (:func:`horizon_of`) may be traced (optax checks it in Python and bakes it into the graph), with the
+    same float32 values: XLA compiles optax's ``π · count / steps`` with the constant ``steps`` into
+    ``count · (π · (1 / steps))``, which is what this computes from the traced pair."""
+    steps, rate = horizon
+
+    def schedule(count):
+        return peak * (0.5 * (1 + jnp.cos(jnp.minimum(count, steps) * rate)))
+
+    return schedule
+
+
 @dataclasses.dataclass(frozen=True)
 class Optimizer:
-    """AdamW (decoupled weight decay) with a cosine decay to 0 over ``steps``: peak ``lr`` for LoRA, the
-    TQE branch and the per-frame scales, ``scale_lr`` for the weight step sizes (hashable: a static
-    argument of the jitted step)."""
+    """AdamW (decoupled weight decay) with a cosine decay to 0 over ``horizon`` steps (an argument of
+    :meth:`transform`, traced in the jitted step): peak ``lr`` for LoRA, the TQE branch and the
+    per-frame scales, ``scale_lr`` for the weight step sizes (hashable: a static argument of the
+    jitted step)."""
 
     lr: float
     scale_lr: float
-    steps: int
     weight_decay: float
 
-    def transform(self, trainable: Mapping[str, Mapping[str, Any]]) -> optax.GradientTransformation:
+    def transform(self, trainable: Mapping[str, Mapping[str, Any]], horizon: tuple[Any, Any]
+                  ) -> optax.GradientTransformation:
         labels = {p: {n: "scale" if n == "scale" else "main" for n in leaves} for p, leaves in trainable.items()}
         return optax.multi_transform(
-            {"main": optax.adamw(optax.cosine_decay_schedule(self.lr, self.steps), weight_decay=self.weight_decay),
-             "scale": optax.adamw(optax.cosine_decay_schedule(self.scale_lr, self.steps),
-                                  weight_decay=self.weight_decay)},
+            {"main": optax.adamw(cosine_decay(self.lr, horizon), weight_decay=self.weight_decay),
+             "scale": optax.adamw(cosine_decay(self.scale_lr, horizon), weight_decay=self.weight_decay)},
             labels,
         )
 
@@ -270,10 +300,10 @@ def _eval_loss(trainable, frozen, batch, target, *, model, gamma):
 
 
 @functools.partial(jax.jit, static_argnames=("model", "remat", "gamma", "opt"))
-def _train_step(trainable, opt_state, frozen, batch, target, *, model, remat, gamma, opt):
+def _train_step(trainable, opt_state, frozen, batch, target, horizon, *, model, remat, gamma, opt):
     (loss, terms), grads = jax.value_and_grad(_quantized_loss, has_aux=True)(trainable, frozen, batch, target, model,
                                                                             remat, gamma)
-    updates, opt_state = opt.transform(trainable).update(grads, opt_state, trainable)
+    updates, opt_state = opt.transform(trainable, horizon).update(grads, opt_state, trainable)
     return optax.apply_updates(trainable, updates), opt_state, {"loss": loss, **terms}
 
 
@@ -308,6 +338,8 @@ def distill(
     evaluate: bool = True,
     time_limit: float | None = None,
     backend: str | None = None,
+    stats: Mapping[str, Any] | None = None,
+    plan: Callable[[dict[str, float]], int] | None = None,
 ) -> DistillResult:
     """Q-VDiT distillation of ``params`` (a float ``params`` tree, float32 compute; a ``{"params": ...}``
     wrapper is kept) on ``calib_batches`` (:class:`~vidq_jax.calibration.CalibBatch` records along float
@@ -322,7 +354,14 @@ def distill(
     ``evaluate``: the calibration loss over every batch before and after (two more forward passes per
     batch). ``time_limit`` (seconds): stop after the step that crosses it, checkpoint (with
     ``checkpoint_dir``) and return the params of the steps done (``DistillResult.complete`` False): rerun
-    the same call to resume.
+    the same call to resume. ``stats``: the calibration statistics of ``calib_batches``
+    (:func:`~vidq_jax.quant.collect_stats`) to reuse instead of collecting them again.
+
+    ``plan`` (a time budget): called once, before training, with the measured ``{"setup": s,
+    "compile": s, "step": s}`` (:attr:`DistillResult.timings`; the step compiled and timed on
+    :data:`PROBE_STEPS` throw-away steps from the initial state); returns the number of steps to train,
+    clipped to ``1..steps`` (``settings["steps"]``: the planned number). A resumed run keeps its saved
+    number and does not plan again.
     """
     if frame_init not in FRAME_INITS:
         raise VidqError(f"distill: frame_init={frame_init!r} unknown; choose one of {FRAME_INITS}")
@@ -346,6 +385,7 @@ def distill(
     cfg = distill_config(model, inner, config, frames, frame_layers)
     preset = config if isinstance(config, str) else None
 
+    t_setup = time.perf_counter()
     settings = {"config": cfg.to_dict(), "preset": preset, "steps": int(steps), "lr": float(lr),
                 "scale_lr": float(scale_lr), "rank": int(rank), "gamma": float(gamma), "frame_layers": frame_layers,
                 "frame_init": frame_init, "weight_decay": float(weight_decay), "seed": int(seed),
@@ -357,6 +397,8 @@ def distill(
         (ckpt / "distill.json").unlink(missing_ok=True)
     if ckpt is not None and resume and (ckpt / "distill.json").is_file():
         saved = json.loads((ckpt / "distill.json").read_text())
+        if plan is not None:  # the planned number of the saved run
+            steps = settings["steps"] = int(saved.get("settings", {}).get("steps", steps))
         bad = _settings_mismatch(saved.get("settings", {}), settings)
         if bad:
             raise VidqError(f"distill: {ckpt} holds a run with other settings ({', '.join(bad)}); resume with the "
@@ -364,7 +406,7 @@ def distill(
                             f"checkpoint folder")
 
     # 1. calibrated records (clip-searched scales, zero branch) and their learnable twins
-    qinit = quantize_params(inner, batches, model=model, config=cfg)
+    qinit = quantize_params(inner, batches, model=model, config=cfg, stats=stats)
     records = {p: k for p in dense_paths(qinit) if isinstance(k := get_kernel(qinit, p), TQEWeight)}
     if frame_init == "saliency":
         for p, m in saliency_frame_scales(model, inner, records, batches).items():
@@ -376,7 +418,8 @@ def distill(
     trainable0 = {p: get_kernel(frozen, p).trainable() for p in records}
     counts = {"trainable_layers": len(records),
               "trainable_params": int(sum(np.size(v) for d in trainable0.values() for v in d.values()))}
-    opt = Optimizer(float(lr), float(scale_lr), int(steps), float(weight_decay))
+    opt = Optimizer(float(lr), float(scale_lr), float(weight_decay))
+    batches = jax.tree_util.tree_map(jnp.asarray, batches)  # on the device once, not every step
     targets = [_float_output(inner, b, model=model) for b in batches]
 
     def calibration_loss(trainable) -> dict[str, float] | None:
@@ -387,7 +430,8 @@ def distill(
         return {"loss": float(np.mean([v[0] for v in vals])), "mse": float(np.mean([v[1]["mse"] for v in vals])),
                 "kl": float(np.mean([v[1]["kl"] for v in vals]))}
 
-    state = {"trainable": trainable0, "opt": opt.transform(trainable0).init(trainable0), "step": jnp.zeros((), jnp.int32)}
+    state = {"trainable": trainable0, "opt": opt.transform(trainable0, horizon_of(steps)).init(trainable0),
+             "step": jnp.zeros((), jnp.int32)}
     history: list[dict] = []
     seconds_before = 0.0
     mngr = None
@@ -422,30 +466,54 @@ def distill(
         (ckpt / "distill.json").write_text(json.dumps(
             {"settings": settings, "step": step, "seconds": seconds, "history": history}, indent=1))
 
+    def train_step(trainable, opt_state, step: int, horizon: tuple[np.float32, np.float32]):
+        i = batch_index(step)
+        return _train_step(trainable, opt_state, frozen, batches[i], targets[i], horizon, model=model,
+                           remat=bool(remat), gamma=float(gamma), opt=opt)
+
+    timings = {"setup": time.perf_counter() - t_setup}
+    if plan is not None and not saved:  # compile and time the step on throw-away steps, then plan
+        t0 = time.perf_counter()
+        probe = jax.block_until_ready(train_step(trainable, opt_state, start, horizon_of(steps)))
+        timings["compile"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for k in range(PROBE_STEPS):
+            probe = train_step(*probe[:2], start + 1 + k, horizon_of(steps))
+        jax.block_until_ready(probe)
+        timings["step"] = (time.perf_counter() - t0) / PROBE_STEPS
+        steps = settings["steps"] = min(max(int(plan(dict(timings))), 1), int(steps))
+        del probe
+    horizon = horizon_of(steps)
+
     from tqdm.auto import tqdm
 
     t_train = time.perf_counter()
-    window: list[dict] = []
+    pending: list[dict] = []  # the loss terms (device arrays) of the steps since the last history entry
     done = start
     with tqdm(total=steps, initial=start, unit="step", disable=not progress, dynamic_ncols=True,
               desc=f"distill {cfg.name}") as bar:
         for step in range(start, steps):
-            i = batch_index(step)
-            trainable, opt_state, terms = _train_step(trainable, opt_state, frozen, batches[i], targets[i], model=model,
-                                                      remat=bool(remat), gamma=float(gamma), opt=opt)
-            window.append({k: float(v) for k, v in jax.device_get(terms).items()})
+            trainable, opt_state, terms = train_step(trainable, opt_state, step, horizon)
+            pending.append(terms)
             bar.update(1)
-            bar.set_postfix({k: f"{v:.4g}" for k, v in window[-1].items()})
             done = step + 1
             out_of_time = time_limit is not None and time.perf_counter() - t_train > time_limit
             if done % log_every == 0 or done == steps or step == start or out_of_time:
+                window = [{k: float(v) for k, v in t.items()} for t in jax.device_get(pending)]  # waits for the step
+                pending = []
                 history.append({"step": done, **{k: float(np.mean([w[k] for w in window])) for k in window[0]}})
-                window = []
+                bar.set_postfix({k: f"{v:.4g}" for k, v in window[-1].items()})
+                if step == start and "compile" not in timings:
+                    timings["compile"] = time.perf_counter() - t_train
             if done % checkpoint_every == 0 or done == steps or out_of_time:
                 save(done, seconds_before + time.perf_counter() - t_train)
             if out_of_time:
                 break
     seconds = time.perf_counter() - t_train
+    timings["train"] = seconds
+    if "step" not in timings and done - start > 1:
+        timings["step"] = (seconds - timings["compile"]) / (done - start - 1)
+    t0 = time.perf_counter()
     after = calibration_loss(trainable)
 
     qparams = assemble(frozen, trainable)
@@ -453,12 +521,14 @@ def distill(
         qparams = set_kernel(qparams, p, _fold(get_kernel(qparams, p)))
     if backend is not None:
         qparams = set_backend(qparams, backend)
+    timings["finish"] = time.perf_counter() - t0
     return DistillResult(
         params=rewrap_params(qparams, wrapped), config=cfg, history=history, before=before, after=after,
         steps=done, complete=done >= steps, seconds=seconds, seconds_all=seconds_before + seconds,
-        settings={**settings, **counts},
+        settings={**settings, **counts}, timings=timings,
     )
 
 
-__all__ = ["DistillResult", "FRAME_INITS", "FRAME_LAYERS", "LR", "RANK", "SCALE_LR", "STEPS", "WEIGHT_DECAY",
-           "assemble", "block_remat", "distill", "distill_config", "latent_frames", "saliency_frame_scales"]
+__all__ = ["DistillResult", "FRAME_INITS", "FRAME_LAYERS", "LR", "PROBE_STEPS", "RANK", "SCALE_LR", "STEPS",
+           "WEIGHT_DECAY", "assemble", "block_remat", "cosine_decay", "distill", "distill_config", "horizon_of",
+           "latent_frames", "saliency_frame_scales"]
