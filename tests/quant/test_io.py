@@ -65,3 +65,20 @@ def test_fp8_folder_round_trip(quantized, tmp_path):
     apply = jax.jit(model.apply)
     np.testing.assert_array_equal(np.asarray(apply({"params": loaded}, **inputs)),
                                   np.asarray(apply({"params": qparams}, **inputs)))
+
+
+def test_qattn_folder_round_trip(quantized, tmp_path):
+    """``viditq-w8a8-qattn`` (quantized attention is a layer rule of the recipe): the folder keeps the rule,
+    and the loaded model runs the quantized attention with the same outputs as the in-memory one."""
+    model, params, qw8a8, _, inputs = quantized
+    config = QuantConfig.preset("viditq-w8a8-qattn")
+    assert any(dict(r.settings or ()).get("attn_bits") == 8 for r in config.rules)
+    qparams = quantize_params(params, [inputs], model=model, config=config)
+    out = save_quantized(tmp_path / "qa", model, qparams, arch="pixart-alpha", config=config,
+                         preset="viditq-w8a8-qattn")
+    _, loaded, meta = load_model(out)
+    assert QuantConfig.from_dict(meta["quantization"]["config"]) == config
+    apply = jax.jit(model.apply)
+    y_loaded = np.asarray(apply({"params": loaded}, **inputs))
+    np.testing.assert_array_equal(y_loaded, np.asarray(apply({"params": qparams}, **inputs)))
+    assert not np.array_equal(y_loaded, np.asarray(apply({"params": qw8a8}, **inputs)))  # the attention is quantized
