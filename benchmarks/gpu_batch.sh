@@ -9,7 +9,9 @@
 #   steps      issue 14's missing rows in one call: the stdit rows above, PixArt-XL bf16 / w8a8 / viditq-w8a8 /
 #              viditq-w8a8-qattn / viditq-fp8, and the FP8 linears at M = 32768
 #   linear32k  bench_linear at M = 32768 (the half session 7 did not reach) with the group-GEMM rows
-#   quality-<t2i|t2v|c2i>   fused-path quality (simulate vs pallas, viditq-w8a8) on one bundled model
+#   quality    fused-path quality (simulate vs pallas, viditq-w8a8) on both issue-12 models (t2i, t2v) in one call; the
+#              log's phase lines say where the time went; a cut run keeps its finished rows
+#   quality-<t2i|t2v|c2i>   the same on one bundled model
 #   rotate     the rotation kernel's latency tilings (lat_*: prefetch, persistent grids, pipelined row loops) at
 #              K = 1152 and 4608 + their device tests; winners go into pallas_kernels/ops/rotate_quantize/configs.json
 #   qdit       Q-DiT's group GEMM: gpu_check group_act, the tiling sweep (prints BEST triton_group {...} for
@@ -20,7 +22,7 @@
 # measured (the benchmarks write their JSON after every model / shape, or print one JSON line per row).
 set -u
 OUT=${OUT:?set OUT}
-STAGE=${1:?stage: baseline | stdit | steps | linear32k | rotate | qdit | quality-t2i | quality-t2v | quality-c2i | checks}
+STAGE=${1:?stage: quality | baseline | stdit | steps | linear32k | rotate | qdit | quality-t2i | quality-t2v | quality-c2i | checks}
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 [ -d .gpufix ] && export VIDQ_FIXTURES=${VIDQ_FIXTURES:-$PWD/.gpufix}
@@ -62,6 +64,9 @@ case "$STAGE" in
     step 540 linear32k $PY -m benchmarks.bench_linear --ms 32768 --only xla_bf16 xla_bf16_nobias pallas_w8a8 \
       pallas_w8a8_zp pallas_w8a8_rot_zp pallas_w4a8 pallas_fp8 xla_fp8 qdit_w4a8_pallas \
       --json "$OUT/linear32k.json" --md "$OUT/linear32k.md" ;;
+  quality)
+    step 560 quality_gpu $PY -m benchmarks.quality_backends --models t2i t2v --presets viditq-w8a8 \
+      --backends simulate pallas --images 16 --videos 4 --sqnr-samples 4 --out "$OUT/quality_backends_gpu" ;;
   quality-t2i|quality-t2v|quality-c2i)
     M=${STAGE#quality-}
     step 560 "quality_$M" $PY -m benchmarks.quality_backends --models "$M" --presets viditq-w8a8 \

@@ -54,18 +54,25 @@ INCOHERENCE_TIMESTEPS = 3  # of the calibration timesteps
 EVAL_SEED, CALIB_SEED = 0, 7
 
 
-def sample_set(dm, params, cond: dict, noise: jax.Array, chunk: int) -> np.ndarray:
+def sample_set(dm, params, cond: dict, noise: jax.Array, chunk: int, *, trajectory: bool = False):
     """Samples of every row of ``cond``/``noise`` in calls of ``chunk`` rows (the last one padded,
-    so every call has the same shapes: one compile)."""
+    so every call has the same shapes: one compile). ``trajectory``: ``(samples, trajectory)`` with the
+    latent after every step of every row, ``(steps, rows, ...)`` (``return_trajectory`` of the sampler)."""
     n = int(noise.shape[0])
     chunk = min(chunk, n)
     params = upcast_bf16(params)  # once, not per call
-    outs = []
+    outs, trajs = [], []
     for start in range(0, n, chunk):
         idx = np.arange(start, start + chunk) % n  # pad the last call with the first rows
         part = {k: v[idx] for k, v in cond.items()}
-        outs.append(dm.to_pixels(dm.sample(params, noise[idx], part))[: min(chunk, n - start)])
-    return np.concatenate(outs)
+        keep = min(chunk, n - start)
+        out = dm.sample(params, noise[idx], part, return_trajectory=trajectory)
+        if trajectory:
+            out, traj = out
+            trajs.append(traj[:, :keep])
+        outs.append(dm.to_pixels(out)[:keep])
+    x = np.concatenate(outs)
+    return (x, jnp.concatenate(trajs, axis=1)) if trajectory else x
 
 
 def _balance_key(dm, preset: str) -> tuple:
@@ -154,10 +161,14 @@ def prepare(spec: str, *, counts: dict[str, int | None], tiny: bool = False, mod
 def evaluate(setup: EvalSetup, params: Any, reference: np.ndarray | None) -> tuple[np.ndarray, dict[str, Any]]:
     """``(samples, metrics)`` of ``params`` on the setup's prompts and noise: PSNR / SSIM vs
     ``reference`` (``None``: these samples are the reference), FD / accuracy (/ motion, temporal)
-    from the feature network, ``finite``, ``sample_s``. Also returns the feature-network output."""
+    from the feature network, ``finite``, ``sample_s``, ``feature_dim``."""
     t0 = time.perf_counter()
     x = sample_set(setup.dm, params, setup.cond, setup.noise, setup.chunk)
-    sample_s = time.perf_counter() - t0
+    return x, score(setup, x, reference, time.perf_counter() - t0)
+
+
+def score(setup: EvalSetup, x: np.ndarray, reference: np.ndarray | None, sample_s: float) -> dict[str, Any]:
+    """The metrics of :func:`evaluate` of samples ``x`` (the setup's rows) that took ``sample_s`` seconds."""
     feats = setup.extractor(x)
     ref = x if reference is None else reference
     metrics = {
@@ -167,7 +178,7 @@ def evaluate(setup: EvalSetup, params: Any, reference: np.ndarray | None) -> tup
         "sample_s": sample_s,
         "feature_dim": int(feats["features"].shape[-1]),
     }
-    return x, metrics
+    return metrics
 
 
 def run_model(spec: str, *, presets: list[str], counts: dict[str, int | None], tiny: bool, backend: str,

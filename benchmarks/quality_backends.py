@@ -1,8 +1,8 @@
 """Do the fused kernels cost accuracy? One quantization, every backend, against the float model (issue 12).
 
     python -m benchmarks.quality_backends --out benchmarks/results/quality_backends_cpu        # CPU half
-    python -m benchmarks.quality_backends --backends simulate xla pallas --videos 8 --per-class 4 \\
-        --out $OUT/quality_backends_gpu                                                         # GPU half
+    python -m benchmarks.quality_backends --models t2i t2v --presets viditq-w8a8 --backends simulate pallas \\
+        --images 16 --videos 4 --sqnr-samples 4 --out $OUT/quality_backends_gpu                  # GPU half
     python -m benchmarks.quality_backends --merge benchmarks/results/quality_backends_cpu.json \\
         quality_backends_gpu.json --out benchmarks/results/quality_backends                     # one table
     python -m benchmarks.quality_backends --tiny --models /tmp/t2i/model                          # smoke run
@@ -11,7 +11,8 @@ Per bundled model (:func:`benchmarks.quality.prepare`: the same evaluation promp
 ``benchmarks/quality.py``) and preset (``--presets``, default ``viditq-w8a8``) the params are quantized ONCE
 (same integers for every backend: :func:`vidq_jax.quant.set_backend`); then for each backend of
 ``--backends`` (``simulate`` = float32 fake quantization, the numerics reference; ``xla`` = integer
-``dot_general``; ``pallas`` = the fused kernels, only where a GPU is present, else skipped with a note):
+``dot_general``; ``pallas`` = the fused kernels, only where a GPU is present, else skipped with a note; the
+reference backend runs first):
 
 * samples from the same noise as the float model: PSNR / SSIM vs the float samples (and FD / accuracy from
   the shipped feature network, :func:`benchmarks.quality.evaluate`);
@@ -27,28 +28,41 @@ Per bundled model (:func:`benchmarks.quality.prepare`: the same evaluation promp
 Float matmuls run at ``--matmul-precision`` (default ``highest``: true float32 on a GPU too, so the float
 reference and ``simulate`` mean the same on both machines). Every row carries the device, JAX version and
 date; ``--merge`` joins the JSON of runs on different machines (the CPU half here, the GPU half there)
-into one table. Writes ``benchmarks/results/quality_backends.{json,md}`` (``--out`` changes the stem).
+into one table. Writes ``benchmarks/results/quality_backends.{json,md}`` (``--out`` changes the stem) after
+every (model, backend) row, so a run cut short keeps what it measured.
+
+Cost (a GPU call is short and its time goes to compiling): on a GPU every model call runs batches of the
+calibration's prompt batch, so one float sampler program serves the calibration, the evaluation samples and the
+SQNR trajectory (taken from the evaluation run, not sampled again) and every quantized program has the same
+kernel shapes; each backend compiles one sampler and one denoiser, whatever the sample and step counts; the
+float and reference denoiser outputs along the trajectory are computed once for every backend. Each phase logs
+a line when it starts and one when it ends: its wall seconds, the part spent compiling (JAX's compile events),
+the number of compiles and the slowest compiled functions (also in the JSON, ``models.<name>.phases``); killed
+by ``timeout`` (SIGTERM), the script prints its Python stack first.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
+import faulthandler
 import json
 import logging
 import os
 import platform
+import signal
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import jax
 import numpy as np
 
 from benchmarks.common import REPO, environment, mark_toy, results_path, title
-from benchmarks.quality import (COUNTS, TINY_COUNTS, add_model_args, add_per_class_arg, describe_eval_set, evaluate,
-                                prepare, setup_info)
+from benchmarks.quality import (COUNTS, TINY_COUNTS, EvalSetup, add_model_args, add_per_class_arg, describe_eval_set,
+                                evaluate, prepare, sample_set, score, setup_info)
 from vidq_jax.bundled import TASK_TITLE, upcast_bf16
 from vidq_jax.eval.fidelity import denoiser_sqnr_by_step, step_summary
 from vidq_jax.eval.quality import psnr
@@ -60,6 +74,7 @@ DEFAULT_BACKENDS = ["simulate", "xla", "pallas"]
 SQNR_SAMPLES = {"t2i": 4, "t2v": 1, "c2i": 3}  # evaluation rows whose float trajectory the SQNR runs on (CPU sizes)
 TINY_SQNR_SAMPLES = {"t2i": 1, "t2v": 1, "c2i": 1}
 JITTER = 1e-6  # relative input change of the rounding floor (denoiser_sqnr_by_step(jitter=))
+_STARTED = time.perf_counter()
 
 
 def pallas_unavailable() -> str | None:
@@ -94,42 +109,125 @@ def fallbacks() -> Iterator[list[str]]:
         quant_backends._LOGGED.update(seen)
 
 
-def run_model(spec: str, *, presets: list[str], backends: list[str], counts: dict[str, int | None],
-              sqnr_samples: int | None, tiny: bool, models_dir: str | None = None,
-              env_row: dict | None = None) -> tuple[list[dict], dict]:
-    """Rows of every (preset, backend) on one model (see the module docstring)."""
-    t_model = time.perf_counter()
-    setup = prepare(spec, counts=counts, tiny=tiny, models_dir=models_dir)
-    dm = setup.dm
-    x_fp, fp_metrics = evaluate(setup, dm.params, None)
-    print(f"  {dm.name:22s} fp  [{fp_metrics['sample_s']:.0f} s]", flush=True)
+class Phases:
+    """Wall seconds of each phase of a run and the part of them spent compiling: the union of the spans of
+    JAX's compile events (tracing, lowering to MLIR, the backend compile; :mod:`jax.monitoring`) inside the
+    phase, the number of backend compiles and the functions whose compiles took longest. ``with
+    phases("fp sample"): ...`` prints a line when the phase starts (seconds since the script started) and one
+    when it ends (a run cut short still shows where its time went); :attr:`rows` is the JSON."""
 
-    # the float trajectory of the first rows: every step's model inputs (both CFG halves)
+    EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
+              "/jax/core/compile/backend_compile_duration")
+
+    def __init__(self, label: str = "") -> None:
+        self.label = label
+        self.rows: list[dict[str, Any]] = []
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        spans: list[tuple[float, float]] = []
+        compiled: list[tuple[str, float]] = []  # (function, backend compile seconds)
+
+        def listen(event: str, start: float, end: float, **kw: Any) -> None:
+            if event in self.EVENTS:
+                spans.append((start, end))
+            if event == self.EVENTS[-1]:
+                compiled.append((str(kw.get("fun_name", "?")), end - start))
+
+        jax.monitoring.register_event_time_span_listener(listen)
+        t0 = time.perf_counter()
+        print(f"  {self.label:22s} [{name}] starts at {t0 - _STARTED:.0f} s", flush=True)
+        try:
+            yield
+        finally:
+            wall = time.perf_counter() - t0
+            jax.monitoring.unregister_event_time_span_listener(listen)
+            busy, last = 0.0, float("-inf")  # length of the union of the (possibly nested) spans
+            for a, b in sorted(spans):
+                busy += max(0.0, b - max(a, last))
+                last = max(last, b)
+            by_fun: dict[str, float] = {}
+            for fun, sec in compiled:
+                by_fun[fun] = by_fun.get(fun, 0.0) + sec
+            slowest = dict(sorted(by_fun.items(), key=lambda kv: -kv[1])[:3])
+            row = {"phase": name, "wall_s": wall, "compile_s": min(busy, wall), "compiles": len(compiled),
+                   "slowest_compiles_s": slowest}
+            self.rows.append(row)
+            print(f"  {self.label:22s} [{name}] {wall:.1f} s: compile {row['compile_s']:.1f} s ({len(compiled)} "
+                  f"compiles; " + ", ".join(f"{k} {v:.1f} s" for k, v in slowest.items()) + f"), run "
+                  f"{wall - row['compile_s']:.1f} s", flush=True)
+
+
+def trajectory_inputs(setup: EvalSetup, trajectory: jax.Array, n: int) -> list:
+    """The model inputs (both CFG halves) of every step of the float trajectory of the first ``n`` evaluation
+    rows, in batches of ``setup.chunk`` rows: the shapes every other model call of the run has. All on the
+    default device, committed: a jitted function compiles once per placement of its arguments, and step 0's
+    noise (uncommitted) would otherwise compile every denoiser twice."""
+    dm, out, device = setup.dm, [], jax.devices()[0]
+    for start in range(0, n, setup.chunk):
+        rows = slice(start, min(start + setup.chunk, n))
+        out += [dataclasses.replace(b, batch=jax.device_put(b.batch, device)) for b in dm.trajectory_calibration(
+            setup.noise[rows], trajectory[:, rows], {k: v[rows] for k, v in setup.cond.items()}, every_k_steps=1)]
+    return out
+
+
+def run_model(spec: str, *, presets: list[str], backends: list[str], counts: dict[str, int | None],
+              sqnr_samples: int | None, tiny: bool, models_dir: str | None = None, env_row: dict | None = None,
+              save: Callable[[list[dict], dict], None] | None = None) -> tuple[list[dict], dict]:
+    """Rows of every (preset, backend) on one model (see the module docstring); ``save(rows, models)`` after
+    every row (a run cut short keeps what it measured).
+
+    Compiles stay few and independent of the sample and step counts: every model call runs batches of the
+    calibration's prompt batch (``setup.chunk``; fewer rows on a CPU where quality.py samples fewer), so the
+    float sampler compiled for the calibration also samples the evaluation set, with its trajectory (no second
+    float run for the SQNR inputs); each backend compiles its sampler and its denoiser once; the float and
+    reference denoiser outputs along the trajectory are computed once for every backend
+    (``denoiser_sqnr_by_step(outputs=)``)."""
+    t_model = time.perf_counter()
+    phases = Phases(str(spec))
+    with phases("prepare (calibration, statistics)"):
+        setup = prepare(spec, counts=counts, tiny=tiny, models_dir=models_dir)
+    dm = setup.dm
+    phases.label = dm.name
+    # model calls in batches of at most the calibration's prompt batch (a GPU: exactly that, one program and one
+    # set of kernel shapes for every phase; a CPU keeps quality.py's smaller batches, faster per sample there)
+    setup = dataclasses.replace(setup, chunk=min(setup.chunk, len(setup.calib_prompts)))
     n = min(sqnr_samples or (TINY_SQNR_SAMPLES if tiny else SQNR_SAMPLES)[dm.task], len(setup.prompts))
-    noise = setup.noise[:n]
-    cond = {k: v[:n] for k, v in setup.cond.items()}
-    _, traj = dm.sample(dm.params, noise, cond, return_trajectory=True)
-    steps_in = dm.trajectory_calibration(noise, traj, cond, every_k_steps=1)
-    channels = int(noise.shape[-1])
+    with phases("fp sample"):
+        t0 = time.perf_counter()
+        x_fp, traj = sample_set(dm, dm.params, setup.cond, setup.noise, setup.chunk, trajectory=True)
+        fp_metrics = score(setup, x_fp, None, time.perf_counter() - t0)
+        steps_in = trajectory_inputs(setup, traj, n)
+    del traj
+    channels = int(setup.noise.shape[-1])
+
+    def info() -> dict:
+        return {dm.name: {**setup_info(setup), "arch": dm.name, "batch_rows": setup.chunk,
+                          "fp": {k: fp_metrics[k] for k in ("fd", "cond_acc", "sample_s")},
+                          "seconds": time.perf_counter() - t_model, "phases": phases.rows}}
 
     ref_backend = "simulate" if "simulate" in backends else backends[0]
     rows: list[dict] = []
     for preset in presets:
         t0 = time.perf_counter()
-        q = jax.block_until_ready(dm.quantize(preset, setup.calib, backend=ref_backend, stats=setup.stats))
+        with phases(f"quantize {preset}"):
+            q = jax.block_until_ready(dm.quantize(preset, setup.calib, backend=ref_backend, stats=setup.stats))
         quantize_s = time.perf_counter() - t0
+        ref_params = upcast_bf16(set_backend(q, ref_backend))
+        outputs: dict = {}  # the float and reference denoiser outputs along the trajectory, for every backend
         samples: dict[str, np.ndarray] = {}
-        metrics: dict[str, dict] = {}
-        fell: dict[str, list[str]] = {}
-        for be in backends:
-            with fallbacks() as fell[be]:
-                samples[be], metrics[be] = evaluate(setup, set_backend(q, be), x_fp)
-        t0 = time.perf_counter()  # every backend's denoiser vs the float one and vs the reference backend
-        sq = denoiser_sqnr_by_step(dm.model, dm.compute_params, {be: upcast_bf16(set_backend(q, be)) for be in backends},
-                                   steps_in, channels=channels, versus=ref_backend, jitter=JITTER)
-        sqnr_s = time.perf_counter() - t0
-        for be in backends:
-            m = metrics[be]
+        for be in [ref_backend] + [b for b in backends if b != ref_backend]:
+            qb = set_backend(q, be)
+            with fallbacks() as fell:
+                with phases(f"sample {be}"):
+                    samples[be], m = evaluate(setup, qb, x_fp)
+                t0 = time.perf_counter()  # the backend's denoiser vs the float one and vs the reference backend
+                with phases(f"sqnr {be}"):
+                    sq = denoiser_sqnr_by_step(dm.model, dm.compute_params, {ref_backend: ref_params,
+                                                                             be: upcast_bf16(qb)},
+                                               steps_in, channels=channels, versus=ref_backend, jitter=JITTER,
+                                               outputs=outputs)
+                sqnr_s = time.perf_counter() - t0
             s = step_summary(sq["sqnr_db"][be], sq["steps"], sq["timesteps"])
             row: dict[str, Any] = {
                 "model": dm.name, "task": dm.task, "preset": preset, "backend": be,
@@ -143,7 +241,7 @@ def run_model(spec: str, *, presets: list[str], backends: list[str], counts: dic
                 "steps": sq["steps"], "timesteps": sq["timesteps"],
                 "reference_backend": ref_backend,
                 "rounding_floor_db": sq["floor"], "rounding_floor_mean": float(np.mean(sq["floor"])),
-                "fallbacks": fell[be],
+                "fallbacks": fell,
                 "quantize_s": quantize_s, "sample_s": m["sample_s"], "sqnr_s": sqnr_s,
             }
             if be != ref_backend:
@@ -158,9 +256,9 @@ def run_model(spec: str, *, presets: list[str], backends: list[str], counts: dic
                   f"SQNR mean {s['mean']:5.1f} min {s['min']:5.1f} (step {s['worst_step']})"
                   + (f"  max|Δ| vs {ref_backend} {row['max_abs_diff_vs_ref']:.2e}" if be != ref_backend else "")
                   + (f"  fallbacks: {len(row['fallbacks'])}" if row["fallbacks"] else ""), flush=True)
-    info = {**setup_info(setup), "arch": dm.name, "fp": {k: fp_metrics[k] for k in ("fd", "cond_acc", "sample_s")},
-            "seconds": time.perf_counter() - t_model}
-    return rows, {dm.name: info}
+            if save is not None:
+                save(rows, info())
+    return rows, info()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -325,24 +423,32 @@ def main(argv: list[str] | None = None) -> int:
                "date": env["date"], "cpu": platform.processor() or platform.machine()}
     counts = {"t2i": args.images, "t2v": args.videos, "c2i": args.per_class}
     rows, models = [], {}
-    for i, spec in enumerate(args.models):
+
+    def save(model_rows: list[dict], model_info: dict, complete: bool = False) -> None:
+        """The JSON and table of what is measured so far: after every (model, backend) row."""
+        done = {**models, **model_info}
+        run = {**env_row, "cpu_count": os.cpu_count(), "backends": backends, "presets": args.presets,
+               "matmul_precision": args.matmul_precision, "tiny": args.tiny, "total_s": time.perf_counter() - t0,
+               "models_done": len(models) + complete, "complete": complete and len(done) == len(args.models),
+               "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+        write(out, {"runs": [run], "models": done, "rows": rows + mark_toy(model_rows, args.tiny), "notes": notes})
+
+    for spec in args.models:
         print(spec, flush=True)
         try:
             r, info = run_model(spec, presets=args.presets, backends=backends, counts=counts,
                                 sqnr_samples=args.sqnr_samples, tiny=args.tiny, models_dir=args.models_dir,
-                                env_row=env_row)
+                                env_row=env_row, save=save)
         except ModelMissing as e:
             print(f"quality_backends.py: {e}")
             return 2
-        rows += mark_toy(r, args.tiny)
+        save(r, info, complete=True)
+        rows += r
         models.update(info)
-        done = i + 1 == len(args.models)  # written after every model: a run cut short keeps what it measured
-        run = {**env_row, "cpu_count": os.cpu_count(), "backends": backends, "presets": args.presets,
-               "matmul_precision": args.matmul_precision, "tiny": args.tiny, "total_s": time.perf_counter() - t0,
-               "models_done": len(models), "complete": done,
-               "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-        write(out, {"runs": [run], "models": models, "rows": rows, "notes": notes})
     return 0
 
+
 if __name__ == "__main__":
+    if hasattr(faulthandler, "register"):  # killed by a time limit (`timeout`): the Python stack says where
+        faulthandler.register(signal.SIGTERM, chain=True)
     raise SystemExit(main())

@@ -1,5 +1,7 @@
 """benchmarks.quality_backends in its tiny mode on a stand-in model: one quantization, every backend, the
-per-step denoiser SQNR, the CPU-skip of pallas, and --merge of two runs' JSON into one table."""
+per-step denoiser SQNR, the CPU-skip of pallas, the JSON after every row, the per-phase compile / run seconds
+(one sampler and one denoiser compile per backend, whatever the batch count), and --merge of two runs' JSON into
+one table."""
 
 import json
 import math
@@ -9,9 +11,28 @@ import runpy
 def test_quality_backends_tiny_and_merge(standin_c2i, tmp_path):
     bench = runpy.run_module("benchmarks.quality_backends", run_name="quality_backends_bench", alter_sys=True)
     cpu = tmp_path / "cpu"
-    assert bench["main"](["--models", str(standin_c2i), "--tiny", "--backends", "simulate", "xla", "pallas",
-                          "--out", str(cpu)]) == 0
+    module = bench["main"].__globals__
+    written, write = [], module["write"]
+    module["write"] = lambda out, data: (written.append([(r["backend"], data["runs"][0]["complete"])
+                                                         for r in data["rows"]]), write(out, data))
+    try:
+        assert bench["main"](["--models", str(standin_c2i), "--tiny", "--backends", "xla", "simulate", "pallas",
+                              "--out", str(cpu)]) == 0
+    finally:
+        module["write"] = write
+    # written after every row (the reference backend first), complete after the model's last
+    assert written == [[("simulate", False)], [("simulate", False), ("xla", False)],
+                       [("simulate", True), ("xla", True)]]
     data = json.loads(cpu.with_suffix(".json").read_text())
+    info = data["models"]["dit-emoji-32"]
+    phases = {p["phase"]: p for p in info["phases"]}
+    assert info["samples"] > info["batch_rows"]  # several sampler calls per backend ...
+    for be in ("simulate", "xla"):  # ... one compile of its sampler
+        assert phases[f"sample {be}"]["compiles"] == 1
+        assert "jit(sample_loop)" in phases[f"sample {be}"]["slowest_compiles_s"]
+    # the reference's SQNR: the float and the simulate denoiser, the error sums, the jitter; then one denoiser each
+    assert phases["sqnr simulate"]["compiles"] <= 4 and phases["sqnr xla"]["compiles"] == 1
+    assert all(0 <= p["compile_s"] <= p["wall_s"] for p in phases.values())
     rows = data["rows"]
     assert [(r["preset"], r["backend"]) for r in rows] == [("viditq-w8a8", "simulate"), ("viditq-w8a8", "xla")]
     assert any("`pallas` skipped" in n for n in data["notes"])  # no GPU here: skipped with a note

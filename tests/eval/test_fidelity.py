@@ -106,3 +106,12 @@ def test_denoiser_sqnr_by_step():
     assert s == {"mean": pytest.approx(67 / 3), "min": 12.0, "worst_step": 1, "worst_timestep": 800.0}
     with pytest.raises(ValueError, match="versus"):
         denoiser_sqnr_by_step(Scale(), fp, {"q": noisy}, batches, versus="simulate")
+    # outputs=: one variant per call, the float / reference / jittered outputs computed once and reused
+    memo: dict = {}
+    kw = dict(channels=2, versus="fp", jitter=1e-3, outputs=memo)
+    first = denoiser_sqnr_by_step(Scale(), fp, {"fp": fp}, batches, **kw)
+    assert first["floor"] == out["floor"] and "q" not in first["sqnr_db"]
+    assert denoiser_sqnr_by_step(Scale(), fp, {"fp": fp, "q": noisy}, batches, **kw) == out
+    assert len(memo) == 4 and all(len(v) == len(batches) for v in memo.values())
+    memo["q"] = {j: jnp.zeros_like(v) for j, v in memo["q"].items()}  # reused, not recomputed
+    assert denoiser_sqnr_by_step(Scale(), fp, {"fp": fp, "q": noisy}, batches, **kw)["sqnr_db"]["q"] == [0.0] * 3

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -135,6 +136,27 @@ def incoherence_by_timestep(model, params: Any, qparams: Any, calib_batches: Seq
     return {"timesteps": ts, "layers": layers, "summary": summary}
 
 
+_DENOISERS: dict[int, tuple[Any, Any]] = {}
+
+
+def _denoiser(model) -> Any:
+    """``model``'s jitted ``(params, batch) -> output``, one per model: every call of
+    :func:`denoiser_sqnr_by_step` on it reuses the programs compiled by the earlier ones."""
+    entry = _DENOISERS.get(id(model))
+    if entry is None or entry[0] is not model:
+        entry = (model, jax.jit(lambda p, b: model.apply({"params": p}, **b)))
+        _DENOISERS[id(model)] = entry
+    return entry[1]
+
+
+@functools.partial(jax.jit, static_argnames="channels")
+def _error_sums(ref: jax.Array, out: jax.Array, channels: int | None) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(‖ref‖², ‖out − ref‖², max|out − ref|)`` over the first ``channels`` channels, in float32."""
+    ref = ref[..., :channels].astype(jnp.float32)
+    d = out[..., :channels].astype(jnp.float32) - ref
+    return jnp.sum(jnp.square(ref)), jnp.sum(jnp.square(d)), jnp.max(jnp.abs(d))
+
+
 def denoiser_sqnr_by_step(
     model,
     params: Any,
@@ -144,6 +166,7 @@ def denoiser_sqnr_by_step(
     channels: int | None = None,
     versus: str | None = None,
     jitter: float | None = None,
+    outputs: dict | None = None,
 ) -> dict[str, Any]:
     """Per-step SQNR (dB) of each variant's denoiser output against the float one, on the model inputs
     of ``batches`` (:class:`vidq_jax.calibration.CalibBatch` records, e.g. every step of a float
@@ -155,51 +178,62 @@ def denoiser_sqnr_by_step(
     kernel backend against ``simulate``). ``jitter`` (with ``versus``): also the ``versus`` variant on
     inputs scaled by ``1 + jitter`` against itself (``"floor"``): how far float rounding alone moves a
     quantized model (flipped rounding decisions of its activation quantizers), the floor below which
-    two backends' differences are rounding, not a wrong kernel. Returns ``{"steps", "timesteps", "sqnr_db": {name: [per
-    step]}, "max_abs": {name: [per step]}}`` (+ ``"sqnr_vs"``, ``"max_abs_vs"`` with ``versus``, ``"floor"``
-    with ``jitter``);
-    the steps in the batches' order, several batches of one step pooled."""
+    two backends' differences are rounding, not a wrong kernel. ``outputs``: a dict the caller keeps
+    between calls on the same ``batches``: the float model's and every variant's outputs (by name; a name
+    must mean the same params in every call) are computed once and reused, e.g. one backend per call against
+    the same float model and ``versus`` variant. The model is compiled once per params structure, whatever
+    the number of steps, and the sums stay on the device until the end. Returns ``{"steps", "timesteps",
+    "sqnr_db": {name: [per step]}, "max_abs": {name: [per step]}}`` (+ ``"sqnr_vs"``, ``"max_abs_vs"`` with
+    ``versus``, ``"floor"`` with ``jitter``); the steps in the batches' order, several batches of one step
+    pooled."""
     if versus is not None and versus not in variants:
         raise ValueError(f"versus={versus!r} is not one of the variants {sorted(variants)}")
-    apply = jax.jit(lambda p, b: model.apply({"params": p}, **b))
-    sl = (Ellipsis, slice(None, channels))
+    apply = _denoiser(model)
+    batches = list(batches)
     steps: list[int] = []
-    sums: dict[str, list[list[float]]] = {}  # per key, per step: [signal, noise, max_abs]
-
-    def add(key: str, i: int, ref: jax.Array, out: jax.Array) -> None:
-        acc = sums.setdefault(key, [])
-        while len(acc) <= i:
-            acc.append([0.0, 0.0, 0.0])
-        d = out - ref
-        acc[i][0] += float(jnp.sum(jnp.square(ref)))
-        acc[i][1] += float(jnp.sum(jnp.square(d)))
-        acc[i][2] = max(acc[i][2], float(jnp.max(jnp.abs(d))))
-
     timesteps: list[float] = []
     for b in batches:
         if b.step not in steps:
             steps.append(b.step)
             timesteps.append(float(b.timestep))
+    sums: dict[str, list[list[tuple]]] = {}  # per key, per step: (signal, noise, max_abs) of each batch
+
+    def add(key: str, i: int, ref: jax.Array, out: jax.Array) -> None:
+        sums.setdefault(key, [[] for _ in steps])[i].append(_error_sums(ref, out, channels))
+
+    for j, b in enumerate(batches):
+        memo = outputs if outputs is not None else {}
+
+        def output(name: Any, p: Any, batch: dict) -> jax.Array:  # name None: the float model
+            done = memo.setdefault(name, {})
+            if j not in done:
+                done[j] = apply(p, batch)
+            return done[j]
+
         i = steps.index(b.step)
-        ref = apply(params, b.batch)[sl].astype(jnp.float32)
-        outs = {n: apply(p, b.batch)[sl].astype(jnp.float32) for n, p in variants.items()}
+        ref = output(None, params, b.batch)
+        outs = {n: output(n, p, b.batch) for n, p in variants.items()}
         for n, out in outs.items():
             add(n, i, ref, out)
             if versus is not None and n != versus:
                 add(f"vs:{n}", i, outs[versus], out)
         if versus is not None and jitter is not None:
-            moved = apply(variants[versus], {**b.batch, "x": b.batch["x"] * (1.0 + jitter)})[sl].astype(jnp.float32)
+            moved = output(("jitter", versus, jitter), variants[versus],
+                           {**b.batch, "x": b.batch["x"] * (1.0 + jitter)})
             add("floor", i, outs[versus], moved)
 
     def db(sig: float, noise: float) -> float:
         return float("inf") if noise == 0.0 else float(10.0 * np.log10(max(sig, _EPS) / noise))
 
+    host = jax.device_get(sums)  # one transfer at the end
+    totals = {key: [(sum(float(a[0]) for a in per), sum(float(a[1]) for a in per), max(float(a[2]) for a in per))
+                    for per in acc] for key, acc in host.items()}
     out: dict[str, Any] = {"steps": steps, "timesteps": timesteps, "sqnr_db": {}, "max_abs": {}}
     if versus is not None:
         out.update(versus=versus, sqnr_vs={}, max_abs_vs={})
-    if "floor" in sums:
-        out["floor"] = [db(a[0], a[1]) for a in sums.pop("floor")]
-    for key, acc in sums.items():
+    if "floor" in totals:
+        out["floor"] = [db(a[0], a[1]) for a in totals.pop("floor")]
+    for key, acc in totals.items():
         vs = key.startswith("vs:")
         name = key[3:] if vs else key
         out["sqnr_vs" if vs else "sqnr_db"][name] = [db(a[0], a[1]) for a in acc]
