@@ -12,6 +12,8 @@
 #   quality    fused-path quality (simulate vs pallas, viditq-w8a8) on both issue-12 models (t2i, t2v) in one call; the
 #              log's phase lines say where the time went; a cut run keeps its finished rows
 #   quality-<t2i|t2v|c2i>   the same on one bundled model
+#   qvdit      the Q-VDiT vs ViDiT-Q table at size on the bundled video model (32 videos; distillation steps planned
+#              to finish within the call, the same for both presets; rows written as they finish)
 #   rotate     the rotation kernel's latency tilings (lat_*: prefetch, persistent grids, pipelined row loops) at
 #              K = 1152 and 4608 + their device tests; winners go into pallas_kernels/ops/rotate_quantize/configs.json
 #   qdit       Q-DiT's group GEMM: gpu_check group_act, the tiling sweep (prints BEST triton_group {...} for
@@ -22,7 +24,7 @@
 # measured (the benchmarks write their JSON after every model / shape, or print one JSON line per row).
 set -u
 OUT=${OUT:?set OUT}
-STAGE=${1:?stage: quality | baseline | stdit | steps | linear32k | rotate | qdit | quality-t2i | quality-t2v | quality-c2i | checks}
+STAGE=${1:?stage: quality | qvdit | baseline | stdit | steps | linear32k | rotate | qdit | quality-t2i | quality-t2v | quality-c2i | checks}
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 [ -d .gpufix ] && export VIDQ_FIXTURES=${VIDQ_FIXTURES:-$PWD/.gpufix}
@@ -67,6 +69,9 @@ case "$STAGE" in
   quality)
     step 560 quality_gpu $PY -m benchmarks.quality_backends --models t2i t2v --presets viditq-w8a8 \
       --backends simulate pallas --images 16 --videos 4 --sqnr-samples 4 --out "$OUT/quality_backends_gpu" ;;
+  qvdit)
+    step 585 qvdit $PY -m benchmarks.quality_qvdit --videos 32 --time-limit 530 --no-progress \
+      --out "$OUT/quality_qvdit" ;;
   quality-t2i|quality-t2v|quality-c2i)
     M=${STAGE#quality-}
     step 560 "quality_$M" $PY -m benchmarks.quality_backends --models "$M" --presets viditq-w8a8 \
