@@ -5,8 +5,8 @@
 #
 #   baseline   the fair bf16 question: the PixArt-XL step and three linears with XLA's default GEMM path and with
 #              XLA_FLAGS=--xla_gpu_enable_cublaslt=true (bias in a cuBLASLt epilogue); two processes, same call
-#   stdit      STDiT-XL rows cut in session 7: bf16, viditq-w4a8, viditq-w8a8-qattn (Mosaic attention by auto), viditq-fp8
-#   steps      issue 14's missing rows in one call: the stdit rows above, PixArt-XL bf16 / w8a8 / viditq-w8a8 /
+#   steps      issue 14's rows in one call: STDiT-XL bf16, viditq-w4a8, viditq-w8a8-qattn (Mosaic attention by auto),
+#              viditq-fp8; PixArt-XL bf16 / w8a8 / viditq-w8a8 /
 #              viditq-w8a8-qattn / viditq-fp8, and the FP8 linears at M = 32768
 #   linear32k  bench_linear at M = 32768 (the half session 7 did not reach) with the group-GEMM rows
 #   quality    fused-path quality (simulate vs pallas, viditq-w8a8) on both issue-12 models (t2i, t2v) in one call; the
@@ -24,7 +24,7 @@
 # measured (the benchmarks write their JSON after every model / shape, or print one JSON line per row).
 set -u
 OUT=${OUT:?set OUT}
-STAGE=${1:?stage: quality | qvdit | baseline | stdit | steps | linear32k | rotate | qdit | quality-t2i | quality-t2v | quality-c2i | checks}
+STAGE=${1:?stage: quality | qvdit | baseline | steps | linear32k | rotate | qdit | quality-t2i | quality-t2v | quality-c2i | checks}
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 [ -d .gpufix ] && export VIDQ_FIXTURES=${VIDQ_FIXTURES:-$PWD/.gpufix}
@@ -50,10 +50,6 @@ case "$STAGE" in
     XLA_FLAGS="--xla_gpu_enable_cublaslt=true ${XLA_FLAGS:-}" step 215 e2e_cublaslt $PY "${E2E[@]}" \
       --out "$OUT/e2e_cublaslt.json"
     rm -f "$OUT"/e2e_*.md ;;
-  stdit)
-    step 560 e2e_stdit $PY -m benchmarks.bench_e2e --models stdit \
-      --variants bf16,viditq-w4a8,viditq-w8a8-qattn,viditq-fp8 --out "$OUT/e2e_stdit.json"
-    rm -f "$OUT"/e2e_stdit.md ;;
   steps)
     step 300 e2e_stdit $PY -m benchmarks.bench_e2e --models stdit \
       --variants bf16,viditq-w4a8,viditq-w8a8-qattn,viditq-fp8 --out "$OUT/e2e_stdit.json"
@@ -66,17 +62,14 @@ case "$STAGE" in
     step 540 linear32k $PY -m benchmarks.bench_linear --ms 32768 --only xla_bf16 xla_bf16_nobias pallas_w8a8 \
       pallas_w8a8_zp pallas_w8a8_rot_zp pallas_w4a8 pallas_fp8 xla_fp8 qdit_w4a8_pallas \
       --json "$OUT/linear32k.json" --md "$OUT/linear32k.md" ;;
-  quality)
-    step 560 quality_gpu $PY -m benchmarks.quality_backends --models t2i t2v --presets viditq-w8a8 \
-      --backends simulate pallas --images 16 --videos 4 --sqnr-samples 4 --out "$OUT/quality_backends_gpu" ;;
   qvdit)
     step 585 qvdit $PY -m benchmarks.quality_qvdit --videos 32 --time-limit 530 --no-progress \
       --out "$OUT/quality_qvdit" ;;
-  quality-t2i|quality-t2v|quality-c2i)
-    M=${STAGE#quality-}
-    step 560 "quality_$M" $PY -m benchmarks.quality_backends --models "$M" --presets viditq-w8a8 \
+  quality|quality-t2i|quality-t2v|quality-c2i)
+    M=${STAGE#quality}; M=${M#-}; M=${M:-t2i t2v}
+    step 560 "quality_${M// /_}" $PY -m benchmarks.quality_backends --models $M --presets viditq-w8a8 \
       --backends simulate pallas --images 16 --videos 4 --per-class 2 --sqnr-samples 4 \
-      --out "$OUT/quality_backends_gpu_$M" ;;
+      --out "$OUT/quality_backends_gpu_${M// /_}" ;;
   rotate)
     step 100 rotate_gpu_tests $PY -m pytest -q -p no:cacheprovider -m gpu tests/kernels/test_rotate_quantize.py \
       -k "prefetch or packed"
