@@ -21,6 +21,11 @@ epilogues through the Dense seam.
 
     python -m benchmarks.bench_e2e --variants bf16,w8a8,viditq-w8a8,viditq-w4a8,dynamic-fp8,viditq-fp8 --profile 2
 
+``NAME@opt=val[+opt=val]``: the variant ``NAME`` traced with the kernels' debug options forced
+(``$PALLAS_KERNELS_DEBUG``, read at trace time; e.g. ``viditq-w8a8@fuse_producer=0``: the rotated inputs'
+producers as XLA passes, the A/B of the fused producer in the same run); the quantized params of one
+``NAME`` are made once and shared by its ``@`` rows.
+
 Writes ``benchmarks/results/e2e.json`` and ``e2e.md`` (rows: model × method with ``gpu``,
 ``jax_version``, ``date``, times, ``speedup_vs_bf16``, weight bytes and their ratio to bf16).
 """
@@ -29,12 +34,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
+from pallas_kernels._debug import DEBUG_ENV
 from benchmarks.common import REPO, environment, median_time, peak_memory_bytes, results_path, title
 from benchmarks.xl_step import VARIANTS, build, profile_variant, step_fn, summarize
 from vidq_jax.checkpoint import params_nbytes
@@ -74,15 +81,25 @@ def run(model_name: str, variants: list[str], iters: int, tiny: bool = False, pr
     base_bytes = params_nbytes(params)
     base_linear = linear_weight_bytes(model, params)
     rows, base_ms = [], None
+    user_debug = os.environ.get(DEBUG_ENV, "")  # the caller's own debug options stay in force
+    made: dict = {}  # quantized params per base variant, shared by its "@" rows
     for name in variants:
-        config = variant_config(name)
+        base, _, debug = name.partition("@")
+        os.environ[DEBUG_ENV] = ",".join(filter(None, [user_debug, debug.replace("+", ",")]))
+        if debug:
+            step = step_fn(model)  # a fresh jit: the debug options are read at trace time
+        config = variant_config(base)
         if config is None:
             p = params
+        elif base in made:
+            p = made[base]
         else:
             t0 = time.perf_counter()
             p = quantize_params(params, [inputs], model=model, config=config)
             jax.block_until_ready(p)
             print(f"[{model_name}/{name}] quantized in {time.perf_counter() - t0:.1f} s", flush=True)
+            if any(v.partition("@")[0] == base for v in variants[variants.index(name) + 1:]):
+                made[base] = p
         t0 = time.perf_counter()
         out = step(p, inputs, 4.5)
         jax.block_until_ready(out)
@@ -120,7 +137,10 @@ def run(model_name: str, variants: list[str], iters: int, tiny: bool = False, pr
         }
         print(json.dumps(row), flush=True)
         rows.append(row)
+        if debug:
+            step = step_fn(model)
         del p
+    os.environ[DEBUG_ENV] = user_debug
     return rows
 
 

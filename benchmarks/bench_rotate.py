@@ -1,7 +1,7 @@
 """ViDiT-Q's online rotation at memory speed? ``rotate_quantize`` against the plain quantizer (GPU).
 
 ``python -m benchmarks.bench_rotate [--out DIR] [--tiny] [--batch 8] [--no-sweep] [--only fast,pack]
-[--k 4608]`` writes
+[--k 4608] [--producer]`` writes
 ``rotate.json`` + ``rotate.md`` under ``--out`` (default ``benchmarks/results``). At
 M = 8192 / 32768 and K = 1152 / 4608 (bf16 activations, random ±1 signs), in one run:
 
@@ -173,7 +173,7 @@ def hbm_floor_ms(m: int, k: int) -> float | None:
 
 
 def bench_shape(m: int, k: int, batch: int, do_sweep: bool, tiny: bool, iters: int,
-                only: tuple[str, ...] = ()) -> list[dict]:
+                only: tuple[str, ...] = (), producer: bool = False) -> list[dict]:
     env = environment()
     base = {**env, "M": m, "K": k, "tiny": tiny, "batch": batch}
     floor = hbm_floor_ms(m, k)
@@ -206,6 +206,10 @@ def bench_shape(m: int, k: int, batch: int, do_sweep: bool, tiny: bool, iters: i
     timed("copy_floor", lambda x: (x * 0.5).astype(jnp.int8), note="XLA read bf16 / write int8")
     timed("quantize_triton", lambda x: pk.quantize_per_token(x, backend="triton"),
           note="(a) unrotated Triton quantizer")
+    interpret = not on_gpu()
+    if producer:  # the fused producers (issue 12) against the passes they replace, two adaLN groups
+        producer_rows(timed, m, k, hb, signs, smooth, interpret)
+        return finish(rows, floor)
     timed("quantize_xla", lambda x: pk.quantize_per_token(x, backend="xla"))
     timed("xla_rotation+quantize",
           lambda x: pk.quantize_per_token(hadamard_transform(x.astype(jnp.float32), signs),
@@ -213,7 +217,6 @@ def bench_shape(m: int, k: int, batch: int, do_sweep: bool, tiny: bool, iters: i
           check=ref, note="(b) today: hadamard_transform (XLA, float32) + Triton quantizer")
     timed("xla_fused_ref", lambda x: pk.rotate_quantize_ref(x, hb, signs), check=ref,
           note="jitted reference")
-    interpret = not on_gpu()
     cfgs = sweep(k) if do_sweep and not tiny else {"stored": rotate_tiling(k)}
     if only:  # the stored tiling always, then the names holding one of the substrings
         cfgs = {n: c for n, c in cfgs.items() if n == "stored" or any(o in n for o in only)}
@@ -229,6 +232,11 @@ def bench_shape(m: int, k: int, batch: int, do_sweep: bool, tiny: bool, iters: i
                                                              interpret=interpret),
                   check=ref_smooth, note="(c) with in-kernel smoothing",
                   extra={"tiling": dataclasses.asdict(scfg)})
+    return finish(rows, floor)
+
+
+def finish(rows: list[dict], floor: float | None) -> list[dict]:
+    """Each row's ratios to the unrotated Triton quantizer and to the HBM floor."""
     qt = next((r.get("ms") for r in rows if r["variant"] == "quantize_triton"), None)
     for r in rows:
         if r.get("ms") is not None:
@@ -236,6 +244,41 @@ def bench_shape(m: int, k: int, batch: int, do_sweep: bool, tiny: bool, iters: i
             r["floor_ms"] = floor
             r["vs_floor"] = r["ms"] / floor if floor else None
     return rows
+
+
+def producer_rows(timed, m: int, k: int, hb, signs, smooth, interpret: bool) -> None:
+    """``--producer``: what a rotated layer's input costs, separate passes vs fused into the rotating quantizer —
+    the adaLN producer (LayerNorm + ``(1 + scale) · smooth``, ``shift · smooth``, 2 row groups: qkv / fc1
+    inputs) and the bf16 smoothing (attention outputs, fc1's output, the residual stream). Two row groups (one for an
+    odd toy M)."""
+    from pallas_kernels.ops.rotate_quantize import input_ref
+
+    ks, g = jax.random.split(jax.random.key(k), 2), 2 if m % 2 == 0 else 1
+    pn = ((1.0 + 0.3 * jax.random.normal(ks[0], (g, k))) * smooth, 0.2 * jax.random.normal(ks[1], (g, k)) * smooth,
+          1e-6)
+    ref_pn = jax.jit(lambda x: pk.rotate_quantize_ref(x, hb, signs, prenorm=pn, bf16_input=True))
+    ref_sm = jax.jit(lambda x: pk.rotate_quantize_ref(x, hb, signs, smooth, bf16_input=True))
+    x0 = rotation_case(0, m, k, 1)[0][0]
+    produce = lambda x: input_ref(x, prenorm=pn, bf16_input=True).astype(jnp.bfloat16)  # noqa: E731
+    scale = lambda x: input_ref(x, smooth, bf16_input=True).astype(jnp.bfloat16)  # noqa: E731
+    cfg = rotate_tiling(k)
+    timed("adaln_xla+quantize", lambda x: pk.quantize_per_token(produce(x), backend="triton"),
+          note="unrotated layer: XLA LayerNorm+modulate+smooth, Triton quantizer")
+    timed("adaln_xla+rotate", lambda x: triton_rotate_quantize(produce(x), hb, signs, cfg=cfg, interpret=interpret),
+          check=ref_pn(x0), note="session 8: XLA producer pass + rotating quantizer")
+    for name, c in (("", cfg), ("_hoist", dataclasses.replace(cfg, hoist_pn=True))):
+        timed(f"adaln_fused_rotate{name}",
+              lambda x, c=c: triton_rotate_quantize(x, hb, signs, cfg=c, interpret=interpret, prenorm=pn,
+                                                    bf16_input=True),
+              check=ref_pn(x0), note="one pass: LayerNorm + adaLN + smooth + rotation + quantize",
+              extra={"tiling": dataclasses.asdict(c)})
+    timed("smooth_xla+quantize", lambda x: pk.quantize_per_token(scale(x), backend="triton"),
+          note="unrotated layer: XLA smoothing pass, Triton quantizer")
+    timed("smooth_xla+rotate", lambda x: triton_rotate_quantize(scale(x), hb, signs, cfg=cfg, interpret=interpret),
+          check=ref_sm(x0), note="session 8: XLA smoothing pass + rotating quantizer")
+    timed("smooth_fused_rotate",
+          lambda x: triton_rotate_quantize(x, hb, signs, smooth, cfg=cfg, interpret=interpret, bf16_input=True),
+          check=ref_sm(x0), note="one pass: bf16 smoothing with the signs")
 
 
 def to_markdown(rows: list[dict]) -> str:
@@ -270,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="", help="comma-separated substrings: sweep only the tilings "
                     "whose name holds one (and the stored one), e.g. 'fast,pack'")
     ap.add_argument("--k", default="", help="comma-separated K values to run (default: all)")
+    ap.add_argument("--producer", action="store_true", help="only the fused producers against the separate "
+                    "passes they replace (adaLN LayerNorm, smoothing), no sweep")
     args = ap.parse_args(argv)
     shapes = TINY_SHAPES if args.tiny else SHAPES
     batch = 2 if args.tiny else args.batch
@@ -279,10 +324,10 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     for m, k in shapes:
         if not ks or k in ks:
-            rows += bench_shape(m, k, batch, not args.no_sweep, args.tiny, iters, only)
+            rows += bench_shape(m, k, batch, not args.no_sweep, args.tiny, iters, only, args.producer)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = "rotate_tiny" if args.tiny else "rotate"
+    name = ("producer" if args.producer else "rotate") + ("_tiny" if args.tiny else "")
     (out / f"{name}.json").write_text(json.dumps(rows, indent=1))
     (out / f"{name}.md").write_text(to_markdown(rows))
     print(to_markdown(rows))

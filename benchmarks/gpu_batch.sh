@@ -19,12 +19,18 @@
 #   qdit       Q-DiT's group GEMM: gpu_check group_act, the tiling sweep (prints BEST triton_group {...} for
 #              pallas_kernels/ops/w4a8_linear/configs.json), then the split rows (quantizer alone, GEMM alone)
 #   checks     the kernel checks of everything changed since the last device run (gpu_check --quick + pytest -m gpu)
+#   producer   session 9: the fused producers' device tests (LayerNorm + adaLN prologue and bf16 smoothing in the
+#              rotating quantizer, the linear on it), the one-GEMM qkv check, the PixArt-XL step A/B in one run with
+#              --profile (bf16, w8a8, viditq-w8a8 as in session 8 = producers as XLA passes and three qkv GEMMs, with
+#              the fused producers, and with the one-GEMM qkv too), then the qkv GEMM timings
+#   producer-stdit   the same A/B on the STDiT-XL step (no profile), then the producer kernels against the passes
+#              they replace (bench_rotate --producer)
 #
 # Every command has its own timeout; stdout/stderr go to a log per command; a stage that is cut keeps what it
 # measured (the benchmarks write their JSON after every model / shape, or print one JSON line per row).
 set -u
 OUT=${OUT:?set OUT}
-STAGE=${1:?stage: quality | qvdit | baseline | steps | linear32k | rotate | qdit | quality-t2i | quality-t2v | quality-c2i | checks}
+STAGE=${1:?stage: producer | producer-stdit | quality | qvdit | baseline | steps | linear32k | rotate | qdit | quality-t2i | quality-t2v | quality-c2i | checks}
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 [ -d .gpufix ] && export VIDQ_FIXTURES=${VIDQ_FIXTURES:-$PWD/.gpufix}
@@ -81,6 +87,20 @@ case "$STAGE" in
     step 300 group_sweep $PY -m benchmarks.bench_linear --group-sweep --ms 8192 32768
     step 150 group_rows $PY -m benchmarks.bench_linear --ms 8192 --only qdit_w4a8_pallas qdit_w4a8_gemm \
       qdit_quantize_xla qdit_w4a8_xla pallas_w4a8 --json "$OUT/linear_qdit.json" --md "$OUT/linear_qdit.md" ;;
+  producer)
+    step 120 producer_tests $PY -m pytest -q -p no:cacheprovider -m gpu tests/kernels/test_rotate_quantize.py \
+      tests/kernels/test_linear.py -k "fused_producer"
+    step 70 qkv3_check $PY -m pallas_kernels.gpu_check --only qkv3 --log "$OUT/qkv3_check.log"
+    step 300 e2e_pixart $PY -m benchmarks.bench_e2e --models pixart --profile 2 \
+      --variants bf16,w8a8,viditq-w8a8@fuse_producer=0+fuse_splits=0,viditq-w8a8@fuse_splits=0,viditq-w8a8 \
+      --out "$OUT/e2e_pixart.json"
+    step 60 qkv3_timing $PY -m benchmarks.bench_qkv_split
+    rm -f "$OUT"/e2e_*.md ;;
+  producer-stdit)
+    step 440 e2e_stdit $PY -m benchmarks.bench_e2e --models stdit \
+      --variants bf16,viditq-w8a8@fuse_producer=0+fuse_splits=0,viditq-w8a8 --out "$OUT/e2e_stdit.json"
+    step 120 producer_bench $PY -m benchmarks.bench_rotate --producer --out "$OUT/producer"
+    rm -f "$OUT"/e2e_*.md ;;
   checks)
     step 240 checks $PY -m pallas_kernels.gpu_check --quick --log "$OUT/gpu_check.log"
     step 240 pytest_gpu $PY -m pytest -q -p no:cacheprovider -m gpu tests/kernels ;;

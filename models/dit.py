@@ -38,8 +38,6 @@ from models.layers import (
     PatchEmbed,
     SelfAttention,
     TimestepEmbedder,
-    layer_norm,
-    modulate,
     sincos_2d,
     unpatchify,
 )
@@ -147,11 +145,12 @@ class DiTBlock(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
             m.astype(x.dtype) for m in AdaLNModulation(self.hidden_size, 6, name="adaLN_modulation", **kw)(c))
-        # x + gate * layer(...): the gated residual add handed to the Dense seam (a record may fuse it)
-        x = SelfAttention(self.num_heads, name="attn", **kw)(modulate(layer_norm(x), shift_msa, scale_msa),
-                                                             residual=x, gate=gate_msa)
+        # x + gate * layer(LN(x)·(1+scale)+shift): the gated residual add and the LayerNorm + modulate of
+        # the layer's input (prenorm=) handed to the Dense seam (a record may fuse them)
+        x = SelfAttention(self.num_heads, name="attn", **kw)(x, residual=x, gate=gate_msa,
+                                                             prenorm=(shift_msa, scale_msa))
         return Mlp(int(self.hidden_size * self.mlp_ratio), self.hidden_size, name="mlp", **kw)(
-            modulate(layer_norm(x), shift_mlp, scale_mlp), residual=x, gate=gate_mlp)
+            x, residual=x, gate=gate_mlp, prenorm=(shift_mlp, scale_mlp))
 
 
 class DiTFinalLayer(nn.Module):
@@ -165,7 +164,7 @@ class DiTFinalLayer(nn.Module):
     def __call__(self, x: jax.Array, c: jax.Array) -> jax.Array:
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         shift, scale = (m.astype(x.dtype) for m in AdaLNModulation(x.shape[-1], 2, name="adaLN_modulation", **kw)(c))
-        return Dense(self.out_features, name="linear", **kw)(modulate(layer_norm(x), shift, scale))
+        return Dense(self.out_features, name="linear", **kw)(x, prenorm=(shift, scale))
 
 
 class DiT(nn.Module):

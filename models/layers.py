@@ -11,7 +11,8 @@ tanh-GELU MLP. Everything they share lives here, once:
   itself goes through the attention seam (:func:`models.attention.attend`).
 * :class:`TimestepEmbedder`, :class:`SizeEmbedder`, :class:`CaptionEmbedder`, :class:`FinalLayer`.
 * :class:`PixArtBlock` — the adaLN-single DiT block of PixArt and of STDiT3's spatial / temporal blocks.
-* :func:`layer_norm`, :func:`modulate`, :func:`sincos_1d`, :func:`sincos_2d`, :func:`apply_rope`.
+* :func:`layer_norm`, :func:`modulate`, :func:`prenorm_input` (their composition, a Dense's ``prenorm=``),
+  :func:`sincos_1d`, :func:`sincos_2d`, :func:`apply_rope`.
 
 Flax module names mirror the PyTorch state-dict names of the original code (``blocks_3/attn/qkv``
 ↔ ``blocks.3.attn.qkv``) so that checkpoint conversion and quantization rules read naturally.
@@ -71,6 +72,12 @@ class Dense(nn.Module):
     ``residual`` / ``gate`` (call arguments): the output is :func:`add_residual` ``(y, residual, gate)``
     = ``residual + gate * y`` — a DiT block's ``x + gate_msa * attn(x)`` handed to the layer that
     produces ``attn(x)``; the float path computes exactly that expression in XLA.
+
+    ``prenorm=(shift, scale)`` (call argument): the layer's input is :func:`prenorm_input` ``(x, prenorm)``
+    = ``modulate(layer_norm(x), shift, scale)`` — a DiT block's LayerNorm + adaLN modulation handed to the
+    layer that consumes it (qkv, fc1). Records that accept ``prenorm`` get the raw ``x`` and may fuse the
+    LayerNorm and modulation into their quantizer; for all others (and the float path) the Dense computes
+    the input itself, exactly as the blocks wrote it. Interceptors read the input with :func:`dense_input`.
     """
 
     features: int
@@ -86,8 +93,8 @@ class Dense(nn.Module):
     splits: int = 1
 
     @nn.compact
-    def __call__(self, x: Array, *, residual: Array | None = None,
-                 gate: Array | None = None) -> Array | tuple[Array, ...]:
+    def __call__(self, x: Array, *, residual: Array | None = None, gate: Array | None = None,
+                 prenorm: tuple[Array, Array] | None = None) -> Array | tuple[Array, ...]:
         if self.features % self.splits:
             raise ValueError(f"{self.features} features do not split into {self.splits} blocks")
         if self.splits > 1 and (residual is not None or gate is not None):
@@ -95,7 +102,8 @@ class Dense(nn.Module):
         if self.has_variable("params", "kernel"):
             record = self.get_variable("params", "kernel")
             if hasattr(record, "quantized_dense"):  # read before self.param: its shape check expects (K, N)
-                return self._quantized(record, x, residual, gate)
+                return self._quantized(record, x, residual, gate, prenorm)
+        x = prenorm_input(x, prenorm)
         kernel = self.param("kernel", _torch_linear_init, (x.shape[-1], self.features), self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype) if self.use_bias else None
         dtype = self.dtype or jnp.result_type(x.dtype, kernel.dtype)
@@ -104,10 +112,15 @@ class Dense(nn.Module):
             y = y + bias.astype(dtype)
         return add_residual(split_columns(activate(self.activation, y), self.splits), residual, gate)
 
-    def _quantized(self, record, x: Array, residual: Array | None = None,
-                   gate: Array | None = None) -> Array | tuple[Array, ...]:
+    def _quantized(self, record, x: Array, residual: Array | None = None, gate: Array | None = None,
+                   prenorm: tuple[Array, Array] | None = None) -> Array | tuple[Array, ...]:
         bias = self.get_variable("params", "bias") if self.use_bias else None
         kw = {}
+        dtype = self.dtype or prenorm_dtype(x, prenorm)
+        if prenorm is not None and _record_accepts(type(record), "prenorm"):
+            kw["prenorm"] = prenorm  # the record gets the raw x (and may fuse LayerNorm + modulate)
+        else:
+            x = prenorm_input(x, prenorm)
         fuse_act = self.activation is not None and _record_accepts(type(record), "activation")
         if fuse_act:
             kw["activation"] = self.activation
@@ -117,7 +130,7 @@ class Dense(nn.Module):
         fuse_res = (residual is not None or gate is not None) and _record_accepts(type(record), "residual")
         if fuse_res:
             kw["residual"], kw["gate"] = residual, gate
-        y = record.quantized_dense(x, bias, self.dtype or x.dtype, **kw)
+        y = record.quantized_dense(x, bias, dtype, **kw)
         if self.activation is not None and not fuse_act:
             y = jax.tree_util.tree_map(lambda a: activate(self.activation, a), y)
         y = tuple(y) if split_by_record else split_columns(y, self.splits)
@@ -130,6 +143,46 @@ def add_residual(y: Array, residual: Array | None = None, gate: Array | None = N
     if gate is not None:
         y = gate * y
     return y if residual is None else residual + y
+
+
+def prenorm_input(x: Array, prenorm: tuple | None) -> Array:
+    """The input of a Dense called with ``prenorm=(shift, scale[, eps])``: ``modulate(layer_norm(x, eps),
+    shift, scale)`` (``eps`` default :data:`LN_EPS`, every family's), ``x`` itself for ``prenorm=None``.
+
+    ``x (..., C)`` is taken as ``G`` equal slabs of consecutive rows of its ``(M, C)`` flattening, where
+    ``shift`` / ``scale`` hold ``G·C`` elements: slab ``g`` is modulated by row ``g`` of their ``(G, C)``
+    form — ``G = B`` for a DiT block's ``(B, 1, C)`` adaLN parameters on ``x (B, N, C)``, ``G = B·T`` for
+    per-frame ``(B, T, 1, C)`` parameters on frame-major tokens ``(B, T·S, C)``."""
+    if prenorm is None:
+        return x
+    shift, scale, *eps = prenorm
+    c = x.shape[-1]
+    g = prenorm_groups(x.shape, shift, scale)
+    slabs = x.reshape(g, -1, c)
+    return modulate(layer_norm(slabs, *eps), shift.reshape(g, 1, c), scale.reshape(g, 1, c)).reshape(x.shape)
+
+
+def prenorm_groups(x_shape: tuple[int, ...], shift: Array, scale: Array) -> int:
+    """``G`` of :func:`prenorm_input` for ``x`` of ``x_shape`` (ValueError naming the shapes when they do not fit)."""
+    c, rows = x_shape[-1], math.prod(x_shape[:-1])
+    g = shift.size // c
+    if shift.size != scale.size or shift.size % c or not g or rows % g:
+        raise ValueError(f"prenorm shift {shift.shape} / scale {scale.shape} must both hold G*{c} elements, "
+                         f"G dividing the {rows} rows of x {tuple(x_shape)}")
+    return g
+
+
+def prenorm_dtype(x: Array, prenorm: tuple | None):
+    """The dtype of :func:`prenorm_input` ``(x, prenorm)`` (without computing it)."""
+    return x.dtype if prenorm is None else jnp.result_type(x.dtype, prenorm[0].dtype, prenorm[1].dtype)
+
+
+def dense_input(args: tuple, kwargs: dict) -> Array:
+    """The input a ``Dense.__call__(*args, **kwargs)`` computes with — what a method interceptor
+    (calibration statistics, distillation) sees as the layer's input: ``x``, or
+    :func:`prenorm_input` of it when the call carries ``prenorm=``."""
+    x = args[0] if args else kwargs["x"]
+    return prenorm_input(x, kwargs.get("prenorm"))
 
 
 def split_columns(y: Array, splits: int) -> Array | tuple[Array, ...]:
@@ -294,10 +347,12 @@ class Mlp(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, *, residual: Array | None = None, gate: Array | None = None) -> Array:
-        """``residual`` / ``gate``: ``residual + gate * fc2(...)`` (:func:`add_residual`, by ``fc2``)."""
+    def __call__(self, x: Array, *, residual: Array | None = None, gate: Array | None = None,
+                 prenorm: tuple[Array, Array] | None = None) -> Array:
+        """``residual`` / ``gate``: ``residual + gate * fc2(...)`` (:func:`add_residual`, by ``fc2``);
+        ``prenorm``: ``fc1``'s input is :func:`prenorm_input` ``(x, prenorm)`` (the Dense seam's)."""
         x = Dense(self.hidden_features, dtype=self.dtype, param_dtype=self.param_dtype, activation="gelu_tanh",
-                  name="fc1")(x)
+                  name="fc1")(x, prenorm=prenorm)
         return Dense(self.out_features, dtype=self.dtype, param_dtype=self.param_dtype, name="fc2")(
             x, residual=residual, gate=gate)
 
@@ -324,15 +379,16 @@ class SelfAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, num_frames: int = 1, *, residual: Array | None = None,
-                 gate: Array | None = None) -> Array:
-        """``residual`` / ``gate``: ``residual + gate * proj(...)`` (:func:`add_residual`, by ``proj``)."""
+                 gate: Array | None = None, prenorm: tuple[Array, Array] | None = None) -> Array:
+        """``residual`` / ``gate``: ``residual + gate * proj(...)`` (:func:`add_residual`, by ``proj``);
+        ``prenorm``: ``qkv``'s input is :func:`prenorm_input` ``(x, prenorm)`` (the Dense seam's)."""
         b, n, c = x.shape
         h, d = self.num_heads, c // self.num_heads
         if n % num_frames:
             raise ValueError(f"{n} tokens do not split into {num_frames} frames")
         # attended axis 1: (B·T, S, H, D) within frames, (B, T, S, H, D) across frames
         grouped = (b, num_frames, n // num_frames, h, d) if self.temporal else (b * num_frames, n // num_frames, h, d)
-        q, k, v = Dense(3 * c, dtype=self.dtype, param_dtype=self.param_dtype, splits=3, name="qkv")(x)
+        q, k, v = Dense(3 * c, dtype=self.dtype, param_dtype=self.param_dtype, splits=3, name="qkv")(x, prenorm=prenorm)
         if self.qk_norm == "layernorm":
             q = AffineLayerNorm(param_dtype=self.param_dtype, name="q_norm")(q)
             k = AffineLayerNorm(param_dtype=self.param_dtype, name="k_norm")(k)
@@ -460,12 +516,13 @@ class FinalLayer(nn.Module):
         table = self.param("scale_shift_table", scale_shift_init(2), (2, c), self.param_dtype)
         mod = table[None].astype(x.dtype) + t[:, None].astype(x.dtype)  # (B, 2, C)
         shift, scale = mod[:, 0:1], mod[:, 1:2]
+        linear = Dense(self.out_features, dtype=self.dtype, param_dtype=self.param_dtype, name="linear")
+        if x_mask is None:
+            return linear(x, prenorm=(shift, scale))
         x = modulate(layer_norm(x), shift, scale)
-        if x_mask is not None:
-            mod0 = table[None].astype(x.dtype) + t_zero[:, None].astype(x.dtype)
-            x_zero = modulate(layer_norm(x), mod0[:, 0:1], mod0[:, 1:2])
-            x = frame_select(x_mask, x, x_zero, num_frames)
-        return Dense(self.out_features, dtype=self.dtype, param_dtype=self.param_dtype, name="linear")(x)
+        mod0 = table[None].astype(x.dtype) + t_zero[:, None].astype(x.dtype)
+        x_zero = modulate(layer_norm(x), mod0[:, 0:1], mod0[:, 1:2])
+        return linear(frame_select(x_mask, x, x_zero, num_frames))
 
 
 def frame_select(x_mask: Array, x: Array, x_zero: Array, num_frames: int) -> Array:
@@ -612,13 +669,16 @@ class PixArtBlock(nn.Module):
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods
 
         # the gated residual adds go through the Dense seam (attn/proj, cross_attn/proj, mlp/fc2: a
-        # quantized record fuses them into its GEMM epilogue); per-frame gates (x_mask) stay outside
-        h = unview(modulate(view(layer_norm(x)), shift_msa, scale_msa))
+        # quantized record fuses them into its GEMM epilogue); per-frame gates (x_mask) stay outside.
+        # LayerNorm + adaLN modulate go through it too (prenorm=, the input of attn/qkv and mlp/fc1:
+        # per-frame parameters (B, T, 1, C) modulate the frames' consecutive token rows)
         attn = SelfAttention(self.num_heads, qk_norm=self.qk_norm, rope=self.rope, temporal=self.temporal,
                              name="attn", **kw)
-        x = attn(h, num_frames, residual=x, gate=gate_msa) if x_mask is None else \
-            x + unview(gate_msa * view(attn(h, num_frames)))
+        pre = (shift_msa, scale_msa)
+        x = attn(x, num_frames, residual=x, gate=gate_msa, prenorm=pre) if x_mask is None else \
+            x + unview(gate_msa * view(attn(x, num_frames, prenorm=pre)))
         x = CrossAttention(self.num_heads, name="cross_attn", **kw)(x, y, key_mask, residual=x)
-        h = unview(modulate(view(layer_norm(x)), shift_mlp, scale_mlp))
         mlp = Mlp(int(c * self.mlp_ratio), c, name="mlp", **kw)
-        return mlp(h, residual=x, gate=gate_mlp) if x_mask is None else x + unview(gate_mlp * view(mlp(h)))
+        pre = (shift_mlp, scale_mlp)
+        return mlp(x, residual=x, gate=gate_mlp, prenorm=pre) if x_mask is None else \
+            x + unview(gate_mlp * view(mlp(x, prenorm=pre)))

@@ -40,8 +40,6 @@ from models.layers import (
     TimestepEmbedder,
     block_modulation,
     key_padding_mask,
-    layer_norm,
-    modulate,
     scale_shift_init,
     sincos_1d,
     sincos_2d,
@@ -132,8 +130,9 @@ class STDiTBlock(nn.Module):
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = block_modulation(table, t0, x.dtype)
 
         # gated residual adds through the Dense seam (x + gate * proj(...), fused by quantized records)
-        x = SelfAttention(self.num_heads, name="attn", **kw)(modulate(layer_norm(x), shift_msa, scale_msa), nt,
-                                                             residual=x, gate=gate_msa)
+        # and LayerNorm + adaLN modulate of attn/qkv's and mlp/fc1's input (prenorm=, the Dense seam's)
+        x = SelfAttention(self.num_heads, name="attn", **kw)(x, nt, residual=x, gate=gate_msa,
+                                                             prenorm=(shift_msa, scale_msa))
 
         h = x  # raw residual stream
         if temporal_pos is not None:  # (T, C) added to every position of each frame
@@ -141,8 +140,8 @@ class STDiTBlock(nn.Module):
         x = SelfAttention(self.num_heads, temporal=True, name="attn_temp", **kw)(h, nt, residual=x, gate=gate_msa)
 
         x = CrossAttention(self.num_heads, name="cross_attn", **kw)(x, y, key_mask, residual=x)
-        return Mlp(int(c * self.mlp_ratio), c, name="mlp", **kw)(modulate(layer_norm(x), shift_mlp, scale_mlp),
-                                                                 residual=x, gate=gate_mlp)
+        return Mlp(int(c * self.mlp_ratio), c, name="mlp", **kw)(x, residual=x, gate=gate_mlp,
+                                                                 prenorm=(shift_mlp, scale_mlp))
 
 
 class STDiT(nn.Module):

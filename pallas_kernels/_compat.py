@@ -91,3 +91,25 @@ def log_once(key: str, message: str) -> None:
 def check_backend(backend: str) -> None:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def interpret_params():
+    """Mosaic GPU's CPU interpreter (threads, shared memory, barriers and TMA simulated) with its
+    happens-before race detector on, or ``None`` where this JAX has none (a private module, at the same
+    place in JAX 0.10 and 0.11): ``plgpu.kernel(..., interpret=interpret_params())``. After a run,
+    :func:`races_found` tells whether it saw a data race."""
+    try:
+        from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams
+    except ImportError:  # pragma: no cover - other JAX versions
+        return None
+    return InterpretGPUParams(detect_races=True)
+
+
+def races_found() -> bool:
+    """Whether the last interpreted run saw a shared-memory data race (:func:`interpret_params`). Meaningful
+    with JAX 0.10: JAX 0.11.2's detector also flags the canonical TMA ring (consumer reads a slot, arrives
+    on its "consumed" barrier, the producer waits on it and refills the slot by TMA), even with a single
+    consumer, which 0.10.2 accepts and hardware orders through the mbarrier."""
+    from jax._src.pallas.mosaic_gpu.interpret import interpret_pallas_call
+
+    return bool(interpret_pallas_call.get_races().races_found)

@@ -9,7 +9,11 @@ process, for A/B runs of code whose call sites one cannot edit (a whole model tr
 
 * ``act_quant=auto|xla|triton`` — the per-token quantizer in front of the Pallas GEMMs;
 * ``approx_gelu=0|1`` — Mosaic GPU epilogue GELU with ``approx_math`` (``tanh.approx``) or exact;
-* ``fuse_activation=0|1`` — epilogue activation inside the Mosaic GEMM, or an XLA pass after it.
+* ``fuse_activation=0|1`` — epilogue activation inside the Mosaic GEMM, or an XLA pass after it;
+* ``fuse_producer=0|1`` — a rotated GEMM input's producer (smoothing, LayerNorm + adaLN modulate)
+  inside the rotating quantizer, or an XLA pass before it (``w8a8_linear`` ``smooth=``/``prenorm=``);
+* ``fuse_splits=0|1`` — a split linear's column blocks (fused qkv) written by one Mosaic GEMM, or one GEMM per
+  block.
 
 It is read at trace time (set it before the first call is traced: a jitted function keeps what it
 traced), overrides the arguments' values, explicit ones included, and says so once per process
@@ -29,6 +33,8 @@ _CHOICES: dict[str, dict[str, Any]] = {
     "act_quant": {"auto": "auto", "xla": "xla", "triton": "triton"},
     "approx_gelu": {"0": False, "1": True},
     "fuse_activation": {"0": False, "1": True},
+    "fuse_producer": {"0": False, "1": True},
+    "fuse_splits": {"0": False, "1": True},
 }
 
 

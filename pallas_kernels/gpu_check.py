@@ -5,6 +5,7 @@ Usage (on the GPU machine, repo root)::
     python -m pallas_kernels.gpu_check --log benchmarks/results/kernel_check_gpu.log
     python -m pallas_kernels.gpu_check --only zp,epilogue,fp8 --log ...   # some groups (CHECK_GROUPS)
     python -m pallas_kernels.gpu_check --only tqe --log ...               # the rank-1 (TQE) branch
+    python -m pallas_kernels.gpu_check --only qkv3 --log ...              # one qkv GEMM writing q, k, v
 
 Each case draws fresh random inputs (never zeros; one zero row of x is planted to check the
 zero-scale guard) and runs after the allocator was filled with NaN ("poisoned"), so output
@@ -434,10 +435,61 @@ def check_tqe(report, quick: bool = False) -> None:
                              w_zero_point=zw, rank1=(alpha, beta))
 
 
+def check_qkv3(report, quick: bool = False) -> None:
+    """One qkv GEMM writing q, k, v as three arrays (``out_splits=3``) at the XL shape (K = 1152, N = 3·1152): the
+    Mosaic GPU kernel called directly (no silent fallback) at the tiling the dispatch picks, on a poisoned
+    allocator — int8 bare (int32, exact), int8 with and without zero point (+ GELU), e4m3 — against the column
+    blocks of the one-GEMM reference; then ``w8a8_linear`` / ``fp8_linear(splits=3)`` through the dispatch."""
+    from pallas_kernels.ops.int8_matmul import mosaic, mosaic_config
+    from pallas_kernels.ops.int8_matmul.reference import gemm_ref
+
+    k, n = 1152, 3456
+    for m in ((8192,) if quick else (8192, 32768)):
+        seed = 13000 + m
+        x, wq, ws, bias, _ = rand_case(seed, m, k, n)
+        wq = rand_int(seed + 9, (n, k), -128, 127)
+        zw = rand_int(seed + 10, (n,), -127, 127).astype(jnp.int32)
+        xq, xs, rs = pk.quantize_per_token(x, row_sum=True)
+        w8, ws8 = pk.quantize_fp8_weight_ref(jax.random.normal(jax.random.key(seed), (n, k)) * 0.05)
+        x8, xs8 = pk.quantize_per_token_ref(x, dtype=pk.FP8)
+        cases = [("int8 int32", xq, wq, None, None, jnp.int32, {}),
+                 ("int8", xq, wq, xs, ws, jnp.bfloat16, {}),
+                 ("int8 zp+gelu", xq, wq, xs, ws * 30, jnp.bfloat16,
+                  {"w_zero": zw, "x_row_sum": rs, "activation": "gelu_tanh"}),
+                 ("int8 zp f32-out", xq, wq, xs, ws, jnp.float32, {"w_zero": zw, "x_row_sum": rs}),
+                 ("e4m3", x8, w8, xs8, ws8, jnp.bfloat16, {}),
+                 ("e4m3 gelu", x8, w8, xs8, ws8 * 30, jnp.bfloat16, {"activation": "gelu_tanh"})]
+        for tag, a, w, sa, sw, out_dtype, kw in cases:
+            scaled = sa is not None
+            cfg = mosaic_config(m, k, n, "mosaic_gemm_scaled" if scaled else "mosaic_gemm_int32",
+                                jnp.dtype(out_dtype).itemsize, out_splits=3)
+            name = f"qkv3 mosaic_int8_gemm out_splits=3 {tag} M={m} K={k} N={n} {cfg}"
+            try:
+                acc = gemm_ref(a, w)
+                ref = acc if not scaled else pk.scaled_epilogue_ref(acc, sa, sw, bias, out_dtype, **kw)
+                poison_allocator()
+                parts = mosaic.mosaic_int8_gemm(a, w, sa, sw, bias if scaled else None, cfg=cfg, out_dtype=out_dtype,
+                                                out_splits=3, **kw)
+                shapes_ok = [(p.shape, p.dtype) for p in parts] == [((m, n // 3), jnp.dtype(out_dtype))] * 3
+                y = jnp.concatenate(parts, axis=-1)
+                if scaled:
+                    ok, rel = close(y, ref)
+                    report(name, ok and shapes_ok, f"rel={rel:.2e}")
+                else:
+                    ok = bool(jnp.array_equal(y, ref))
+                    report(name, ok and shapes_ok, "exact" if ok else "MISMATCH")
+            except Exception as e:  # noqa: BLE001
+                report(name, False, repr(e)[:300])
+        check_splits(report, "w8a8_linear", f"qkv3 M={m} K={k} N={n}", (x, wq, ws, bias))
+        check_splits(report, "w8a8_linear", f"qkv3 w_zero_point+gelu M={m} K={k} N={n}", (x, wq, ws * 30, bias),
+                     w_zero_point=zw, activation="gelu_tanh")
+        check_splits(report, "fp8_linear", f"qkv3 M={m} K={k} N={n}", (x, w8, ws8, bias))
+
+
 # --only groups: each a check function, in the order they run; "others": the linears of run_checks' own loops
 NAMED_CHECKS = {"zp": check_zero_points, "epilogue": check_epilogue, "fp8": check_fp8,
                 "quant_attention": check_quant_attention, "quant_attention_mosaic": check_quant_attention_mosaic,
-                "group_act": check_group_act, "tqe": check_tqe}
+                "group_act": check_group_act, "tqe": check_tqe, "qkv3": check_qkv3}
 CHECK_GROUPS = (*NAMED_CHECKS, "others")
 
 

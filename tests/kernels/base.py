@@ -95,10 +95,11 @@ def assert_quantized_within_one(out, ref, args=None) -> None:
     np.testing.assert_allclose(np.asarray(s), np.asarray(sr), rtol=1e-5)
 
 
-def assert_rotated_close(out, ref, args=None) -> dict:
+def assert_rotated_close(out, ref, args=None, scale_rtol: float = 1e-6) -> dict:
     """``rotate_quantize`` outputs: int8 values equal but for rare ±1 flips (the kernels sum in
     another order than the float32 reference: at most 2 + 1e-4 of the values), scales to 1e-6
-    relative. Returns the counts."""
+    relative (``scale_rtol``: a fused LayerNorm, whose float32 statistics are summed in another order,
+    may move a bf16 input by one unit in the last place: 1e-5). Returns the counts."""
     (q, s), (qr, sr) = out, ref
     assert q.shape == qr.shape and q.dtype == jnp.int8 and s.shape == sr.shape == (*q.shape[:-1], 1)
     d = np.abs(np.asarray(q, np.int32) - np.asarray(qr, np.int32))
@@ -106,7 +107,7 @@ def assert_rotated_close(out, ref, args=None) -> dict:
     assert d.max() <= 1, f"max |dq| = {d.max()}"
     assert flips <= 2 + 1e-4 * d.size, f"{flips} flips of {d.size}"
     rel = float(np.max(np.abs(np.asarray(s, np.float64) / np.asarray(sr, np.float64) - 1)))
-    assert rel < 1e-6, rel
+    assert rel < scale_rtol, rel
     return {"flips": flips, "size": d.size, "scale_rel": rel}
 
 

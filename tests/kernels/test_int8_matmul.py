@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 
 import pallas_kernels as pk
 from pallas_kernels.ops.int8_matmul import mosaic
+from pallas_kernels import _compat
 from pallas_kernels._compat import plgpu
-from pallas_kernels.testing import assert_bf16_close, rand_int, rand_scale, requires_gpu
+from pallas_kernels.testing import assert_bf16_close, rand_int, rand_scale, rand_x, requires_gpu
 from tests.kernels.base import backend_params
 
 
@@ -197,3 +198,193 @@ def test_rank1_term_joins_the_epilogue_in_order():
         pk.int8_gemm(xq, wq, xs, ws, rank1=(u, beta[:-1]))
     with pytest.raises(ValueError, match="needs the scales"):
         pk.int8_gemm(xq, wq, rank1=(u, beta))
+
+
+# ------------------------------------------------------- out_splits: one GEMM writing q, k, v as three arrays
+
+_INTERPRET = pytest.mark.skipif(plgpu is None or _compat.interpret_params() is None,
+                                reason="no Mosaic GPU interpreter in this JAX")
+
+
+def _assert_no_races():
+    if jax.__version_info__ < (0, 11):  # JAX 0.11.2's detector flags every reuse of a TMA ring slot
+        assert not _compat.races_found()
+
+
+def _split_case(seed, m=40, k=128, c=64, splits=3):
+    xq, wq, zw, rs, _ = _epilogue_case(seed, m=m, k=k, n=splits * c)
+    n = splits * c
+    xs, ws = rand_scale(seed + 5, (m, 1)) * 30, rand_scale(seed + 6, (n,)) * 30
+    bias = jax.random.normal(jax.random.key(seed + 7), (n,))
+    rank1 = (jax.random.normal(jax.random.key(seed + 8), (m,)), jax.random.normal(jax.random.key(seed + 9), (n,)))
+    return xq, wq, xs, ws, bias, dict(activation="gelu_tanh", w_zero=zw, x_row_sum=rs, rank1=rank1)
+
+
+def _blocks_ref(xq, wq, xs, ws, bias, splits, out_dtype=jnp.float32, **kw):
+    """The reference of ``out_splits``: one GEMM (int8 or e4m3) + epilogue, then its column blocks."""
+    acc = pk.ops.int8_matmul.gemm_ref(xq, wq)
+    return pk.column_blocks(acc if xs is None else pk.scaled_epilogue_ref(acc, xs, ws, bias, out_dtype, **kw), splits)
+
+
+def test_split_tile_maps_every_column_tile_to_one_output_tile():
+    """Tile ``j`` of the whole N goes to output ``j // (C/tn)`` at local tile ``j % (C/tn)``: a bijection onto
+    (output, local tile), in column order."""
+    for splits, per in ((3, 9), (3, 6), (2, 1), (3, 4)):
+        got = [mosaic.split_tile(j, per) for j in range(splits * per)]
+        assert got == [(s, t) for s in range(splits) for t in range(per)]
+        assert [tuple(int(v) for v in mosaic.split_tile(jnp.int32(j), per)) for j in range(splits * per)] == got
+
+
+@pytest.mark.parametrize("backend", backend_params("int8_matmul", ("xla", "triton")))
+@pytest.mark.parametrize("fuse", [True, False])
+def test_out_splits_are_the_column_blocks_of_one_gemm(backend, fuse):
+    """``scaled_gemm(out_splits=3)`` (XLA: one GEMM then the split; Triton, interpret: one GEMM per block) ==
+    the blocks of the reference: the bare int32 GEMM and the zero-point term (unit scales) exactly, the full
+    epilogue (zero point, bias, rank-1 term, GELU) to float32 rounding."""
+    xq, wq, xs, ws, bias, kw = _split_case(51)
+    m, n = xq.shape[0], wq.shape[0]
+    gemm = pk.ops.int8_matmul.scaled_gemm
+    for got, want in zip(gemm(xq, wq, backend=backend, out_splits=3, fuse_splits=fuse), _blocks_ref(xq, wq, None, None, None, 3)):
+        assert got.dtype == jnp.int32 and got.shape == (m, n // 3)
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    unit = dict(w_zero=kw["w_zero"], x_row_sum=kw["x_row_sum"])
+    ones = (jnp.ones((m, 1)), jnp.ones((n,)))
+    parts = gemm(xq, wq, *ones, out_dtype=jnp.float32, backend=backend, out_splits=3, fuse_splits=fuse, **unit)
+    for got, want in zip(parts, _blocks_ref(xq, wq, *ones, None, 3, **unit)):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    parts = gemm(xq, wq, xs, ws, bias, out_dtype=jnp.float32, backend=backend, out_splits=3, fuse_splits=fuse, **kw)
+    for got, want in zip(parts, _blocks_ref(xq, wq, xs, ws, bias, 3, **kw)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-5, atol=2e-5)
+
+
+def test_out_splits_refusals():
+    xq, wq, xs, ws, bias, kw = _split_case(61)
+    gemm = pk.ops.int8_matmul.scaled_gemm
+    with pytest.raises(ValueError, match="not with out_splits"):
+        gemm(xq, wq, xs, ws, bias, out_splits=3, residual=jnp.zeros((xq.shape[0], wq.shape[0])))
+    with pytest.raises(ValueError, match="do not split into 5"):
+        gemm(xq, wq, xs, ws, bias, out_splits=5)
+    cfg = mosaic.MosaicGemmConfig(tm=64, tn=128, tk=128, stages=2, ws=True)
+    with pytest.raises(ValueError, match="whole 128-column tiles"):  # C = 64 < tn
+        mosaic.mosaic_int8_gemm(xq, wq, xs, ws, cfg=cfg, out_splits=3)
+
+
+@pytest.mark.parametrize("c", [1152, 2304, 48, 64, 96])
+@pytest.mark.parametrize("gpu", ["NVIDIA H200", "NVIDIA H100 80GB HBM3"])
+def test_stored_tilings_keyed_by_the_whole_n_fit_each_output(monkeypatch, gpu, c):
+    """The tilings stored for the whole N = 3C (qkv) shrink to a tile width dividing C — the XL models' 1152
+    and 2304, the fixtures' tiny widths — and fit shared memory with bf16 and float32 outputs."""
+    from pallas_kernels import _config
+    from pallas_kernels.ops.int8_matmul import mosaic_config
+
+    monkeypatch.setattr(_config, "gpu_name", lambda: gpu)
+    for m in (8192, 32768):
+        for kernel, itemsize in (("mosaic_gemm_scaled", 2), ("mosaic_gemm_scaled", 4), ("mosaic_gemm_int32", 4)):
+            cfg = mosaic_config(m, 1152, 3 * c, kernel, itemsize, out_splits=3)
+            assert cfg is not None and c % cfg.tn == 0, (m, kernel, cfg)
+            assert mosaic.supports(1152, 3 * c, cfg, out_splits=3)
+            assert mosaic.smem_bytes(cfg, itemsize) + 1024 <= mosaic.SMEM_LIMIT
+
+
+@pytest.mark.skipif(plgpu is None, reason="Mosaic GPU not importable in this JAX")
+@pytest.mark.parametrize("ws", [True, False])
+def test_mosaic_out_splits_lowers_for_cuda(ws):
+    """The one-GEMM qkv kernel (3 outputs; int8 with zero point and GELU, e4m3 with GELU; both kernel
+    variants at the stored tiling) lowers to ONE CUDA custom call with three (M, C) results on this host."""
+    S = jax.ShapeDtypeStruct
+    m, k, c = 512, 256, 384
+    n = 3 * c
+    cfg = mosaic.MosaicGemmConfig(tm=128, tn=128, tk=128, stages=3, ws=ws, delay_release=0, chain=ws)
+    for dt in (jnp.int8, jnp.float8_e4m3fn):
+        zp = dt == jnp.int8
+
+        def f(xq, wq, xs, ws_, b, zw, rs):
+            return mosaic.mosaic_int8_gemm(xq, wq, xs, ws_, b, cfg=cfg, out_dtype=jnp.bfloat16, activation="gelu_tanh",
+                                           w_zero=zw if zp else None, x_row_sum=rs if zp else None, out_splits=3)
+
+        args = (S((m, k), dt), S((n, k), dt), S((m, 1), jnp.float32), S((n,), jnp.float32), S((n,), jnp.float32),
+                S((n,), jnp.int32), S((m, 1), jnp.int32))
+        orig = mosaic._num_sms
+        mosaic._num_sms = lambda: 132
+        try:
+            lowered = jax.jit(f).trace(*args).lower(lowering_platforms=("cuda",))
+        finally:
+            mosaic._num_sms = orig
+        text = lowered.as_text()
+        assert text.count("custom_call @mosaic_gpu") == 1
+        assert [(o.shape, o.dtype) for o in lowered.out_info] == [((m, c), jnp.bfloat16)] * 3
+
+
+@_INTERPRET
+@pytest.mark.parametrize("dtype,out_dtype", [(jnp.float8_e4m3fn, jnp.bfloat16), (jnp.int8, jnp.int32)])
+def test_interpreted_mosaic_out_splits(dtype, out_dtype):
+    """The Mosaic GPU kernel itself (the one-warpgroup variant; the warp-specialized one runs in the next test)
+    in the CPU interpreter (TMA, barriers, shared memory simulated, race detector on; outputs start as NaN / int
+    max, so a tile stored to the wrong output or not at all shows): e4m3 with the GELU epilogue into bf16
+    outputs, and the bare int32 GEMM (exact), 3 outputs, M padded."""
+    m, k, c = 72, 256, 64
+    n = 3 * c
+    cfg = mosaic.MosaicGemmConfig(tm=64, tn=64, tk=128, stages=2, ws=False)
+    if dtype == jnp.int8:
+        xq, wq = rand_int(1, (m, k), -127, 127), rand_int(2, (n, k), -128, 127)
+        parts = mosaic.mosaic_int8_gemm(xq, wq, cfg=cfg, out_splits=3, interpret=True)
+        for got, want in zip(parts, _blocks_ref(xq, wq, None, None, None, 3)):
+            assert got.dtype == jnp.int32
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+        _assert_no_races()
+        return
+    xq = (jax.random.normal(jax.random.key(3), (m, k)) * 4).astype(dtype)
+    wq = jax.random.normal(jax.random.key(4), (n, k)).astype(dtype)
+    xs, ws_, bias = rand_scale(5, (m, 1)) * 30, rand_scale(6, (n,)) * 30, jax.random.normal(jax.random.key(7), (n,))
+    parts = mosaic.mosaic_int8_gemm(xq, wq, xs, ws_, bias, cfg=cfg, out_dtype=out_dtype, activation="gelu_tanh",
+                                    out_splits=3, interpret=True)
+    for got, want in zip(parts, _blocks_ref(xq, wq, xs, ws_, bias, 3, out_dtype, activation="gelu_tanh")):
+        assert got.shape == (m, c) and got.dtype == out_dtype
+        assert_bf16_close(got, want)
+    _assert_no_races()
+
+
+@_INTERPRET
+def test_w8a8_linear_splits_run_one_mosaic_kernel(monkeypatch):
+    """``w8a8_linear(splits=3, backend="mosaic")`` as on a Hopper GPU (the dispatch's ``on_gpu`` patched; the kernel
+    run by the CPU interpreter, warp-specialized at the stored default tiling, chain off): ONE kernel call with
+    ``out_splits=3`` writes q, k, v == the reference's blocks (zero point, bias, rank-1 term, GELU, float32 out);
+    ``fuse_splits=False`` and an unfused activation take one kernel per output again."""
+    import dataclasses
+
+    from pallas_kernels.ops import int8_matmul
+
+    calls = []
+    real = mosaic.mosaic_int8_gemm
+
+    def spy(*args, cfg, **kw):
+        calls.append((cfg, kw.get("out_splits", 1)))
+        return real(*args, cfg=dataclasses.replace(cfg, chain=False), interpret=True, **kw)
+
+    monkeypatch.setattr(int8_matmul, "on_gpu", lambda: True)
+    monkeypatch.setattr(mosaic, "mosaic_int8_gemm", spy)
+    monkeypatch.setattr(mosaic, "_num_sms", lambda: 2)
+    m, k, c = 40, 128, 128
+    n = 3 * c
+    x = rand_x(71, m, k)
+    wq = rand_int(72, (n, k), -128, 127)
+    zw = rand_int(73, (n,), -127, 127).astype(jnp.int32)
+    ws, bias = rand_scale(74, (n,)) * 30, jax.random.normal(jax.random.key(75), (n,))
+    r1 = (jax.random.normal(jax.random.key(76), (k,)) / 16, jax.random.normal(jax.random.key(77), (n,)))
+    kw = dict(w_zero_point=zw, rank1=r1, activation="gelu_tanh", out_dtype=jnp.float32)
+    parts = pk.w8a8_linear(x, wq, ws, bias, backend="mosaic", splits=3, **kw)
+    assert [(cfg.ws, s) for cfg, s in calls] == [(True, 3)] and c % calls[0][0].tn == 0
+    _assert_no_races()
+    want = pk.column_blocks(pk.w8a8_linear_ref(x, wq, ws, bias, **kw), 3)
+    for got, w in zip(parts, want):
+        assert got.shape == (m, c)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(w), rtol=2e-5, atol=2e-5 * float(jnp.abs(w).max()))
+    # the switches: one GEMM per output (the path before the fused one), checked without running the kernel
+    monkeypatch.setattr(mosaic, "mosaic_int8_gemm", lambda *a, cfg, **kw: calls.append((cfg, kw.get("out_splits", 1)))
+                        or jnp.zeros((a[0].shape[0], a[1].shape[0]), kw.get("out_dtype")))
+    xq, xs = pk.quantize_per_token(x)
+    for switch in (dict(fuse_splits=False), dict(fuse_splits=True, fuse_activation=False)):
+        calls.clear()
+        parts = pk.ops.int8_matmul.scaled_gemm(xq, wq, xs, ws, bias, out_dtype=jnp.bfloat16, backend="mosaic",
+                                               activation="gelu_tanh", out_splits=3, **switch)
+        assert [s for _, s in calls] == [1, 1, 1] and [p.shape for p in parts] == [(m, c)] * 3

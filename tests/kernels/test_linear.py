@@ -299,3 +299,56 @@ def test_rank1_branch_in_the_linear(op):
                                rtol=1e-6, atol=1e-5)
     with pytest.raises(ValueError, match=r"rank1 alpha must be \(256,\)"):
         fn(x, w, ws, bias, rank1=(alpha[:-1], beta))
+
+
+@pytest.mark.parametrize("op,rotate", [("w8a8_linear", True), ("w8a8_linear", False), ("w4a8_linear", True)])
+def test_producer_inside_the_linear_equals_producing_first(op, rotate):
+    """``smooth=`` / ``prenorm=(shift, scale, eps)``: the linear of the pre-LayerNorm stream equals the linear
+    of the producer's bf16 output ``((LN(x) · (1 + scale[g]) + shift[g]) · smooth)`` (fused into the rotating
+    quantizer on a GPU; an XLA pass here), per row group; ``smooth`` alone the same way."""
+    from pallas_kernels.ops.producer.reference import layernorm_noaffine
+
+    k, n, m, g = 144, 48, 12, 2
+    rng = np.random.default_rng(5)
+    base = np.where(rng.random((36, 36)) < 0.5, -1.0, 1.0).astype(np.float32)
+    signs = jnp.asarray(np.where(rng.random(k) < 0.5, -1.0, 1.0), jnp.float32)
+    x = jnp.asarray(rng.standard_normal((m, k)) * 2 + 0.5, jnp.bfloat16)
+    shift, scale = (jnp.asarray(rng.standard_normal((g, k)) * 0.3, jnp.float32) for _ in range(2))
+    smooth = jnp.asarray(rng.uniform(0.3, 3.0, k), jnp.float32)
+    ws = jnp.asarray(rng.uniform(0.001, 0.01, n), jnp.float32)
+    if op == "w8a8_linear":
+        w = jnp.asarray(rng.integers(-127, 128, (n, k)), jnp.int8)
+    else:
+        w = pk.pack_int4(jnp.asarray(rng.integers(-8, 8, (n, k)), jnp.int8))
+    rot = {"rotation": (base, signs)} if rotate else {}
+    fn = getattr(pk, op)
+    y = fn(x, w, ws, None, prenorm=(shift, scale, 1e-6), smooth=smooth, out_dtype=jnp.float32, **rot)
+    a, c = (1 + scale) * smooth, shift * smooth
+    h = (layernorm_noaffine(x).reshape(g, -1, k) * a[:, None] + c[:, None]).reshape(m, k).astype(jnp.bfloat16)
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(fn(h, w, ws, None, out_dtype=jnp.float32, **rot)))
+    y = fn(x, w, ws, None, smooth=smooth, out_dtype=jnp.float32, **rot)
+    h = (x.astype(jnp.float32) * smooth.astype(jnp.bfloat16).astype(jnp.float32)).astype(jnp.bfloat16)
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(fn(h, w, ws, None, out_dtype=jnp.float32, **rot)))
+
+
+@pytest.mark.gpu
+@requires_gpu
+@pytest.mark.parametrize("k,n", [(1152, 3456), (4608, 1152)])
+def test_fused_producer_in_the_linear_gpu(k, n):
+    """The Hopper path (rotating quantizer with the LayerNorm prologue, Mosaic GEMM with zero points) against
+    the XLA path of the same linear."""
+    from vidq_jax.quant.hadamard import base_hadamard, hadamard_factors
+
+    m, g = 8192, 2
+    rng = np.random.default_rng(k)
+    x = jnp.asarray(rng.standard_normal((m, k)) * 2 + 0.5, jnp.bfloat16)
+    shift, scale = (jnp.asarray(rng.standard_normal((g, k)) * 0.3, jnp.float32) for _ in range(2))
+    smooth = jnp.asarray(rng.uniform(0.3, 3.0, k), jnp.float32)
+    signs = jnp.asarray(np.where(rng.random(k) < 0.5, -1.0, 1.0), jnp.float32)
+    w = jnp.asarray(rng.integers(-127, 128, (n, k)), jnp.int8)
+    ws = jnp.asarray(rng.uniform(0.001, 0.01, n), jnp.float32)
+    zp = jnp.asarray(rng.integers(-3, 4, n), jnp.int32)
+    kw = dict(rotation=(base_hadamard(hadamard_factors(k)[0]), signs), w_zero_point=zp, smooth=smooth)
+    for pn in (None, (shift, scale, 1e-6)):
+        assert_bf16_close(pk.w8a8_linear(x, w, ws, None, backend="mosaic", prenorm=pn, **kw),
+                          pk.w8a8_linear(x, w, ws, None, backend="xla", prenorm=pn, **kw))

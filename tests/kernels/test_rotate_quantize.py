@@ -244,6 +244,92 @@ def test_prefetch_and_persistent_grid_keep_the_codes(k, m, tiling):
     assert supported(k, hb, dataclasses.replace(tiling, programs=-1)).startswith("programs=-1")
 
 
+# ------------------------------------------------------------------------- fused producer (issue 12)
+
+
+def producer_inputs(seed: int, m: int, k: int, groups: int):
+    """A pre-LayerNorm stream (a DiT residual: nonzero mean, outlier channels) and an adaLN affine
+    ``a = (1 + scale) · smooth``, ``c = shift · smooth`` of ``groups`` row groups."""
+    x, signs, smooth, hb = rotation_inputs(seed, m, k)
+    ks = jax.random.split(jax.random.key(seed + 1), 2)
+    x = (x.astype(jnp.float32) + 0.7).astype(jnp.bfloat16)
+    a = (1.0 + 0.5 * jax.random.normal(ks[0], (groups, k))) * smooth
+    c = 0.3 * jax.random.normal(ks[1], (groups, k)) * smooth
+    return x, signs, smooth, hb, (a, c, 1e-6)
+
+
+def test_input_ref_is_the_producer_pass():
+    """``input_ref``: LayerNorm + per-group affine (or the bf16 smoothing), rounded to bf16 — what an
+    XLA producer pass writes and the unfused path quantizes."""
+    from pallas_kernels.ops.producer.reference import layernorm_noaffine
+    from pallas_kernels.ops.rotate_quantize import input_ref
+
+    x, signs, smooth, hb, (a, c, eps) = producer_inputs(5, 12, 144, 3)
+    want = (layernorm_noaffine(x).reshape(3, 4, 144) * a[:, None] + c[:, None]).astype(jnp.bfloat16)
+    got = input_ref(x, prenorm=(a, c, eps), bf16_input=True)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want.reshape(12, 144), np.float32))
+    got = input_ref(x, smooth, bf16_input=True)
+    want = (x.astype(jnp.float32) * smooth.astype(jnp.bfloat16).astype(jnp.float32)).astype(jnp.bfloat16)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want, np.float32))
+    q, s = pk.rotate_quantize_ref(x, hb, signs, prenorm=(a, c, eps), bf16_input=True)
+    qr, sr = pk.rotate_quantize_ref(input_ref(x, prenorm=(a, c, eps), bf16_input=True), hb, signs)
+    np.testing.assert_array_equal(np.asarray(q), np.asarray(qr))
+    with pytest.raises(ValueError, match="fold smooth_mult"):
+        input_ref(x, smooth, prenorm=(a, c, eps))
+    with pytest.raises(ValueError, match="G=3 row groups"):
+        input_ref(x[:10], prenorm=(a, c, eps))
+
+
+PRODUCER_CASES = [  # (K, M, groups): stored tilings (8 rows per program)
+    (1152, 16, 2),  # groups of 8 rows: a and c loaded once per program (hoist_pn); through the dispatch
+    (4608, 4, 2),  # groups of 2 rows (loaded per row), M < the program's rows (padded); two column
+    #   tiles per row (grow 2), row loop
+]
+
+
+@pytest.mark.parametrize("k,m,groups", PRODUCER_CASES, ids=[f"K{k}-M{m}-G{g}" for k, m, g in PRODUCER_CASES])
+def test_prenorm_prologue_interpret_matches_reference(k, m, groups):
+    x, signs, _, hb, pn = producer_inputs(k + m, m, k, groups)
+    if k == 1152:  # the dispatch (leading dims kept)
+        out = pk.rotate_quantize(x.reshape(2, m // 2, k), hb, signs, backend="triton", row_sum=True, prenorm=pn,
+                                 bf16_input=True, tiling=dataclasses.replace(rotate_tiling(k), hoist_pn=True))
+        assert out[0].shape == (2, m // 2, k) and out[1].shape == out[2].shape == (2, m // 2, 1)
+        *out, rs = (a.reshape(m, -1) for a in out)
+    else:
+        *out, rs = triton_rotate_quantize(x, hb, signs, cfg=rotate_tiling(k), interpret=True, row_sum=True,
+                                          prenorm=pn, bf16_input=True)
+    assert_rotated_close(out, pk.rotate_quantize_ref(x, hb, signs, prenorm=pn, bf16_input=True), scale_rtol=1e-5)
+    np.testing.assert_array_equal(np.asarray(rs), np.asarray(out[0], np.int32).sum(-1, keepdims=True))
+
+
+@pytest.mark.parametrize("k,m", [(1152, 9), (4608, 3)])
+def test_bf16_smoothing_keeps_the_exact_operand(k, m):
+    """``bf16_input``: the smoothing multiplier (not ±1) rides with the signs on the bf16 operand; the
+    prescaled tilings bound the fp16 range from the product."""
+    x, signs, smooth, hb = rotation_inputs(7 * k + m, m, k)
+    smooth = smooth * 8.0  # multipliers up to 24: the raw-x bound of prescale would overflow fp16
+    x = x.at[1].set(0)
+    cfg = rotate_tiling(k)
+    assert cfg.prescale
+    out = triton_rotate_quantize(x, hb, signs, smooth, cfg=cfg, interpret=True, bf16_input=True)
+    assert_rotated_close(out, pk.rotate_quantize_ref(x, hb, signs, smooth, bf16_input=True))
+
+
+def test_producer_dispatch_and_refusals():
+    from pallas_kernels.ops.rotate_quantize import supported_input
+
+    x, signs, _, hb, pn = producer_inputs(3, 8, 1152, 2)
+    cfg = rotate_tiling(1152)
+    assert supported_input(x, None, pn, True, hb, cfg) is None
+    assert "bf16 x" in supported_input(x.astype(jnp.float32), None, pn, True, hb, cfg)
+    assert "bf16_input=True" in supported_input(x, None, pn, False, hb, cfg)
+    assert "one row per tile" in supported_input(x, None, pn, True, hb, RotateTiling(w=16, rows_per_tile=2))
+    # an input the kernel does not take runs the XLA path
+    f32 = pk.rotate_quantize(x.astype(jnp.float32), hb, signs, backend="triton", prenorm=pn, bf16_input=True)
+    np.testing.assert_array_equal(np.asarray(f32[0]), np.asarray(
+        pk.rotate_quantize_ref(x.astype(jnp.float32), hb, signs, prenorm=pn, bf16_input=True)[0]))
+
+
 # ------------------------------------------------------------------------------------ GPU
 
 
@@ -278,3 +364,16 @@ def test_prefetch_and_persistent_grid_gpu(k, m, tiling):
         tiling = dataclasses.replace(tiling, programs=96)
     out = triton_rotate_quantize(x, hb, signs, cfg=tiling)
     assert_rotated_close(out, pk.rotate_quantize_ref(x, hb, signs))
+
+
+@pytest.mark.gpu
+@requires_gpu
+@pytest.mark.parametrize("k", [1152, 4608])
+@pytest.mark.parametrize("mode", ["prenorm", "bf16_smooth"])
+def test_fused_producer_gpu(k, mode):
+    """The LayerNorm + adaLN prologue and the bf16 smoothing in the stored tilings, on the device."""
+    m = 4096 + 64
+    x, signs, smooth, hb, pn = producer_inputs(k + 3, m, k, 2)
+    kw = dict(prenorm=pn) if mode == "prenorm" else dict(smooth_mult=smooth)
+    out = pk.rotate_quantize(x, hb, signs, backend="triton", bf16_input=True, **kw)
+    assert_rotated_close(out, pk.rotate_quantize_ref(x, hb, signs, bf16_input=True, **kw), scale_rtol=1e-5)

@@ -8,7 +8,16 @@ import pytest
 
 from models.attention import reference_attention as attention
 from models.attention import reference_frame_attention as frame_attention
-from models.layers import Dense, PatchEmbed, apply_rope, key_padding_mask, unpatchify
+from models.layers import (
+    Dense,
+    PatchEmbed,
+    apply_rope,
+    dense_input,
+    key_padding_mask,
+    layer_norm,
+    modulate,
+    unpatchify,
+)
 
 
 def _qkv(seed, b=2, n=10, h=4, d=16):
@@ -114,6 +123,45 @@ def test_dense_seam_dispatches_to_record():
     np.testing.assert_allclose(np.asarray(y), np.asarray(x @ params["kernel"] + params["bias"]), rtol=1e-6)
     qparams = {"kernel": _FakeRecord(params["kernel"].T), "bias": params["bias"]}
     assert np.all(np.asarray(jax.jit(lambda p: dense.apply({"params": p}, x))(qparams)) == 42.0)
+
+
+@flax.struct.dataclass
+class _InputRecord:
+    """Returns the input it is handed (raw ``x`` when it takes ``prenorm=``, which it then notes as -x)."""
+
+    w: jax.Array
+
+    def quantized_dense(self, x, bias, dtype, prenorm=None):
+        return x if prenorm is None else -x
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_dense_prenorm_is_modulate_of_layer_norm(dtype):
+    """``Dense(x, prenorm=(shift, scale))`` == ``Dense(modulate(layer_norm(x), shift, scale))`` bit for bit
+    (jitted, as models run), for a block's ``(B, 1, C)`` adaLN parameters and per-frame ``(B, T, 1, C)``
+    ones on frame-major tokens; records that take ``prenorm`` get the raw ``x``, others the normed input."""
+    b, t, s, c = 2, 3, 4, 8
+    ks = jax.random.split(jax.random.key(7), 5)
+    x = (3 * jax.random.normal(ks[0], (b, t * s, c)) + 1).astype(dtype)
+    dense = Dense(6)
+    params = dense.init(ks[1], x)
+    cases = {"block": (b, 1, c), "per-frame": (b, t, 1, c)}
+    for shape in cases.values():
+        shift, scale = (jax.random.normal(k, shape).astype(dtype) for k in ks[2:4])
+        frames = x.reshape(b, -1, s, c) if len(shape) == 4 else x
+        h = lambda x: modulate(layer_norm(x.reshape(frames.shape)), shift, scale).reshape(x.shape)  # noqa: E731
+        # prenorm vs the blocks' expression, one jit as before (also what an interceptor sees)
+        y, y_h, seen, want = jax.jit(lambda p, x: (dense.apply(p, x, prenorm=(shift, scale)), dense.apply(p, h(x)),
+                                                   dense_input((x,), {"prenorm": (shift, scale)}), h(x)))(params, x)
+        np.testing.assert_array_equal(np.asarray(y), np.asarray(y_h))
+        np.testing.assert_array_equal(np.asarray(seen), np.asarray(want))
+        assert y.dtype == y_h.dtype
+        echo = {"params": {"kernel": _InputRecord(params["params"]["kernel"]), "bias": params["params"]["bias"]}}
+        np.testing.assert_array_equal(np.asarray(dense.apply(echo, x, prenorm=(shift, scale))), -np.asarray(x))
+        plain = {"params": {"kernel": _FakeRecord(params["params"]["kernel"].T), "bias": params["params"]["bias"]}}
+        assert np.all(np.asarray(dense.apply(plain, x, prenorm=(shift, scale))) == 42.0)
+    with pytest.raises(ValueError, match=r"prenorm shift \(2, 5\).*G\*8"):
+        dense.apply(params, x, prenorm=(jnp.ones((2, 5)), jnp.ones((2, 5))))
 
 
 @pytest.mark.parametrize("patch,shape", [((2, 2), (2, 8, 12, 3)), ((1, 2, 2), (1, 3, 4, 6, 5))])

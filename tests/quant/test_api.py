@@ -167,7 +167,7 @@ def test_static_scale_of_balanced_layer_uses_balanced_inputs():
 
         def grab(next_fun, args, kwargs, ctx):
             if isinstance(ctx.module, Dense) and "/".join(ctx.module.path) == "blocks_0/mlp/fc1":
-                xs.append(args[0])
+                xs.append(layers.dense_input(args, kwargs))
             return next_fun(*args, **kwargs)
 
         with nn.intercept_methods(grab):

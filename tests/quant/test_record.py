@@ -23,7 +23,8 @@ from vidq_jax.quant import (
     weight_channel_absmax,
 )
 from pallas_kernels import rotate_quantize_ref, unpack_int4
-from pallas_kernels.ops.rotate_quantize import rotate_ref
+from pallas_kernels.ops.rotate_quantize import input_ref, rotate_ref
+from pallas_kernels.ops.w8a8_linear import producer_args
 from vidq_jax.quant import backends
 
 K, N = 72, 24  # 72 = 36·2 exercises the non-power-of-two Hadamard
@@ -215,9 +216,11 @@ def fake_kernels(monkeypatch):
     calls = []
 
     def w8a8_linear(x, qweight, w_scale, bias=None, *, out_dtype=jnp.bfloat16, backend="auto", rotation=None,
-                    w_zero_point=None, activation=None, splits=1, residual=None, gate=None):
+                    w_zero_point=None, activation=None, splits=1, residual=None, gate=None, smooth=None, prenorm=None):
         calls.append(("w8a8", x.dtype, qweight.dtype))
         assert x.dtype == jnp.bfloat16 and qweight.dtype == jnp.int8 and x.ndim == 2
+        if smooth is not None or prenorm is not None:  # the producer: LayerNorm + modulate, smoothing
+            x = input_ref(x, *producer_args(x.shape[1], smooth, prenorm), bf16_input=True).astype(jnp.bfloat16)
         xf = x.astype(jnp.float32) if rotation is None else rotate_ref(x, *rotation)
         s = jnp.max(jnp.abs(xf), axis=-1, keepdims=True) / 127
         s = jnp.where(s > 0, s, 1.0)
@@ -406,3 +409,80 @@ def test_fp8_record_backends_agree(rotate):
         assert np.linalg.norm(y - yf) / np.linalg.norm(yf) < tol
     with pytest.raises(ValueError, match="fp8=True"):
         LayerQuant(fp8=True)  # asymmetric weights: e4m3 has no zero point
+
+
+# ------------------------------------------------------------------------------- prenorm (LayerNorm + modulate)
+
+
+@pytest.fixture(scope="module")
+def viditq_pixart():
+    """A one-block PixArt quantized with viditq-w8a8 (qkv and fc1 smoothed and rotated)."""
+    from tests.fixture_models import random_pixart
+    from vidq_jax.quant import QuantConfig, quantize_params
+
+    model, params, batch = random_pixart()
+    return model, quantize_params(params, [batch], model=model, config=QuantConfig.preset("viditq-w8a8")), batch
+
+
+def _dense_computes_prenorm(monkeypatch):
+    """Records refuse ``prenorm=`` from now on: the Dense computes ``modulate(layer_norm(x))`` itself."""
+    import models.layers as layers
+
+    accepts = layers._record_accepts
+    monkeypatch.setattr(layers, "_record_accepts", lambda t, kw: kw != "prenorm" and accepts(t, kw))
+
+
+def _spy_linear(monkeypatch) -> list[set]:
+    """The keyword names of every call of the kernel package's ``w8a8_linear``."""
+    calls, linear = [], backends.kernels.w8a8_linear
+    monkeypatch.setattr(backends.kernels, "w8a8_linear", lambda *a, **kw: calls.append(set(kw)) or linear(*a, **kw))
+    return calls
+
+
+@pytest.mark.parametrize("backend", ["simulate", "xla", "pallas"])
+def test_prenorm_wiring_matches_the_dense_computing_the_input(viditq_pixart, backend, monkeypatch):
+    """viditq-w8a8 records given the pre-LayerNorm stream plus ``prenorm=`` (qkv, fc1) compute what they
+    computed when the Dense handed them ``modulate(layer_norm(x))``: bit for bit off the kernels; on
+    ``pallas`` (the kernel package's XLA path on CPU) the linears get ``prenorm`` and ``smooth`` and
+    their producer rounds the normed input to bf16."""
+    from vidq_jax.quant import set_backend
+
+    model, qparams, batch = viditq_pixart
+    qparams = set_backend(qparams, backend)
+    calls = _spy_linear(monkeypatch)
+    y = np.asarray(jax.jit(lambda p, b: model.apply({"params": p}, **b))(qparams, batch))
+    _dense_computes_prenorm(monkeypatch)
+    y_dense = np.asarray(jax.jit(lambda p, b: model.apply({"params": p}, **b))(qparams, batch))
+    if backend != "pallas":
+        np.testing.assert_array_equal(y, y_dense)
+        return
+    fused = [kw for kw in calls if "prenorm" in kw]
+    assert len(fused) == 2 and all({"smooth", "rotation"} <= kw for kw in fused), calls  # qkv, fc1
+    assert len(calls) > 4  # proj, cross attention, fc2: no prenorm
+    np.testing.assert_allclose(y, y_dense, rtol=0, atol=0.02 * np.abs(y_dense).max())
+
+
+def test_per_frame_prenorm_on_every_backend(monkeypatch):
+    """Per-frame adaLN parameters ``(B, T, 1, K)`` on frame-major tokens ``(B, T·S, K)`` (STDiT3's
+    x_mask): the record equals itself on ``modulate(layer_norm(x))`` computed per frame by hand — exactly
+    off the kernels, to bf16 rounding on ``pallas`` (whose linears get the ``(B·T, K)`` rows)."""
+    from models.layers import Dense, layer_norm, modulate
+
+    b, t, s = 2, 3, 4
+    w, x, bias = _data(m=(b, t * s))
+    rng = np.random.default_rng(1)
+    shift, scale = (jnp.asarray(rng.standard_normal((b, t, 1, K)).astype(np.float32)) for _ in range(2))
+    by_hand = lambda x: modulate(layer_norm(x.reshape(b, t, s, K)), shift, scale).reshape(x.shape)  # noqa: E731
+    rec = _record(LayerQuant(smooth_alpha=0.5, rotate=True), w, np.asarray(by_hand(jnp.asarray(x))))
+    dense = Dense(N)
+    params = {"kernel": rec, "bias": jnp.asarray(bias)}
+    calls = _spy_linear(monkeypatch)
+    for backend in ("simulate", "xla", "pallas"):
+        p = dict(params, kernel=rec.with_backend(backend))
+        y = np.asarray(jax.jit(lambda p, x: dense.apply({"params": p}, x, prenorm=(shift, scale)))(p, jnp.asarray(x)))
+        y_h = np.asarray(jax.jit(lambda p, x: dense.apply({"params": p}, by_hand(x)))(p, jnp.asarray(x)))
+        if backend == "pallas":
+            assert [("prenorm" in kw) for kw in calls] == [True, False]
+            np.testing.assert_allclose(y, y_h, rtol=0, atol=0.02 * np.abs(y_h).max())
+        else:
+            np.testing.assert_array_equal(y, y_h)

@@ -59,3 +59,33 @@ def test_raw_stats_fn_and_unknown_names(setup):
     assert int(raw["out"]["absmax"]["rows"]) == 10 and raw["out"]["hessian"]["xtx"].shape == (16, 16)
     with pytest.raises(ValueError, match="unknown calibration statistics.*'hesian'"):
         collect_stats(model, params, batches, statistics=("hesian",))
+
+
+def test_prenorm_layers_are_calibrated_on_their_normed_input():
+    """qkv and fc1 get the pre-LayerNorm stream plus ``prenorm=`` (the Dense seam); their statistics are
+    those of ``modulate(layer_norm(x))`` as the blocks computed it — per frame under STDiT3's ``x_mask``."""
+    from models.layers import Mlp, SelfAttention, layer_norm, modulate
+    from tests.fixture_models import stdit3_one_block
+
+    model, params, batch = stdit3_one_block(frames=3)
+    batch = dict(batch, x_mask=jnp.array([[True, False, True], [False, True, True]]))
+    normed = {}
+
+    def grab(next_fun, args, kwargs, ctx):  # the inputs of the modules owning qkv / fc1, normed by hand
+        if isinstance(ctx.module, (SelfAttention, Mlp)) and kwargs.get("prenorm") is not None:  # not y_proj
+            x, (shift, scale) = args[0], kwargs["prenorm"]
+            frames = x.reshape(x.shape[0], 3, -1, x.shape[-1])  # (B, T, S, C) with (B, T, 1, C) parameters
+            h = modulate(layer_norm(frames), shift, scale).reshape(x.shape)
+            normed["/".join(ctx.module.path) + ("/qkv" if isinstance(ctx.module, SelfAttention) else "/fc1")] = h
+        return next_fun(*args, **kwargs)
+
+    def forward(p, b):
+        with nn.intercept_methods(grab):
+            model.apply({"params": p}, **b)
+        return normed
+
+    want = jax.jit(forward)(params, batch)
+    stats = collect_stats(model, params, [batch], paths=list(want))
+    assert len(want) == 4  # spatial and temporal block: attn/qkv, mlp/fc1
+    for p, h in want.items():
+        np.testing.assert_allclose(stats[p].absmax, np.abs(np.asarray(h)).max((0, 1)), rtol=1e-6, err_msg=p)

@@ -25,7 +25,8 @@ values, floats equal up to rounding):
   the epilogue ``y[m,n] = Σ_g s_x[m,g] s_w[n,g] (acc + z_w·Σq_x + z_x·Σq_w + |g|·z_x·z_w)[g,m,n]``,
   all correction terms exact in int32.
 * ``pallas`` — :func:`vidq_jax.quant.backends.pallas_dense`: the kernel package's ``w8a8_linear`` /
-  ``w4a8_linear`` (fused quantize — with the online rotation inside the quantizer kernel — + int8 GEMM +
+  ``w4a8_linear`` (fused quantize — with the smoothing, the online rotation and, for a Dense called with
+  ``prenorm=``, the block's LayerNorm + adaLN modulate inside the quantizer's producer — + int8 GEMM +
   epilogue) for per-channel (or symmetric per-group packed int4) weights and dynamic symmetric
   per-token int8 activations; an asymmetric weight's zero-point term ``z_w·Σq_x`` is added in int32
   inside the GEMM epilogue from the code sums the quantizer kernel writes; anything else, or a missing
@@ -42,7 +43,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from models.layers import activate, add_residual, split_columns
+from models.layers import LN_EPS, activate, add_residual, prenorm_dtype, prenorm_groups, prenorm_input, split_columns
 # the int4 storage layout and the e4m3 quantizer are the kernels' (one packer, one FP8 rule)
 from pallas_kernels import FP8, pack_int4, quantize_fp8_weight_ref, quantize_per_token_ref, unpack_int4
 from vidq_jax.quant import backends
@@ -179,27 +180,34 @@ class QuantizedWeight:
     # ------------------------------------------------------------------ the seam
     def quantized_dense(self, x: jax.Array, bias: jax.Array | None = None, dtype: Any = None,
                         activation: str | None = None, splits: int = 1, residual: jax.Array | None = None,
-                        gate: jax.Array | None = None) -> jax.Array | tuple[jax.Array, ...]:
+                        gate: jax.Array | None = None, prenorm: tuple | None = None) -> jax.Array | tuple[jax.Array, ...]:
         """``y = act(x · W + b)`` for ``x (..., K)`` → ``(..., N)`` in ``dtype`` (default ``x.dtype``);
         ``activation`` names a ``models.layers.ACTIVATIONS`` entry (fused into the Pallas epilogue).
         ``splits > 1``: a tuple of ``splits`` column blocks ``(..., N / splits)`` (the Pallas kernels
         compute them as separate GEMMs on one quantized ``x``; other backends split one output).
         ``residual`` / ``gate``: ``residual + gate · y`` (``models.layers.add_residual``); the Pallas
         epilogue fuses it when ``residual`` is ``(..., N)`` and ``gate`` varies at most along the first
-        axis (a DiT block's ``(B, 1, N)`` adaLN gate), the other backends apply it after the cast."""
+        axis (a DiT block's ``(B, 1, N)`` adaLN gate), the other backends apply it after the cast.
+        ``prenorm=(shift, scale)``: the layer's input is ``models.layers.prenorm_input(x, prenorm)`` =
+        ``modulate(layer_norm(x), shift, scale)``; the per-token Pallas linears fuse it into their quantizer
+        (read ``x`` once: LayerNorm, modulate, smoothing, rotation, quantize), every other path computes it
+        first with that helper (the numerics of a Dense that computes it)."""
         x = jnp.asarray(x)
-        out_dtype = jnp.dtype(dtype) if dtype is not None else x.dtype
+        out_dtype = jnp.dtype(dtype) if dtype is not None else prenorm_dtype(x, prenorm)
         k = self.in_features
         if x.shape[-1] != k:
             raise ValueError(f"quantized Dense expects (..., {k}) input, got {x.shape}")
         if splits < 1 or self.out_features % splits:
             raise ValueError(f"{self.out_features} output features do not split into {splits} blocks")
         lead = x.shape[:-1]
-        xr = x.reshape(-1, k)
         n = self.out_features
-        if (self.layer.a_bits is not None and self.backend == "pallas"
-                and (y := pallas_output(self, xr, lead, bias, out_dtype, activation, splits, residual, gate)) is not None):
+        fast = self.layer.a_bits is not None and self.backend == "pallas"
+        if prenorm is not None and (not fast or backends.needs_group_gemm(self.layer)):
+            x, prenorm = prenorm_input(x, prenorm), None  # (the group GEMM quantizes in XLA: no prologue)
+        if fast and (y := pallas_output(self, x.reshape(-1, k), lead, bias, out_dtype, activation, splits,
+                                        residual, gate, **kernel_prenorm(prenorm, x.shape))) is not None:
             return y
+        xr = prenorm_input(x, prenorm).reshape(-1, k)
         x2 = self.balance(xr.astype(jnp.float32))
         if self.layer.a_bits is None:
             y = jnp.matmul(x2, self.dequantize().T, precision=_HIGHEST)
@@ -251,6 +259,18 @@ def pallas_output(rec: QuantizedWeight, xr: jax.Array, lead: tuple[int, ...], bi
         return tuple(a.reshape(lead + (a.shape[-1],)) for a in yk)
     y = split_columns(yk.reshape(lead + (n,)), splits)
     return y if fused else add_residual(y, residual, gate)
+
+
+def kernel_prenorm(prenorm: tuple | None, x_shape: tuple[int, ...]) -> dict:
+    """``{"prenorm": (shift (G, K), scale (G, K), eps)}`` (float32 rows) — the kernels' form of a Dense's
+    ``prenorm=(shift, scale[, eps])`` on ``x`` of ``x_shape`` (slab ``g`` of the flattened rows modulated by
+    row ``g``, :func:`models.layers.prenorm_input`) — or ``{}`` without it."""
+    if prenorm is None:
+        return {}
+    shift, scale, *eps = prenorm
+    rows = (prenorm_groups(x_shape, shift, scale), x_shape[-1])
+    return {"prenorm": (shift.reshape(rows).astype(jnp.float32), scale.reshape(rows).astype(jnp.float32),
+                        *(eps or (LN_EPS,)))}
 
 
 def _row_gate(gate: jax.Array, lead: tuple[int, ...], n: int) -> jax.Array | None:
@@ -424,6 +444,7 @@ __all__ = [
     "balanced_weight",
     "integer_accumulators",
     "integer_linear",
+    "kernel_prenorm",
     "pallas_output",
     "quantize_weight",
     "static_act_params",

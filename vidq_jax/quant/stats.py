@@ -188,6 +188,8 @@ def make_stats_fn(model: nn.Module, paths: Iterable[str] | None = None, transfor
     ``paths``: only these Dense layers (``None`` = all). ``transforms``: see module docstring.
     ``statistics``: names in :data:`STATISTICS` (``"absmax"`` is always included).
     """
+    from models.layers import dense_input  # the Dense input an interceptor sees (prenorm applied)
+
     dense_cls = _dense_class()
     wanted = None if paths is None else frozenset(paths)
     transforms = dict(transforms or {})
@@ -202,7 +204,7 @@ def make_stats_fn(model: nn.Module, paths: Iterable[str] | None = None, transfor
             if isinstance(context.module, dense_cls) and context.method_name == "__call__":
                 path = "/".join(context.module.path)
                 if wanted is None or path in wanted:
-                    x = args[0] if args else kwargs["x"]
+                    x = dense_input(args, kwargs)
                     if path in transforms:
                         smooth, signs = transforms[path]
                         x = x.astype(jnp.float32)

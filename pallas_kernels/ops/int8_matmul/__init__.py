@@ -31,6 +31,7 @@ from pallas_kernels.ops.int8_matmul.reference import (
     check_activation,
     check_rank1,
     check_zero_point,
+    column_blocks,
     gate_rows,
     gemm_ref,
     int8_matmul_ref,
@@ -60,10 +61,13 @@ def resolve_backend(backend: str, op: str) -> str:
     return "xla"
 
 
-def mosaic_config(m: int, k: int, n: int, kernel: str, out_itemsize: int = 2) -> mosaic.MosaicGemmConfig | None:
-    """Stored config for the shape, shrunk to divide K / N and to fit shared memory (``None``: no fit)."""
+def mosaic_config(m: int, k: int, n: int, kernel: str, out_itemsize: int = 2,
+                  out_splits: int = 1) -> mosaic.MosaicGemmConfig | None:
+    """Stored config for the shape (keyed by the whole N), shrunk to divide K and each output's
+    ``N / out_splits`` columns and to fit shared memory (``None``: no fit)."""
     cfg = mosaic.MosaicGemmConfig.from_dict(_config.lookup(CONFIG_FILE, kernel, m, k, n, {}))
-    return mosaic.fit_smem(mosaic.fit_config(cfg, k, n), n, out_itemsize)
+    c = n // out_splits
+    return mosaic.fit_smem(mosaic.fit_config(cfg, k, c), c, out_itemsize)
 
 
 def triton_config(m: int, k: int, n: int, kernel: str) -> triton.TritonGemmConfig | None:
@@ -104,7 +108,9 @@ def scaled_gemm(
     residual: jax.Array | None = None,
     gate: jax.Array | None = None,
     rank1: tuple | None = None,
-) -> jax.Array:
+    out_splits: int = 1,
+    fuse_splits: bool = False,
+) -> jax.Array | tuple[jax.Array, ...]:
     """Quantized GEMM ``xq (M,K) x wq (N,K)^T`` of int8 (int32 accumulation) or FP8 e4m3 (float32
     accumulation) codes: THE dispatch of the quantized GEMMs (:func:`int8_gemm`,
     :func:`pallas_kernels.fp8_gemm`; the same kernels, tilings and fused epilogue for both). With scales
@@ -121,6 +127,13 @@ def scaled_gemm(
     keep the exact form); ``fuse_activation=False`` — apply ``activation`` by an XLA pass after the
     GEMM instead of inside its epilogue. ``$PALLAS_KERNELS_DEBUG`` may force both
     (``pallas_kernels._debug``).
+
+    ``out_splits = S > 1``: a tuple of ``S`` outputs ``(M, N / S)``, the column blocks of the result (q, k,
+    v of a fused qkv: each a contiguous array, so attention reads them without a copy); no residual/gate.
+    ``fuse_splits=True``: ONE GEMM over the whole N writes them (Mosaic GPU: one kernel storing each output
+    tile into its block's array, when the tile width divides ``N / S``; XLA: one GEMM, then the split;
+    Pallas-Triton: one GEMM per block); ``False``: one GEMM per block on every backend (the path before
+    the fused one; the switch to turn it off).
 
     Falls back to XLA (logged once) when the chosen kernel does not support the shape/device; a
     gate whose row span does not hold whole kernel row tiles is applied after the kernel (logged).
@@ -146,6 +159,11 @@ def scaled_gemm(
         raise ValueError(f"gate must be (G, N={n}), got {gate.shape}")
     check_rank1(rank1, m, n)
     be = resolve_backend(backend, op)
+    if out_splits != 1:
+        return _column_split_gemm(xq, wq, x_scale, w_scale, bias, out_splits=out_splits, fuse=fuse_splits,
+                                  out_dtype=out_dtype, backend=be, op=op, activation=activation,
+                                  approx_gelu=approx_gelu, fuse_activation=fuse_activation, w_zero=w_zero,
+                                  x_row_sum=x_row_sum, residual=residual, gate=gate, rank1=rank1)
     if be == "triton" and xq.dtype != jnp.int8 and on_gpu():
         # Measured on an H100 (gpu_check, 2026-12-06): Pallas-Triton's FP8 dot (mma.sync, not wgmma) loses
         # accumulation precision: rel. error 7.6e-3 at K = 1152 and 4.9e-2 at K = 4608 against the exact
@@ -196,6 +214,42 @@ def scaled_gemm(
                                gate=gate, **zp)
 
 
+def _column_split_gemm(xq, wq, x_scale, w_scale, bias, *, out_splits: int, fuse: bool, out_dtype, backend: str,
+                       op: str, activation, approx_gelu, fuse_activation, w_zero, x_row_sum, residual, gate,
+                       rank1) -> tuple[jax.Array, ...]:
+    """:func:`scaled_gemm` with ``out_splits`` column-block outputs (``backend`` resolved): one GEMM writing
+    all of them (``fuse``; Mosaic GPU kernel or XLA), else one :func:`scaled_gemm` per block."""
+    m, k = xq.shape
+    n = wq.shape[0]
+    if residual is not None or gate is not None:
+        raise ValueError("residual/gate apply to a whole output: not with out_splits > 1")
+    column_blocks(wq, out_splits, axis=0)  # N must split evenly (one-line ValueError)
+    kw = dict(out_dtype=out_dtype, activation=activation, w_zero=w_zero, x_row_sum=x_row_sum)
+    if fuse and backend == "mosaic" and on_gpu():
+        scaled = x_scale is not None
+        cfg = mosaic_config(m, k, n, f"mosaic_{'gemm_scaled' if scaled else 'gemm_int32'}",
+                            jnp.dtype(out_dtype if scaled else jnp.int32).itemsize, out_splits)
+        fused_act = activation is None or debug_override("fuse_activation", fuse_activation)
+        if cfg is not None and fused_act and mosaic.supports(k, n, cfg, out_splits):
+            return mosaic.mosaic_int8_gemm(xq, wq, x_scale, w_scale, bias, cfg=cfg, rank1=rank1,
+                                           approx_gelu=debug_override("approx_gelu", approx_gelu),
+                                           out_splits=out_splits, **kw)
+        why = ("fuse_activation off: the activation runs after the GEMM" if not fused_act else
+               f"no stored tiling fits K={k} with a tile width dividing N={n // out_splits}")
+        log_once(f"{op}:splits:{k},{n},{out_splits}", f"pallas_kernels.{op}: {out_splits} outputs not written by one "
+                 f"Mosaic GPU kernel ({why}); one GEMM per output.")
+    if fuse and backend == "xla":
+        return column_blocks(scaled_gemm(xq, wq, x_scale, w_scale, bias, backend="xla", op=op, rank1=rank1, **kw),
+                             out_splits)
+    u, beta = (None, None) if rank1 is None else rank1
+    kw.pop("w_zero")
+    return tuple(
+        scaled_gemm(xq, w, x_scale, ws, b, backend=backend, op=op, approx_gelu=approx_gelu,
+                    fuse_activation=fuse_activation, w_zero=z, rank1=None if bt is None else (u, bt), **kw)
+        for w, ws, b, z, bt in zip(*(column_blocks(a, out_splits, axis=0) for a in (wq, w_scale, bias, w_zero, beta)))
+    )
+
+
 def _unfused_gate(xq, wq, x_scale, w_scale, bias, out_dtype, be, op, activation, zp, residual, gate, why):
     """The kernel without gate/residual, then ``residual + gate · y`` by XLA (logged once)."""
     log_once(f"{op}:gate:{why}", f"pallas_kernels.{op}: gate not fused ({why}); applied after the GEMM.")
@@ -212,6 +266,7 @@ def int8_matmul(xq: jax.Array, wq: jax.Array, *, backend: str = "auto") -> jax.A
 __all__ = [
     "CONFIG_FILE",
     "EPILOGUE_ACTIVATIONS",
+    "column_blocks",
     "int8_gemm",
     "int8_matmul",
     "int8_matmul_ref",

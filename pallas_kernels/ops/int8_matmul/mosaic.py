@@ -16,6 +16,11 @@ Two variants, chosen by :class:`MosaicGemmConfig`:
 
 Shape requirements (checked by :func:`supports`): K % tk == 0, N % tn == 0. M is padded by the
 wrapper to a multiple of the CTA tile (the pad fuses into the producer of ``xq``).
+
+``out_splits = S > 1`` (a fused qkv): the one kernel over the whole ``N = S·C`` weight writes ``S``
+arrays ``(M, C)`` (needs ``C % tn == 0``): the tile at column tile ``j`` is stored into output
+``j // (C/tn)`` at column tile ``j % (C/tn)`` (:func:`split_tile`; one ``pl.when`` branch per output).
+The epilogue operands (scales, bias, zero points, ``beta``) stay indexed by the global column.
 """
 
 from __future__ import annotations
@@ -27,13 +32,14 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from pallas_kernels._compat import pl, plgpu
+from pallas_kernels._compat import interpret_params, pl, plgpu
 from pallas_kernels.ops.int8_matmul.reference import (
     apply_activation,
     check_activation,
     check_rank1,
     check_zero_point,
     gate_rows,
+    gemm_ref,
 )
 
 
@@ -103,11 +109,13 @@ def fit_smem(cfg: MosaicGemmConfig, n: int, out_itemsize: int) -> MosaicGemmConf
     return cfg
 
 
-def supports(k: int, n: int, cfg: MosaicGemmConfig) -> bool:
+def supports(k: int, n: int, cfg: MosaicGemmConfig, out_splits: int = 1) -> bool:
+    """Whether the kernel takes ``K``, ``N`` with ``cfg`` (``out_splits`` outputs: ``tn`` divides each
+    output's ``N / out_splits`` columns)."""
     return (
         plgpu is not None
         and k % cfg.tk == 0
-        and n % cfg.tn == 0
+        and n % (cfg.tn * out_splits) == 0
         and cfg.tm % 64 == 0
         and cfg.tk in (32, 64, 128)
         and cfg.tn % 8 == 0
@@ -138,8 +146,9 @@ class Epilogue:
     rows_per_gate: int = 0
 
 
-def _split_refs(refs: tuple, scaled: bool, present: tuple[str, ...]) -> tuple:
-    """``(x, w[, xs, ws, *optional], out, *scratch)`` -> ``(x, w, xs, ws, {name: ref}, out, scratch)``."""
+def _split_refs(refs: tuple, scaled: bool, present: tuple[str, ...], n_out: int) -> tuple:
+    """``(x, w[, xs, ws, *optional], *outs, *scratch)`` -> ``(x, w, xs, ws, {name: ref}, outs, scratch)``
+    (``outs``: a tuple of ``n_out`` output refs)."""
     x_g, w_g, *rest = refs
     xs_g = ws_g = None
     ops = {}
@@ -147,12 +156,32 @@ def _split_refs(refs: tuple, scaled: bool, present: tuple[str, ...]) -> tuple:
         xs_g, ws_g, *rest = rest
         ops = dict(zip(present, rest[: len(present)]))
         rest = rest[len(present):]
-    o_g, *scratch = rest
-    return x_g, w_g, xs_g, ws_g, ops, o_g, scratch
+    return x_g, w_g, xs_g, ws_g, ops, tuple(rest[:n_out]), rest[n_out:]
 
 
-def _kernel(*refs, cfg: MosaicGemmConfig, k: int, scaled: bool, ep: Epilogue):
-    x_g, w_g, xs_g, ws_g, ops, o_g, (o_smem,) = _split_refs(refs, scaled, ep.present)
+def split_tile(n_idx, tiles_per_out: int) -> tuple:
+    """Column tile ``n_idx`` of the whole ``N`` -> ``(output, column tile inside that output)`` when the
+    outputs are column blocks of ``tiles_per_out`` tiles each."""
+    return n_idx // tiles_per_out, n_idx % tiles_per_out
+
+
+def _store_tile(smem, o_gs: tuple, rows, cols, n_idx, tn: int) -> None:
+    """TMA store of the staged ``(rows, cols)`` tile (column tile ``n_idx``): into the one output, or, with
+    several (column blocks of the whole N), into output ``n_idx // (C/tn)`` at its local column tile —
+    one ``pl.when`` branch per output (exactly one runs: one store and one commit group per tile, as for a
+    single output)."""
+    if len(o_gs) == 1:
+        plgpu.copy_smem_to_gmem(smem, o_gs[0].at[rows, cols])
+        return
+    which, local = split_tile(n_idx, o_gs[0].shape[1] // tn)
+    local_cols = pl.ds(local * tn, tn)
+    for s, o_g in enumerate(o_gs):
+        pl.when(which == s)(functools.partial(plgpu.copy_smem_to_gmem, smem, o_g.at[rows, local_cols]))
+
+
+def _kernel(*refs, cfg: MosaicGemmConfig, k: int, scaled: bool, ep: Epilogue, n_out: int = 1,
+            interpret: bool = False):
+    x_g, w_g, xs_g, ws_g, ops, o_gs, (o_smem,) = _split_refs(refs, scaled, ep.present, n_out)
     tm, tn, tk = cfg.tm, cfg.tn, cfg.tk
     mi = lax.axis_index("m")
     ni = lax.axis_index("n")
@@ -162,8 +191,7 @@ def _kernel(*refs, cfg: MosaicGemmConfig, k: int, scaled: bool, ep: Epilogue):
 
     def mainloop(acc_ref):
         def step(_, a_smem, b_smem):
-            plgpu.wgmma(acc_ref, a_smem, b_smem.T)
-            plgpu.wgmma_wait(1)
+            _mma(acc_ref, a_smem, b_smem, 1, interpret)
 
         plgpu.emit_pipeline(
             step,
@@ -174,18 +202,49 @@ def _kernel(*refs, cfg: MosaicGemmConfig, k: int, scaled: bool, ep: Epilogue):
             ],
             max_concurrent_steps=cfg.stages,
         )(x_g.at[m_sl, :], w_g.at[n_sl, :])
-        plgpu.wgmma_wait(0)
+        if not interpret:
+            plgpu.wgmma_wait(0)
         return acc_ref[...]
 
-    acc = pl.run_scoped(mainloop, plgpu.ACC((tm, tn), acc_dtype(x_g.dtype)))
-    y = _epilogue_values(acc, xs_g, ws_g, ops, mi * tm, n_sl, o_smem.dtype, ep)
+    acc = _acc_scope(mainloop, (tm, tn), acc_dtype(x_g.dtype), interpret)
+    y = _epilogue_values(acc, xs_g, ws_g, ops, mi * tm, n_sl, o_smem.dtype, ep, interpret)
     o_smem[...] = y
     plgpu.commit_smem()
-    plgpu.copy_smem_to_gmem(o_smem, o_g.at[m_sl, n_sl])
+    _store_tile(o_smem, o_gs, m_sl, n_sl, ni, tn)
     plgpu.wait_smem_to_gmem(0)
 
 
-def _epilogue_values(acc, xs_g, ws_g, ops, row0, cols, out_dtype, ep: Epilogue):
+def _load(ref, layout, interpret: bool):
+    """A vector / tile operand of the epilogue in the accumulator's ``layout`` (the CPU interpreter has no
+    ``plgpu.load`` and no layouts: a plain read there)."""
+    return ref[...] if interpret else plgpu.load(ref, (), layout=layout, optimized=False)
+
+
+def _mma(acc_ref, a_smem, b_smem, wait: int, interpret: bool) -> None:
+    """``acc += a · bᵀ`` of K-major SMEM tiles: one async wgmma (then keep ``wait`` in flight), or in the CPU
+    interpreter (no transposed wgmma operand there) the same product in jnp (``reference.gemm_ref``)."""
+    if interpret:
+        acc_ref[...] += gemm_ref(a_smem[...], b_smem[...])
+        return
+    plgpu.wgmma(acc_ref, a_smem, b_smem.T)
+    plgpu.wgmma_wait(wait)
+
+
+def _acc_scope(fn, shape: tuple, dtype, interpret: bool, smem=None):
+    """``fn(accumulator)``: the wgmma register accumulator (``pl.run_scoped``), or in the CPU interpreter a
+    zeroed shared-memory tile: ``smem`` (warp-specialized kernel: allocated with the warpgroup axis
+    collective, as the interpreter requires) or a scoped one."""
+    if not interpret:
+        return pl.run_scoped(fn, plgpu.ACC(shape, dtype))
+
+    def zeroed(acc_ref):
+        acc_ref[...] = jnp.zeros(shape, dtype)
+        return fn(acc_ref)
+
+    return zeroed(smem) if smem is not None else pl.run_scoped(zeroed, plgpu.SMEM(shape, dtype))
+
+
+def _epilogue_values(acc, xs_g, ws_g, ops, row0, cols, out_dtype, ep: Epilogue, interpret: bool = False):
     """Accumulator (WGMMA layout, int32 or float32) of the ``(tm, tn)`` tile at rows
     ``row0 + [0, tm)`` -> the epilogue of ``reference.scaled_epilogue_ref`` in ``out_dtype`` (or the
     int32 passthrough): zero-point term in int32, scales, bias, the rank-1 term ``u[m] · beta[n]``,
@@ -198,19 +257,19 @@ def _epilogue_values(acc, xs_g, ws_g, ops, row0, cols, out_dtype, ep: Epilogue):
     col_layout = plgpu.Layout.WGMMA.reduce(0)
 
     def col_vec(ref):
-        return lax.broadcast_in_dim(plgpu.load(ref, (), layout=col_layout, optimized=False), (tm, tn), [1])
+        return lax.broadcast_in_dim(_load(ref, col_layout, interpret), (tm, tn), [1])
 
     if "w_zero" in ops:  # exact in int32: acc + (Σ_k q_x)[m] · z_w[n]
-        rs = plgpu.load(ops["x_row_sum"].at[rows], (), layout=row_layout, optimized=False)
+        rs = _load(ops["x_row_sum"].at[rows], row_layout, interpret)
         acc = acc + lax.broadcast_in_dim(rs, (tm, tn), [0]) * col_vec(ops["w_zero"].at[cols])
-    xs = plgpu.load(xs_g.at[rows], (), layout=row_layout, optimized=False)
+    xs = _load(xs_g.at[rows], row_layout, interpret)
     y = acc.astype(jnp.float32)
     y = y * lax.broadcast_in_dim(xs, (tm, tn), [0])
     y = y * col_vec(ws_g.at[cols])
     if "bias" in ops:
         y = y + col_vec(ops["bias"].at[cols])
     if "rank1_u" in ops:  # reference.rank1_ref: u per row (written by the quantizer), beta per column
-        u = plgpu.load(ops["rank1_u"].at[rows], (), layout=row_layout, optimized=False)
+        u = _load(ops["rank1_u"].at[rows], row_layout, interpret)
         y = y + lax.broadcast_in_dim(u, (tm, tn), [0]) * col_vec(ops["rank1_beta"].at[cols])
     y = apply_activation(y, ep.activation, in_kernel=True, form="tanh" if ep.approx else "exp")
     if "gate" in ops:  # the tile lies inside one gate row's span (rows_per_gate % tm == 0)
@@ -218,7 +277,7 @@ def _epilogue_values(acc, xs_g, ws_g, ops, row0, cols, out_dtype, ep: Epilogue):
         g_row = lax.min(row0 // ep.rows_per_gate, g.shape[0] - 1)  # padded rows: any valid row
         y = y * col_vec(g.at[g_row, cols])
     if "residual" in ops:
-        res = plgpu.load(ops["residual"].at[rows, cols], (), layout=plgpu.Layout.WGMMA, optimized=False)
+        res = _load(ops["residual"].at[rows, cols], plgpu.Layout.WGMMA, interpret)
         y = res.astype(jnp.float32) + y
     return y.astype(out_dtype)
 
@@ -230,12 +289,13 @@ def _approx_gelu(activation, out_dtype, approx_gelu: bool) -> bool:
     return approx_gelu and activation is not None and jnp.dtype(out_dtype).itemsize == 2
 
 
-def _ws_kernel(*refs, cfg: MosaicGemmConfig, k: int, mp: int, n: int, scaled: bool, ep: Epilogue):
-    x_g, w_g, xs_g, ws_g, ops, o_g, _ = _split_refs(refs, scaled, ep.present)
+def _ws_kernel(*refs, cfg: MosaicGemmConfig, k: int, mp: int, n: int, scaled: bool, ep: Epilogue,
+               n_out: int = 1, interpret: bool = False):
+    x_g, w_g, xs_g, ws_g, ops, o_gs, _ = _split_refs(refs, scaled, ep.present, n_out)
     tm, tn, tk = cfg.tm, cfg.tn, cfg.tk
     cta_m = 2 * tm
-    m_iters, n_iters = mp // cta_m, n // tn
-    out_dtype = o_g.dtype
+    m_iters, n_iters = mp // cta_m, n // tn  # n: the whole N (all outputs)
+    out_dtype = o_gs[0].dtype
     in_tf = _smem_transforms(tk, 1)
     out_tf = _smem_transforms(tn * out_dtype.itemsize, out_dtype.itemsize)
 
@@ -262,7 +322,7 @@ def _ws_kernel(*refs, cfg: MosaicGemmConfig, k: int, mp: int, n: int, scaled: bo
     states = getattr(plgpu, "PipelinePipeline", None)
     chain = chain and states is not None
 
-    def scope(pipeline_allocs, out_smem):
+    def scope(pipeline_allocs, out_smem, *acc_smem):  # acc_smem: the interpreter's accumulators
         wg = lax.axis_index("wg")
 
         @plgpu.nd_loop((m_iters * n_iters,), collective_axes="sm")
@@ -281,17 +341,17 @@ def _ws_kernel(*refs, cfg: MosaicGemmConfig, k: int, mp: int, n: int, scaled: bo
                 def acc_scope(acc_ref):
                     eval_pipeline(acc_ref)
                     acc = acc_ref[...]
-                    y = _epilogue_values(acc, xs_g, ws_g, ops, wg_row0, cols, out_dtype, ep)
+                    y = _epilogue_values(acc, xs_g, ws_g, ops, wg_row0, cols, out_dtype, ep, interpret)
                     plgpu.wait_smem_to_gmem(0, wait_read_only=True)
                     out_smem[wg] = y
                     plgpu.commit_smem()
-                    plgpu.copy_smem_to_gmem(out_smem.at[wg], o_g.at[wg_rows, cols])
+                    _store_tile(out_smem.at[wg], o_gs, wg_rows, cols, n_idx, tn)
 
-                pl.run_scoped(acc_scope, plgpu.ACC((tm, tn), acc_dtype(x_g.dtype)))
+                _acc_scope(acc_scope, (tm, tn), acc_dtype(x_g.dtype), interpret,
+                           acc_smem[0].at[wg] if interpret else None)
 
             def mma_body(_, a_smem, b_smem, acc_ref):
-                plgpu.wgmma(acc_ref, a_smem.at[pl.ds(wg * tm, tm)], b_smem.T)
-                plgpu.wgmma_wait(cfg.delay_release)
+                _mma(acc_ref, a_smem.at[pl.ds(wg * tm, tm)], b_smem, cfg.delay_release, interpret)
                 return acc_ref
 
             def run(state):
@@ -311,6 +371,7 @@ def _ws_kernel(*refs, cfg: MosaicGemmConfig, k: int, mp: int, n: int, scaled: bo
         scope,
         make_pipeline(ignore, ignore, states.STEADY if chain else None).get_allocations(x_g, w_g),
         plgpu.SMEM((2, tm, tn), out_dtype, transforms=out_tf),
+        *((plgpu.SMEM((2, tm, tn), acc_dtype(x_g.dtype)),) if interpret else ()),
         collective_axes="wg",
     )
     plgpu.wait_smem_to_gmem(0, wait_read_only=True)
@@ -333,12 +394,17 @@ def acc_dtype(operand_dtype) -> jnp.dtype:
     return jnp.dtype(jnp.int32 if jnp.issubdtype(operand_dtype, jnp.integer) else jnp.float32)
 
 
+def _interpret_kw(interpret: bool) -> dict:
+    return {"interpret": interpret_params()} if interpret else {}
+
+
 def gate_fits(cfg: MosaicGemmConfig, rows_per_gate: int) -> bool:
     """Whether every warpgroup tile (``tm`` rows) lies inside one gate row's span."""
     return rows_per_gate % cfg.tm == 0
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "out_dtype", "activation", "approx_gelu"))
+@functools.partial(jax.jit, static_argnames=("cfg", "out_dtype", "activation", "approx_gelu", "out_splits",
+                                             "interpret"))
 def mosaic_int8_gemm(
     xq: jax.Array,
     wq: jax.Array,
@@ -355,7 +421,9 @@ def mosaic_int8_gemm(
     residual: jax.Array | None = None,
     gate: jax.Array | None = None,
     rank1: tuple | None = None,
-) -> jax.Array:
+    out_splits: int = 1,
+    interpret: bool = False,
+) -> jax.Array | tuple[jax.Array, ...]:
     """``xq (M, K) int8`` x ``wq (N, K) int8``.
 
     Without scales: returns the exact int32 product. With ``x_scale (M,)/(M,1)`` and
@@ -364,6 +432,11 @@ def mosaic_int8_gemm(
     ``+ bias``, ``+ u[m] · beta[n]`` (``rank1 = (u (M,), beta (N,))``), ``activation`` (``approx_gelu``:
     see :func:`_approx_gelu`), ``gate (G, N)`` (needs :func:`gate_fits`) and ``residual (M, N)``.
     M need not be a multiple of ``cfg.tm`` (padded here); K and N must satisfy :func:`supports`.
+    ``out_splits = S > 1``: a tuple of ``S`` arrays ``(M, N / S)``, the column blocks of the result, written
+    by the one kernel (no gate / residual; ``cfg.tn`` must divide ``N / S``).
+    ``interpret=True``: Mosaic GPU's CPU interpreter (``_compat.interpret_params``: threads, barriers, TMA and
+    shared memory simulated, race detector on; the wgmma and the layout-aware loads replaced by their jnp
+    equivalents; ``cfg.chain`` off): the CPU twin of the kernel's tiling, pipeline, epilogue and stores.
     """
     m, k = xq.shape
     n = wq.shape[0]
@@ -380,6 +453,12 @@ def mosaic_int8_gemm(
     rows_per_gate = gate_rows(m, gate)
     if gate is not None and not gate_fits(cfg, rows_per_gate):
         raise ValueError(f"gate rows of {rows_per_gate} tokens do not hold whole {cfg.tm}-row tiles")
+    if out_splits > 1 and (gate is not None or residual is not None):
+        raise ValueError("residual/gate apply to a whole output: not with out_splits > 1")
+    if interpret and cfg.ws and cfg.chain:
+        raise ValueError("interpret=True needs cfg.chain=False (the CPU interpreter deadlocks on chained pipelines)")
+    if out_splits != 1 and (out_splits < 1 or n % (cfg.tn * out_splits)):
+        raise ValueError(f"out_splits={out_splits}: N={n} must split into that many blocks of whole {cfg.tn}-column tiles")
     mp = -(-m // cta_tile_m(cfg)) * cta_tile_m(cfg)
     pad = (lambda a: a) if mp == m else (lambda a: jnp.pad(a, ((0, mp - m),) + ((0, 0),) * (a.ndim - 1)))  # noqa: E731
     xq = pad(xq)
@@ -402,25 +481,29 @@ def mosaic_int8_gemm(
                 present.append(name)
                 args.append(extra[name])
     ep = Epilogue(tuple(present), activation, approx, rows_per_gate if gate is not None else 0)
-    out_type = jax.ShapeDtypeStruct((mp, n), out_dtype)
+    out_type = jax.ShapeDtypeStruct((mp, n // out_splits), out_dtype)
+    if out_splits > 1:
+        out_type = (out_type,) * out_splits
+    unpad = (lambda o: o) if mp == m else (lambda o: jax.tree.map(lambda a: a[:m], o))  # noqa: E731
     if cfg.ws:
         call = plgpu.kernel(
-            functools.partial(_ws_kernel, cfg=cfg, k=k, mp=mp, n=n, scaled=scaled, ep=ep),
+            functools.partial(_ws_kernel, cfg=cfg, k=k, mp=mp, n=n, scaled=scaled, ep=ep, n_out=out_splits,
+                              interpret=interpret),
             out_type=out_type,
             grid=(_num_sms(),),
             grid_names=("sm",),
             num_threads=3,
             thread_name="wg",
             compiler_params=_compiler_params(approx),
+            **_interpret_kw(interpret),
         )
-        out = call(*args)
-        return out[:m] if mp != m else out
+        return unpad(call(*args))
     out_tf = _smem_transforms(cfg.tn * out_dtype.itemsize, out_dtype.itemsize)
     if cfg.order == "nm":
         grid, names = (n // cfg.tn, mp // cfg.tm), ("n", "m")
     else:
         grid, names = (mp // cfg.tm, n // cfg.tn), ("m", "n")
-    body = functools.partial(_kernel, cfg=cfg, k=k, scaled=scaled, ep=ep)
+    body = functools.partial(_kernel, cfg=cfg, k=k, scaled=scaled, ep=ep, n_out=out_splits, interpret=interpret)
     scratch = [plgpu.SMEM((cfg.tm, cfg.tn), out_dtype, transforms=out_tf)]
     try:
         call = plgpu.kernel(
@@ -430,6 +513,7 @@ def mosaic_int8_gemm(
             grid=grid,
             grid_names=names,
             compiler_params=_compiler_params(approx),
+            **_interpret_kw(interpret),
         )
     except TypeError:  # older spelling
         call = plgpu.kernel(
@@ -440,5 +524,4 @@ def mosaic_int8_gemm(
             grid_names=names,
             compiler_params=_compiler_params(approx),
         )
-    out = call(*args)
-    return out[:m] if mp != m else out
+    return unpad(call(*args))

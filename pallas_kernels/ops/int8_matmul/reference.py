@@ -31,6 +31,22 @@ def gemm_ref(xq: jax.Array, wq: jax.Array) -> jax.Array:
     return lax.dot_general(xq, wq, NT_DIMS, preferred_element_type=acc)
 
 
+def column_blocks(a: jax.Array | None, splits: int, axis: int = -1) -> tuple[jax.Array | None, ...]:
+    """The ``splits`` equal blocks of ``a`` along ``axis``, as a tuple (``(a,)`` for one block).
+
+    THE column split of a linear: its output ``(..., N)`` along the last axis, or its ``(N, K)``
+    weight, ``(N,)``/``(N, G)`` scales and ``(N,)`` bias along axis 0 (``None`` gives ``None``s)."""
+    if a is None:
+        return (None,) * splits
+    n = a.shape[axis]
+    if splits < 1 or n % splits:
+        raise ValueError(f"N={n} output features do not split into {splits} equal blocks")
+    if splits == 1:
+        return (a,)
+    blk, lead = n // splits, (slice(None),) * (axis % a.ndim)
+    return tuple(a[lead + (slice(i * blk, (i + 1) * blk),)] for i in range(splits))
+
+
 _GELU_2C = 2.0 * 0.7978845608028654  # 2·sqrt(2/π)
 
 

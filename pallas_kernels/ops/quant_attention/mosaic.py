@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from pallas_kernels._compat import pl, plgpu
+from pallas_kernels._compat import interpret_params, pl, plgpu, races_found
 from pallas_kernels.ops.quant_attention.layout import _heads_first, round_up
 from pallas_kernels.ops.quant_attention.reference import check_settings, quantized_operands
 
@@ -245,27 +245,6 @@ def _kernel(qq_ref, sq_ref, kq_ref, sk_ref, bias_ref, vt_ref, o_ref, smem, bars,
 
 def _compiler_params():
     return plgpu.CompilerParams(approx_math=True)
-
-
-def interpret_params():
-    """Mosaic GPU's CPU interpreter (threads, shared memory, barriers and TMA simulated) with its
-    happens-before race detector on, or ``None`` where this JAX has none (a private module, at the same
-    place in JAX 0.10 and 0.11). After a run, :func:`races_found` tells whether it saw a data race."""
-    try:
-        from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams
-    except ImportError:  # pragma: no cover - other JAX versions
-        return None
-    return InterpretGPUParams(detect_races=True)
-
-
-def races_found() -> bool:
-    """Whether the last interpreted run saw a shared-memory data race (:func:`interpret_params`). Meaningful
-    with JAX 0.10: JAX 0.11.2's detector also flags the canonical TMA ring (consumer reads a slot, arrives
-    on its "consumed" barrier, the producer waits on it and refills the slot by TMA), even with a single
-    consumer, which 0.10.2 accepts and hardware orders through the mbarrier."""
-    from jax._src.pallas.mosaic_gpu.interpret import interpret_pallas_call
-
-    return bool(interpret_pallas_call.get_races().races_found)
 
 
 @functools.partial(jax.jit, static_argnames=("q_block", "k_block", "smooth_k", "smooth_q", "cfg", "interpret"))

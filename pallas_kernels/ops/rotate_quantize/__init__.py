@@ -17,6 +17,7 @@ import numpy as np
 from pallas_kernels import _config
 from pallas_kernels._compat import check_backend, log_once, on_gpu, pltriton
 from pallas_kernels.ops.rotate_quantize.reference import (
+    input_ref,
     rotate_quantize_ref,
     rotate_ref,
     split_order,
@@ -25,10 +26,11 @@ from pallas_kernels.ops.rotate_quantize.reference import (
 from pallas_kernels.ops.rotate_quantize.triton import (
     RotateTiling,
     supported,
+    supported_input,
     triton_rotate_quantize,
 )
 
-_xla_rotate_quantize = jax.jit(rotate_quantize_ref, static_argnames=("row_sum", "dtype"))
+_xla_rotate_quantize = jax.jit(rotate_quantize_ref, static_argnames=("row_sum", "dtype", "bf16_input"))
 CONFIG_FILE = Path(__file__).with_name("configs.json")
 
 
@@ -51,10 +53,20 @@ def rotate_quantize(
     tiling: RotateTiling | None = None,
     row_sum: bool = False,
     dtype=jnp.int8,
+    prenorm: tuple | None = None,
+    bf16_input: bool = False,
 ) -> tuple[jax.Array, ...]:
     """``x (..., K)`` bf16/f32 -> ``(int8 (..., K), float32 scale (..., 1))`` of the rotated row,
     plus the int32 code sums ``(..., 1)`` with ``row_sum=True`` (reduced in the kernel); ``dtype=FP8``
     (``jnp.float8_e4m3fn``): e4m3 codes (``scale = max|y| / 448``).
+
+    The producer of the row, fused (``reference.input_ref``): ``bf16_input=True`` rounds the smoothing
+    multiplier and ``x · smooth_mult`` to bf16 (the value a separate bf16 pass would write, so bf16
+    ``x`` keeps the kernel's exact one-operand dot: no float32 split); ``prenorm=(a (G, K), c (G, K),
+    eps)`` makes ``x`` the pre-LayerNorm stream and the row ``LayerNorm(x) · a[g] + c[g]`` (a DiT
+    block's adaLN with the smoothing folded into ``a`` and ``c``; rows in ``G`` equal groups), which
+    the kernel computes from its registers (with ``bf16_input``; otherwise, or for a tiling that cannot,
+    the XLA path, logged once).
 
     ``h_base (b, b)`` ±1 with ``K = b · 2^k``; ``signs``/``smooth_mult`` ``(K,)`` or ``None``.
     ``auto`` (and ``mosaic``, which has no kernel here): the Pallas-Triton kernel on a GPU, the
@@ -73,20 +85,24 @@ def rotate_quantize(
             hb = None
             log_once("rotate_quantize:traced", "rotate_quantize: h_base is traced, not concrete; "
                      "using the XLA path")
-        cfg = tiling or rotate_tiling(k, smooth_mult is not None)
-        reason = None if hb is None else supported(k, hb, cfg)
+        cfg = tiling or rotate_tiling(k, smooth_mult is not None and not bf16_input)
+        reason = None if hb is None else (supported(k, hb, cfg) or supported_input(
+            x.reshape(-1, k), smooth_mult, prenorm, bf16_input, hb, cfg))
         if hb is not None and reason:
             log_once(f"rotate_quantize:{k}:{cfg}", f"rotate_quantize: {reason}; using the XLA path")
         if hb is not None and not reason:
             lead = x.shape[:-1]
             q, *rest = triton_rotate_quantize(x.reshape(-1, k), hb, signs, smooth_mult, cfg=cfg,
-                                              interpret=not on_gpu(), row_sum=row_sum, dtype=dtype)
+                                              interpret=not on_gpu(), row_sum=row_sum, dtype=dtype,
+                                              prenorm=prenorm, bf16_input=bf16_input)
             return (q.reshape(*lead, k), *(a.reshape(*lead, 1) for a in rest))
-    return _xla_rotate_quantize(x, h_base, signs, smooth_mult, row_sum=row_sum, dtype=jnp.dtype(dtype))
+    return _xla_rotate_quantize(x, h_base, signs, smooth_mult, row_sum=row_sum, dtype=jnp.dtype(dtype),
+                                prenorm=prenorm, bf16_input=bool(bf16_input))
 
 
 __all__ = [
     "RotateTiling",
+    "input_ref",
     "rotate_quantize",
     "rotate_quantize_ref",
     "rotate_ref",

@@ -4,6 +4,12 @@ For ``x (..., K)`` with ``K = b · p`` (``b`` = order of the caller's base matri
 ``p = 2^k``), channel index ``i = i_b · p + i_p``:
 
 * ``x' = (x · smooth_mult) · signs``                    float32, per channel (both optional);
+  with ``prenorm=(a (G, K), c (G, K), eps)`` the input is first ``u = LayerNorm(x, eps) · a[g] + c[g]``
+  (no affine LayerNorm over K, statistics in float32; row ``m`` of the flattened ``(M, K)`` rows in
+  group ``g = m // (M / G)``: a DiT block's adaLN ``(1 + scale) · smooth`` and ``shift · smooth``);
+  with ``bf16_input`` the multiplier is rounded to bf16 and ``u · smooth_mult`` (or the prenorm
+  result) to bf16 before the signs — the value a separate bf16 producer pass would have written
+  (:func:`input_ref`);
 * ``y  = x' · (H_b ⊗ H_p) / sqrt(K)``                  ``H_p`` = natural-order Sylvester matrix;
 * ``(q, scale) = quantize_per_token_ref(y)``            ``scale = max|y_t| / 127`` (zero row → 1),
   ``q = clip(round_half_even(y / scale), -127, 127)`` int8.
@@ -24,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pallas_kernels.ops.producer.reference import layernorm_noaffine
 from pallas_kernels.ops.quantize.reference import quantize_per_token_ref
 
 
@@ -64,16 +71,56 @@ def fwht(x: jax.Array) -> jax.Array:
     return x
 
 
+def check_prenorm(prenorm, m: int, k: int) -> None:
+    """ValueError unless ``prenorm=(a, c, eps)`` has ``a``/``c`` of shape ``(G, K)`` with ``G`` dividing
+    the ``M`` rows."""
+    if len(prenorm) != 3:
+        raise ValueError(f"prenorm must be (a (G, K), c (G, K), eps), got {len(prenorm)} items")
+    a, c, _ = prenorm
+    if a.ndim != 2 or a.shape[1] != k or c.shape != a.shape:
+        raise ValueError(f"prenorm a {a.shape} / c {c.shape} must both be (G, K={k})")
+    if a.shape[0] < 1 or m % a.shape[0]:
+        raise ValueError(f"prenorm has G={a.shape[0]} row groups, which do not divide M={m} rows")
+
+
+def input_ref(x: jax.Array, smooth_mult: jax.Array | None = None, prenorm: tuple | None = None,
+              bf16_input: bool = False) -> jax.Array:
+    """The float32 input of the rotation before the signs (module docstring): ``x · smooth_mult``, or
+    ``LayerNorm(x) · a[g] + c[g]`` with ``prenorm`` (then ``smooth_mult`` must be folded into ``a``
+    and ``c``); ``bf16_input``: the multiplier and the result rounded to bf16."""
+    x = jnp.asarray(x)
+    k = x.shape[-1]
+    xf = x.astype(jnp.float32)
+    if prenorm is not None:
+        if smooth_mult is not None:
+            raise ValueError("prenorm: fold smooth_mult into its a and c")
+        a, c, eps = prenorm
+        a, c = jnp.asarray(a, jnp.float32), jnp.asarray(c, jnp.float32)
+        rows = xf.reshape(-1, k)
+        check_prenorm((a, c, eps), rows.shape[0], k)
+        g = a.shape[0]
+        u = layernorm_noaffine(rows, eps).reshape(g, -1, k) * a[:, None] + c[:, None]
+        xf = u.reshape(xf.shape)
+    if smooth_mult is not None:
+        mult = jnp.asarray(smooth_mult, jnp.float32)
+        if bf16_input:
+            mult = mult.astype(jnp.bfloat16).astype(jnp.float32)
+        xf = xf * mult
+    if bf16_input:
+        xf = xf.astype(jnp.bfloat16).astype(jnp.float32)
+    return xf
+
+
 def rotate_ref(
-    x: jax.Array, h_base, signs: jax.Array | None = None, smooth_mult: jax.Array | None = None
+    x: jax.Array, h_base, signs: jax.Array | None = None, smooth_mult: jax.Array | None = None,
+    prenorm: tuple | None = None, bf16_input: bool = False,
 ) -> jax.Array:
-    """The float32 rotated activation ``y = ((x · smooth_mult) · signs) · (H_b ⊗ H_p) / sqrt(K)``."""
+    """The float32 rotated activation ``y = ((x · smooth_mult) · signs) · (H_b ⊗ H_p) / sqrt(K)``
+    (``prenorm`` / ``bf16_input``: the input of :func:`input_ref`)."""
     x = jnp.asarray(x)
     k = x.shape[-1]
     b, p = split_order(k, h_base)
-    xf = x.astype(jnp.float32)
-    if smooth_mult is not None:
-        xf = xf * jnp.asarray(smooth_mult, jnp.float32)
+    xf = input_ref(x, smooth_mult, prenorm, bf16_input)
     if signs is not None:
         xf = xf * jnp.asarray(signs, jnp.float32)
     lead = xf.shape[:-1]
@@ -88,7 +135,7 @@ def rotate_ref(
 
 def rotate_quantize_ref(
     x: jax.Array, h_base, signs: jax.Array | None = None, smooth_mult: jax.Array | None = None,
-    row_sum: bool = False, dtype=jnp.int8,
+    row_sum: bool = False, dtype=jnp.int8, prenorm: tuple | None = None, bf16_input: bool = False,
 ) -> tuple[jax.Array, ...]:
     """``x (..., K)`` -> ``(int8 (..., K), float32 scale (..., 1))`` of the rotated activation
     (``row_sum=True``: plus the int32 code sums ``(..., 1)``; ``dtype``: int8 or FP8 e4m3 codes; as
@@ -98,7 +145,8 @@ def rotate_quantize_ref(
     ``signs (K,)`` ±1 and ``smooth_mult (K,)`` optional (``None`` = all ones). The scale has the
     trailing unit axis of :func:`pallas_kernels.quantize_per_token_ref` (drop-in replacement).
     """
-    return quantize_per_token_ref(rotate_ref(x, h_base, signs, smooth_mult), row_sum=row_sum, dtype=dtype)
+    return quantize_per_token_ref(rotate_ref(x, h_base, signs, smooth_mult, prenorm, bf16_input),
+                                  row_sum=row_sum, dtype=dtype)
 
 
-__all__ = ["fwht", "rotate_quantize_ref", "rotate_ref", "split_order", "sylvester"]
+__all__ = ["check_prenorm", "fwht", "input_ref", "rotate_quantize_ref", "rotate_ref", "split_order", "sylvester"]

@@ -65,7 +65,7 @@ from jax import lax
 
 from pallas_kernels._compat import pl, pltriton, triton_compiler_params
 from pallas_kernels.ops.quantize.reference import FP8, check_row_sum, code_max
-from pallas_kernels.ops.rotate_quantize.reference import split_order, sylvester
+from pallas_kernels.ops.rotate_quantize.reference import check_prenorm, split_order, sylvester
 
 VARIANTS = ("mma", "fma")
 # How a float32 dot operand becomes 16-bit tensor-core operands (the ±1 matrices are exact in both
@@ -106,6 +106,9 @@ class RotateTiling:
     #   programs, program i doing row tiles i, i + programs, ... (no wave tail at any M: pick
     #   ~ SMs x resident programs per SM; the last step of a short program redoes the last tile,
     #   writing the same values); bm then only pads M
+    hoist_pn: bool = False  # mma, prenorm: the LayerNorm affine (a, c) loaded once per program when its rows
+    #   share one group (2 float32 registers per element per lane, kept across the rows: spills at
+    #   K = 4608), else per row (L1 hits after the first row)
     num_warps: int = 4
     num_stages: int = 1
 
@@ -313,11 +316,14 @@ def _butterflies(tiles: list) -> list:
 def _mma_kernel(*refs, groups, w, rb, nh, has_ms, split_in, split, inv_sqrt_k, unroll,
                 pad_block, interpret, row_sum=False, dtype=jnp.int8, pack_int8=False,
                 hoist_ms=False, prescale=False, merge_absmax=False, prefetch=False, programs=0,
-                steps=0, last_tile=0):
+                steps=0, last_tile=0, ms_unit=True, pn_rows=0, pn_eps=1e-6, k_true=0, hoist_pn=False):
     rs_ref = None
     if row_sum:
         *refs, rs_ref = refs
-    if has_ms:
+    pn = pn_rows > 0  # LayerNorm + per-group affine prologue (prenorm), rounded to bf16
+    if pn:
+        x_ref, a_ref, c_ref, hbt_ref, hw_ref, q_ref, s_ref = refs
+    elif has_ms:
         x_ref, ms_ref, hbt_ref, hw_ref, q_ref, s_ref = refs
     else:
         x_ref, hbt_ref, hw_ref, q_ref, s_ref = refs
@@ -376,8 +382,49 @@ def _mma_kernel(*refs, groups, w, rb, nh, has_ms, split_in, split, inv_sqrt_k, u
                 if has_ms and hoist_ms else None)
 
     # prescale: |Z| <= b · nh · max|x| (signs are ±1), so the fp16-range power of two is known
-    # from the raw bf16 row and applied to x exactly (a bf16 power of two), not to Z
+    # from the raw bf16 row and applied to x exactly (a bf16 power of two), not to Z; a multiplier
+    # that is not ±1 (bf16 smoothing folded into the signs) is applied first and bounds the product
     pre = prescale and split == "f16x2" and not split_in and rb == 1
+
+    def load_pn(ref, gi, g, h):
+        gs = groups[g][1]
+        return load(ref.at[gi, pl.ds(start(g), gs), pl.ds(h * w, w)], mask(g, (gs, w), 0))
+
+    def pn_tiles(gi):  # (a, c)[h][g] of row group gi
+        return [[(load_pn(a_ref, gi, g, h), load_pn(c_ref, gi, g, h)) for g in range(len(groups))]
+                for h in range(nh)]
+
+    # one adaLN group per program (its rows all in one group): a and c loaded once
+    pn_hoist = pn and hoist_pn and not programs and pn_rows % bm == 0
+    pn_row0 = pl.program_id(0) * bm if pn and not programs else 0  # (program_id: not inside a loop body)
+    pn_prog = (pn_tiles(jnp.minimum(jnp.asarray(pn_row0 // pn_rows, jnp.int32), a_ref.shape[0] - 1))
+               if pn_hoist else None)
+
+    def prenorm_row(xs, r0):
+        """LayerNorm (two passes over the registers, zero-padded base rows masked out) + a·u + c,
+        rounded to bf16: the tiles of a bf16 producer's output."""
+        if pn_hoist:
+            ac = pn_prog
+        else:
+            row = pn_row0 + r0  # padded rows: the last group
+            ac = pn_tiles(jnp.minimum(jnp.asarray(row // pn_rows, jnp.int32), a_ref.shape[0] - 1))
+        xf = [[v.astype(jnp.float32) for v in row] for row in xs]
+        inv_k = jnp.float32(1.0 / k_true)
+        tot = functools.reduce(jnp.add, [jnp.sum(jnp.sum(v, axis=-1), axis=-1) for row in xf for v in row])
+        mean = tot * inv_k
+        ds = []
+        for h in range(nh):
+            drow = []
+            for g in range(len(groups)):
+                d = xf[h][g] - mean
+                mk = mask(g, (groups[g][1], w), 0)
+                drow.append(d if mk is None else jnp.where(mk, d, 0.0))
+            ds.append(drow)
+        var = functools.reduce(jnp.add, [jnp.sum(jnp.sum(d * d, axis=-1), axis=-1)
+                                         for row in ds for d in row]) * inv_k
+        rstd = lax.rsqrt(var + jnp.float32(pn_eps))
+        return [[((ds[h][g] * rstd) * ac[h][g][0] + ac[h][g][1]).astype(jnp.bfloat16)
+                 for g in range(len(groups))] for h in range(nh)]
 
     def load_row(t):  # every x tile of row tile t: xs[h][g]
         r0 = jnp.asarray(t * rb, jnp.int32)
@@ -390,8 +437,15 @@ def _mma_kernel(*refs, groups, w, rb, nh, has_ms, split_in, split, inv_sqrt_k, u
         def load_x(h, g):
             return load(window(x_ref, r0, g, h), mask(g, *win_shape(g)))
 
-        if pre and xs is None:  # every tile first (only then: more live registers)
+        if (pre or pn) and xs is None:  # every tile first (only then: more live registers)
             xs = [[load_x(h, g) for g in range(len(groups))] for h in range(nh)]
+        if pn:  # the producer's LayerNorm + adaLN affine (signs and smoothing folded into a, c)
+            xs = prenorm_row(xs, r0)
+        ms_done = False
+        if pre and has_ms and not ms_unit:  # bf16 x · bf16 multiplier, rounded once (bf16_input)
+            xs = [[xs[h][g] * (ms_tiles[h][g] if ms_tiles is not None else load_ms(g, h))
+                   for g in range(len(groups))] for h in range(nh)]
+            ms_done = True
         if pre:
             amax_x = _row_absmax([v for row in xs for v in row], merge=merge_absmax)
             s_mid = pow2_scale(amax_x.astype(jnp.float32) * jnp.float32(b * nh))
@@ -403,7 +457,7 @@ def _mma_kernel(*refs, groups, w, rb, nh, has_ms, split_in, split, inv_sqrt_k, u
                 v = xs[h][g] if xs is not None else load_x(h, g)
                 if split_in:
                     v = v.astype(jnp.float32)
-                if has_ms:  # without split_in: bf16 · (±1 as bf16), exact, two per instruction
+                if has_ms and not ms_done:  # without split_in: bf16 · (bf16 multiplier): ±1 is exact
                     msv = ms_tiles[h][g] if ms_tiles is not None else load_ms(g, h)
                     msv = msv if rb == 1 else msv[None]
                     v = v * (msv * s_x if pre else msv)
@@ -506,13 +560,17 @@ def _out_specs(m: int, bm: int, q_shape: tuple, q_spec, row_sum: bool, dtype=jnp
 
 
 def _mma_call(x3, ms, h_base, cfg: RotateTiling, split_in: bool, interpret: bool, row_sum: bool = False,
-              dtype=jnp.int8):
+              dtype=jnp.int8, ms_unit: bool = True, pn: tuple | None = None, pn_rows: int = 0,
+              pn_eps: float = 1e-6):
     m, b, p = x3.shape
+    k = b * p
     hb, p2 = effective_base(np.asarray(h_base), p, cfg.grow)
     if hb.shape[0] != b:
         b, p = hb.shape[0], p2
         x3 = x3.reshape(m, b, p)
         ms = None if ms is None else ms.reshape(b, p)
+    if pn is not None:  # (a, c) (G, K) float32 -> (G, b, p)
+        pn = tuple(v.reshape(v.shape[0], b, p) for v in pn)
     w, rb, bm = mma_shape(p, cfg)
     groups = row_groups(b)
     bpad = groups[-1][0] + groups[-1][1]
@@ -524,7 +582,8 @@ def _mma_call(x3, ms, h_base, cfg: RotateTiling, split_in: bool, interpret: bool
         split_in=split_in, split=cfg.split, inv_sqrt_k=1.0 / math.sqrt(b * p),
         unroll=cfg.unroll, pad_block=cfg.pad_block, interpret=interpret, row_sum=row_sum, dtype=dtype,
         pack_int8=cfg.pack_int8, hoist_ms=cfg.hoist_ms, prescale=cfg.prescale,
-        merge_absmax=cfg.merge_absmax, prefetch=cfg.prefetch)
+        merge_absmax=cfg.merge_absmax, prefetch=cfg.prefetch, ms_unit=ms_unit,
+        pn_rows=pn_rows if pn is not None else 0, pn_eps=pn_eps, k_true=k, hoist_pn=cfg.hoist_pn)
     grid, blk, at = (m // bm,), bm, lambda i: (i, 0, 0)  # noqa: E731
     if cfg.programs:  # whole arrays per program, row tiles strided by the grid size
         tiles = m // rb
@@ -536,9 +595,13 @@ def _mma_call(x3, ms, h_base, cfg: RotateTiling, split_in: bool, interpret: bool
     bb = bpad if cfg.pad_block else b
     in_specs = [pl.BlockSpec((blk, bb, p), at)]
     args = [x3]
-    if ms is not None:
+    if pn is not None:
+        in_specs += [full((pn[0].shape[0], bb, p))] * 2
+        args += list(pn)
+    elif ms is not None:
         in_specs.append(full((bb, p)))
-        args.append(ms if split_in else ms.astype(jnp.bfloat16))  # ±1 only: exact in bf16
+        # ±1, or a bf16-rounded multiplier (bf16_input): exact in bf16
+        args.append(ms if split_in else ms.astype(jnp.bfloat16))
     in_specs += [full((bpad, bpad)), full(hw.shape)]
     args += [jnp.asarray(hbt, jnp.bfloat16), jnp.asarray(hw, jnp.bfloat16)]
     out_shape, out_specs = _out_specs(m, blk, (m, b, p), pl.BlockSpec((blk, bb, p), at),
@@ -673,18 +736,28 @@ def _fma_call(x, ms, h_base, cfg: RotateTiling, split_in: bool, interpret: bool,
 # --------------------------------------------------------------------------------------------
 
 
-@functools.partial(jax.jit, static_argnames=("h_base", "cfg", "interpret", "row_sum", "dtype"))
-def _triton_rotate_quantize(x, signs, smooth_mult, *, h_base, cfg, interpret, row_sum=False, dtype=jnp.int8):
+@functools.partial(jax.jit, static_argnames=("h_base", "cfg", "interpret", "row_sum", "dtype", "bf16_input",
+                                             "pn_eps"))
+def _triton_rotate_quantize(x, signs, smooth_mult, pn_a=None, pn_c=None, *, h_base, cfg, interpret, row_sum=False,
+                            dtype=jnp.int8, bf16_input=False, pn_eps=1e-6):
     m, k = x.shape
     hb = np.asarray(h_base, np.float32)
     b, p = split_order(k, hb)
     ms = None  # per-channel multiplier smooth_mult · signs, applied in the kernel
-    if smooth_mult is not None:
-        ms = smooth_mult.astype(jnp.float32)
-    if signs is not None:
-        ms = signs.astype(jnp.float32) if ms is None else ms * signs.astype(jnp.float32)
-    # bf16 x times ±1 is exactly bf16: the first dot then needs one exact operand, not a split
-    split_in = smooth_mult is not None or x.dtype != jnp.bfloat16
+    pn = None
+    if pn_a is not None:  # the signs fold into the prenorm affine: sign · bf16(u) = bf16(sign · u)
+        pn = (pn_a.astype(jnp.float32), pn_c.astype(jnp.float32))
+        if signs is not None:
+            pn = tuple(v * signs.astype(jnp.float32)[None] for v in pn)
+    else:
+        if smooth_mult is not None:
+            ms = smooth_mult.astype(jnp.bfloat16 if bf16_input else jnp.float32).astype(jnp.float32)
+        if signs is not None:
+            ms = signs.astype(jnp.float32) if ms is None else ms * signs.astype(jnp.float32)
+    # bf16 x times ±1 is exactly bf16: the first dot then needs one exact operand, not a split; so
+    # is bf16 x times a bf16 multiplier rounded to bf16 (bf16_input)
+    split_in = (smooth_mult is not None and not bf16_input) or x.dtype != jnp.bfloat16
+    ms_unit = smooth_mult is None
     bm = block_rows(k, hb, cfg)
     mp = -(-m // bm) * bm
     xp = x if mp == m else jnp.pad(x, ((0, mp - m), (0, 0)))
@@ -692,7 +765,8 @@ def _triton_rotate_quantize(x, signs, smooth_mult, *, h_base, cfg, interpret, ro
         outs = _fma_call(xp, ms, hb, cfg, split_in, interpret, row_sum, dtype)
     else:
         outs = _mma_call(xp.reshape(mp, b, p), None if ms is None else ms.reshape(b, p), hb, cfg,
-                         split_in, interpret, row_sum, dtype)
+                         split_in, interpret, row_sum, dtype, ms_unit=ms_unit, pn=pn,
+                         pn_rows=0 if pn is None else m // pn[0].shape[0], pn_eps=pn_eps)
     return tuple(o[:m] for o in outs) if mp != m else tuple(outs)
 
 
@@ -706,17 +780,47 @@ def triton_rotate_quantize(
     interpret: bool = False,
     row_sum: bool = False,
     dtype=jnp.int8,
+    prenorm: tuple | None = None,
+    bf16_input: bool = False,
 ) -> tuple[jax.Array, ...]:
     """``x (M, K)`` bf16/f32 -> ``(codes (M, K), f32 scale (M, 1))`` (int8, or FP8 e4m3 with
     ``dtype``), plus the int32 code sums ``(M, 1)`` with ``row_sum``; ``h_base`` must be concrete (a
-    compile-time constant of the kernel). Raises ``ValueError`` for unsupported shapes."""
+    compile-time constant of the kernel); ``prenorm``/``bf16_input``: ``reference.input_ref``.
+    Raises ``ValueError`` for unsupported shapes (:func:`supported_input` too)."""
     check_row_sum(row_sum, dtype)
     hb = np.asarray(h_base, np.float32)
-    reason = supported(x.shape[-1], hb, cfg)
+    reason = supported(x.shape[-1], hb, cfg) or supported_input(x, smooth_mult, prenorm, bf16_input, hb, cfg)
     if reason:
         raise ValueError(reason)
-    return _triton_rotate_quantize(x, signs, smooth_mult, h_base=_HashableArray(hb), cfg=cfg,
-                                   interpret=interpret, row_sum=row_sum, dtype=jnp.dtype(dtype))
+    a, c, eps = prenorm if prenorm is not None else (None, None, 1e-6)
+    return _triton_rotate_quantize(x, signs, smooth_mult, a, c, h_base=_HashableArray(hb), cfg=cfg,
+                                   interpret=interpret, row_sum=row_sum, dtype=jnp.dtype(dtype),
+                                   bf16_input=bool(bf16_input), pn_eps=float(eps))
+
+
+def supported_input(x, smooth_mult, prenorm, bf16_input: bool, h_base, cfg: RotateTiling) -> str | None:
+    """``None`` if the kernel can take this input transform (``reference.input_ref``), else the reason:
+    ``bf16_input`` needs bf16 ``x``; ``prenorm`` needs ``bf16_input``, no ``smooth_mult`` (folded into
+    its ``a``/``c``), the mma variant with one row per tile and its ``G`` groups dividing ``M``."""
+    if not (bf16_input or prenorm is not None):
+        return None
+    if x.dtype != jnp.bfloat16:
+        return f"bf16_input/prenorm need bf16 x, got {x.dtype}"
+    if prenorm is None:
+        return None
+    m, k = x.shape
+    check_prenorm(prenorm, m, k)
+    if not bf16_input:
+        return "prenorm needs bf16_input=True (the kernel rounds the producer's output to bf16)"
+    if smooth_mult is not None:
+        return "prenorm: fold smooth_mult into its a and c"
+    if cfg.variant != "mma":
+        return f"prenorm needs the mma variant, not {cfg.variant!r}"
+    _, p = effective_base(np.asarray(h_base), split_order(k, h_base)[1], cfg.grow)
+    _, rb, bm = mma_shape(p, cfg)
+    if rb != 1:
+        return f"prenorm needs one row per tile (rows_per_tile={rb} at K={k})"
+    return None  # (groups that straddle programs: a and c loaded per row, slower, still correct)
 
 
 class _HashableArray:
@@ -741,5 +845,5 @@ class _HashableArray:
         return isinstance(other, _HashableArray) and self._key == other._key
 
 
-__all__ = ["RotateTiling", "VARIANTS", "base_plan", "row_groups", "supported",
+__all__ = ["RotateTiling", "VARIANTS", "base_plan", "row_groups", "supported", "supported_input",
            "triton_rotate_quantize"]

@@ -31,7 +31,7 @@ from pallas_kernels.ops.int8_matmul import int8_gemm
 from pallas_kernels.ops.int8_matmul.reference import apply_activation, residual_gate_ref
 from pallas_kernels.ops.int8_matmul.triton import TritonGemmConfig
 from pallas_kernels.ops.quantize import quantize_per_token
-from pallas_kernels.ops.rotate_quantize import rotate_quantize, rotate_ref
+from pallas_kernels.ops.rotate_quantize import input_ref, rotate_quantize, rotate_ref
 from pallas_kernels.ops.w4a8_linear.packing import (
     deinterleave_k,
     pack_int4,
@@ -51,6 +51,7 @@ from pallas_kernels.ops.w8a8_linear import (
     check_epilogue_args,
     check_linear_args,
     column_blocks,
+    producer_args,
     quantize_input,
     rank1_parts,
 )
@@ -97,6 +98,8 @@ def w4a8_linear(
     residual: jax.Array | None = None,
     gate: jax.Array | None = None,
     rank1: tuple | None = None,
+    smooth: jax.Array | None = None,
+    prenorm: tuple | None = None,
 ) -> jax.Array | tuple[jax.Array, ...]:
     """W4A8 linear ``x (M, K) -> (M, N)``, then ``activation`` (fused into the wgmma epilogue on
     the per-channel Hopper path; applied by XLA after the Triton per-group kernel).
@@ -112,6 +115,8 @@ def w4a8_linear(
     epilogue on the Hopper path; the Triton path fuses the zero point, XLA applies the rest).
     ``rank1=(alpha, beta[, u_scale])``: the rank-1 branch of :func:`pallas_kernels.w8a8_linear` (``u``
     from the quantizer, ``u ⊗ beta`` in the epilogue of the Hopper and the Triton kernels alike).
+    ``smooth`` / ``prenorm``: the GEMM input's producer, as in :func:`pallas_kernels.w8a8_linear` (fused
+    into the rotating quantizer on the Hopper path; an XLA pass elsewhere).
     """
     blocks = list(zip(*(column_blocks(a, splits, axis=0) for a in (qweight_packed, w_scale, bias, w_zero_point))))
     n, kh = qweight_packed.shape
@@ -138,13 +143,17 @@ def w4a8_linear(
     m = x.shape[0]
     if be == "mosaic":
         # Per-channel: unpacking N x K nibbles is a tiny XLA fusion next to the M x N x K GEMM.
-        xq, xs, *rs = quantize_input(x, be, act_quant, rotation, row_sum=zp, alpha=alpha, u_scale=u_scale)
+        xq, xs, *rs = quantize_input(x, be, act_quant, rotation, row_sum=zp, alpha=alpha, u_scale=u_scale,
+                                     smooth=smooth, prenorm=prenorm)
         outs = tuple(int8_gemm(xq, unpack_int4(w), xs, ws, b, out_dtype=out_dtype, backend="mosaic",
                                op="w4a8_linear", activation=activation, approx_gelu=approx_gelu,
                                fuse_activation=fuse_activation, w_zero=z, x_row_sum=rs[0] if zp else None,
                                rank1=None if bt is None else (rs[-1], bt), **extras)
                      for (w, ws, b, z), bt in zip(blocks, column_blocks(beta, splits, axis=0)))
         return outs if splits > 1 else outs[0]
+    if smooth is not None or prenorm is not None:  # the other paths take the producer's bf16 output
+        smooth, pn = producer_args(k, smooth, prenorm)
+        x = input_ref(x, smooth, pn, bf16_input=True).astype(jnp.bfloat16)
     if be == "triton":
         cfg = TritonGemmConfig.from_dict(_config.lookup(CONFIG_FILE, "triton_w4a8", m, k, n, {}))
         cfg_fit = fit_w4_config(cfg, m, k, n, group_size)

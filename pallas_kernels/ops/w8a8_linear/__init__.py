@@ -11,10 +11,10 @@ import jax.numpy as jnp
 
 from pallas_kernels._compat import on_gpu
 from pallas_kernels._debug import debug_override
-from pallas_kernels.ops.int8_matmul import resolve_backend, scaled_gemm
+from pallas_kernels.ops.int8_matmul import column_blocks, resolve_backend, scaled_gemm
 from pallas_kernels.ops.quantize.reference import CODE_DTYPES, token_dot
 from pallas_kernels.ops.quantize import quantize_per_token
-from pallas_kernels.ops.rotate_quantize import rotate_quantize
+from pallas_kernels.ops.rotate_quantize import input_ref, rotate_quantize
 from pallas_kernels.ops.w8a8_linear.reference import w8a8_linear_dequant_ref, w8a8_linear_ref
 
 
@@ -25,22 +25,6 @@ def check_linear_args(x: jax.Array, qweight: jax.Array, k_weight: int, w_scale: 
         raise ValueError(f"K mismatch: x {x.shape} vs weight {qweight.shape}")
     if w_scale.shape[0] != qweight.shape[0]:
         raise ValueError(f"w_scale {w_scale.shape} does not match N={qweight.shape[0]}")
-
-
-def column_blocks(a: jax.Array | None, splits: int, axis: int = -1) -> tuple[jax.Array | None, ...]:
-    """The ``splits`` equal blocks of ``a`` along ``axis``, as a tuple (``(a,)`` for one block).
-
-    THE column split of a linear: its output ``(..., N)`` along the last axis, or its ``(N, K)``
-    weight, ``(N,)``/``(N, G)`` scales and ``(N,)`` bias along axis 0 (``None`` gives ``None``s)."""
-    if a is None:
-        return (None,) * splits
-    n = a.shape[axis]
-    if splits < 1 or n % splits:
-        raise ValueError(f"N={n} output features do not split into {splits} equal blocks")
-    if splits == 1:
-        return (a,)
-    blk, lead = n // splits, (slice(None),) * (axis % a.ndim)
-    return tuple(a[lead + (slice(i * blk, (i + 1) * blk),)] for i in range(splits))
 
 
 def w8a8_linear(
@@ -61,6 +45,8 @@ def w8a8_linear(
     residual: jax.Array | None = None,
     gate: jax.Array | None = None,
     rank1: tuple | None = None,
+    smooth: jax.Array | None = None,
+    prenorm: tuple | None = None,
 ) -> jax.Array | tuple[jax.Array, ...]:
     """W8A8 linear ``x (M, K) -> (M, N)`` (then ``activation``, fused into the epilogue).
 
@@ -71,8 +57,9 @@ def w8a8_linear(
     ``backend``: ``auto`` (Mosaic GPU on Hopper, else XLA), ``mosaic``, ``triton``
     (interpret mode off GPU), ``xla``/``reference``.
     ``splits > 1``: a tuple of ``splits`` outputs ``(M, N / splits)`` (column blocks, e.g. q, k, v of a
-    fused qkv), one GEMM each on the same quantized ``x``: every block is a contiguous array, so
-    the consumer (cuDNN attention) needs no copy of a strided slice.
+    fused qkv), written by ONE GEMM over the whole weight on the same quantized ``x`` (Mosaic GPU: each output
+    tile stored into its block; elsewhere one GEMM per block, ``$PALLAS_KERNELS_DEBUG`` ``fuse_splits=0`` too):
+    every block is a contiguous array, so the consumer (cuDNN attention) needs no copy of a strided slice.
     ``act_quant``: the quantizer of ``x`` (:func:`activation_quant_backend`); ``approx_gelu``,
     ``fuse_activation``: Mosaic GPU epilogue options (:func:`pallas_kernels.int8_gemm`).
     ``rotation=(h_base, signs)``: the GEMM input is the randomized Hadamard rotation of ``x``
@@ -87,6 +74,9 @@ def w8a8_linear(
     ``rotation``) — Q-VDiT's TQE branch: the quantizer kernel writes ``u`` next to the scale
     (:func:`pallas_kernels.quantize_per_token` ``alpha=``) and the epilogue adds ``u[m] · beta[n]`` after
     the bias, before the activation (``int8_matmul.reference.rank1_ref``).
+    ``smooth (K,)`` / ``prenorm=(shift (G, K), scale (G, K), eps)``: the GEMM input's producer, fused into
+    the quantizer where it can be (:func:`quantize_input`): ``x · smooth``, or
+    ``(LayerNorm(x) · (1 + scale[g]) + shift[g]) · smooth`` of the pre-LayerNorm stream ``x``.
     """
     if qweight.dtype not in CODE_DTYPES:
         raise TypeError(f"qweight must be int8 or float8_e4m3fn, got {qweight.dtype}")
@@ -97,16 +87,13 @@ def w8a8_linear(
     be = resolve_backend(backend, op)
     zp = w_zero_point is not None
     xq, xs, *rest = quantize_input(x, be, act_quant, rotation, row_sum=zp, dtype=qweight.dtype, alpha=alpha,
-                                   u_scale=u_scale)
-    outs = tuple(
-        scaled_gemm(xq, w, xs, ws, b, out_dtype=out_dtype, backend=be, op=op, activation=activation,
-                    approx_gelu=approx_gelu, fuse_activation=fuse_activation, w_zero=z,
-                    x_row_sum=rest[0] if zp else None, residual=residual, gate=gate,
-                    rank1=None if bt is None else (rest[-1], bt))
-        for w, ws, b, z, bt in zip(*(column_blocks(a, splits, axis=0)
-                                     for a in (qweight, w_scale, bias, w_zero_point, beta)))
-    )
-    return outs if splits > 1 else outs[0]
+                                   u_scale=u_scale, smooth=smooth, prenorm=prenorm)
+    # splits > 1: ONE GEMM writes the column blocks as separate arrays (fuse_splits=False: one GEMM per block)
+    return scaled_gemm(xq, qweight, xs, w_scale, bias, out_dtype=out_dtype, backend=be, op=op, activation=activation,
+                       approx_gelu=approx_gelu, fuse_activation=fuse_activation, w_zero=w_zero_point,
+                       x_row_sum=rest[0] if zp else None, residual=residual, gate=gate,
+                       rank1=None if beta is None else (rest[-1], beta), out_splits=splits,
+                       fuse_splits=debug_override("fuse_splits", True))
 
 
 def rank1_parts(rank1: tuple | None, m: int, k: int, n: int) -> tuple:
@@ -136,7 +123,8 @@ ACT_QUANT_CHOICES = ("auto", "xla", "triton")
 
 def quantize_input(x: jax.Array, gemm_backend: str, act_quant: str = "auto",
                    rotation: tuple | None = None, row_sum: bool = False, dtype=jnp.int8,
-                   alpha: jax.Array | None = None, u_scale: jax.Array | None = None) -> tuple[jax.Array, ...]:
+                   alpha: jax.Array | None = None, u_scale: jax.Array | None = None,
+                   smooth: jax.Array | None = None, prenorm: tuple | None = None) -> tuple[jax.Array, ...]:
     """The int8 input ``(q (M, K), scale (M, 1))`` of a W8A8/W4A8 GEMM: ``x`` quantized per token, or,
     with ``rotation=(h_base, signs)``, its randomized Hadamard rotation
     ``x · diag(signs) · (H_b ⊗ H_p) / sqrt(K)`` quantized per token in one fused pass
@@ -145,14 +133,45 @@ def quantize_input(x: jax.Array, gemm_backend: str, act_quant: str = "auto",
     or FP8 e4m3 codes; ``alpha (K,)`` adds the float32 ``u = scale · (q · alpha)`` ``(M, 1)`` (times
     ``u_scale (M,)``), last: reduced by the per-token quantizer kernel; the rotating one has no such
     output yet, so rotated inputs get ``u`` from their codes in XLA (one extra read of the int8 codes).
-    The quantizer follows :func:`activation_quant_backend` (Pallas kernel next to Pallas GEMMs on GPU)."""
+    The quantizer follows :func:`activation_quant_backend` (Pallas kernel next to Pallas GEMMs on GPU).
+
+    The producer of the GEMM input (:func:`producer_args`): ``smooth (K,)`` multiplies ``x`` per channel;
+    ``prenorm=(shift (G, K), scale (G, K), eps)`` makes ``x`` the pre-LayerNorm stream and the input
+    ``LayerNorm(x) · (1 + scale[g]) + shift[g]`` (then ``· smooth``), rows in ``G`` equal groups. The result
+    is rounded to bf16 as a producer pass would write it; a rotated input gets both inside the rotating
+    quantizer's one pass (:func:`pallas_kernels.rotate_quantize` ``prenorm=``/``bf16_input``), any other in
+    an XLA pass (which XLA fuses with the LayerNorm) before the per-token quantizer (every input with
+    ``$PALLAS_KERNELS_DEBUG`` ``fuse_producer=0``: the A/B of the fusion)."""
     qb = activation_quant_backend(gemm_backend, act_quant)
+    smooth, pn = producer_args(x.shape[-1], smooth, prenorm)
+    if rotation is None or x.dtype != jnp.bfloat16 or not debug_override("fuse_producer", True):
+        if smooth is not None or pn is not None:
+            x = input_ref(x, smooth, pn, bf16_input=True).astype(jnp.bfloat16)
+            smooth = pn = None
     if rotation is None:
         return quantize_per_token(x, backend=qb, row_sum=row_sum, dtype=dtype, alpha=alpha, u_scale=u_scale)
     h_base, signs = rotation
-    outs = rotate_quantize(x, h_base, signs, backend="auto" if qb == "triton" else "xla", row_sum=row_sum,
-                           dtype=dtype)
+    outs = rotate_quantize(x, h_base, signs, smooth, backend="auto" if qb == "triton" else "xla", row_sum=row_sum,
+                           dtype=dtype, prenorm=pn, bf16_input=True)
     return outs if alpha is None else tuple(outs) + (token_dot(outs[0], outs[1], alpha, u_scale),)
+
+
+def producer_args(k: int, smooth: jax.Array | None, prenorm: tuple | None) -> tuple:
+    """``(smooth_mult, prenorm)`` for :func:`pallas_kernels.rotate_quantize` from a linear's ``smooth`` and
+    ``prenorm=(shift, scale, eps)``: the smoothing folds into the LayerNorm's affine ``a = (1 + scale) ·
+    smooth``, ``c = shift · smooth`` (float32 ``(G, K)``)."""
+    if prenorm is None:
+        return smooth, None
+    if len(prenorm) != 3:
+        raise ValueError(f"prenorm must be (shift (G, K), scale (G, K), eps), got {len(prenorm)} items")
+    shift, scale, eps = prenorm
+    shift = jnp.asarray(shift, jnp.float32).reshape(-1, k)
+    scale = jnp.asarray(scale, jnp.float32).reshape(-1, k)
+    a, c = 1.0 + scale, shift
+    if smooth is not None:
+        m = jnp.asarray(smooth, jnp.float32)
+        a, c = a * m, c * m
+    return None, (a, c, eps)
 
 
 def activation_quant_backend(gemm_backend: str, act_quant: str = "auto") -> str:
@@ -177,6 +196,7 @@ __all__ = [
     "check_epilogue_args",
     "check_linear_args",
     "column_blocks",
+    "producer_args",
     "quantize_input",
     "rank1_parts",
     "w8a8_linear",

@@ -83,15 +83,21 @@ def resolve(backend: str) -> str:
 
 def pallas_dense(rec: Any, x: jax.Array, bias: jax.Array | None, out_dtype, activation: str | None = None,
                  splits: int = 1, *, residual: jax.Array | None = None,
-                 gate: jax.Array | None = None, rank1: tuple | None = None) -> jax.Array | tuple[jax.Array, ...] | None:
+                 gate: jax.Array | None = None, rank1: tuple | None = None,
+                 prenorm: tuple | None = None) -> jax.Array | tuple[jax.Array, ...] | None:
     """Run a :class:`~vidq_jax.quant.record.QuantizedWeight` on ``x (M, K)`` (not yet balanced) with the
     fused kernels if its format fits (int8 W8A8 / W4A8, or FP8 e4m3 W8A8 for ``layer.fp8``); ``None`` means
     "use xla instead".
 
-    Balancing: the smoothing ``x / s`` is one elementwise multiply that XLA fuses into the op producing
-    ``x`` (LayerNorm + modulate, GELU); the online Hadamard rotation happens inside the quantizer kernel
-    (:func:`pallas_kernels.rotate_quantize`: bf16 read once, rotated in registers, int8 + scale written),
-    so a rotated layer costs one activation pass like an unrotated one.
+    Balancing: the smoothing multiplier ``1 / s`` goes to the linears as ``smooth=`` and the online Hadamard
+    rotation as ``rotation=``: a rotated layer gets both inside the quantizer kernel
+    (:func:`pallas_kernels.rotate_quantize`: bf16 read once, smoothed and rotated in registers, int8 + scale
+    written), an unrotated one the smoothing in an XLA multiply fused into the op producing ``x``.
+
+    ``prenorm=(shift (G, K), scale (G, K), eps)`` (float32, from the Dense seam's ``prenorm=``,
+    :func:`vidq_jax.quant.record.kernel_prenorm`): ``x`` is the pre-LayerNorm stream and the layer's input
+    ``LayerNorm(x) · (1 + scale[g]) + shift[g]`` (rows in ``G`` equal slabs), computed by the linears'
+    producer — for rotated layers inside the rotating quantizer, in the same one pass.
 
     Per-channel weights, symmetric or asymmetric (ViDiT-Q's default): an asymmetric weight's zero-point
     term ``z_w[n] · Σ_k q_x[m, k]`` is added in int32 inside the GEMM epilogue from the code sums the
@@ -118,6 +124,9 @@ def pallas_dense(rec: Any, x: jax.Array, bias: jax.Array | None, out_dtype, acti
     if rank1 is not None and needs_group_gemm(lq):  # (tqe) the group GEMM has no rank-1 epilogue term
         log_once("the group GEMM takes no rank-1 (TQE) branch")
         return None
+    if prenorm is not None and needs_group_gemm(lq):  # its input is quantized by XLA, from the normed x
+        log_once("the group GEMM takes no LayerNorm + modulate prologue (prenorm)")
+        return None
     if needs_group_gemm(lq):
         return _pallas_group_dense(rec, x, bias, out_dtype, activation, splits, residual=residual, gate=gate)
     if not (lq.a_bits == 8 and lq.a_granularity == "token" and lq.a_symmetric and not lq.a_static):
@@ -136,9 +145,11 @@ def pallas_dense(rec: Any, x: jax.Array, bias: jax.Array | None, out_dtype, acti
         return None
     # e4m3 W8A8: the FP8 linear (the same quantizer kernels, GEMMs and epilogue on e4m3 codes)
     fn = kernels.fp8_linear if lq.fp8 else kernels.w4a8_linear if lq.packed else kernels.w8a8_linear
-    mult = rec.smooth_multiplier()
-    xb = (x if mult is None else x.astype(jnp.float32) * mult).astype(jnp.bfloat16)
     kwargs: dict[str, Any] = {"group_size": lq.w_group_size} if grouped else {}
+    if rec.smooth is not None:
+        kwargs["smooth"] = rec.smooth_multiplier()  # x · (1 / s), by the quantizer (kernel or XLA)
+    if prenorm is not None:
+        kwargs["prenorm"] = prenorm  # LayerNorm + modulate of the raw x, by the same producer
     if rec.hadamard_signs is not None:
         kwargs["rotation"] = (base_hadamard(hadamard_factors(rec.in_features)[0]), rec.hadamard_signs)
     if rec.zero_point is not None:
@@ -154,7 +165,7 @@ def pallas_dense(rec: Any, x: jax.Array, bias: jax.Array | None, out_dtype, acti
     if rank1 is not None:
         kwargs["rank1"] = rank1  # (tqe) u by the quantizer kernel, u ⊗ beta in the epilogue
     return fn(
-        xb,
+        x.astype(jnp.bfloat16),
         rec.qvalue,
         rec.scale.astype(jnp.float32),
         None if bias is None else bias.astype(jnp.float32),

@@ -166,6 +166,8 @@ def saliency_frame_scales(model: Any, params: Any, records: Mapping[str, TQEWeig
     recs = {p: r for p, r in records.items() if r.frame_scale is not None}
     if not recs:
         return {}
+    from models.layers import dense_input  # the Dense input an interceptor sees (prenorm applied)
+
     dense_cls = _dense_class()
 
     def fn(params, batch):
@@ -175,7 +177,7 @@ def saliency_frame_scales(model: Any, params: Any, records: Mapping[str, TQEWeig
             path = "/".join(context.module.path)
             if isinstance(context.module, dense_cls) and context.method_name == "__call__" and path in recs:
                 rec = recs[path]
-                x = args[0] if args else kwargs["x"]
+                x = dense_input(args, kwargs)
                 t = rec.frame_scale.shape[0]
                 b, k = x.shape[0], x.shape[-1]
                 x2 = rec.base.balance(x.reshape(-1, k).astype(jnp.float32))
