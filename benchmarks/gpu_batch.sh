@@ -90,7 +90,7 @@ case "$STAGE" in
   producer)
     step 120 producer_tests $PY -m pytest -q -p no:cacheprovider -m gpu tests/kernels/test_rotate_quantize.py \
       tests/kernels/test_linear.py -k "fused_producer"
-    step 70 qkv3_check $PY -m pallas_kernels.gpu_check --only qkv3 --log "$OUT/qkv3_check.log"
+    step 70 qkv3_check $PY -m pallas_kernels.gpu_check --only qkv3 --log "$OUT/qkv3.log"
     step 300 e2e_pixart $PY -m benchmarks.bench_e2e --models pixart --profile 2 \
       --variants bf16,w8a8,viditq-w8a8@fuse_producer=0+fuse_splits=0,viditq-w8a8@fuse_splits=0,viditq-w8a8 \
       --out "$OUT/e2e_pixart.json"
