@@ -98,7 +98,8 @@ case "$STAGE" in
     rm -f "$OUT"/e2e_*.md ;;
   producer-stdit)
     step 440 e2e_stdit $PY -m benchmarks.bench_e2e --models stdit \
-      --variants bf16,viditq-w8a8@fuse_producer=0+fuse_splits=0,viditq-w8a8 --out "$OUT/e2e_stdit.json"
+      --variants bf16,viditq-w8a8@fuse_producer=0+fuse_splits=0,viditq-w8a8@fuse_splits=0,viditq-w8a8 \
+      --out "$OUT/e2e_stdit.json"
     step 120 producer_bench $PY -m benchmarks.bench_rotate --producer --out "$OUT/producer"
     rm -f "$OUT"/e2e_*.md ;;
   checks)

@@ -376,4 +376,7 @@ def test_fused_producer_gpu(k, mode):
     x, signs, smooth, hb, pn = producer_inputs(k + 3, m, k, 2)
     kw = dict(prenorm=pn) if mode == "prenorm" else dict(smooth_mult=smooth)
     out = pk.rotate_quantize(x, hb, signs, backend="triton", bf16_input=True, **kw)
-    assert_rotated_close(out, pk.rotate_quantize_ref(x, hb, signs, bf16_input=True, **kw), scale_rtol=1e-5)
+    # the GPU's LayerNorm statistics (another summation order) can move an outlier channel's bf16 input by one
+    # unit in the last place (2^-8 of it): on an H100 the row max then moved by up to 5.1e-5 over 4160 rows
+    assert_rotated_close(out, pk.rotate_quantize_ref(x, hb, signs, bf16_input=True, **kw),
+                         scale_rtol=2e-4 if mode == "prenorm" else 1e-6)
