@@ -208,7 +208,7 @@ def bench_shape(m: int, k: int, batch: int, do_sweep: bool, tiny: bool, iters: i
           note="(a) unrotated Triton quantizer")
     interpret = not on_gpu()
     if producer:  # the fused producers (issue 12) against the passes they replace, two adaLN groups
-        producer_rows(timed, m, k, hb, signs, smooth, interpret)
+        producer_rows(timed, x0, hb, signs, smooth, interpret)
         return finish(rows, floor)
     timed("quantize_xla", lambda x: pk.quantize_per_token(x, backend="xla"))
     timed("xla_rotation+quantize",
@@ -246,19 +246,19 @@ def finish(rows: list[dict], floor: float | None) -> list[dict]:
     return rows
 
 
-def producer_rows(timed, m: int, k: int, hb, signs, smooth, interpret: bool) -> None:
+def producer_rows(timed, x0, hb, signs, smooth, interpret: bool) -> None:
     """``--producer``: what a rotated layer's input costs, separate passes vs fused into the rotating quantizer —
     the adaLN producer (LayerNorm + ``(1 + scale) · smooth``, ``shift · smooth``, 2 row groups: qkv / fc1
     inputs) and the bf16 smoothing (attention outputs, fc1's output, the residual stream). Two row groups (one for an
     odd toy M)."""
     from pallas_kernels.ops.rotate_quantize import input_ref
 
+    m, k = x0.shape  # the first timed input: the rows' checks
     ks, g = jax.random.split(jax.random.key(k), 2), 2 if m % 2 == 0 else 1
     pn = ((1.0 + 0.3 * jax.random.normal(ks[0], (g, k))) * smooth, 0.2 * jax.random.normal(ks[1], (g, k)) * smooth,
           1e-6)
     ref_pn = jax.jit(lambda x: pk.rotate_quantize_ref(x, hb, signs, prenorm=pn, bf16_input=True))
     ref_sm = jax.jit(lambda x: pk.rotate_quantize_ref(x, hb, signs, smooth, bf16_input=True))
-    x0 = rotation_case(0, m, k, 1)[0][0]
     produce = lambda x: input_ref(x, prenorm=pn, bf16_input=True).astype(jnp.bfloat16)  # noqa: E731
     scale = lambda x: input_ref(x, smooth, bf16_input=True).astype(jnp.bfloat16)  # noqa: E731
     cfg = rotate_tiling(k)
@@ -266,7 +266,9 @@ def producer_rows(timed, m: int, k: int, hb, signs, smooth, interpret: bool) -> 
           note="unrotated layer: XLA LayerNorm+modulate+smooth, Triton quantizer")
     timed("adaln_xla+rotate", lambda x: triton_rotate_quantize(produce(x), hb, signs, cfg=cfg, interpret=interpret),
           check=ref_pn(x0), note="session 8: XLA producer pass + rotating quantizer")
-    for name, c in (("", cfg), ("_hoist", dataclasses.replace(cfg, hoist_pn=True))):
+    for name, c in (("", cfg), ("_hoist" if not cfg.hoist_pn else "_nohoist",
+                                dataclasses.replace(cfg, hoist_pn=not cfg.hoist_pn)),
+                    ("_2pass", dataclasses.replace(cfg, pn_two_pass=True))):
         timed(f"adaln_fused_rotate{name}",
               lambda x, c=c: triton_rotate_quantize(x, hb, signs, cfg=c, interpret=interpret, prenorm=pn,
                                                     bf16_input=True),

@@ -25,12 +25,14 @@
 #              the fused producers, and with the one-GEMM qkv too), then the qkv GEMM timings
 #   producer-stdit   the same A/B on the STDiT-XL step (no profile), then the producer kernels against the passes
 #              they replace (bench_rotate --producer)
+#   producer2  the producer kernels at K = 1152 again (one-pass LayerNorm statistics, hoisted affine), then the PixArt
+#              and STDiT steps (bf16, w8a8, viditq-w8a8) with them
 #
 # Every command has its own timeout; stdout/stderr go to a log per command; a stage that is cut keeps what it
 # measured (the benchmarks write their JSON after every model / shape, or print one JSON line per row).
 set -u
 OUT=${OUT:?set OUT}
-STAGE=${1:?stage: producer | producer-stdit | quality | qvdit | baseline | steps | linear32k | rotate | qdit | quality-t2i | quality-t2v | quality-c2i | checks}
+STAGE=${1:?stage: producer | producer-stdit | producer2 | quality | qvdit | baseline | steps | linear32k | rotate | qdit | quality-t2i | quality-t2v | quality-c2i | checks}
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 [ -d .gpufix ] && export VIDQ_FIXTURES=${VIDQ_FIXTURES:-$PWD/.gpufix}
@@ -101,6 +103,13 @@ case "$STAGE" in
       --variants bf16,viditq-w8a8@fuse_producer=0+fuse_splits=0,viditq-w8a8@fuse_splits=0,viditq-w8a8 \
       --out "$OUT/e2e_stdit.json"
     step 120 producer_bench $PY -m benchmarks.bench_rotate --producer --out "$OUT/producer"
+    rm -f "$OUT"/e2e_*.md ;;
+  producer2)  # session 9, after the first measurements: one-pass LayerNorm statistics, the K = 1152 affine hoisted
+    step 75 producer_bench $PY -m benchmarks.bench_rotate --producer --k 1152 --out "$OUT/producer"
+    step 190 e2e_pixart $PY -m benchmarks.bench_e2e --models pixart --variants bf16,w8a8,viditq-w8a8 \
+      --out "$OUT/e2e_pixart.json"
+    step 300 e2e_stdit $PY -m benchmarks.bench_e2e --models stdit --variants bf16,viditq-w8a8,w8a8 \
+      --out "$OUT/e2e_stdit.json"
     rm -f "$OUT"/e2e_*.md ;;
   checks)
     step 240 checks $PY -m pallas_kernels.gpu_check --quick --log "$OUT/gpu_check.log"

@@ -99,7 +99,7 @@ def assert_rotated_close(out, ref, args=None, scale_rtol: float = 1e-6) -> dict:
     """``rotate_quantize`` outputs: int8 values equal but for rare ±1 flips (the kernels sum in
     another order than the float32 reference: at most 2 + 1e-4 of the values), scales to 1e-6
     relative (``scale_rtol``: a fused LayerNorm, whose float32 statistics are summed in another order,
-    may move a bf16 input by one unit in the last place: 1e-5). Returns the counts."""
+    may move a bf16 input by one unit in the last place: ``test_rotate_quantize.PN_RTOL``). Returns the counts."""
     (q, s), (qr, sr) = out, ref
     assert q.shape == qr.shape and q.dtype == jnp.int8 and s.shape == sr.shape == (*q.shape[:-1], 1)
     d = np.abs(np.asarray(q, np.int32) - np.asarray(qr, np.int32))

@@ -109,6 +109,8 @@ class RotateTiling:
     hoist_pn: bool = False  # mma, prenorm: the LayerNorm affine (a, c) loaded once per program when its rows
     #   share one group (2 float32 registers per element per lane, kept across the rows: spills at
     #   K = 4608), else per row (L1 hits after the first row)
+    pn_two_pass: bool = False  # mma, prenorm: LayerNorm variance as Σ(x - mean)² (the reference's order, a
+    #   second pass over the registers) instead of Σx²/K - mean² from the same pass as the mean
     num_warps: int = 4
     num_stages: int = 1
 
@@ -220,6 +222,20 @@ def pow2_scale(amax: jax.Array, top: int = 14) -> jax.Array:
     return lax.bitcast_convert_type(lax.shift_left(bits, jnp.int32(23)), jnp.float32)
 
 
+def _row_sum(tiles, axes: int = 2):
+    """Sum of every tile's elements (rows of a one-row tile set: a scalar); tiles of one shape are added
+    elementwise first (one cross-thread reduction per shape)."""
+    parts: dict = {}
+    for t in tiles:
+        parts[t.shape] = t if t.shape not in parts else parts[t.shape] + t
+    total = None
+    for a in parts.values():
+        for _ in range(axes):
+            a = jnp.sum(a, axis=-1)
+        total = a if total is None else total + a
+    return total
+
+
 def _row_absmax(tiles, axes: int = 2, merge: bool = False):
     """Max of |t| over every tile (rows of a one-row tile set: a scalar). ``merge``: tiles of one
     shape are combined elementwise first (one cross-thread reduction per shape, not per tile; more
@@ -316,7 +332,8 @@ def _butterflies(tiles: list) -> list:
 def _mma_kernel(*refs, groups, w, rb, nh, has_ms, split_in, split, inv_sqrt_k, unroll,
                 pad_block, interpret, row_sum=False, dtype=jnp.int8, pack_int8=False,
                 hoist_ms=False, prescale=False, merge_absmax=False, prefetch=False, programs=0,
-                steps=0, last_tile=0, ms_unit=True, pn_rows=0, pn_eps=1e-6, k_true=0, hoist_pn=False):
+                steps=0, last_tile=0, ms_unit=True, pn_rows=0, pn_eps=1e-6, k_true=0, hoist_pn=False,
+                pn_two_pass=False):
     rs_ref = None
     if row_sum:
         *refs, rs_ref = refs
@@ -401,8 +418,10 @@ def _mma_kernel(*refs, groups, w, rb, nh, has_ms, split_in, split, inv_sqrt_k, u
                if pn_hoist else None)
 
     def prenorm_row(xs, r0):
-        """LayerNorm (two passes over the registers, zero-padded base rows masked out) + a·u + c,
-        rounded to bf16: the tiles of a bf16 producer's output."""
+        """LayerNorm + a·u + c, rounded to bf16: the tiles of a bf16 producer's output. Statistics in float32
+        from the registers: one pass (Σx and Σx² of same-shape tiles summed elementwise, then one reduction
+        per tile shape; zero-padded base rows load as zeros and add nothing), or with ``pn_two_pass`` the
+        reference's order (mean, then Σ(x - mean)² with the padded rows masked out)."""
         if pn_hoist:
             ac = pn_prog
         else:
@@ -410,20 +429,20 @@ def _mma_kernel(*refs, groups, w, rb, nh, has_ms, split_in, split, inv_sqrt_k, u
             ac = pn_tiles(jnp.minimum(jnp.asarray(row // pn_rows, jnp.int32), a_ref.shape[0] - 1))
         xf = [[v.astype(jnp.float32) for v in row] for row in xs]
         inv_k = jnp.float32(1.0 / k_true)
-        tot = functools.reduce(jnp.add, [jnp.sum(jnp.sum(v, axis=-1), axis=-1) for row in xf for v in row])
-        mean = tot * inv_k
-        ds = []
-        for h in range(nh):
-            drow = []
-            for g in range(len(groups)):
-                d = xf[h][g] - mean
-                mk = mask(g, (groups[g][1], w), 0)
-                drow.append(d if mk is None else jnp.where(mk, d, 0.0))
-            ds.append(drow)
-        var = functools.reduce(jnp.add, [jnp.sum(jnp.sum(d * d, axis=-1), axis=-1)
-                                         for row in ds for d in row]) * inv_k
+        flat = [v for row in xf for v in row]
+        mean = _row_sum(flat) * inv_k
+        if pn_two_pass:
+            ds = [[xf[h][g] - mean if mask(g, (groups[g][1], w), 0) is None else
+                   jnp.where(mask(g, (groups[g][1], w), 0), xf[h][g] - mean, 0.0)
+                   for g in range(len(groups))] for h in range(nh)]
+            var = _row_sum([d * d for row in ds for d in row]) * inv_k
+            rstd = lax.rsqrt(var + jnp.float32(pn_eps))
+            return [[((ds[h][g] * rstd) * ac[h][g][0] + ac[h][g][1]).astype(jnp.bfloat16)
+                     for g in range(len(groups))] for h in range(nh)]
+        var = jnp.maximum(_row_sum([v * v for v in flat]) * inv_k - mean * mean, 0.0)
         rstd = lax.rsqrt(var + jnp.float32(pn_eps))
-        return [[((ds[h][g] * rstd) * ac[h][g][0] + ac[h][g][1]).astype(jnp.bfloat16)
+        shift = -mean * rstd
+        return [[((xf[h][g] * rstd + shift) * ac[h][g][0] + ac[h][g][1]).astype(jnp.bfloat16)
                  for g in range(len(groups))] for h in range(nh)]
 
     def load_row(t):  # every x tile of row tile t: xs[h][g]
@@ -583,7 +602,8 @@ def _mma_call(x3, ms, h_base, cfg: RotateTiling, split_in: bool, interpret: bool
         unroll=cfg.unroll, pad_block=cfg.pad_block, interpret=interpret, row_sum=row_sum, dtype=dtype,
         pack_int8=cfg.pack_int8, hoist_ms=cfg.hoist_ms, prescale=cfg.prescale,
         merge_absmax=cfg.merge_absmax, prefetch=cfg.prefetch, ms_unit=ms_unit,
-        pn_rows=pn_rows if pn is not None else 0, pn_eps=pn_eps, k_true=k, hoist_pn=cfg.hoist_pn)
+        pn_rows=pn_rows if pn is not None else 0, pn_eps=pn_eps, k_true=k, hoist_pn=cfg.hoist_pn,
+        pn_two_pass=cfg.pn_two_pass)
     grid, blk, at = (m // bm,), bm, lambda i: (i, 0, 0)  # noqa: E731
     if cfg.programs:  # whole arrays per program, row tiles strided by the grid size
         tiles = m // rb
