@@ -32,7 +32,7 @@
 # measured (the benchmarks write their JSON after every model / shape, or print one JSON line per row).
 set -u
 OUT=${OUT:?set OUT}
-STAGE=${1:?stage: producer | producer-stdit | producer2 | quality | qvdit | baseline | steps | linear32k | rotate | qdit | quality-t2i | quality-t2v | quality-c2i | checks}
+STAGE=${1:?stage: producer | producer-stdit | producer2 | final | quality | qvdit | baseline | steps | linear32k | rotate | qdit | quality-t2i | quality-t2v | quality-c2i | checks}
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 [ -d .gpufix ] && export VIDQ_FIXTURES=${VIDQ_FIXTURES:-$PWD/.gpufix}
@@ -111,6 +111,11 @@ case "$STAGE" in
     step 300 e2e_stdit $PY -m benchmarks.bench_e2e --models stdit --variants bf16,viditq-w8a8,w8a8 \
       --out "$OUT/e2e_stdit.json"
     rm -f "$OUT"/e2e_*.md ;;
+  final)  # session 9's last call: fused-path quality on the final kernels, the producer table with exact checks
+    step 330 quality_final $PY -m benchmarks.quality_backends --models t2i t2v --presets viditq-w8a8 \
+      --backends simulate pallas --images 16 --videos 4 --per-class 2 --sqnr-samples 4 \
+      --out "$OUT/quality_backends_gpu_t2i_t2v"
+    step 150 producer_bench $PY -m benchmarks.bench_rotate --producer --out "$OUT/producer" ;;
   checks)
     step 240 checks $PY -m pallas_kernels.gpu_check --quick --log "$OUT/gpu_check.log"
     step 240 pytest_gpu $PY -m pytest -q -p no:cacheprovider -m gpu tests/kernels ;;

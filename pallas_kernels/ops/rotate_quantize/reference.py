@@ -104,11 +104,18 @@ def input_ref(x: jax.Array, smooth_mult: jax.Array | None = None, prenorm: tuple
     if smooth_mult is not None:
         mult = jnp.asarray(smooth_mult, jnp.float32)
         if bf16_input:
-            mult = mult.astype(jnp.bfloat16).astype(jnp.float32)
+            mult = round_bf16(mult)
         xf = xf * mult
     if bf16_input:
-        xf = xf.astype(jnp.bfloat16).astype(jnp.float32)
+        xf = round_bf16(xf)
     return xf
+
+
+def round_bf16(x: jax.Array) -> jax.Array:
+    """float32 ``x`` rounded to the nearest bf16 value (ties to even), kept float32. ``reduce_precision``,
+    not a ``bf16`` round trip: under ``jax.jit`` on a GPU, XLA may drop a convert pair inside a fusion
+    (``--xla_allow_excess_precision``, on by default), and the reference would then not round at all."""
+    return jax.lax.reduce_precision(x, exponent_bits=8, mantissa_bits=7)
 
 
 def rotate_ref(
@@ -149,4 +156,4 @@ def rotate_quantize_ref(
                                   row_sum=row_sum, dtype=dtype)
 
 
-__all__ = ["check_prenorm", "fwht", "input_ref", "rotate_quantize_ref", "rotate_ref", "split_order", "sylvester"]
+__all__ = ["check_prenorm", "fwht", "input_ref", "round_bf16", "rotate_quantize_ref", "rotate_ref", "split_order", "sylvester"]
