@@ -208,7 +208,8 @@ def bench_shape(m: int, k: int, batch: int, do_sweep: bool, tiny: bool, iters: i
           note="(a) unrotated Triton quantizer")
     interpret = not on_gpu()
     if producer:  # the fused producers (issue 12) against the passes they replace, two adaLN groups
-        producer_rows(timed, x0, hb, signs, smooth, interpret)
+        producer_rows(timed, x0, hb, signs, smooth, interpret,
+                      {n: c for n, c in sweep(k).items() if any(o in n for o in only)} if only and not tiny else {})
         return finish(rows, floor)
     timed("quantize_xla", lambda x: pk.quantize_per_token(x, backend="xla"))
     timed("xla_rotation+quantize",
@@ -246,7 +247,7 @@ def finish(rows: list[dict], floor: float | None) -> list[dict]:
     return rows
 
 
-def producer_rows(timed, x0, hb, signs, smooth, interpret: bool) -> None:
+def producer_rows(timed, x0, hb, signs, smooth, interpret: bool, tilings: dict | None = None) -> None:
     """``--producer``: what a rotated layer's input costs, separate passes vs fused into the rotating quantizer —
     the adaLN producer (LayerNorm + ``(1 + scale) · smooth``, ``shift · smooth``, 2 row groups: qkv / fc1
     inputs) and the bf16 smoothing (attention outputs, fc1's output, the residual stream). Two row groups (one for an
@@ -281,6 +282,15 @@ def producer_rows(timed, x0, hb, signs, smooth, interpret: bool) -> None:
     timed("smooth_fused_rotate",
           lambda x: triton_rotate_quantize(x, hb, signs, smooth, cfg=cfg, interpret=interpret, bf16_input=True),
           check=ref_sm(x0), note="one pass: bf16 smoothing with the signs")
+    for name, c in (tilings or {}).items():  # --only: the sweep's tilings with the producers (prenorm with the
+        # affine hoisted where the tiling allows it)
+        c_pn = dataclasses.replace(c, hoist_pn=c.variant == "mma" and not c.programs and k <= 1152)
+        timed(f"adaln_fused:{name}", lambda x, c=c_pn: triton_rotate_quantize(
+            x, hb, signs, cfg=c, interpret=interpret, prenorm=pn, bf16_input=True),
+            check=ref_pn(x0), note="prenorm, sweep tiling", extra={"tiling": dataclasses.asdict(c_pn)})
+        timed(f"smooth_fused:{name}", lambda x, c=c: triton_rotate_quantize(
+            x, hb, signs, smooth, cfg=c, interpret=interpret, bf16_input=True),
+            check=ref_sm(x0), note="bf16 smoothing, sweep tiling", extra={"tiling": dataclasses.asdict(c)})
 
 
 def to_markdown(rows: list[dict]) -> str:
@@ -316,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
                     "whose name holds one (and the stored one), e.g. 'fast,pack'")
     ap.add_argument("--k", default="", help="comma-separated K values to run (default: all)")
     ap.add_argument("--producer", action="store_true", help="only the fused producers against the separate "
-                    "passes they replace (adaLN LayerNorm, smoothing), no sweep")
+                    "passes they replace (adaLN LayerNorm, smoothing); with --only, also on the sweep's tilings "
+                    "whose names hold one of its substrings")
     args = ap.parse_args(argv)
     shapes = TINY_SHAPES if args.tiny else SHAPES
     batch = 2 if args.tiny else args.batch

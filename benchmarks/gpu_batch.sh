@@ -111,11 +111,13 @@ case "$STAGE" in
     step 300 e2e_stdit $PY -m benchmarks.bench_e2e --models stdit --variants bf16,viditq-w8a8,w8a8 \
       --out "$OUT/e2e_stdit.json"
     rm -f "$OUT"/e2e_*.md ;;
-  final)  # session 9's last call: fused-path quality on the final kernels, the producer table with exact checks
-    step 330 quality_final $PY -m benchmarks.quality_backends --models t2i t2v --presets viditq-w8a8 \
+  final)  # session 9's last call: the producers on other tilings (K = 1152; exact checks now), then the fused-path
+    # quality on the final kernels
+    step 230 producer_sweep $PY -m benchmarks.bench_rotate --producer --k 1152 --only bm4_fast,bm16_fast,_pf \
+      --out "$OUT/producer"
+    step 250 quality_final $PY -m benchmarks.quality_backends --models t2i t2v --presets viditq-w8a8 \
       --backends simulate pallas --images 16 --videos 4 --per-class 2 --sqnr-samples 4 \
-      --out "$OUT/quality_backends_gpu_t2i_t2v"
-    step 150 producer_bench $PY -m benchmarks.bench_rotate --producer --out "$OUT/producer" ;;
+      --out "$OUT/quality_backends_gpu_t2i_t2v" ;;
   checks)
     step 240 checks $PY -m pallas_kernels.gpu_check --quick --log "$OUT/gpu_check.log"
     step 240 pytest_gpu $PY -m pytest -q -p no:cacheprovider -m gpu tests/kernels ;;

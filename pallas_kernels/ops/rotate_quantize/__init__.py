@@ -34,11 +34,15 @@ _xla_rotate_quantize = jax.jit(rotate_quantize_ref, static_argnames=("row_sum", 
 CONFIG_FILE = Path(__file__).with_name("configs.json")
 
 
-def rotate_tiling(k: int, smooth: bool = False) -> RotateTiling:
+def rotate_tiling(k: int, smooth: bool = False, prenorm: bool = False) -> RotateTiling:
     """Stored tiling for this K (keyed like the GEMMs, with M-bucket/N unused); ``smooth``: the
-    one for in-kernel smoothing (float32 operands: more registers, so more warps)."""
-    d = _config.lookup(CONFIG_FILE, "triton_rotate_quantize_smooth" if smooth else
-                       "triton_rotate_quantize", 0, k, 0, {})
+    one for in-kernel float32 smoothing (float32 operands: more registers, so more warps); ``prenorm``:
+    the one for the LayerNorm prologue (table ``triton_rotate_quantize_prenorm``, else the plain one)."""
+    d = {}
+    if prenorm:
+        d = _config.lookup(CONFIG_FILE, "triton_rotate_quantize_prenorm", 0, k, 0, {})
+    d = d or _config.lookup(CONFIG_FILE, "triton_rotate_quantize_smooth" if smooth else
+                            "triton_rotate_quantize", 0, k, 0, {})
     names = {f.name for f in dataclasses.fields(RotateTiling)}
     return RotateTiling(**{f: v for f, v in d.items() if f in names})
 
@@ -85,7 +89,7 @@ def rotate_quantize(
             hb = None
             log_once("rotate_quantize:traced", "rotate_quantize: h_base is traced, not concrete; "
                      "using the XLA path")
-        cfg = tiling or rotate_tiling(k, smooth_mult is not None and not bf16_input)
+        cfg = tiling or rotate_tiling(k, smooth_mult is not None and not bf16_input, prenorm is not None)
         reason = None if hb is None else (supported(k, hb, cfg) or supported_input(
             x.reshape(-1, k), smooth_mult, prenorm, bf16_input, hb, cfg))
         if hb is not None and reason:
