@@ -86,8 +86,7 @@ def run(model_name: str, variants: list[str], iters: int, tiny: bool = False, pr
     for name in variants:
         base, _, debug = name.partition("@")
         os.environ[DEBUG_ENV] = ",".join(filter(None, [user_debug, debug.replace("+", ",")]))
-        if debug:
-            step = step_fn(model)  # a fresh jit: the debug options are read at trace time
+        row_step = step_fn(model) if debug else step  # a fresh jit: debug options are read at trace time
         config = variant_config(base)
         if config is None:
             p = params
@@ -101,14 +100,14 @@ def run(model_name: str, variants: list[str], iters: int, tiny: bool = False, pr
             if any(v.partition("@")[0] == base for v in variants[variants.index(name) + 1:]):
                 made[base] = p
         t0 = time.perf_counter()
-        out = step(p, inputs, 4.5)
+        out = row_step(p, inputs, 4.5)
         jax.block_until_ready(out)
         compile_s = time.perf_counter() - t0
         finite = bool(jnp.isfinite(out).all())
-        t = median_time(step, [(p, inputs, 4.5)], iters=iters, reps=5, warmup=1)
+        t = median_time(row_step, [(p, inputs, 4.5)], iters=iters, reps=5, warmup=1)
         profile = None
         if profile_steps:  # kernel-time breakdown of the same compiled step (benchmarks.xl_step)
-            profile = summarize(profile_variant(step, (p, inputs, 4.5), profile_steps)[0])
+            profile = summarize(profile_variant(row_step, (p, inputs, 4.5), profile_steps)[0])
         if name == "bf16":
             base_ms = t["median_ms"]
             ref_out = out
@@ -137,8 +136,6 @@ def run(model_name: str, variants: list[str], iters: int, tiny: bool = False, pr
         }
         print(json.dumps(row), flush=True)
         rows.append(row)
-        if debug:
-            step = step_fn(model)
         del p
     os.environ[DEBUG_ENV] = user_debug
     return rows

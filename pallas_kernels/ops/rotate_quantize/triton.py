@@ -222,34 +222,30 @@ def pow2_scale(amax: jax.Array, top: int = 14) -> jax.Array:
     return lax.bitcast_convert_type(lax.shift_left(bits, jnp.int32(23)), jnp.float32)
 
 
-def _row_sum(tiles, axes: int = 2):
-    """Sum of every tile's elements (rows of a one-row tile set: a scalar); tiles of one shape are added
-    elementwise first (one cross-thread reduction per shape)."""
+def _row_reduce(tiles, combine, reduce, axes: int = 2, merge: bool = True):
+    """``combine`` over every tile's elements, reduced along its last ``axes`` axes by ``reduce`` (rows of a
+    one-row tile set: a scalar). ``merge``: tiles of one shape are combined elementwise first (one
+    cross-thread reduction per shape, not per tile; more live registers)."""
     parts: dict = {}
-    for t in tiles:
-        parts[t.shape] = t if t.shape not in parts else parts[t.shape] + t
+    for i, t in enumerate(tiles):
+        key = t.shape if merge else i
+        parts[key] = t if key not in parts else combine(parts[key], t)
     total = None
     for a in parts.values():
         for _ in range(axes):
-            a = jnp.sum(a, axis=-1)
-        total = a if total is None else total + a
+            a = reduce(a, axis=-1)
+        total = a if total is None else combine(total, a)
     return total
 
 
-def _row_absmax(tiles, axes: int = 2, merge: bool = False):
-    """Max of |t| over every tile (rows of a one-row tile set: a scalar). ``merge``: tiles of one
-    shape are combined elementwise first (one cross-thread reduction per shape, not per tile; more
-    live registers)."""
-    parts: dict = {}
-    for i, t in enumerate(tiles):
-        a, key = jnp.abs(t), (t.shape if merge else i)
-        parts[key] = a if key not in parts else jnp.maximum(parts[key], a)
-    amax = None
-    for a in parts.values():
-        for _ in range(axes):
-            a = jnp.max(a, axis=-1)
-        amax = a if amax is None else jnp.maximum(amax, a)
-    return amax
+def _row_sum(tiles):
+    """Sum of every tile's elements, same-shape tiles added elementwise first (:func:`_row_reduce`)."""
+    return _row_reduce(tiles, jnp.add, jnp.sum)
+
+
+def _row_absmax(tiles, merge: bool = False):
+    """Max of |t| over every tile (:func:`_row_reduce`; ``merge``: same-shape tiles maxed first)."""
+    return _row_reduce([jnp.abs(t) for t in tiles], jnp.maximum, jnp.max, merge=merge)
 
 
 def round_to_int32(v: jax.Array, *, interpret: bool = False) -> jax.Array:
@@ -431,9 +427,9 @@ def _mma_kernel(*refs, groups, w, rb, nh, has_ms, split_in, split, inv_sqrt_k, u
         inv_k = jnp.float32(1.0 / k_true)
         flat = [v for row in xf for v in row]
         mean = _row_sum(flat) * inv_k
-        if pn_two_pass:
-            ds = [[xf[h][g] - mean if mask(g, (groups[g][1], w), 0) is None else
-                   jnp.where(mask(g, (groups[g][1], w), 0), xf[h][g] - mean, 0.0)
+        if pn_two_pass:  # the zero-padded base rows masked out of Σ(x - mean)²
+            masks = [mask(g, (groups[g][1], w), 0) for g in range(len(groups))]
+            ds = [[xf[h][g] - mean if masks[g] is None else jnp.where(masks[g], xf[h][g] - mean, 0.0)
                    for g in range(len(groups))] for h in range(nh)]
             var = _row_sum([d * d for row in ds for d in row]) * inv_k
             rstd = lax.rsqrt(var + jnp.float32(pn_eps))

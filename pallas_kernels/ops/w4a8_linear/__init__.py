@@ -31,7 +31,7 @@ from pallas_kernels.ops.int8_matmul import int8_gemm
 from pallas_kernels.ops.int8_matmul.reference import apply_activation, residual_gate_ref
 from pallas_kernels.ops.int8_matmul.triton import TritonGemmConfig
 from pallas_kernels.ops.quantize import quantize_per_token
-from pallas_kernels.ops.rotate_quantize import input_ref, rotate_quantize, rotate_ref
+from pallas_kernels.ops.rotate_quantize import rotate_quantize, rotate_ref
 from pallas_kernels.ops.w4a8_linear.packing import (
     deinterleave_k,
     pack_int4,
@@ -51,7 +51,7 @@ from pallas_kernels.ops.w8a8_linear import (
     check_epilogue_args,
     check_linear_args,
     column_blocks,
-    producer_args,
+    produced_input,
     quantize_input,
     rank1_parts,
 )
@@ -151,9 +151,7 @@ def w4a8_linear(
                                rank1=None if bt is None else (rs[-1], bt), **extras)
                      for (w, ws, b, z), bt in zip(blocks, column_blocks(beta, splits, axis=0)))
         return outs if splits > 1 else outs[0]
-    if smooth is not None or prenorm is not None:  # the other paths take the producer's bf16 output
-        smooth, pn = producer_args(k, smooth, prenorm)
-        x = input_ref(x, smooth, pn, bf16_input=True).astype(jnp.bfloat16)
+    x = produced_input(x, smooth, prenorm)  # the other paths take the producer's bf16 output
     if be == "triton":
         cfg = TritonGemmConfig.from_dict(_config.lookup(CONFIG_FILE, "triton_w4a8", m, k, n, {}))
         cfg_fit = fit_w4_config(cfg, m, k, n, group_size)

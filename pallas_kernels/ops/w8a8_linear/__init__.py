@@ -143,11 +143,9 @@ def quantize_input(x: jax.Array, gemm_backend: str, act_quant: str = "auto",
     an XLA pass (which XLA fuses with the LayerNorm) before the per-token quantizer (every input with
     ``$PALLAS_KERNELS_DEBUG`` ``fuse_producer=0``: the A/B of the fusion)."""
     qb = activation_quant_backend(gemm_backend, act_quant)
-    smooth, pn = producer_args(x.shape[-1], smooth, prenorm)
     if rotation is None or x.dtype != jnp.bfloat16 or not debug_override("fuse_producer", True):
-        if smooth is not None or pn is not None:
-            x = input_ref(x, smooth, pn, bf16_input=True).astype(jnp.bfloat16)
-            smooth = pn = None
+        x, smooth, prenorm = produced_input(x, smooth, prenorm), None, None
+    smooth, pn = producer_args(x.shape[-1], smooth, prenorm)
     if rotation is None:
         return quantize_per_token(x, backend=qb, row_sum=row_sum, dtype=dtype, alpha=alpha, u_scale=u_scale)
     h_base, signs = rotation
@@ -174,6 +172,15 @@ def producer_args(k: int, smooth: jax.Array | None, prenorm: tuple | None) -> tu
     return None, (a, c, eps)
 
 
+def produced_input(x: jax.Array, smooth: jax.Array | None, prenorm: tuple | None) -> jax.Array:
+    """The GEMM input a separate producer pass writes (:func:`quantize_input`'s ``smooth`` / ``prenorm``,
+    rounded to bf16 as ``rotate_quantize.reference.input_ref`` defines it); ``x`` itself without either."""
+    if smooth is None and prenorm is None:
+        return x
+    smooth, pn = producer_args(x.shape[-1], smooth, prenorm)
+    return input_ref(x, smooth, pn, bf16_input=True).astype(jnp.bfloat16)
+
+
 def activation_quant_backend(gemm_backend: str, act_quant: str = "auto") -> str:
     """Quantizer paired with a GEMM backend. ``act_quant="auto"`` (or ``"triton"``): the Pallas
     row-block kernel next to Pallas GEMMs on GPU, the XLA fusion otherwise (and for the all-XLA
@@ -196,6 +203,7 @@ __all__ = [
     "check_epilogue_args",
     "check_linear_args",
     "column_blocks",
+    "produced_input",
     "producer_args",
     "quantize_input",
     "rank1_parts",
