@@ -38,8 +38,9 @@ import jax.numpy as jnp
 
 import pallas_kernels as pk
 from benchmarks.common import median_time
+from pallas_kernels import _config
 from pallas_kernels._compat import gpu_name
-from pallas_kernels.ops.int8_matmul import mosaic
+from pallas_kernels.ops.int8_matmul import CONFIG_FILE, mosaic
 from pallas_kernels.ops.int8_matmul.reference import int8_matmul_ref, scaled_epilogue_ref
 from pallas_kernels.ops.producer import layernorm_noaffine
 from pallas_kernels.ops.quantize import quantize_per_token
@@ -407,8 +408,12 @@ def run_sweep(args) -> None:
             for t, c in res[:6]), flush=True)
         if res:
             c = res[0][1]
-            best[f"{m},{k},{n}"] = dict(tm=c.tm, tn=c.tn, tk=c.tk, stages=c.stages, order=c.order,
-                                        ws=c.ws, delay_release=c.delay_release, chain=c.chain)
+            row = {f"{m},{k},{n}": dict(tm=c.tm, tn=c.tn, tk=c.tk, stages=c.stages, order=c.order,
+                                        ws=c.ws, delay_release=c.delay_release, chain=c.chain)}
+            best.update(row)
+            if args.store:  # after every shape: a run cut by a time limit keeps what it found
+                _config.store(CONFIG_FILE, gpu_name(), f"mosaic_gemm_{'int32' if args.int32 else 'scaled'}", row)
+                print(f"stored {row} for {gpu_name()!r} in {CONFIG_FILE}", flush=True)
         del inp
     print("BEST " + json.dumps(best))
     if args.sweep_json:
@@ -428,6 +433,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--merge-into", help="earlier linear.json whose other shapes are kept")
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--sweep-json")
+    ap.add_argument("--store", action="store_true",
+                    help="with --sweep: write each shape's winner into int8_matmul/configs.json for this GPU")
     ap.add_argument("--int32", action="store_true")
     ap.add_argument("--cands", nargs="*")
     ap.add_argument("--tms", type=int, nargs="*", default=[])

@@ -27,12 +27,17 @@
 #              they replace (bench_rotate --producer)
 #   producer2  the producer kernels at K = 1152 again (one-pass LayerNorm statistics, hoisted affine), then the PixArt
 #              and STDiT steps (bf16, w8a8, viditq-w8a8) with them
+#   tiles8k   session 10: the Mosaic GEMM tile sweep on this GPU at M = 8192 (the H100 had no rows of its own: every shape ran
+#              the default (2x128, 128) tile), winners stored into int8_matmul/configs.json as found (--store; the file
+#              comes back), then the PixArt-XL step with them: bf16, w8a8, viditq-w8a8 on the default tiles
+#              (@gemm_tiles=default) and on the stored ones, viditq-w4a8
+#   tiles32k  the same at M = 32768 (fewer candidates) and the STDiT-XL step
 #
 # Every command has its own timeout; stdout/stderr go to a log per command; a stage that is cut keeps what it
 # measured (the benchmarks write their JSON after every model / shape, or print one JSON line per row).
 set -u
 OUT=${OUT:?set OUT}
-STAGE=${1:?stage: producer | producer-stdit | producer2 | final | quality | qvdit | baseline | steps | linear32k | rotate | qdit | quality-t2i | quality-t2v | quality-c2i | checks}
+STAGE=${1:?stage: tiles8k | tiles32k | producer | producer-stdit | producer2 | final | quality | qvdit | baseline | steps | linear32k | rotate | qdit | quality-t2i | quality-t2v | quality-c2i | checks}
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 [ -d .gpufix ] && export VIDQ_FIXTURES=${VIDQ_FIXTURES:-$PWD/.gpufix}
@@ -118,6 +123,21 @@ case "$STAGE" in
     step 250 quality_final $PY -m benchmarks.quality_backends --models t2i t2v --presets viditq-w8a8 \
       --backends simulate pallas --images 16 --videos 4 --per-class 2 --sqnr-samples 4 \
       --out "$OUT/quality_backends_gpu_t2i_t2v" ;;
+  tiles8k|tiles32k)
+    CANDS=(ws:64,128,128,3,0,chain ws:64,192,128,3,0,chain ws:64,192,128,4,0,chain ws:128,128,128,3,0,chain
+           ws:128,192,128,2,1)
+    if [ "$STAGE" = tiles8k ]; then
+      M=8192; T=(240 330); CANDS+=(ws:64,128,128,4,1 ws:64,192,128,4,1 ws:64,256,128,3,0,chain ws:128,128,128,4,1)
+      E2E=(--models pixart --variants bf16,w8a8,viditq-w8a8@gemm_tiles=default,viditq-w8a8,viditq-w4a8)
+    else
+      M=32768; T=(150 430)
+      E2E=(--models stdit --variants bf16,w8a8,viditq-w8a8@gemm_tiles=default,viditq-w8a8,viditq-w4a8)
+    fi
+    step "${T[0]}" "gemm_sweep$M" $PY -m benchmarks.bench_linear --sweep --ms $M --cands "${CANDS[@]}" --store \
+      --sweep-json "$OUT/gemm_sweep$M.json"
+    cp pallas_kernels/ops/int8_matmul/configs.json "$OUT/int8_matmul_configs.json"
+    step "${T[1]}" "e2e_$M" $PY -m benchmarks.bench_e2e "${E2E[@]}" --out "$OUT/e2e_$M.json"
+    rm -f "$OUT"/e2e_*.md ;;
   checks)
     step 240 checks $PY -m pallas_kernels.gpu_check --quick --log "$OUT/gpu_check.log"
     step 240 pytest_gpu $PY -m pytest -q -p no:cacheprovider -m gpu tests/kernels ;;

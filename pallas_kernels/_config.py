@@ -42,17 +42,32 @@ def _load(path: str) -> dict[str, Any]:
 
 
 def lookup(
-    config_file: Path, kernel: str, m: int, k: int, n: int, fallback: dict[str, Any]
+    config_file: Path, kernel: str, m: int, k: int, n: int, fallback: dict[str, Any],
+    gpu_rows: bool = True,
 ) -> dict[str, Any]:
-    """Return the stored config dict for ``kernel`` at shape ``(m, k, n)`` on the current GPU."""
+    """Return the stored config dict for ``kernel`` at shape ``(m, k, n)`` on the current GPU
+    (``gpu_rows=False``: the ``"default"`` table only, as on a GPU nobody tuned for)."""
     table = _load(str(config_file))
     key = shape_key(m, k, n)
-    for gpu in (gpu_name(), "default"):
+    gpus = (gpu_name(), "default") if gpu_rows else ("default",)
+    for gpu in gpus:
         per_kernel = table.get(gpu, {}).get(kernel, {})
         if key in per_kernel:
             return dict(per_kernel[key])
-    for gpu in (gpu_name(), "default"):
+    for gpu in gpus:
         per_kernel = table.get(gpu, {}).get(kernel, {})
         if "default" in per_kernel:
             return dict(per_kernel["default"])
     return dict(fallback)
+
+
+def store(config_file: Path, gpu: str, kernel: str, rows: dict[str, dict[str, Any]]) -> None:
+    """Merge ``rows`` (``"<M-bucket>,<K>,<N>" -> config``) into ``config_file`` under ``gpu`` / ``kernel``
+    (other rows kept; written atomically)."""
+    p = Path(config_file)
+    table = json.loads(p.read_text()) if p.exists() else {}
+    table.setdefault(gpu, {}).setdefault(kernel, {}).update(rows)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(json.dumps(table, indent=1) + "\n")
+    tmp.replace(p)
+    _load.cache_clear()

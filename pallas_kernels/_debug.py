@@ -13,7 +13,9 @@ process, for A/B runs of code whose call sites one cannot edit (a whole model tr
 * ``fuse_producer=0|1`` — a rotated GEMM input's producer (smoothing, LayerNorm + adaLN modulate)
   inside the rotating quantizer, or an XLA pass before it (``w8a8_linear`` ``smooth=``/``prenorm=``);
 * ``fuse_splits=0|1`` — a split linear's column blocks (fused qkv) written by one Mosaic GEMM, or one GEMM per
-  block.
+  block;
+* ``gemm_tiles=stored|default`` — the Mosaic GEMMs' tilings from this GPU's rows of ``configs.json`` (normal), or
+  from its ``"default"`` rows only (the A/B of a tile sweep).
 
 It is read at trace time (set it before the first call is traced: a jitted function keeps what it
 traced), overrides the arguments' values, explicit ones included, and says so once per process
@@ -35,6 +37,7 @@ _CHOICES: dict[str, dict[str, Any]] = {
     "fuse_activation": {"0": False, "1": True},
     "fuse_producer": {"0": False, "1": True},
     "fuse_splits": {"0": False, "1": True},
+    "gemm_tiles": {"stored": "stored", "default": "default"},
 }
 
 

@@ -104,6 +104,56 @@ def test_mosaic_configs_are_fitted_to_shared_memory():
     assert mosaic.fit_smem(huge, 96, 4) is None  # N = 96 cannot take a narrower tile: no fit
 
 
+def test_stored_gemm_tilings_are_valid_for_their_shapes():
+    """Every GPU row of configs.json (the sweeps store them with ``bench_linear --sweep --store``) takes its own
+    shape: K and N divisible, shared memory fitted for bf16 and float32 outputs, and fused qkv's three outputs
+    (N = 3C) written by one kernel at N = 3456."""
+    import json
+
+    from pallas_kernels.ops.int8_matmul import CONFIG_FILE, mosaic
+
+    table = json.loads(CONFIG_FILE.read_text())
+    checked = 0
+    for gpu, kernels in table.items():
+        for key, d in kernels.get("mosaic_gemm_scaled", {}).items():
+            if key == "default":
+                continue
+            _, k, n = (int(v) for v in key.split(","))
+            cfg = mosaic.MosaicGemmConfig.from_dict(d)
+            assert mosaic.supports(k, n, cfg), (gpu, key, cfg)
+            assert mosaic.fit_smem(cfg, n, 2) == cfg, (gpu, key, "overflows shared memory with a bf16 output")
+            assert mosaic.fit_smem(cfg, n, 4) is not None, (gpu, key)
+            if n == 3456:
+                assert mosaic.supports(k, n, cfg, out_splits=3), (gpu, key)
+            checked += 1
+    assert checked >= 8
+
+
+def test_config_store_and_default_rows(tmp_path, monkeypatch):
+    """``_config.store`` merges rows atomically (others kept); ``gpu_rows=False`` and the debug option
+    ``gemm_tiles=default`` read the ``"default"`` table as on an untuned GPU."""
+    from pallas_kernels import _config
+    from pallas_kernels._debug import DEBUG_ENV
+    from pallas_kernels.ops.int8_matmul import mosaic_config
+
+    f = tmp_path / "configs.json"
+    _config.store(f, "default", "k", {"default": {"tm": 1}})
+    _config.store(f, _config.gpu_name(), "k", {"8192,1152,1152": {"tm": 64}})
+    _config.store(f, _config.gpu_name(), "k", {"8192,4608,1152": {"tm": 128}})
+    assert _config.lookup(f, "k", 8000, 1152, 1152, {}) == {"tm": 64}
+    assert _config.lookup(f, "k", 8000, 4608, 1152, {}) == {"tm": 128}
+    assert _config.lookup(f, "k", 8000, 1152, 1152, {}, gpu_rows=False) == {"tm": 1}
+    assert not list(tmp_path.glob("*.tmp"))
+    monkeypatch.setattr(_config, "gpu_name", lambda: "NVIDIA H100 80GB HBM3")
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    tuned = mosaic_config(8192, 4608, 1152, "mosaic_gemm_scaled")
+    monkeypatch.setenv(DEBUG_ENV, "gemm_tiles=default")
+    with pytest.warns(RuntimeWarning, match="gemm_tiles"):
+        untuned = mosaic_config(8192, 4608, 1152, "mosaic_gemm_scaled")
+    assert (tuned.tm, tuned.tn, tuned.stages) == (64, 192, 4)  # the H100 sweep's winner (session 10)
+    assert (untuned.tm, untuned.tn) == (128, 128)
+
+
 # ------------------------------------------------------------------ the fused epilogue's extras
 
 

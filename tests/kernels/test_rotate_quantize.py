@@ -320,6 +320,32 @@ def test_bf16_smoothing_keeps_the_exact_operand(k, m):
     assert_rotated_close(out, pk.rotate_quantize_ref(x, hb, signs, smooth, bf16_input=True))
 
 
+def _stored_gpu_rows():
+    import json
+
+    from pallas_kernels.ops.rotate_quantize import CONFIG_FILE
+
+    table = json.loads(CONFIG_FILE.read_text())
+    names = {f.name for f in dataclasses.fields(RotateTiling)}
+    return [(gpu, int(key.split(",")[1]), RotateTiling(**{f: v for f, v in d.items() if f in names}))
+            for gpu, kernels in table.items() if gpu not in ("default", "_comment")
+            for key, d in kernels.get("triton_rotate_quantize", {}).items() if key != "default"]
+
+
+@pytest.mark.parametrize("gpu,k,tiling", _stored_gpu_rows(), ids=[f"{g.split()[1]}-K{k}" for g, k, _ in _stored_gpu_rows()])
+def test_stored_gpu_rows_run_the_producers(gpu, k, tiling):
+    """The GPU rows of configs.json (chosen by the device sweeps; on the CPU only the default rows run otherwise),
+    in interpret mode: the LayerNorm prologue where the tiling hoists the affine, and the bf16 smoothing."""
+    m = 2 * max(tiling.bm, 1)
+    x, signs, smooth, hb, pn = producer_inputs(k + 3, m, k, 2)
+    out = triton_rotate_quantize(x, hb, signs, smooth, cfg=tiling, interpret=True, bf16_input=True)
+    assert_rotated_close(out, pk.rotate_quantize_ref(x, hb, signs, smooth, bf16_input=True))
+    if tiling.hoist_pn:
+        out = triton_rotate_quantize(x, hb, signs, cfg=tiling, interpret=True, prenorm=pn, bf16_input=True)
+        assert_rotated_close(out, pk.rotate_quantize_ref(x, hb, signs, prenorm=pn, bf16_input=True),
+                             scale_rtol=PN_RTOL)
+
+
 def test_producer_dispatch_and_refusals():
     from pallas_kernels.ops.rotate_quantize import supported_input
 

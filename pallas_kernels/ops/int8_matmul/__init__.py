@@ -65,7 +65,8 @@ def mosaic_config(m: int, k: int, n: int, kernel: str, out_itemsize: int = 2,
                   out_splits: int = 1) -> mosaic.MosaicGemmConfig | None:
     """Stored config for the shape (keyed by the whole N), shrunk to divide K and each output's
     ``N / out_splits`` columns and to fit shared memory (``None``: no fit)."""
-    cfg = mosaic.MosaicGemmConfig.from_dict(_config.lookup(CONFIG_FILE, kernel, m, k, n, {}))
+    gpu_rows = debug_override("gemm_tiles", "stored") == "stored"
+    cfg = mosaic.MosaicGemmConfig.from_dict(_config.lookup(CONFIG_FILE, kernel, m, k, n, {}, gpu_rows))
     c = n // out_splits
     return mosaic.fit_smem(mosaic.fit_config(cfg, k, c), c, out_itemsize)
 
