@@ -32,12 +32,15 @@
 #              comes back), then the PixArt-XL step with them: bf16, w8a8, viditq-w8a8 on the default tiles
 #              (@gemm_tiles=default) and on the stored ones, viditq-w4a8
 #   tiles32k  the same at M = 32768 (fewer candidates) and the STDiT-XL step
+#   peers     the torchao rows of bench_peers (int8 dynamic, FP8 row-wise) compiled per transformer block (regional
+#              compilation; their whole-model compile ran past a call in session 8), then compile_bf16 again;
+#              carry .whl-peers (diffusers, torchao and two small deps) and .gpufix
 #
 # Every command has its own timeout; stdout/stderr go to a log per command; a stage that is cut keeps what it
 # measured (the benchmarks write their JSON after every model / shape, or print one JSON line per row).
 set -u
 OUT=${OUT:?set OUT}
-STAGE=${1:?stage: tiles8k | tiles32k | producer | producer-stdit | producer2 | final | quality | qvdit | baseline | steps | linear32k | rotate | qdit | quality-t2i | quality-t2v | quality-c2i | checks}
+STAGE=${1:?stage: tiles8k | tiles32k | peers | producer | producer-stdit | producer2 | final | quality | qvdit | baseline | steps | linear32k | rotate | qdit | quality-t2i | quality-t2v | quality-c2i | checks}
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 [ -d .gpufix ] && export VIDQ_FIXTURES=${VIDQ_FIXTURES:-$PWD/.gpufix}
@@ -138,6 +141,10 @@ case "$STAGE" in
     cp pallas_kernels/ops/int8_matmul/configs.json "$OUT/int8_matmul_configs.json"
     step "${T[1]}" "e2e_$M" $PY -m benchmarks.bench_e2e "${E2E[@]}" --out "$OUT/e2e_$M.json"
     rm -f "$OUT"/e2e_*.md ;;
+  peers)
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/peers .whl-peers/*.whl
+    PYTHONPATH="/tmp/peers:${PYTHONPATH:-}" step 580 peers $PY -m benchmarks.bench_peers \
+      --methods compile_int8dq,compile_fp8row,compile_bf16 --budget 540 --out "$OUT/peers.json" ;;
   checks)
     step 240 checks $PY -m pallas_kernels.gpu_check --quick --log "$OUT/gpu_check.log"
     step 240 pytest_gpu $PY -m pytest -q -p no:cacheprovider -m gpu tests/kernels ;;

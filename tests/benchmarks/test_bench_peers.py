@@ -19,3 +19,13 @@ def test_peers_tiny_rows(tmp_path, monkeypatch):
     assert "torchao" in int8["not_measured"] and eager["tiny"] is True
     assert json.loads(out.read_text())[0]["method"] == "eager_bf16"
     assert "TOY SIZES" in out.with_suffix(".md").read_text()
+
+
+def test_compile_scope():
+    """The torchao forms compile each transformer block (regional: one graph for the identical blocks), the bf16
+    anchor the whole model; an explicit scope applies to every compile_* form; the compile is lazy (no run here)."""
+    assert bench_peers.compile_scope("compile_bf16") == "model"
+    assert bench_peers.compile_scope("compile_int8dq") == bench_peers.compile_scope("compile_fp8row") == "blocks"
+    assert bench_peers.compile_scope("eager_bf16") == "" and bench_peers.compile_scope("compile_bf16", "blocks") == "blocks"
+    model = bench_peers.build_peer("compile_bf16", bench_peers.peer_config(tiny=True), "cpu", scope="blocks")
+    assert all(getattr(b, "_compiled_call_impl", None) is not None for b in model.transformer_blocks)
