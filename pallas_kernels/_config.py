@@ -61,6 +61,18 @@ def lookup(
     return dict(fallback)
 
 
+def lookup_row(config_file: Path, kernel: str, m: int, k: int, n: int) -> dict[str, Any] | None:
+    """The row stored for exactly this shape's key (this GPU's, else the ``"default"`` table's); ``None`` if
+    neither has one (no fallback to a ``"default"`` row: for tables keyed by K whose M-bucket rows are exceptions)."""
+    table = _load(str(config_file))
+    key = shape_key(m, k, n)
+    for gpu in (gpu_name(), "default"):
+        row = table.get(gpu, {}).get(kernel, {}).get(key)
+        if row is not None:
+            return dict(row)
+    return None
+
+
 def store(config_file: Path, gpu: str, kernel: str, rows: dict[str, dict[str, Any]]) -> None:
     """Merge ``rows`` (``"<M-bucket>,<K>,<N>" -> config``) into ``config_file`` under ``gpu`` / ``kernel``
     (other rows kept; written atomically)."""

@@ -346,6 +346,21 @@ def test_stored_gpu_rows_run_the_producers(gpu, k, tiling):
                              scale_rtol=PN_RTOL)
 
 
+def test_rotate_tiling_reads_m_bucket_rows(monkeypatch):
+    """An ``"<M-bucket>,<K>,0"`` row overrides the K row for those M (the H100's persistent grid at M > 16384); the
+    LayerNorm prologue reads its own table first, so the plain table's M rows do not reach it."""
+    from pallas_kernels import _config
+
+    monkeypatch.setattr(_config, "gpu_name", lambda: "NVIDIA H100 80GB HBM3")
+    k_row = rotate_tiling(1152)
+    assert rotate_tiling(1152, m=8192) == k_row and rotate_tiling(1152, m=16384) == k_row
+    big = rotate_tiling(1152, m=32768)
+    assert big.programs > 0 and big != k_row and rotate_tiling(1152, m=10 ** 6) == big
+    assert rotate_tiling(1152, prenorm=True, m=32768) == k_row and k_row.hoist_pn
+    assert rotate_tiling(4608, m=32768) == rotate_tiling(4608)
+    assert rotate_tiling(1152, smooth=True, m=32768) == rotate_tiling(1152, smooth=True)
+
+
 def test_producer_dispatch_and_refusals():
     from pallas_kernels.ops.rotate_quantize import supported_input
 

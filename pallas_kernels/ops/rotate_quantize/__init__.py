@@ -8,6 +8,7 @@ package knows no construction.
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import jax
@@ -34,17 +35,22 @@ _xla_rotate_quantize = jax.jit(rotate_quantize_ref, static_argnames=("row_sum", 
 CONFIG_FILE = Path(__file__).with_name("configs.json")
 
 
-def rotate_tiling(k: int, smooth: bool = False, prenorm: bool = False) -> RotateTiling:
-    """Stored tiling for this K (keyed like the GEMMs, with M-bucket/N unused); ``smooth``: the
-    one for in-kernel float32 smoothing (float32 operands: more registers, so more warps); ``prenorm``:
-    the one for the LayerNorm prologue (table ``triton_rotate_quantize_prenorm``, else the plain one)."""
+def rotate_tiling(k: int, smooth: bool = False, prenorm: bool = False, m: int | None = None) -> RotateTiling:
+    """Stored tiling for this K (keyed like the GEMMs: ``"64,<K>,0"``, the M-bucket unused) or, where a row
+    ``"<M-bucket>,<K>,0"`` is stored, for the ``m`` rows' bucket; ``smooth``: the one for in-kernel float32
+    smoothing (float32 operands: more registers, so more warps); ``prenorm``: the one for the LayerNorm prologue
+    (table ``triton_rotate_quantize_prenorm``, else the plain one)."""
+    tables = ["triton_rotate_quantize_prenorm"] if prenorm else []
+    tables.append("triton_rotate_quantize_smooth" if smooth else "triton_rotate_quantize")
     d = {}
-    if prenorm:
-        d = _config.lookup(CONFIG_FILE, "triton_rotate_quantize_prenorm", 0, k, 0, {})
-    d = d or _config.lookup(CONFIG_FILE, "triton_rotate_quantize_smooth" if smooth else
-                            "triton_rotate_quantize", 0, k, 0, {})
+    for i, table in enumerate(tables):
+        d = (_config.lookup_row(CONFIG_FILE, table, m, k, 0) if m is not None else None) or (
+            _config.lookup(CONFIG_FILE, table, 0, k, 0, {}) if i == len(tables) - 1 else
+            _config.lookup_row(CONFIG_FILE, table, 0, k, 0))
+        if d:
+            break
     names = {f.name for f in dataclasses.fields(RotateTiling)}
-    return RotateTiling(**{f: v for f, v in d.items() if f in names})
+    return RotateTiling(**{f: v for f, v in (d or {}).items() if f in names})
 
 
 def rotate_quantize(
@@ -89,7 +95,8 @@ def rotate_quantize(
             hb = None
             log_once("rotate_quantize:traced", "rotate_quantize: h_base is traced, not concrete; "
                      "using the XLA path")
-        cfg = tiling or rotate_tiling(k, smooth_mult is not None and not bf16_input, prenorm is not None)
+        cfg = tiling or rotate_tiling(k, smooth_mult is not None and not bf16_input, prenorm is not None,
+                                      m=math.prod(x.shape[:-1]))
         reason = None if hb is None else (supported(k, hb, cfg) or supported_input(
             x.reshape(-1, k), smooth_mult, prenorm, bf16_input, hb, cfg))
         if hb is not None and reason:
