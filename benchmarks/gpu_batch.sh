@@ -32,6 +32,11 @@
 #              comes back), then the PixArt-XL step with them: bf16, w8a8, viditq-w8a8 on the default tiles
 #              (@gemm_tiles=default) and on the stored ones, viditq-w4a8
 #   tiles32k  the same at M = 32768 (fewer candidates) and the STDiT-XL step
+#   profile   the kernel-time profile of the PixArt-XL step on the current tables (bf16, w8a8, viditq-w8a8 and
+#              viditq-w8a8-fold: the proj inputs' rotation folded offline), then the STDiT-XL step with the M-bucket
+#              rotation row (bf16, viditq-w8a8, viditq-w8a8-fold)
+#   rotate-tiles   on a GPU without its own rotating-quantizer rows (the H200): the producers on the lat_ tilings at
+#              K = 1152 and 4608 (winners go into rotate_quantize/configs.json by hand, as in session 10)
 #   peers     the torchao rows of bench_peers (int8 dynamic, FP8 row-wise) compiled per transformer block (regional
 #              compilation; their whole-model compile ran past a call in session 8), then compile_bf16 again;
 #              carry .whl-peers (diffusers, torchao and two small deps) and .gpufix
@@ -40,7 +45,7 @@
 # measured (the benchmarks write their JSON after every model / shape, or print one JSON line per row).
 set -u
 OUT=${OUT:?set OUT}
-STAGE=${1:?stage: tiles8k | tiles32k | peers | producer | producer-stdit | producer2 | final | quality | qvdit | baseline | steps | linear32k | rotate | qdit | quality-t2i | quality-t2v | quality-c2i | checks}
+STAGE=${1:?stage: tiles8k | tiles32k | profile | rotate-tiles | peers | producer | producer-stdit | producer2 | final | quality | qvdit | baseline | steps | linear32k | rotate | qdit | quality-t2i | quality-t2v | quality-c2i | checks}
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 [ -d .gpufix ] && export VIDQ_FIXTURES=${VIDQ_FIXTURES:-$PWD/.gpufix}
@@ -141,6 +146,16 @@ case "$STAGE" in
     cp pallas_kernels/ops/int8_matmul/configs.json "$OUT/int8_matmul_configs.json"
     step "${T[1]}" "e2e_$M" $PY -m benchmarks.bench_e2e "${E2E[@]}" --out "$OUT/e2e_$M.json"
     rm -f "$OUT"/e2e_*.md ;;
+  profile)
+    step 260 e2e_pixart $PY -m benchmarks.bench_e2e --models pixart --profile 2 \
+      --variants bf16,w8a8,viditq-w8a8,viditq-w8a8-fold --out "$OUT/e2e_pixart.json"
+    step 320 e2e_stdit $PY -m benchmarks.bench_e2e --models stdit --variants bf16,viditq-w8a8,viditq-w8a8-fold \
+      --out "$OUT/e2e_stdit.json"
+    rm -f "$OUT"/e2e_*.md ;;
+  rotate-tiles)
+    step 250 p1152 $PY -m benchmarks.bench_rotate --producer --k 1152 --only bm4_fast,lat_ --out "$OUT/p1152"
+    step 250 p4608 $PY -m benchmarks.bench_rotate --producer --k 4608 --only lat_,merge --out "$OUT/p4608"
+    rm -f "$OUT"/p*/rotate.md ;;
   peers)
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/peers .whl-peers/*.whl
     PYTHONPATH="/tmp/peers:${PYTHONPATH:-}" step 580 peers $PY -m benchmarks.bench_peers \
