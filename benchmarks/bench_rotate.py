@@ -262,10 +262,12 @@ def producer_rows(timed, x0, hb, signs, smooth, interpret: bool, tilings: dict |
     ref_sm = jax.jit(lambda x: pk.rotate_quantize_ref(x, hb, signs, smooth, bf16_input=True))
     produce = lambda x: input_ref(x, prenorm=pn, bf16_input=True).astype(jnp.bfloat16)  # noqa: E731
     scale = lambda x: input_ref(x, smooth, bf16_input=True).astype(jnp.bfloat16)  # noqa: E731
-    cfg = rotate_tiling(k)
+    cfg = rotate_tiling(k, prenorm=True, m=m)  # what the dispatch picks for these rows (M-bucket rows included)
+    cfg_sm = rotate_tiling(k, m=m)
     timed("adaln_xla+quantize", lambda x: pk.quantize_per_token(produce(x), backend="triton"),
           note="unrotated layer: XLA LayerNorm+modulate+smooth, Triton quantizer")
-    timed("adaln_xla+rotate", lambda x: triton_rotate_quantize(produce(x), hb, signs, cfg=cfg, interpret=interpret),
+    timed("adaln_xla+rotate", lambda x: triton_rotate_quantize(produce(x), hb, signs, cfg=cfg_sm,
+                                                                 interpret=interpret),
           check=ref_pn(x0), note="session 8: XLA producer pass + rotating quantizer")
     for name, c in (("", cfg), ("_hoist" if not cfg.hoist_pn else "_nohoist",
                                 dataclasses.replace(cfg, hoist_pn=not cfg.hoist_pn)),
@@ -277,11 +279,12 @@ def producer_rows(timed, x0, hb, signs, smooth, interpret: bool, tilings: dict |
               extra={"tiling": dataclasses.asdict(c)})
     timed("smooth_xla+quantize", lambda x: pk.quantize_per_token(scale(x), backend="triton"),
           note="unrotated layer: XLA smoothing pass, Triton quantizer")
-    timed("smooth_xla+rotate", lambda x: triton_rotate_quantize(scale(x), hb, signs, cfg=cfg, interpret=interpret),
+    timed("smooth_xla+rotate", lambda x: triton_rotate_quantize(scale(x), hb, signs, cfg=cfg_sm,
+                                                                  interpret=interpret),
           check=ref_sm(x0), note="session 8: XLA smoothing pass + rotating quantizer")
     timed("smooth_fused_rotate",
-          lambda x: triton_rotate_quantize(x, hb, signs, smooth, cfg=cfg, interpret=interpret, bf16_input=True),
-          check=ref_sm(x0), note="one pass: bf16 smoothing with the signs")
+          lambda x: triton_rotate_quantize(x, hb, signs, smooth, cfg=cfg_sm, interpret=interpret, bf16_input=True),
+          check=ref_sm(x0), note="one pass: bf16 smoothing with the signs", extra={"tiling": dataclasses.asdict(cfg_sm)})
     for name, c in (tilings or {}).items():  # --only: the sweep's tilings with the producers (prenorm with the
         # affine hoisted where the tiling allows it)
         c_pn = dataclasses.replace(c, hoist_pn=c.variant == "mma" and not c.programs and k <= 1152)
