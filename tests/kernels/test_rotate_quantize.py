@@ -338,8 +338,10 @@ def test_stored_gpu_rows_run_the_producers(gpu, k, tiling):
     in interpret mode: the LayerNorm prologue where the tiling hoists the affine, and the bf16 smoothing."""
     m = 2 * max(tiling.bm, 1)
     x, signs, smooth, hb, pn = producer_inputs(k + 3, m, k, 2)
-    out = triton_rotate_quantize(x, hb, signs, smooth, cfg=tiling, interpret=True, bf16_input=True)
+    *out, rs = triton_rotate_quantize(x, hb, signs, smooth, cfg=tiling, interpret=True, bf16_input=True,
+                                      row_sum=True)  # the zero-point path (asymmetric weights) sums the codes
     assert_rotated_close(out, pk.rotate_quantize_ref(x, hb, signs, smooth, bf16_input=True))
+    np.testing.assert_array_equal(np.asarray(rs), np.asarray(out[0], np.int32).sum(-1, keepdims=True))
     if tiling.hoist_pn:
         out = triton_rotate_quantize(x, hb, signs, cfg=tiling, interpret=True, prenorm=pn, bf16_input=True)
         assert_rotated_close(out, pk.rotate_quantize_ref(x, hb, signs, prenorm=pn, bf16_input=True),
