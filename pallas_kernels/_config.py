@@ -41,36 +41,39 @@ def _load(path: str) -> dict[str, Any]:
     return json.loads(p.read_text())
 
 
+def _gpus(gpu_rows: bool) -> tuple[str, ...]:
+    return (gpu_name(), "default") if gpu_rows else ("default",)
+
+
+def lookup_row(
+    config_file: Path, kernel: str, m: int, k: int, n: int, gpu_rows: bool = True
+) -> dict[str, Any] | None:
+    """The row stored for exactly this shape's key (this GPU's, else the ``"default"`` table's); ``None`` if
+    neither has one (no ``"default"`` row: for tables keyed by K whose M-bucket rows are exceptions)."""
+    table = _load(str(config_file))
+    key = shape_key(m, k, n)
+    for gpu in _gpus(gpu_rows):
+        row = table.get(gpu, {}).get(kernel, {}).get(key)
+        if row is not None:
+            return dict(row)
+    return None
+
+
 def lookup(
     config_file: Path, kernel: str, m: int, k: int, n: int, fallback: dict[str, Any],
     gpu_rows: bool = True,
 ) -> dict[str, Any]:
     """Return the stored config dict for ``kernel`` at shape ``(m, k, n)`` on the current GPU
     (``gpu_rows=False``: the ``"default"`` table only, as on a GPU nobody tuned for)."""
+    row = lookup_row(config_file, kernel, m, k, n, gpu_rows)
+    if row is not None:
+        return row
     table = _load(str(config_file))
-    key = shape_key(m, k, n)
-    gpus = (gpu_name(), "default") if gpu_rows else ("default",)
-    for gpu in gpus:
-        per_kernel = table.get(gpu, {}).get(kernel, {})
-        if key in per_kernel:
-            return dict(per_kernel[key])
-    for gpu in gpus:
+    for gpu in _gpus(gpu_rows):
         per_kernel = table.get(gpu, {}).get(kernel, {})
         if "default" in per_kernel:
             return dict(per_kernel["default"])
     return dict(fallback)
-
-
-def lookup_row(config_file: Path, kernel: str, m: int, k: int, n: int) -> dict[str, Any] | None:
-    """The row stored for exactly this shape's key (this GPU's, else the ``"default"`` table's); ``None`` if
-    neither has one (no fallback to a ``"default"`` row: for tables keyed by K whose M-bucket rows are exceptions)."""
-    table = _load(str(config_file))
-    key = shape_key(m, k, n)
-    for gpu in (gpu_name(), "default"):
-        row = table.get(gpu, {}).get(kernel, {}).get(key)
-        if row is not None:
-            return dict(row)
-    return None
 
 
 def store(config_file: Path, gpu: str, kernel: str, rows: dict[str, dict[str, Any]]) -> None:

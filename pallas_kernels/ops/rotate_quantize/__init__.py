@@ -42,15 +42,15 @@ def rotate_tiling(k: int, smooth: bool = False, prenorm: bool = False, m: int | 
     (table ``triton_rotate_quantize_prenorm``, else the plain one)."""
     tables = ["triton_rotate_quantize_prenorm"] if prenorm else []
     tables.append("triton_rotate_quantize_smooth" if smooth else "triton_rotate_quantize")
-    d = {}
-    for i, table in enumerate(tables):
-        d = (_config.lookup_row(CONFIG_FILE, table, m, k, 0) if m is not None else None) or (
-            _config.lookup(CONFIG_FILE, table, 0, k, 0, {}) if i == len(tables) - 1 else
-            _config.lookup_row(CONFIG_FILE, table, 0, k, 0))
+    for table in tables:
+        d = (m is not None and _config.lookup_row(CONFIG_FILE, table, m, k, 0)) or _config.lookup_row(
+            CONFIG_FILE, table, 0, k, 0)
         if d:
             break
+    else:  # no row for this K: the last table's "default" row
+        d = _config.lookup(CONFIG_FILE, tables[-1], 0, k, 0, {})
     names = {f.name for f in dataclasses.fields(RotateTiling)}
-    return RotateTiling(**{f: v for f, v in (d or {}).items() if f in names})
+    return RotateTiling(**{f: v for f, v in d.items() if f in names})
 
 
 def rotate_quantize(
