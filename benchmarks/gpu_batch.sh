@@ -135,7 +135,9 @@ case "$STAGE" in
     CANDS=(ws:64,128,128,3,0,chain ws:64,192,128,3,0,chain ws:64,192,128,4,0,chain ws:128,128,128,3,0,chain
            ws:128,192,128,2,1)
     if [ "$STAGE" = tiles8k ]; then
-      M=8192; T=(240 330); CANDS+=(ws:64,128,128,4,1 ws:64,192,128,4,1 ws:64,256,128,3,0,chain ws:128,128,128,4,1)
+      M=8192; T=(300 290); CANDS+=(ws:64,128,128,4,1 ws:64,192,128,4,1 ws:64,256,128,3,0,chain ws:128,128,128,4,1
+                                   ws:64,96,128,4,1 ws:64,64,128,4,1 ws:64,192,64,6,0,chain ws:64,128,64,6,0,chain)
+      # (the last four, added after session 10: narrower tiles and tk = 64 for K = N = 1152, still at 514 TOPS)
       E2E=(--models pixart --variants bf16,w8a8,viditq-w8a8@gemm_tiles=default,viditq-w8a8,viditq-w4a8)
     else
       M=32768; T=(150 430)
