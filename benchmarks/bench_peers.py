@@ -175,8 +175,8 @@ def run(methods: list[str], iters: int, budget_s: float, tiny: bool, out: Path, 
     rows: list[dict] = []
     for method in methods:
         row = {"model": "PixArt-XL/2 1024px (diffusers PixArtTransformer2DModel)" if not tiny
-               else "PixArt [toy size]", "framework": "torch", "method": method, "compile_scope": compile_scope(method, scope), "batch": 2,
-               "tiny": tiny, **env}
+               else "PixArt [toy size]", "framework": "torch", "method": method,
+               "compile_scope": compile_scope(method, scope), "batch": 2, "tiny": tiny, **env}
         left = budget_s - (time.perf_counter() - start)
         if left < 30:
             row["not_measured"] = f"time budget of {budget_s:.0f} s spent before this form started"

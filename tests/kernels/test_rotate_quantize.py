@@ -326,8 +326,7 @@ def _stored_gpu_rows():
     from pallas_kernels.ops.rotate_quantize import CONFIG_FILE
 
     table = json.loads(CONFIG_FILE.read_text())
-    names = {f.name for f in dataclasses.fields(RotateTiling)}
-    return [(gpu, int(key.split(",")[1]), RotateTiling(**{f: v for f, v in d.items() if f in names}))
+    return [(gpu, int(key.split(",")[1]), RotateTiling.from_dict(d))
             for gpu, kernels in table.items() if gpu not in ("default", "_comment")
             for key, d in kernels.get("triton_rotate_quantize", {}).items() if key != "default"]
 

@@ -7,7 +7,6 @@ package knows no construction.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from pathlib import Path
 
@@ -49,8 +48,7 @@ def rotate_tiling(k: int, smooth: bool = False, prenorm: bool = False, m: int | 
             break
     else:  # no row for this K: the last table's "default" row
         d = _config.lookup(CONFIG_FILE, tables[-1], 0, k, 0, {})
-    names = {f.name for f in dataclasses.fields(RotateTiling)}
-    return RotateTiling(**{f: v for f, v in d.items() if f in names})
+    return RotateTiling.from_dict(d)
 
 
 def rotate_quantize(

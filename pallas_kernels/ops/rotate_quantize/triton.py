@@ -114,6 +114,12 @@ class RotateTiling:
     num_warps: int = 4
     num_stages: int = 1
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "RotateTiling":
+        """A stored ``configs.json`` row (fields it does not know, e.g. notes, are left out)."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in fields})
+
 
 def _pow2(n: int) -> bool:
     return n >= 1 and not n & (n - 1)
