@@ -163,12 +163,24 @@ def environment_torch(device: str) -> dict:
     return {"gpu": gpu, **versions, "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")}
 
 
-def run(methods: list[str], iters: int, budget_s: float, tiny: bool, out: Path, scope: str | None = None) -> list[dict]:
+def bf16_from_e2e(path: Path) -> float:
+    """The PixArt bf16 row of a ``bench_e2e`` JSON written earlier in the same GPU run (``--project-bf16-from``)."""
+    rows = json.loads(Path(path).read_text())
+    rows = rows["rows"] if isinstance(rows, dict) else rows
+    for r in rows:
+        if r.get("method") == "bf16" and str(r.get("model", "")).startswith("PixArt"):
+            return float(r["median_ms"])
+    raise SystemExit(f"--project-bf16-from {path}: no PixArt bf16 row in it")
+
+
+def run(methods: list[str], iters: int, budget_s: float, tiny: bool, out: Path, scope: str | None = None,
+        base: float | None = None) -> list[dict]:
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     start = time.perf_counter()
-    base = project_bf16_ms(iters, tiny)
+    if base is None:
+        base = project_bf16_ms(iters, tiny)
     print(f"project bf16 step: {base} ms", flush=True)
     cfg = peer_config(tiny)
     env = environment_torch(device)
@@ -238,6 +250,9 @@ def main(argv=None) -> int:
     ap.add_argument("--compile-scope", choices=("model", "blocks"), default=None,
                     help="what torch.compile wraps for every compile_* form (default: the model for compile_bf16, "
                          "each transformer block for the torchao forms)")
+    ap.add_argument("--project-bf16-from", type=Path, metavar="E2E_JSON",
+                    help="take the project's bf16 step from this bench_e2e JSON of the same GPU run instead of "
+                         "measuring it again")
     args = ap.parse_args(argv)
     methods = [m for m in args.methods.split(",") if m]
     unknown = sorted(set(methods) - set(METHODS))
@@ -247,7 +262,8 @@ def main(argv=None) -> int:
 
     out = results_path(REPO / "benchmarks" / "results" / "peers.json", args.out, args.tiny)
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(tempfile.gettempdir()) / "inductor"))
-    run(methods, args.iters, args.budget, args.tiny, out, args.compile_scope)
+    base = bf16_from_e2e(args.project_bf16_from) if args.project_bf16_from else None
+    run(methods, args.iters, args.budget, args.tiny, out, args.compile_scope, base)
     return 0
 
 

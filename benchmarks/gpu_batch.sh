@@ -39,13 +39,14 @@
 #              K = 1152 and 4608 (winners go into rotate_quantize/configs.json by hand, as in session 10)
 #   peers     the torchao rows of bench_peers (int8 dynamic, FP8 row-wise) compiled per transformer block (regional
 #              compilation; their whole-model compile ran past a call in session 8), then compile_bf16 again;
-#              carry .whl-peers (diffusers, torchao and two small deps) and .gpufix
+#              carry .whl-peers (diffusers, torchao and their dependencies: pip takes what the machine lacks) and .gpufix
+#   close12   session 11, one call: the PixArt-XL profile (bf16, viditq-w8a8, -fold), then the torchao rows
 #
 # Every command has its own timeout; stdout/stderr go to a log per command; a stage that is cut keeps what it
 # measured (the benchmarks write their JSON after every model / shape, or print one JSON line per row).
 set -u
 OUT=${OUT:?set OUT}
-STAGE=${1:?stage: tiles8k | tiles32k | profile | rotate-tiles | peers | producer | producer-stdit | producer2 | final | quality | qvdit | baseline | steps | linear32k | rotate | qdit | quality-t2i | quality-t2v | quality-c2i | checks}
+STAGE=${1:?stage: close12 | tiles8k | tiles32k | profile | rotate-tiles | peers | producer | producer-stdit | producer2 | final | quality | qvdit | baseline | steps | linear32k | rotate | qdit | quality-t2i | quality-t2v | quality-c2i | checks}
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 [ -d .gpufix ] && export VIDQ_FIXTURES=${VIDQ_FIXTURES:-$PWD/.gpufix}
@@ -151,17 +152,38 @@ case "$STAGE" in
   profile)
     step 260 e2e_pixart $PY -m benchmarks.bench_e2e --models pixart --profile 2 \
       --variants bf16,w8a8,viditq-w8a8,viditq-w8a8-fold --out "$OUT/e2e_pixart.json"
-    step 320 e2e_stdit $PY -m benchmarks.bench_e2e --models stdit --variants bf16,viditq-w8a8,viditq-w8a8-fold \
+    step 320 e2e_stdit $PY -m benchmarks.bench_e2e --models stdit --profile 1 --variants bf16,viditq-w8a8,viditq-w8a8-fold \
       --out "$OUT/e2e_stdit.json"
     rm -f "$OUT"/e2e_*.md ;;
   rotate-tiles)
     step 250 p1152 $PY -m benchmarks.bench_rotate --producer --k 1152 --only bm4_fast,lat_ --out "$OUT/p1152"
     step 250 p4608 $PY -m benchmarks.bench_rotate --producer --k 4608 --only lat_,merge --out "$OUT/p4608"
     rm -f "$OUT"/p*/rotate.md ;;
-  peers)
-    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/peers .whl-peers/*.whl
-    PYTHONPATH="/tmp/peers:${PYTHONPATH:-}" step 580 peers $PY -m benchmarks.bench_peers \
-      --methods compile_int8dq,compile_fp8row,compile_bf16 --budget 540 --out "$OUT/peers.json" ;;
+  peers|close12)
+    # close12 (session 11, one call when machines are scarce): the PixArt-XL profile (bf16, viditq-w8a8 and its fold
+    # variant) first, then the torchao rows in what is left of the call
+    if [ "$STAGE" = close12 ]; then
+      step 230 e2e_pixart $PY -m benchmarks.bench_e2e --models pixart --profile 1 \
+        --variants bf16,viditq-w8a8,viditq-w8a8-fold --out "$OUT/e2e_pixart.json"
+      rm -f "$OUT"/e2e_*.md; PEERS=(330 compile_int8dq,compile_fp8row 300 --project-bf16-from "$OUT/e2e_pixart.json")
+      [ -s "$OUT/e2e_pixart.json" ] || PEERS=("${PEERS[@]:0:3}")
+    else
+      PEERS=(580 compile_int8dq,compile_fp8row,compile_bf16 540)
+    fi
+    # into the machine's own environment (bare, given back after the session): pip takes from .whl-peers only what
+    # that environment lacks; if its resolver finds something missing, the older way: diffusers, torchao and every
+    # carried wheel whose distribution is not installed, without dependency checks, on PYTHONPATH
+    if ! $PY -m pip install -q --no-index --no-compile --no-cache-dir --find-links .whl-peers diffusers torchao \
+        > "$OUT/peers_install.log" 2>&1; then
+      for w in .whl-peers/*.whl; do
+        d=$(basename "$w" | cut -d- -f1)
+        case "$d" in diffusers|torchao) ;; *) $PY -c "import importlib.metadata as m; m.version('$d')" 2>/dev/null && continue ;; esac
+        $PY -m pip install -q --no-deps --no-compile --no-cache-dir --target /tmp/peers "$w" >> "$OUT/peers_install.log" 2>&1
+      done
+      export PYTHONPATH="/tmp/peers:${PYTHONPATH:-}"
+    fi
+    step "${PEERS[0]}" peers $PY -m benchmarks.bench_peers \
+      --methods "${PEERS[1]}" --budget "${PEERS[2]}" "${PEERS[@]:3}" --out "$OUT/peers.json" ;;
   checks)
     step 240 checks $PY -m pallas_kernels.gpu_check --quick --log "$OUT/gpu_check.log"
     step 240 pytest_gpu $PY -m pytest -q -p no:cacheprovider -m gpu tests/kernels ;;

@@ -29,3 +29,16 @@ def test_compile_scope():
     assert bench_peers.compile_scope("eager_bf16") == "" and bench_peers.compile_scope("compile_bf16", "blocks") == "blocks"
     model = bench_peers.build_peer("compile_bf16", bench_peers.peer_config(tiny=True), "cpu", scope="blocks")
     assert all(getattr(b, "_compiled_call_impl", None) is not None for b in model.transformer_blocks)
+
+
+def test_project_bf16_from_e2e(tmp_path):
+    """--project-bf16-from: the PixArt bf16 row of a bench_e2e JSON of the same run; a file without one is named."""
+    e2e = tmp_path / "e2e.json"
+    e2e.write_text(json.dumps({"rows": [
+        {"model": "STDiT-XL/2", "method": "bf16", "median_ms": 130.0},
+        {"model": "PixArt-XL/2 1024px", "method": "viditq-w8a8", "median_ms": 31.0},
+        {"model": "PixArt-XL/2 1024px", "method": "bf16", "median_ms": 34.5}]}))
+    assert bench_peers.bf16_from_e2e(e2e) == 34.5
+    e2e.write_text(json.dumps([{"model": "STDiT-XL/2", "method": "bf16", "median_ms": 130.0}]))
+    with pytest.raises(SystemExit, match="e2e.json: no PixArt bf16 row"):
+        bench_peers.bf16_from_e2e(e2e)
