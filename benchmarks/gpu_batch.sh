@@ -170,6 +170,8 @@ case "$STAGE" in
     else
       PEERS=(580 compile_int8dq,compile_fp8row,compile_bf16 540)
     fi
+    # a shorter call (little device time left): PEERS_BUDGET=<s> [PEERS_METHODS=a,b]
+    [ -n "${PEERS_BUDGET:-}" ] && PEERS=($((PEERS_BUDGET + 40)) "${PEERS_METHODS:-${PEERS[1]}}" "$PEERS_BUDGET" "${PEERS[@]:3}")
     # into the machine's own environment (bare, given back after the session): pip takes from .whl-peers only what
     # that environment lacks; if its resolver finds something missing, the older way: diffusers, torchao and every
     # carried wheel whose distribution is not installed, without dependency checks, on PYTHONPATH
