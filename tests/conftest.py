@@ -15,6 +15,24 @@ import pytest  # noqa: E402
 jax.config.update("jax_default_matmul_precision", "highest")
 
 
+def _compilation_cache() -> None:
+    """One persistent XLA compilation cache per test run, shared by the pytest-xdist workers: many tests compile the
+    same programs (the stand-in models' samplers, the quantized forwards) under different closures, and each worker
+    compiles them again. Keyed by the run (``PYTEST_XDIST_TESTRUNUID``), in the system temp folder; off with
+    ``VIDQ_TEST_JAX_CACHE=0``."""
+    if os.environ.get("VIDQ_TEST_JAX_CACHE", "1") == "0":
+        return
+    import tempfile
+
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"pid{os.getpid()}"
+    jax.config.update("jax_compilation_cache_dir", str(Path(tempfile.gettempdir()) / f"vidq-jax-tests-{run}"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+_compilation_cache()
+
+
 def _has_gpu() -> bool:
     try:
         return any(d.platform == "gpu" for d in jax.devices())
