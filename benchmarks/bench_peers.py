@@ -17,7 +17,9 @@ compilation, ``compile_scope``); each row says which.
 The project's own bf16 step (``benchmarks.bench_e2e``, PixArt 1024 px) runs first in a subprocess on the same
 GPU so that each row carries ``ratio_vs_project_bf16`` (> 1 = the peer is faster than the project's bf16).
 Rows are written as they finish (``benchmarks/results/peers.json`` + ``.md``); a form that does not finish
-compiling inside ``--budget`` seconds is recorded as not measured, with the reason.
+compiling inside ``--budget`` seconds is recorded as not measured, with the reason: on the GPU each form runs in a
+child process killed when the budget runs out (``--isolate``, the default except with ``--tiny``), so a compile that
+runs on cannot take the finished rows with it.
 
 The GPU machine has torch but not diffusers/torchao: carry their wheels (``.whl``, see
 ``benchmarks/README`` in the module docs of ``bench_e2e``) and put them on ``PYTHONPATH``.
@@ -173,8 +175,57 @@ def bf16_from_e2e(path: Path) -> float:
     raise SystemExit(f"--project-bf16-from {path}: no PixArt bf16 row in it")
 
 
+def measure_form(method: str, iters: int, tiny: bool, device: str, scope: str | None = None) -> dict:
+    """Build, compile and time one form in this process: ``compile_s``, the timings, ``peak_memory_bytes``; a form
+    that fails is ``{"not_measured": reason}`` (a result, not a crash)."""
+    import torch
+
+    row: dict = {}
+    try:
+        t0 = time.perf_counter()
+        cfg = peer_config(tiny)
+        model = build_peer(method, cfg, device, scope)
+        inputs = peer_inputs(cfg, tiny, device)
+        with torch.inference_mode():
+            model(**inputs)  # compiles (torch.compile is lazy)
+            if device == "cuda":
+                torch.cuda.synchronize()
+        row["compile_s"] = round(time.perf_counter() - t0, 1)
+        row.update({k: round(v, 3) for k, v in time_peer(model, inputs, iters, device).items()})
+        if device == "cuda":
+            row["peak_memory_bytes"] = int(torch.cuda.max_memory_allocated())
+        del model
+    except Exception as e:  # noqa: BLE001 - a peer form that fails is a result, not a crash
+        row = {"not_measured": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    return row
+
+
+def measure_form_isolated(method: str, iters: int, tiny: bool, scope: str | None, timeout_s: float) -> dict:
+    """:func:`measure_form` in a child process killed after ``timeout_s``: the budget holds even while a compile runs
+    (session 11: torchao's int8 form was still compiling when the device call's own timeout killed the whole run,
+    and no row was written)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "row.json"
+        cmd = [sys.executable, "-m", "benchmarks.bench_peers", "--one", method, "--iters", str(iters),
+               "--one-out", str(out)] + (["--tiny"] if tiny else []) + (["--compile-scope", scope] if scope else [])
+        try:
+            proc = subprocess.run(cmd, cwd=REPO, text=True, capture_output=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return {"not_measured": f"did not finish building, compiling and timing within the {timeout_s:.0f} s "
+                                    "left of the time budget (killed)"}
+        if proc.returncode != 0 or not out.exists():
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+            return {"not_measured": f"the form's process exited with {proc.returncode}: {tail[0][:200]}"}
+        return json.loads(out.read_text())
+
+
 def run(methods: list[str], iters: int, budget_s: float, tiny: bool, out: Path, scope: str | None = None,
-        base: float | None = None) -> list[dict]:
+        base: float | None = None, isolate: bool = False) -> list[dict]:
+    """Every form in ``methods``, rows written as they finish. ``isolate``: each form in a child process that gets
+    what is left of ``budget_s`` (the GPU runs; in-process for the toy CPU run and tests)."""
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -182,7 +233,6 @@ def run(methods: list[str], iters: int, budget_s: float, tiny: bool, out: Path, 
     if base is None:
         base = project_bf16_ms(iters, tiny)
     print(f"project bf16 step: {base} ms", flush=True)
-    cfg = peer_config(tiny)
     env = environment_torch(device)
     rows: list[dict] = []
     for method in methods:
@@ -192,26 +242,12 @@ def run(methods: list[str], iters: int, budget_s: float, tiny: bool, out: Path, 
         left = budget_s - (time.perf_counter() - start)
         if left < 30:
             row["not_measured"] = f"time budget of {budget_s:.0f} s spent before this form started"
+        elif isolate:
+            row.update(measure_form_isolated(method, iters, tiny, scope, left))
         else:
-            try:
-                t0 = time.perf_counter()
-                model = build_peer(method, cfg, device, scope)
-                inputs = peer_inputs(cfg, tiny, device)
-                with torch.inference_mode():
-                    model(**inputs)  # compiles (torch.compile is lazy)
-                    if device == "cuda":
-                        torch.cuda.synchronize()
-                row["compile_s"] = round(time.perf_counter() - t0, 1)
-                row.update({k: round(v, 3) for k, v in time_peer(model, inputs, iters, device).items()})
-                row["ratio_vs_project_bf16"] = round(base / row["median_ms"], 3) if base else None
-                if device == "cuda":
-                    row["peak_memory_bytes"] = int(torch.cuda.max_memory_allocated())
-                del model
-            except Exception as e:  # noqa: BLE001 - a peer form that fails is a result, not a crash
-                row["not_measured"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-            if device == "cuda":
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats()
+            row.update(measure_form(method, iters, tiny, device, scope))
+        if "median_ms" in row:
+            row["ratio_vs_project_bf16"] = round(base / row["median_ms"], 3) if base else None
         row["project_bf16_ms"] = base
         print(json.dumps(row), flush=True)
         rows.append(row)
@@ -250,10 +286,21 @@ def main(argv=None) -> int:
     ap.add_argument("--compile-scope", choices=("model", "blocks"), default=None,
                     help="what torch.compile wraps for every compile_* form (default: the model for compile_bf16, "
                          "each transformer block for the torchao forms)")
+    ap.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=None,
+                    help="each form in a child process killed when the budget runs out (default: on, off with --tiny)")
+    ap.add_argument("--one", choices=METHODS, help=argparse.SUPPRESS)  # the child of --isolate
+    ap.add_argument("--one-out", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--project-bf16-from", type=Path, metavar="E2E_JSON",
                     help="take the project's bf16 step from this bench_e2e JSON of the same GPU run instead of "
                          "measuring it again")
     args = ap.parse_args(argv)
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(tempfile.gettempdir()) / "inductor"))
+    if args.one:  # one form, in this process (the child of an isolated run)
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        args.one_out.write_text(json.dumps(measure_form(args.one, args.iters, args.tiny, device, args.compile_scope)))
+        return 0
     methods = [m for m in args.methods.split(",") if m]
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
@@ -261,9 +308,9 @@ def main(argv=None) -> int:
     from benchmarks.common import results_path
 
     out = results_path(REPO / "benchmarks" / "results" / "peers.json", args.out, args.tiny)
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(tempfile.gettempdir()) / "inductor"))
     base = bf16_from_e2e(args.project_bf16_from) if args.project_bf16_from else None
-    run(methods, args.iters, args.budget, args.tiny, out, args.compile_scope, base)
+    isolate = (not args.tiny) if args.isolate is None else args.isolate
+    run(methods, args.iters, args.budget, args.tiny, out, args.compile_scope, base, isolate)
     return 0
 
 

@@ -42,3 +42,12 @@ def test_project_bf16_from_e2e(tmp_path):
     e2e.write_text(json.dumps([{"model": "STDiT-XL/2", "method": "bf16", "median_ms": 130.0}]))
     with pytest.raises(SystemExit, match="e2e.json: no PixArt bf16 row"):
         bench_peers.bf16_from_e2e(e2e)
+
+
+def test_isolated_form_keeps_the_budget():
+    """--isolate: a form runs in a child process; one that outlives what is left of the budget is killed and becomes a
+    not-measured row saying so (a compile that runs on no longer takes the whole run with it)."""
+    row = bench_peers.measure_form_isolated("eager_bf16", 1, True, None, timeout_s=0.5)
+    assert set(row) == {"not_measured"} and "0 s left of the time budget (killed)" in row["not_measured"]
+    row = bench_peers.measure_form_isolated("eager_bf16", 1, True, None, timeout_s=300)
+    assert row["median_ms"] > 0 and row["compile_s"] >= 0

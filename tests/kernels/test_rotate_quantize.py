@@ -405,12 +405,16 @@ def test_packed_codes_gpu(k, m, tiling):
 @requires_gpu
 @pytest.mark.parametrize("k,m,tiling", PIPELINED_CASES, ids=[f"K{k}" for k, _, _ in PIPELINED_CASES])
 def test_prefetch_and_persistent_grid_gpu(k, m, tiling):
-    """Software-pipelined row loops and the persistent grid (tail tiles redone) on the device."""
+    """Software-pipelined row loops and the persistent grid (tail tiles redone) on the device, with the code sums of
+    the zero-point path."""
     x, signs, _, hb = rotation_inputs(k + 2, 2048 + 5, k)
     if tiling.programs:  # ~21 row tiles per program and a clamped tail at M = 2053
         tiling = dataclasses.replace(tiling, programs=96)
     out = triton_rotate_quantize(x, hb, signs, cfg=tiling)
     assert_rotated_close(out, pk.rotate_quantize_ref(x, hb, signs))
+    q, _, rs = triton_rotate_quantize(x, hb, signs, cfg=tiling, row_sum=True)
+    np.testing.assert_array_equal(np.asarray(q), np.asarray(out[0]))
+    np.testing.assert_array_equal(np.asarray(rs), np.asarray(q, np.int32).sum(-1, keepdims=True))
 
 
 @pytest.mark.gpu
