@@ -15,39 +15,6 @@ import pytest  # noqa: E402
 jax.config.update("jax_default_matmul_precision", "highest")
 
 
-_OWN_CACHE: list[str] = []
-
-
-def _compilation_cache() -> None:
-    """One persistent XLA compilation cache per test run, shared by the pytest-xdist workers: many tests compile the
-    same programs (the stand-in models' samplers, the quantized forwards) under different closures, and each worker
-    compiles them again. The controller (or a run without xdist) makes the folder and passes it to the workers in
-    ``$VIDQ_TEST_JAX_CACHE_DIR`` (they inherit its environment) and removes it when the run ends; a folder the user
-    set there is used and kept. Off with ``VIDQ_TEST_JAX_CACHE=0``."""
-    if os.environ.get("VIDQ_TEST_JAX_CACHE", "1") == "0":
-        return
-    folder = os.environ.get("VIDQ_TEST_JAX_CACHE_DIR")
-    if not folder:
-        import tempfile
-
-        folder = tempfile.mkdtemp(prefix="vidq-jax-tests-")
-        os.environ["VIDQ_TEST_JAX_CACHE_DIR"] = folder
-        _OWN_CACHE.append(folder)
-    jax.config.update("jax_compilation_cache_dir", folder)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-
-
-_compilation_cache()
-
-
-def pytest_sessionfinish(session):
-    import shutil
-
-    for folder in _OWN_CACHE:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 def _has_gpu() -> bool:
     try:
         return any(d.platform == "gpu" for d in jax.devices())
