@@ -21,8 +21,9 @@ compiling inside ``--budget`` seconds is recorded as not measured, with the reas
 child process killed when the budget runs out (``--isolate``, the default except with ``--tiny``), so a compile that
 runs on cannot take the finished rows with it.
 
-The GPU machine has torch but not diffusers/torchao: carry their wheels (``.whl``, see
-``benchmarks/README`` in the module docs of ``bench_e2e``) and put them on ``PYTHONPATH``.
+The GPU machine has torch but not diffusers/torchao: carry their wheels in ``.whl-peers`` (``pip download
+--python-version 3.12 --only-binary=:all: diffusers torchao``, without numpy); ``benchmarks/gpu_batch.sh peers``
+installs what the machine lacks.
 
     python -m benchmarks.bench_peers [--iters 10] [--budget 480] [--methods eager_bf16,compile_bf16,...]
     python -m benchmarks.bench_peers --tiny        # toy config, CPU smoke run of the same code
