@@ -48,20 +48,27 @@ METHODS = ("eager_bf16", "compile_bf16", "compile_fp8row", "compile_int8dq")
 LATENT, CAPTION = 128, 120  # PixArt 1024 px: 128x128 latent, 120 T5 tokens (PixArt-alpha length)
 
 
+def _child_json(module_args: list[str], timeout_s: float | None = None) -> tuple[subprocess.CompletedProcess, object]:
+    """``python -m <module_args> <file>`` in a child process (the last argument names the flag that takes the result
+    file); its completed process and the JSON it wrote (``None`` if it failed or wrote none). A child that outlives
+    ``timeout_s`` is killed (``subprocess.TimeoutExpired``)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "out.json"
+        proc = subprocess.run([sys.executable, "-m", *module_args, str(out)], cwd=REPO, text=True,
+                              capture_output=True, timeout=timeout_s)
+        ok = proc.returncode == 0 and out.exists()
+        return proc, json.loads(out.read_text()) if ok else None
+
+
 def project_bf16_ms(iters: int, tiny: bool) -> float | None:
     """The project's bf16 PixArt step, measured by ``bench_e2e`` in a child process (JAX and torch must not
     share one process's GPU memory pool)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "e2e.json"
-        cmd = [sys.executable, "-m", "benchmarks.bench_e2e", "--models", "pixart", "--variants", "bf16",
-               "--iters", str(iters), "--out", str(out)] + (["--tiny"] if tiny else [])
-        proc = subprocess.run(cmd, cwd=REPO, text=True, capture_output=True)
-        if proc.returncode != 0 or not out.exists():
-            print(f"project bf16 step failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}", flush=True)
-            return None
-        rows = json.loads(out.read_text())
-        rows = rows["rows"] if isinstance(rows, dict) else rows
-        return float(rows[0]["median_ms"])
+    proc, data = _child_json(["benchmarks.bench_e2e", "--models", "pixart", "--variants", "bf16", "--iters", str(iters)]
+                             + (["--tiny"] if tiny else []) + ["--out"])
+    if data is None:
+        print(f"project bf16 step failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}", flush=True)
+        return None
+    return pixart_bf16_ms(data, "the project bf16 step")
 
 
 def peer_config(tiny: bool) -> dict:
@@ -166,14 +173,18 @@ def environment_torch(device: str) -> dict:
     return {"gpu": gpu, **versions, "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")}
 
 
+def pixart_bf16_ms(data, where: str) -> float:
+    """The PixArt bf16 row's median of a ``bench_e2e`` result (``{"rows": [...]}`` or a list of rows)."""
+    rows = data["rows"] if isinstance(data, dict) else data
+    for r in rows:
+        if r.get("method") == "bf16" and str(r.get("model", "")).lower().startswith("pixart"):
+            return float(r["median_ms"])
+    raise SystemExit(f"{where}: no PixArt bf16 row in it")
+
+
 def bf16_from_e2e(path: Path) -> float:
     """The PixArt bf16 row of a ``bench_e2e`` JSON written earlier in the same GPU run (``--project-bf16-from``)."""
-    rows = json.loads(Path(path).read_text())
-    rows = rows["rows"] if isinstance(rows, dict) else rows
-    for r in rows:
-        if r.get("method") == "bf16" and str(r.get("model", "")).startswith("PixArt"):
-            return float(r["median_ms"])
-    raise SystemExit(f"--project-bf16-from {path}: no PixArt bf16 row in it")
+    return pixart_bf16_ms(json.loads(Path(path).read_text()), f"--project-bf16-from {path}")
 
 
 def measure_form(method: str, iters: int, tiny: bool, device: str, scope: str | None = None) -> dict:
@@ -208,19 +219,17 @@ def measure_form_isolated(method: str, iters: int, tiny: bool, scope: str | None
     """:func:`measure_form` in a child process killed after ``timeout_s``: the budget holds even while a compile runs
     (session 11: torchao's int8 form was still compiling when the device call's own timeout killed the whole run,
     and no row was written)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "row.json"
-        cmd = [sys.executable, "-m", "benchmarks.bench_peers", "--one", method, "--iters", str(iters),
-               "--one-out", str(out)] + (["--tiny"] if tiny else []) + (["--compile-scope", scope] if scope else [])
-        try:
-            proc = subprocess.run(cmd, cwd=REPO, text=True, capture_output=True, timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            return {"not_measured": f"did not finish building, compiling and timing within the {timeout_s:.0f} s "
-                                    "left of the time budget (killed)"}
-        if proc.returncode != 0 or not out.exists():
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-            return {"not_measured": f"the form's process exited with {proc.returncode}: {tail[0][:200]}"}
-        return json.loads(out.read_text())
+    try:
+        proc, row = _child_json(["benchmarks.bench_peers", "--one", method, "--iters", str(iters)]
+                                + (["--tiny"] if tiny else []) + (["--compile-scope", scope] if scope else [])
+                                + ["--one-out"], timeout_s)
+    except subprocess.TimeoutExpired:
+        return {"not_measured": f"did not finish building, compiling and timing within the {timeout_s:.0f} s "
+                                "left of the time budget (killed)"}
+    if row is None:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        return {"not_measured": f"the form's process exited with {proc.returncode}: {tail[0][:200]}"}
+    return row
 
 
 def run(methods: list[str], iters: int, budget_s: float, tiny: bool, out: Path, scope: str | None = None,

@@ -39,6 +39,8 @@ def test_project_bf16_from_e2e(tmp_path):
         {"model": "PixArt-XL/2 1024px", "method": "viditq-w8a8", "median_ms": 31.0},
         {"model": "PixArt-XL/2 1024px", "method": "bf16", "median_ms": 34.5}]}))
     assert bench_peers.bf16_from_e2e(e2e) == 34.5
+    e2e.write_text(json.dumps([{"model": "pixart [toy size]", "method": "bf16", "median_ms": 1.5}]))
+    assert bench_peers.bf16_from_e2e(e2e) == 1.5  # the toy run's name
     e2e.write_text(json.dumps([{"model": "STDiT-XL/2", "method": "bf16", "median_ms": 130.0}]))
     with pytest.raises(SystemExit, match="e2e.json: no PixArt bf16 row"):
         bench_peers.bf16_from_e2e(e2e)
@@ -51,3 +53,8 @@ def test_isolated_form_keeps_the_budget():
     assert set(row) == {"not_measured"} and "0 s left of the time budget (killed)" in row["not_measured"]
     row = bench_peers.measure_form_isolated("eager_bf16", 1, True, None, timeout_s=300)
     assert row["median_ms"] > 0 and row["compile_s"] >= 0
+
+
+def test_project_bf16_step_in_a_child():
+    """The project's own bf16 step runs in a child process (bench_e2e, toy size here) and comes back as its median."""
+    assert bench_peers.project_bf16_ms(1, tiny=True) > 0
