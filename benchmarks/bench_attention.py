@@ -25,8 +25,14 @@
   (with and without Q smoothing) and, at the PixArt 1024 px shape (every shape with ``--sweep``), the
   alternatives of :func:`mosaic_configs`; its XLA pre-pass alone as ``prepass:mosaic``.
 
+* ``cudnn_fp8:pad<Dp>`` — cuDNN's FP8 flash attention (inference form: head dim a multiple of 16, so 72 is
+  zero-padded to 80; no key mask): Q, K, V scaled per tensor by their dynamic absmax into e4m3, P scaled by 448
+  inside, the e4m3 output scaled back to bf16: the whole call with the absmax, casts, pad and slice, and
+  ``:kernel-only`` on inputs prepared beforehand. A measurement of what FP8 attention at the models' head width
+  would save, not a preset (its output is e4m3: quality unchecked).
+
 ``--variants`` picks the groups to run (``cudnn`` always runs: the baseline): ``xla``, ``ref``, ``prepass``,
-``triton`` (the ``kernel:<pv>`` rows), ``mgpu``, ``mosaic``.
+``triton`` (the ``kernel:<pv>`` rows), ``mgpu``, ``mosaic``, ``cudnn_fp8``.
 
 Every row: ``ms`` (median wall time per call over repetitions, compile excluded), ``speedup`` (cuDNN ms /
 ms), ``tflops`` (4·B·H·Nq·Nk·D / time), ``cos_vs_cudnn`` (cosine similarity of the output with cuDNN's
@@ -69,7 +75,7 @@ SHAPES = {
 }
 TINY_SHAPES = {"tiny": (1, 40, 40, 2, 72, False), "tiny-cross": (1, 40, 12, 2, 72, True)}
 REF_SHAPES = ("pixart1024", "pixart1024-cross", "tiny", "tiny-cross")
-VARIANT_GROUPS = ("xla", "ref", "prepass", "triton", "mgpu", "mosaic")
+VARIANT_GROUPS = ("xla", "ref", "prepass", "triton", "mgpu", "mosaic", "cudnn_fp8")
 
 
 def mosaic_configs(full: bool) -> dict[str, MosaicAttentionConfig]:
@@ -115,6 +121,45 @@ def mgpu_rows(b: int, nq: int, nk: int, d: int, masked: bool):
                      functools.partial(padded, width=64),
                      "kernel only, first 64 lanes: wrong result, the speed bound without padding"))
     return rows
+
+
+def cudnn_fp8_rows(d: int, masked: bool):
+    """``(variant, fn, args-maker or None, note)`` of cuDNN's FP8 attention (JAX's private cuDNN entry point:
+    ``jax.nn.dot_product_attention`` has no FP8 form), or one ``(variant, None, None, why)``."""
+    try:
+        from jax._src.cudnn import fused_attention_stablehlo as fa
+    except Exception as e:  # noqa: BLE001 - a JAX build without it
+        return [("cudnn_fp8", None, None, f"jax._src.cudnn.fused_attention_stablehlo not importable: {e}")]
+    dp = -(-d // 16) * 16
+    if masked:
+        return [("cudnn_fp8", None, None, "not applicable: cuDNN's FP8 attention takes no key mask")]
+    e4m3, fmax, p_scale = jnp.float8_e4m3fn, 448.0, 448.0
+
+    def prepared(q, k, v, m=None):
+        def one(x):
+            amax = jnp.maximum(jnp.max(jnp.abs(x)).astype(jnp.float32), 1e-12)
+            x8 = (x.astype(jnp.float32) * (fmax / amax)).astype(e4m3)
+            return jnp.pad(x8, ((0, 0),) * 3 + ((0, dp - d),)), (amax / fmax).reshape(1, 1, 1, 1)
+        (q8, dq), (k8, dk), (v8, dv) = one(q), one(k), one(v)
+        return q8, k8, v8, dq, dk, dv
+
+    def kernel(q8, k8, v8, dq, dk, dv):
+        one = jnp.ones((1, 1, 1, 1), jnp.float32)
+        params = dict.fromkeys(fa.fp8_params_keys, one)
+        params.update(descale_q=dq, descale_k=dk, descale_v=dv, descale_s=one / p_scale,
+                      scale_s=one * p_scale, scale_o=1.0 / dv)  # |O| <= amax(V): O / descale_v fits e4m3
+        out, _, _ = fa.dot_product_attention(q8, k8, v8, fp8_params=params, scale=1.0 / float(np.sqrt(d)),
+                                             use_fp8=True, qkv_layout="BTNH")
+        return out
+
+    def whole(q, k, v, m):
+        q8, k8, v8, dq, dk, dv = prepared(q, k, v)
+        return (kernel(q8, k8, v8, dq, dk, dv)[..., :d].astype(jnp.float32) * dv).astype(q.dtype)
+
+    return [(f"cudnn_fp8:pad{dp}", whole, None,
+             f"cuDNN FP8 attention, per-tensor e4m3 Q/K/V, head padded {d}->{dp}, absmax+casts+pad+slice"),
+            (f"cudnn_fp8:pad{dp}:kernel-only", lambda q8, k8, v8, dq, dk, dv, m: kernel(q8, k8, v8, dq, dk, dv),
+             prepared, "cuDNN FP8 attention on inputs prepared beforehand (e4m3 output)")]
 
 
 def sweep_configs(stored: QuantAttentionConfig, full: bool) -> dict[str, QuantAttentionConfig]:
@@ -199,6 +244,9 @@ def bench_shape(name: str, shape, *, sweep: bool, tiny: bool, iters: int,
         timed("qattn_ref", lambda q, k, v, m: pk.quant_attention(q, k, v, m, backend="xla"), "XLA reference, FP8 P·V")
     if "mgpu" in variants and not tiny:
         for variant, f, make_args, note in mgpu_rows(b, nq, nk, d, masked):
+            timed(variant, f, note, make_args=make_args)
+    if "cudnn_fp8" in variants and not tiny:
+        for variant, f, make_args, note in cudnn_fp8_rows(d, masked):
             timed(variant, f, note, make_args=make_args)
     if "mosaic" in variants:
         timed("prepass:mosaic", lambda q, k, v, m: mosaic_operands(q, k, v, m),

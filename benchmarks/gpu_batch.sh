@@ -41,12 +41,14 @@
 #              compilation; their whole-model compile ran past a call in session 8), then compile_bf16 again;
 #              carry .whl-peers (diffusers, torchao and their dependencies: pip takes what the machine lacks) and .gpufix
 #   close12   session 11, one call: the PixArt-XL profile (bf16, viditq-w8a8, -fold), then the torchao rows
+#   attn-fp8  session 12: cuDNN's FP8 attention (head 72 padded to 80) against its bf16 flash attention at the model
+#              shapes (bench_attention --variants cudnn_fp8), then the STDiT-XL profile (bf16, viditq-w8a8, -fold)
 #
 # Every command has its own timeout; stdout/stderr go to a log per command; a stage that is cut keeps what it
 # measured (the benchmarks write their JSON after every model / shape, or print one JSON line per row).
 set -u
 OUT=${OUT:?set OUT}
-STAGE=${1:?stage: close12 | tiles8k | tiles32k | profile | rotate-tiles | peers | producer | producer-stdit | producer2 | final | quality | qvdit | baseline | steps | linear32k | rotate | qdit | quality-t2i | quality-t2v | quality-c2i | checks}
+STAGE=${1:?stage: close12 | attn-fp8 | tiles8k | tiles32k | profile | rotate-tiles | peers | producer | producer-stdit | producer2 | final | quality | qvdit | baseline | steps | linear32k | rotate | qdit | quality-t2i | quality-t2v | quality-c2i | checks}
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 [ -d .gpufix ] && export VIDQ_FIXTURES=${VIDQ_FIXTURES:-$PWD/.gpufix}
@@ -153,6 +155,13 @@ case "$STAGE" in
     step 260 e2e_pixart $PY -m benchmarks.bench_e2e --models pixart --profile 2 \
       --variants bf16,w8a8,viditq-w8a8,viditq-w8a8-fold --out "$OUT/e2e_pixart.json"
     step 320 e2e_stdit $PY -m benchmarks.bench_e2e --models stdit --profile 1 --variants bf16,viditq-w8a8,viditq-w8a8-fold \
+      --out "$OUT/e2e_stdit.json"
+    rm -f "$OUT"/e2e_*.md ;;
+  attn-fp8)
+    step 150 attn_fp8 $PY -m benchmarks.bench_attention --variants cudnn_fp8 \
+      --shapes pixart1024,stdit-spatial,pixart2048,stdit3-720p --out "$OUT/attn"
+    rm -f "$OUT"/attn/*.md
+    step 400 e2e_stdit $PY -m benchmarks.bench_e2e --models stdit --profile 1 --variants bf16,viditq-w8a8,viditq-w8a8-fold \
       --out "$OUT/e2e_stdit.json"
     rm -f "$OUT"/e2e_*.md ;;
   rotate-tiles)
