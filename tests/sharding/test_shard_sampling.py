@@ -48,8 +48,21 @@ def _close(out, ref, rtol: float = RTOL) -> None:
     assert err <= rtol, f"relative error {err:.2e} > {rtol:.0e}"
 
 
+def _close_quantized(out, ref) -> None:
+    """Quantized records: another summation order (the CPU suite compiles at LLVM level 0, tests/conftest.py)
+    moves a value across an int8 rounding boundary now and then, a one-code change of that token's input (1/127
+    of its range), so the outputs agree within what a few such flips make (measured: max 2.6e-3, relative L2
+    6e-4), far below what a sharding bug does to whole tokens or heads."""
+    out, ref = np.asarray(sharding.to_host(out)), np.asarray(ref)
+    assert out.shape == ref.shape
+    err = float(np.abs(out - ref).max() / np.abs(ref).max())
+    rel = float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
+    assert err <= 1e-2 and rel <= 2e-3, f"max error {err:.2e} (<= 1e-2), relative L2 {rel:.2e} (<= 2e-3)"
+
+
 def _cfg_call(model, params, noise, cond, mesh, rtol):
-    """The model on the CFG batch [cond; uncond] at t=500, single device vs ``mesh``."""
+    """The model on the CFG batch [cond; uncond] at t=500, single device vs ``mesh`` (``rtol=None``: quantized,
+    :func:`_close_quantized`)."""
     inputs = sampling.combine_cfg_inputs(cond, pipeline.null_condition(model, params, cond))
     x, t = np.concatenate([noise, noise]), np.full((2 * len(noise),), 500.0, np.float32)
     base = pipeline.apply_fn_for(model)
@@ -57,7 +70,7 @@ def _cfg_call(model, params, noise, cond, mesh, rtol):
     mesh = sharding.as_mesh(mesh)
     out = jax.jit(sharding.sharded_apply_fn(model, base, mesh))(sharding.place_params(params, mesh), x, t, **inputs)
     assert out.sharding.mesh == mesh
-    _close(out, ref, rtol)
+    _close(out, ref, rtol) if rtol is not None else _close_quantized(out, ref)
 
 
 def test_shard_sampling_calibration_and_statistics_match_single_device():
@@ -118,7 +131,7 @@ def test_shard_quantized_model_call_matches_single_device():
     run per shard (4 frames on seq=4: frame-local spatial attention, Ulysses temporal attention)."""
     model, params, cond, noise = _inputs("opensora_v1_2_stdit3", (4, 4, 6, 4), one_block=True)
     qparams = quantize_params(params, model=model, config=QuantConfig.preset("w8a8-qattn", backend="xla"))
-    _cfg_call(model, qparams, noise, cond, "data=2,seq=4", rtol=1e-4)  # an int8 rounding may flip
+    _cfg_call(model, qparams, noise, cond, "data=2,seq=4", rtol=None)
 
 
 def test_shard_mesh_not_dividing_rows_is_one_line_error():
