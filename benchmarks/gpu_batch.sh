@@ -41,6 +41,7 @@
 #              compilation; their whole-model compile ran past a call in session 8), then compile_bf16 again;
 #              carry .whl-peers (diffusers, torchao and their dependencies: pip takes what the machine lacks) and .gpufix
 #   close12   session 11, one call: the PixArt-XL profile (bf16, viditq-w8a8, -fold), then the torchao rows
+#   close12s  the same in less time (session 12): the profile, cuDNN's FP8 attention rows, the FP8 torchao row alone
 #   attn-fp8  session 12: cuDNN's FP8 attention (head 72 padded to 80) against its bf16 flash attention at the model
 #              shapes (bench_attention --variants cudnn_fp8), then the STDiT-XL profile (bf16, viditq-w8a8, -fold)
 #
@@ -48,7 +49,7 @@
 # measured (the benchmarks write their JSON after every model / shape, or print one JSON line per row).
 set -u
 OUT=${OUT:?set OUT}
-STAGE=${1:?stage: close12 | attn-fp8 | tiles8k | tiles32k | profile | rotate-tiles | peers | producer | producer-stdit | producer2 | final | quality | qvdit | baseline | steps | linear32k | rotate | qdit | quality-t2i | quality-t2v | quality-c2i | checks}
+STAGE=${1:?stage: close12 | close12s | attn-fp8 | tiles8k | tiles32k | profile | rotate-tiles | peers | producer | producer-stdit | producer2 | final | quality | qvdit | baseline | steps | linear32k | rotate | qdit | quality-t2i | quality-t2v | quality-c2i | checks}
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 [ -d .gpufix ] && export VIDQ_FIXTURES=${VIDQ_FIXTURES:-$PWD/.gpufix}
@@ -168,14 +169,20 @@ case "$STAGE" in
     step 250 p1152 $PY -m benchmarks.bench_rotate --producer --k 1152 --only bm4_fast,lat_ --out "$OUT/p1152"
     step 250 p4608 $PY -m benchmarks.bench_rotate --producer --k 4608 --only lat_,merge --out "$OUT/p4608"
     rm -f "$OUT"/p*/rotate.md ;;
-  peers|close12)
+  peers|close12|close12s)
     # close12 (session 11, one call when machines are scarce): the PixArt-XL profile (bf16, viditq-w8a8 and its fold
-    # variant) first, then the torchao rows in what is left of the call
-    if [ "$STAGE" = close12 ]; then
+    # variant) first, then the torchao rows in what is left of the call; close12s (session 12, under 9 minutes of
+    # device time left): the profile, cuDNN's FP8 attention at two shapes, then the FP8 torchao row alone
+    if [ "$STAGE" != peers ]; then
       step 230 e2e_pixart $PY -m benchmarks.bench_e2e --models pixart --profile 1 \
         --variants bf16,viditq-w8a8,viditq-w8a8-fold --out "$OUT/e2e_pixart.json"
       rm -f "$OUT"/e2e_*.md; PEERS=(330 compile_fp8row,compile_int8dq 300 --project-bf16-from "$OUT/e2e_pixart.json")
       [ -s "$OUT/e2e_pixart.json" ] || PEERS=("${PEERS[@]:0:3}")
+      if [ "$STAGE" = close12s ]; then
+        step 90 attn_fp8 $PY -m benchmarks.bench_attention --variants cudnn_fp8 --shapes pixart1024,stdit-spatial \
+          --iters 5 --out "$OUT/attn"
+        rm -f "$OUT"/attn/*.md; PEERS_BUDGET=${PEERS_BUDGET:-150}; PEERS_METHODS=${PEERS_METHODS:-compile_fp8row}
+      fi
     else
       PEERS=(580 compile_fp8row,compile_int8dq,compile_bf16 540)
     fi
