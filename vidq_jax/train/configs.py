@@ -127,7 +127,7 @@ class TrainConfig:
     fit_schedule: bool = False  # with time_limit: shorten the LR schedule so that it completes within the limit
     time_reserve: float = 20.0  # seconds of time_limit kept free for checkpoint/export when fitting
     tiny: bool = False
-    sample_steps: int = 20  # preview / exported sampler steps
+    sample_steps: int = 20  # preview sampler steps (the export records the task's own: 20 / 30 / 50 steps)
     guidance_scale: float = 4.5
     model_size: str = ""  # t2v: a key of T2V_MODEL_SIZES ("" = the default)
     # t2v: distribution of the flow time t/1000: "logit-normal" (SD3 / Open-Sora 1.2; the first shipped model),
