@@ -144,10 +144,10 @@ def cudnn_fp8_rows(d: int, masked: bool):
         return q8, k8, v8, dq, dk, dv
 
     def kernel(q8, k8, v8, dq, dk, dv):
-        one = jnp.ones((1, 1, 1, 1), jnp.float32)
-        params = dict.fromkeys(fa.fp8_params_keys, one)
-        params.update(descale_q=dq, descale_k=dk, descale_v=dv, descale_s=one / p_scale,
-                      scale_s=one * p_scale, scale_o=1.0 / dv)  # |O| <= amax(V): O / descale_v fits e4m3
+        unit = jnp.ones((1, 1, 1, 1), jnp.float32)
+        params = dict.fromkeys(fa.fp8_params_keys, unit)  # the backward pass's factors: unused
+        params.update(descale_q=dq, descale_k=dk, descale_v=dv, descale_s=unit / p_scale,
+                      scale_s=unit * p_scale, scale_o=1.0 / dv)  # |O| <= amax(V): O / descale_v fits e4m3
         out, _, _ = fa.dot_product_attention(q8, k8, v8, fp8_params=params, scale=1.0 / float(np.sqrt(d)),
                                              use_fp8=True, qkv_layout="BTNH")
         return out
